@@ -1,0 +1,1 @@
+//! Unix socket transport (filled by the transport issue).
