@@ -1,8 +1,143 @@
-//! credproxy-core (under construction).
+//! # credproxy-core
+//!
+//! The pure, deterministic engine of credproxy, a host-side credential proxy
+//! for sandboxed processes. It speaks the llxprt-code credential proxy wire
+//! protocol (length-prefixed JSON frames, versions 1 and 2) and decides every
+//! reply, but performs no I/O: no sockets, files, clocks, threads or OS
+//! randomness. Time and randomness are inputs; store access is an effect
+//! the embedder executes. Same inputs and RNG seed give the same outputs,
+//! byte for byte, which is what the property tests and fuzzers rely on.
+//!
+//! ## Driving the engine
+//!
+//! The engine follows the `handle_*` / `poll_*` style of quinn-proto and
+//! str0m:
+//!
+//! - inputs: [`Engine::handle_open`], [`Engine::handle_bytes`],
+//!   [`Engine::handle_read_closed`], [`Engine::handle_connection_gone`],
+//!   [`Engine::handle_pause_reading`], [`Engine::handle_resume_reading`],
+//!   [`Engine::handle_effect_result`] and [`Engine::handle_timeout`], each
+//!   carrying the current [`Now`];
+//! - outputs: [`Engine::poll_output`] yields [`Output`]s from one FIFO —
+//!   bytes to send, connections to close, [`Effect`]s to execute, and
+//!   [`AuditEvent`]s;
+//! - deadlines: [`Engine::poll_timeout`] gives the earliest deadline.
+//!
+//! **The drain contract.** After every input, call `poll_output` until it
+//! returns `None`, executing each output in order. An effect's result may be
+//! fed back at any time — even between two `poll_output` calls, which is how
+//! a cache hit is answered inline without a thread hop — and results of
+//! different effects may come back in any order. After draining, wait until
+//! the next input or the deadline from `poll_timeout`, whichever is first.
+//! `Output::Close` means: flush what was sent on that connection, then close
+//! it; the engine has already forgotten it.
+//!
+//! A complete driver loop, with an in-memory store:
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use credproxy_core::{Config, Effect, EffectResult, Engine, Now, Output, Peer, Token, Transport, frame};
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//! use serde_json::json;
+//!
+//! type Store = BTreeMap<(String, String), Token>;
+//!
+//! /// Drains the engine, executing effects against `store` inline.
+//! fn drain(engine: &mut Engine<ChaCha20Rng>, store: &mut Store, sent: &mut Vec<u8>, now: Now) {
+//!     while let Some(output) = engine.poll_output() {
+//!         match output {
+//!             Output::Send { bytes, .. } => sent.extend(bytes),
+//!             Output::Close { .. } | Output::Audit(_) => {}
+//!             Output::Effect { id, effect } => {
+//!                 let result = match effect {
+//!                     Effect::TokenGet { provider, bucket, .. } => {
+//!                         EffectResult::Token(store.get(&(provider, bucket)).cloned())
+//!                     }
+//!                     Effect::TokenPut { provider, bucket, token } => {
+//!                         store.insert((provider, bucket), token);
+//!                         EffectResult::Done
+//!                     }
+//!                     _ => EffectResult::Failed,
+//!                 };
+//!                 // Delivered between two polls: the engine continues at once.
+//!                 engine.handle_effect_result(id, result, now);
+//!             }
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//!
+//! let mut engine = Engine::new(Config::default(), ChaCha20Rng::seed_from_u64(7)).unwrap();
+//! let (mut store, mut sent) = (Store::new(), Vec::new());
+//! let now = Now::new(0, 1_700_000_000_000);
+//! let conn = engine.handle_open(Peer::anonymous(Transport::Embedded), now).unwrap();
+//!
+//! let mut wire = frame::encode(&json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}));
+//! wire.extend(frame::encode(&json!({"v":2,"id":"1","op":"save_token","payload":{
+//!     "provider":"anthropic","token":{"access_token":"at","expiry":1,"token_type":"Bearer"}}})));
+//! engine.handle_bytes(conn, &wire, now);
+//! drain(&mut engine, &mut store, &mut sent, now);
+//! // Requests run concurrently; this one is sent after the save was answered.
+//! let get = frame::encode(&json!({"v":2,"id":"2","op":"get_token","payload":{"provider":"anthropic"}}));
+//! engine.handle_bytes(conn, &get, now);
+//! drain(&mut engine, &mut store, &mut sent, now);
+//!
+//! let mut dec = frame::FrameDecoder::new(1 << 20);
+//! let mut rest = &sent[..];
+//! let mut replies = Vec::new();
+//! while let Some(f) = dec.decode(&mut rest).unwrap() { replies.push(serde_json::Value::Object(f)); }
+//! assert_eq!(replies[0]["ok"], true); // handshake
+//! assert_eq!(replies[1], json!({"id":"1","ok":true,"data":{}}));
+//! assert_eq!(replies[2]["data"]["access_token"], "at");
+//! assert!(engine.poll_timeout().is_none());
+//! ```
+//!
+//! ## Layout
+//!
+//! One concern per module: [`frame`] (framing), [`handshake`], [`payload`]
+//! (schemas), [`reply`] (envelopes and the size guard), `dispatch`
+//! (envelope checks and `cancel`), `ops` (per-operation policy and
+//! validation), `work` (requests waiting on effects), [`keylock`] (write
+//! serialization per key), [`rate`], [`timer`], [`token`] (sanitize and
+//! merge), [`audit`], [`effect`], [`config`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod config;
+mod connection;
+mod dispatch;
+pub mod effect;
+mod engine;
+pub mod error;
+pub mod frame;
+pub mod handshake;
+pub mod keylock;
+pub mod op;
+mod ops;
+pub mod payload;
 pub mod peer;
+pub mod rate;
+pub mod reply;
 pub mod secret;
+mod stats;
+mod task;
 pub mod time;
+pub mod timer;
 pub mod token;
+mod work;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use audit::{AuditEvent, ConnId, Level};
+pub use config::{Config, Limits, Policy};
+pub use effect::{Effect, EffectId, EffectResult};
+pub use engine::{ConnectionRefused, Engine, Output};
+pub use error::ErrorCode;
+pub use handshake::ConnClass;
+pub use op::Op;
 pub use peer::{Peer, Transport};
 pub use secret::Secret;
 pub use time::{Mono, Now};

@@ -117,7 +117,8 @@ mod tests {
 
     #[test]
     fn merge_keeps_stored_on_absent_null_and_empty_refresh() {
-        let stored = token(json!({"access_token":"old","refresh_token":"r1","scope":"s","account_id":"x"}));
+        let stored =
+            token(json!({"access_token":"old","refresh_token":"r1","scope":"s","account_id":"x"}));
         let newer = token(json!({"access_token":"new","refresh_token":"","scope":null}));
         let m = stored.merged_with(&newer);
         assert_eq!(m.as_map().get("access_token"), Some(&json!("new")));

@@ -1,0 +1,153 @@
+//! Engine configuration: limits, timings and access policy.
+//!
+//! Every limit and timing constant is a field here (times in milliseconds),
+//! so embedders can tune them and tests can shrink them. The defaults are
+//! the values of SPEC §3.
+
+use std::collections::BTreeSet;
+
+use crate::secret::Secret;
+
+/// Hard ceiling for the inbound frame limit (SPEC §3.1).
+pub const MAX_FRAME_CEILING: usize = 4 * 1024 * 1024;
+
+/// Sizes, counts and timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest inbound payload accepted (default 64 KiB, at most 4 MiB).
+    pub max_frame_bytes: usize,
+    /// A started frame must complete within this time while read (5 s).
+    pub partial_frame_ms: u64,
+    /// A connection must complete its handshake within this time (5 s).
+    pub handshake_ms: u64,
+    /// Requests in flight per connection (16; `cancel` is exempt).
+    pub max_in_flight: usize,
+    /// Rate limit refill per second for writes and provider calls (60).
+    pub rate_per_sec: u32,
+    /// Rate limit burst (120).
+    pub rate_burst: u32,
+    /// Open connections (256); more are refused at accept.
+    pub max_connections: usize,
+    /// Largest whole reply frame (header included) to a v1 peer (65 536).
+    pub v1_max_frame: usize,
+    /// Largest reply payload to a v2 peer (4 MiB).
+    pub v2_max_payload: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_frame_bytes: 64 * 1024,
+            partial_frame_ms: 5_000,
+            handshake_ms: 5_000,
+            max_in_flight: 16,
+            rate_per_sec: 60,
+            rate_burst: 120,
+            max_connections: 256,
+            v1_max_frame: 65_536,
+            v2_max_payload: MAX_FRAME_CEILING,
+        }
+    }
+}
+
+/// What a connection may do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Restore the existing server's refusal of OAuth and refresh operations
+    /// for sandbox connections.
+    pub strict_sandbox: bool,
+    /// Let a sandbox login replace a stored, still-valid credential.
+    pub sandbox_login_overwrite: bool,
+    /// Providers that may be used; `None` allows all.
+    pub allowed_providers: Option<BTreeSet<String>>,
+    /// Buckets that may be used; `None` allows all.
+    pub allowed_buckets: Option<BTreeSet<String>>,
+    /// API key names that may be read; `None` allows all.
+    pub allowed_keys: Option<BTreeSet<String>>,
+}
+
+/// Everything the engine needs to know up front.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Limits and timings.
+    pub limits: Limits,
+    /// Access policy.
+    pub policy: Policy,
+    /// The capability token. When set, every connection must present it in
+    /// its handshake and is then a sandbox connection.
+    pub capability_token: Option<Secret>,
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks ranges that would otherwise make the engine misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_frame_bytes == 0 || l.max_frame_bytes > MAX_FRAME_CEILING {
+            return Err(ConfigError(format!(
+                "max_frame_bytes must be between 1 and {MAX_FRAME_CEILING}"
+            )));
+        }
+        if l.max_in_flight == 0 || l.max_connections == 0 {
+            return Err(ConfigError(
+                "max_in_flight and max_connections must be at least 1".into(),
+            ));
+        }
+        if l.rate_per_sec == 0 || l.rate_burst == 0 {
+            return Err(ConfigError(
+                "rate_per_sec and rate_burst must be at least 1".into(),
+            ));
+        }
+        if self
+            .capability_token
+            .as_ref()
+            .is_some_and(|t| t.expose().is_empty())
+        {
+            return Err(ConfigError(
+                "capability token must be a non-empty string".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_spec_values() {
+        let l = Limits::default();
+        assert_eq!(l.max_frame_bytes, 65_536);
+        assert_eq!((l.partial_frame_ms, l.handshake_ms), (5_000, 5_000));
+        assert_eq!(
+            (l.max_in_flight, l.rate_per_sec, l.rate_burst),
+            (16, 60, 120)
+        );
+        assert_eq!(l.max_connections, 256);
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut c = Config::default();
+        c.limits.max_frame_bytes = MAX_FRAME_CEILING + 1;
+        assert!(c.validate().is_err());
+        let c = Config {
+            capability_token: Some(Secret::new("")),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().0.contains("non-empty string"));
+    }
+}

@@ -1,0 +1,86 @@
+//! Effects: the I/O the engine asks its host to perform.
+//!
+//! The engine never touches a store itself. It emits an [`Effect`] with an
+//! [`EffectId`] as an output; the host executes it (inline for a cache hit,
+//! on a thread pool otherwise) and feeds the [`EffectResult`] back with
+//! `Engine::handle_effect_result`. A result may arrive between any two
+//! `poll_output` calls, and results of different effects may arrive in any
+//! order.
+
+use crate::secret::Secret;
+use crate::token::Token;
+
+/// Identifies one effect until its result is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EffectId(pub u64);
+
+/// A piece of I/O for the host.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Effect {
+    /// Read a token. `fresh` bypasses any cache (used under write
+    /// serialization, where a stale read could lose another process's write).
+    /// Result: [`EffectResult::Token`].
+    TokenGet {
+        /// Provider name (validated).
+        provider: String,
+        /// Bucket name (validated, `default` when omitted).
+        bucket: String,
+        /// Bypass any cache.
+        fresh: bool,
+    },
+    /// Replace a stored token atomically. Result: [`EffectResult::Done`].
+    TokenPut {
+        /// Provider name.
+        provider: String,
+        /// Bucket name.
+        bucket: String,
+        /// The complete token to store.
+        token: Token,
+    },
+    /// Delete a stored token (absent is success). Result: [`EffectResult::Done`].
+    TokenDelete {
+        /// Provider name.
+        provider: String,
+        /// Bucket name.
+        bucket: String,
+    },
+    /// Providers with at least one stored token. Result: [`EffectResult::Names`].
+    ListProviders,
+    /// Buckets of a provider. Result: [`EffectResult::Names`].
+    ListBuckets {
+        /// Provider name.
+        provider: String,
+    },
+    /// Read an API key. Result: [`EffectResult::ApiKey`].
+    ApiKeyGet {
+        /// Key name (validated).
+        name: String,
+    },
+    /// Names of stored API keys. Result: [`EffectResult::Names`].
+    ApiKeyList,
+    /// Whether an API key exists. Result: [`EffectResult::Exists`].
+    ApiKeyHas {
+        /// Key name (validated).
+        name: String,
+    },
+}
+
+/// The outcome of an effect.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EffectResult {
+    /// The token read, or `None` when nothing is stored.
+    Token(Option<Token>),
+    /// A write or delete completed.
+    Done,
+    /// A list of names (any order; the engine sorts).
+    Names(Vec<String>),
+    /// The API key read, or `None`.
+    ApiKey(Option<Secret>),
+    /// Whether the thing exists.
+    Exists(bool),
+    /// The host could not perform the effect. The engine answers the request
+    /// with `INTERNAL_ERROR` and a generic message; the host logs details.
+    Failed,
+}

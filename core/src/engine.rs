@@ -1,0 +1,440 @@
+//! The engine: connection lifecycle, inputs and the output queue.
+//!
+//! Inputs are the `handle_*` methods; outputs are drained with
+//! [`Engine::poll_output`] until it returns `None`; the next deadline comes
+//! from [`Engine::poll_timeout`]. See the crate docs for the driver loop.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_core::CryptoRng;
+
+use crate::audit::{AuditEvent, ConnId, Level};
+use crate::config::{Config, ConfigError};
+use crate::connection::{Connection, Phase};
+use crate::effect::{Effect, EffectId, EffectResult};
+use crate::frame::{FrameDecoder, encode_payload};
+use crate::handshake::{self, TokenDigest};
+use crate::keylock::{Key, KeyLocks};
+use crate::peer::Peer;
+use crate::rate::TokenBucket;
+use crate::stats::Stats;
+use crate::task::{Task, TaskId};
+use crate::time::{Mono, Now};
+use crate::timer::{TimerKey, Timers};
+
+/// Something the driver must do, drained with [`Engine::poll_output`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Output {
+    /// Write these bytes (one or more whole frames) to the connection.
+    Send {
+        /// Target connection.
+        conn: ConnId,
+        /// Framed bytes.
+        bytes: Vec<u8>,
+    },
+    /// Flush what was sent to the connection, then close it. The engine has
+    /// already forgotten the connection.
+    Close {
+        /// Connection to close.
+        conn: ConnId,
+    },
+    /// Perform an effect and report its result with
+    /// [`Engine::handle_effect_result`].
+    Effect {
+        /// Id to report the result under.
+        id: EffectId,
+        /// What to do.
+        effect: Effect,
+    },
+    /// Record an audit event.
+    Audit(AuditEvent),
+}
+
+/// A new connection was refused because the connection limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRefused;
+
+/// The sans-IO credential proxy engine. `R` is the injected crypto RNG.
+pub struct Engine<R> {
+    pub(crate) config: Config,
+    pub(crate) token: Option<TokenDigest>,
+    #[allow(dead_code)]
+    pub(crate) rng: R,
+    pub(crate) now: Now,
+    pub(crate) conns: BTreeMap<ConnId, Connection>,
+    next_conn: u64,
+    pub(crate) tasks: BTreeMap<TaskId, Task>,
+    next_task: u64,
+    pub(crate) effects: BTreeMap<EffectId, TaskId>,
+    next_effect: u64,
+    pub(crate) locks: KeyLocks<TaskId>,
+    pub(crate) timers: Timers,
+    pub(crate) stats: Stats,
+    outputs: VecDeque<Output>,
+}
+
+impl<R> std::fmt::Debug for Engine<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("connections", &self.conns.len())
+            .field("tasks", &self.tasks.len())
+            .field("effects", &self.effects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: CryptoRng> Engine<R> {
+    /// An engine with the given configuration and RNG.
+    pub fn new(config: Config, rng: R) -> Result<Engine<R>, ConfigError> {
+        config.validate()?;
+        let token = config.capability_token.as_ref().map(TokenDigest::of);
+        Ok(Engine {
+            config,
+            token,
+            rng,
+            now: Now::default(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            tasks: BTreeMap::new(),
+            next_task: 1,
+            effects: BTreeMap::new(),
+            next_effect: 1,
+            locks: KeyLocks::default(),
+            timers: Timers::default(),
+            stats: Stats::default(),
+            outputs: VecDeque::new(),
+        })
+    }
+}
+
+impl<R> Engine<R> {
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Number of open connections.
+    #[must_use]
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Number of requests waiting for effects (attached or detached).
+    #[must_use]
+    pub fn pending_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The next output, or `None` when the queue is empty. Drain it until
+    /// `None` after every input.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest deadline; call [`Engine::handle_timeout`] when it passes.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Mono> {
+        self.timers.next()
+    }
+
+    /// Advances the engine clock; the monotonic part never goes backwards.
+    pub(crate) fn tick(&mut self, now: Now) {
+        self.now = Now {
+            mono: self.now.mono.max(now.mono),
+            unix_ms: now.unix_ms,
+        };
+    }
+
+    pub(crate) fn push(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
+    pub(crate) fn audit(&mut self, event: AuditEvent) {
+        self.push(Output::Audit(event));
+    }
+
+    pub(crate) fn emit_effect(&mut self, task: TaskId, effect: Effect) {
+        let id = EffectId(self.next_effect);
+        self.next_effect += 1;
+        self.effects.insert(id, task);
+        self.push(Output::Effect { id, effect });
+    }
+
+    pub(crate) fn new_task_id(&mut self) -> TaskId {
+        let id = TaskId(self.next_task);
+        self.next_task += 1;
+        id
+    }
+
+    /// A transport accepted a connection. Refused (and audited) beyond the
+    /// connection limit: the driver closes it at once.
+    pub fn handle_open(&mut self, peer: Peer, now: Now) -> Result<ConnId, ConnectionRefused> {
+        self.tick(now);
+        if self.conns.len() >= self.config.limits.max_connections {
+            self.audit(AuditEvent::new(
+                Level::Warn,
+                None,
+                "connection_refused",
+                "connection_limit",
+            ));
+            return Err(ConnectionRefused);
+        }
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let limits = &self.config.limits;
+        self.conns.insert(
+            conn,
+            Connection {
+                peer,
+                phase: Phase::AwaitingHandshake,
+                decoder: FrameDecoder::new(limits.max_frame_bytes),
+                in_flight: BTreeMap::new(),
+                rate: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, self.now.mono),
+                read_closed: false,
+                paused: false,
+                partial_left_ms: None,
+            },
+        );
+        let deadline = self.now.mono.plus(self.config.limits.handshake_ms);
+        self.timers.set(TimerKey::Handshake(conn), deadline);
+        self.audit(AuditEvent::new(Level::Info, Some(conn), "connect", "ok"));
+        Ok(conn)
+    }
+
+    /// The peer of a connection, while it is open.
+    #[must_use]
+    pub fn peer(&self, conn: ConnId) -> Option<Peer> {
+        self.conns.get(&conn).map(|c| c.peer)
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Now) {
+        self.tick(now);
+        let mut input = bytes;
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if c.read_closed {
+                return;
+            }
+            match c.decoder.decode(&mut input) {
+                Ok(Some(frame)) => {
+                    self.timers.cancel(TimerKey::PartialFrame(conn));
+                    self.on_frame(conn, frame);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.audit(AuditEvent::new(
+                        Level::Warn,
+                        Some(conn),
+                        "frame_decode_error",
+                        e.reason(),
+                    ));
+                    self.close(conn);
+                    return;
+                }
+            }
+        }
+        self.arm_partial_deadline(conn);
+    }
+
+    /// Starts the partial-frame deadline when a frame has started.
+    fn arm_partial_deadline(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let key = TimerKey::PartialFrame(conn);
+        if !c.decoder.is_partial() || c.paused {
+            self.timers.cancel(key);
+        } else if self.timers.get(key).is_none() {
+            let at = self.now.mono.plus(self.config.limits.partial_frame_ms);
+            self.timers.set(key, at);
+        }
+    }
+
+    fn on_frame(&mut self, conn: ConnId, frame: serde_json::Map<String, serde_json::Value>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        match c.phase {
+            Phase::AwaitingHandshake => self.on_handshake(conn, &frame),
+            Phase::Open(accepted) => self.dispatch(conn, accepted, frame),
+        }
+    }
+
+    fn on_handshake(&mut self, conn: ConnId, frame: &serde_json::Map<String, serde_json::Value>) {
+        self.timers.cancel(TimerKey::Handshake(conn));
+        match handshake::evaluate(frame, self.token.as_ref()) {
+            Ok(accepted) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.phase = Phase::Open(accepted);
+                }
+                let bytes = encode_payload(&handshake::accept_json(accepted.version));
+                self.push(Output::Send { conn, bytes });
+                let mut ev = AuditEvent::new(Level::Info, Some(conn), "handshake_ok", "ok");
+                ev.class = Some(accepted.class);
+                self.audit(ev);
+            }
+            Err(rejection) => {
+                let bytes = encode_payload(&handshake::reject_json(rejection));
+                self.push(Output::Send { conn, bytes });
+                self.audit(AuditEvent::new(
+                    Level::Warn,
+                    Some(conn),
+                    "handshake_rejected",
+                    rejection.reason(),
+                ));
+                self.close(conn);
+            }
+        }
+    }
+
+    /// The peer closed its write side. In-flight requests finish and are
+    /// answered, then the connection closes.
+    pub fn handle_read_closed(&mut self, conn: ConnId, now: Now) {
+        self.tick(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.read_closed = true;
+        let done = matches!(c.phase, Phase::AwaitingHandshake) || c.in_flight.is_empty();
+        self.timers.cancel(TimerKey::PartialFrame(conn));
+        if done {
+            self.close(conn);
+        }
+    }
+
+    /// The connection is gone (reset, or the driver closed it). Its requests
+    /// are detached; writes among them still complete.
+    pub fn handle_connection_gone(&mut self, conn: ConnId, now: Now) {
+        self.tick(now);
+        if self.forget(conn) {
+            self.audit(AuditEvent::new(
+                Level::Info,
+                Some(conn),
+                "disconnect",
+                "peer_gone",
+            ));
+        }
+    }
+
+    /// The driver stopped reading the connection because too much output is
+    /// unsent. Its partial-frame deadline is suspended.
+    pub fn handle_pause_reading(&mut self, conn: ConnId, now: Now) {
+        self.tick(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.paused {
+            return;
+        }
+        c.paused = true;
+        let key = TimerKey::PartialFrame(conn);
+        if let Some(at) = self.timers.get(key) {
+            c.partial_left_ms = Some(at.since(self.now.mono));
+            self.timers.cancel(key);
+        }
+    }
+
+    /// The driver reads the connection again; a suspended partial-frame
+    /// deadline resumes with the time it had left.
+    pub fn handle_resume_reading(&mut self, conn: ConnId, now: Now) {
+        self.tick(now);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.paused {
+            return;
+        }
+        c.paused = false;
+        if let Some(left) = c.partial_left_ms.take() {
+            let at = self.now.mono.plus(left);
+            self.timers.set(TimerKey::PartialFrame(conn), at);
+        }
+    }
+
+    /// Time passed; fires every deadline at or before `now`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.tick(now);
+        while let Some(key) = self.timers.pop_expired(self.now.mono) {
+            match key {
+                TimerKey::Handshake(conn) => {
+                    self.audit(AuditEvent::new(
+                        Level::Warn,
+                        Some(conn),
+                        "handshake_timeout",
+                        "closed",
+                    ));
+                    self.close(conn);
+                }
+                TimerKey::PartialFrame(conn) => {
+                    self.audit(AuditEvent::new(
+                        Level::Warn,
+                        Some(conn),
+                        "partial_frame_timeout",
+                        "closed",
+                    ));
+                    self.close(conn);
+                }
+            }
+        }
+    }
+
+    /// The result of an effect. Unknown ids (work that was dropped) are
+    /// ignored.
+    pub fn handle_effect_result(&mut self, id: EffectId, result: EffectResult, now: Now) {
+        self.tick(now);
+        let Some(task) = self.effects.remove(&id) else {
+            return;
+        };
+        self.resume(task, result);
+    }
+
+    /// Closes a connection from the engine side: flush, close, forget.
+    pub(crate) fn close(&mut self, conn: ConnId) {
+        if self.forget(conn) {
+            self.push(Output::Close { conn });
+            self.audit(AuditEvent::new(
+                Level::Info,
+                Some(conn),
+                "disconnect",
+                "closed",
+            ));
+        }
+    }
+
+    /// Drops a connection's state and detaches its requests.
+    fn forget(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.remove(&conn) else {
+            return false;
+        };
+        self.timers.cancel(TimerKey::Handshake(conn));
+        self.timers.cancel(TimerKey::PartialFrame(conn));
+        for task in c.in_flight.into_values() {
+            self.detach(task);
+        }
+        true
+    }
+
+    /// Closes a half-closed connection once its last request is answered.
+    pub(crate) fn maybe_finish_half_close(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.read_closed && c.in_flight.is_empty())
+        {
+            self.close(conn);
+        }
+    }
+
+    /// Releases a write lock and starts the next waiter.
+    pub(crate) fn release_key(&mut self, key: &Key, holder: TaskId) {
+        if let Some(next) = self.locks.release(key, holder) {
+            self.lock_granted(next);
+        }
+    }
+}

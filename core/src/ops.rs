@@ -1,0 +1,246 @@
+//! What each operation does with a request before any effect (SPEC §3.4–3.6).
+//!
+//! The order of checks is fixed: sandbox policy for the operations that
+//! answer before validation, then the payload schema, then the allow-lists,
+//! then the handler. The result is either an immediate answer or the
+//! [`Work`] that the engine continues with effects.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::Policy;
+use crate::error::ErrorCode;
+use crate::keylock::Key;
+use crate::op::Op;
+use crate::payload::{self, DEFAULT_BUCKET, FieldError};
+use crate::reply::{Answer, Failure};
+use crate::task::{Work, WriteStep};
+
+/// How a request proceeds.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// Answered at once.
+    Answer(Answer),
+    /// Continues with effects.
+    Work(Work),
+}
+
+impl From<FieldError> for Failure {
+    fn from(e: FieldError) -> Failure {
+        Failure::new(ErrorCode::InvalidRequest, e.to_string())
+    }
+}
+
+fn object(pairs: Value) -> Map<String, Value> {
+    match pairs {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// An `{"<field>": [names…]}` answer.
+pub(crate) fn names(field: &str, list: Vec<String>) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(field.to_owned(), Value::from(list));
+    m
+}
+
+/// Allow-list check of one name.
+fn allow(list: Option<&BTreeSet<String>>, kind: &str, name: &str) -> Result<(), Failure> {
+    match list {
+        Some(list) if !list.contains(name) => Err(Failure::new(
+            ErrorCode::Unauthorized,
+            format!("{kind} not allowed: {name}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Allow-list check for a provider and bucket.
+fn allowed(policy: &Policy, key: &Key) -> Result<(), Failure> {
+    allow(policy.allowed_providers.as_ref(), "Provider", &key.provider)?;
+    allow(policy.allowed_buckets.as_ref(), "Bucket", &key.bucket)
+}
+
+/// Keeps the names an allow-list permits.
+pub(crate) fn filter_allowed(
+    list: Option<&BTreeSet<String>>,
+    mut names: Vec<String>,
+) -> Vec<String> {
+    names.sort();
+    names.dedup();
+    if let Some(allowed) = list {
+        names.retain(|n| allowed.contains(n));
+    }
+    names
+}
+
+/// Validated `provider` + `bucket`, allow-listed.
+fn key_of(policy: &Policy, p: Option<&Map<String, Value>>) -> Result<Key, Failure> {
+    let key = Key::new(payload::provider(p)?, payload::bucket(p)?);
+    allowed(policy, &key)?;
+    Ok(key)
+}
+
+/// The refusal a sandbox gets for an operation it may never use.
+fn sandbox_refusal(op: Op) -> Option<&'static str> {
+    Some(match op {
+        Op::SaveToken => "Sandbox connections cannot modify tokens",
+        Op::RemoveToken => "Sandbox connections cannot remove tokens",
+        Op::HasApiKey => "Sandbox connections cannot check key existence",
+        _ => return None,
+    })
+}
+
+/// The refusal a sandbox gets under `strict_sandbox` for login and refresh.
+fn strict_refusal(op: Op) -> Option<&'static str> {
+    Some(match op {
+        Op::OauthInitiate => "Sandbox connections cannot initiate OAuth",
+        Op::OauthExchange => "Sandbox connections cannot exchange OAuth tokens",
+        Op::OauthPoll => "Sandbox connections cannot poll OAuth tokens",
+        Op::OauthCancel => "Sandbox connections cannot cancel OAuth sessions",
+        Op::RefreshToken => "Sandbox connections cannot refresh tokens",
+        _ => return None,
+    })
+}
+
+/// The answers a sandbox gets before validation (SPEC §3.5).
+fn sandbox_answer(op: Op, policy: &Policy, raw: Option<&Value>) -> Option<Answer> {
+    if let Some(msg) = sandbox_refusal(op) {
+        return Some(Err(Failure::new(ErrorCode::Forbidden, msg)));
+    }
+    if policy.strict_sandbox
+        && let Some(msg) = strict_refusal(op)
+    {
+        return Some(Err(Failure::new(ErrorCode::Forbidden, msg)));
+    }
+    Some(Ok(match op {
+        Op::ListProviders => names("providers", Vec::new()),
+        Op::ListBuckets => names("buckets", Vec::new()),
+        Op::ListApiKeys => names("keys", Vec::new()),
+        Op::GetBucketStats => {
+            let bucket = raw
+                .and_then(|p| p.get("bucket"))
+                .and_then(Value::as_str)
+                .filter(|b| !b.is_empty())
+                .unwrap_or(DEFAULT_BUCKET);
+            object(json!({"bucket": bucket, "requestCount": 0, "percentage": 0}))
+        }
+        _ => return None,
+    }))
+}
+
+/// Decides how a request for `op` (never `cancel`) proceeds.
+pub(crate) fn start(op: Op, sandbox: bool, policy: &Policy, raw_payload: Option<&Value>) -> Start {
+    if sandbox && let Some(answer) = sandbox_answer(op, policy, raw_payload) {
+        return Start::Answer(answer);
+    }
+    match validate(op, sandbox, policy, raw_payload) {
+        Ok(start) => start,
+        Err(failure) => Start::Answer(Err(failure)),
+    }
+}
+
+fn validate(op: Op, sandbox: bool, policy: &Policy, raw: Option<&Value>) -> Result<Start, Failure> {
+    let p = payload::as_object(raw)?;
+    let work = match op {
+        Op::GetToken => Work::GetToken {
+            key: key_of(policy, p)?,
+            sandbox,
+        },
+        Op::GetBucketStats => Work::BucketStats {
+            key: key_of(policy, p)?,
+        },
+        Op::SaveToken => {
+            let (provider, bucket, token) = payload::save_token(p)?;
+            let key = Key::new(provider, bucket);
+            allowed(policy, &key)?;
+            Work::SaveToken {
+                key,
+                incoming: token.without_refresh_token(),
+                step: WriteStep::Queued,
+            }
+        }
+        Op::RemoveToken => Work::RemoveToken {
+            key: key_of(policy, p)?,
+            step: WriteStep::Queued,
+        },
+        Op::ListProviders => Work::ListProviders,
+        Op::ListBuckets => {
+            let provider = payload::provider(p)?;
+            allow(policy.allowed_providers.as_ref(), "Provider", &provider)?;
+            Work::ListBuckets { provider }
+        }
+        Op::GetApiKey => {
+            let name = payload::key_name(p)?;
+            allow(policy.allowed_keys.as_ref(), "Key", &name)?;
+            Work::GetApiKey { name, sandbox }
+        }
+        Op::ListApiKeys => Work::ListApiKeys,
+        Op::HasApiKey => {
+            let name = payload::key_name(p)?;
+            allow(policy.allowed_keys.as_ref(), "Key", &name)?;
+            Work::HasApiKey { name }
+        }
+        Op::OauthInitiate
+        | Op::OauthExchange
+        | Op::OauthPoll
+        | Op::OauthCancel
+        | Op::RefreshToken => {
+            return login_without_providers(op, policy, p).map(Start::Answer);
+        }
+        Op::Cancel => return Err(Failure::internal()),
+    };
+    Ok(Start::Work(work))
+}
+
+/// Login and refresh with no provider configured.
+///
+/// Provider specs are not part of this engine yet, so every provider is
+/// unknown and every session id is unknown: these are the exact answers the
+/// protocol gives in that state, validation included.
+fn login_without_providers(
+    op: Op,
+    policy: &Policy,
+    p: Option<&Map<String, Value>>,
+) -> Result<Answer, Failure> {
+    match op {
+        Op::OauthInitiate => {
+            let key = key_of(policy, p)?;
+            Err(Failure::new(
+                ErrorCode::ProviderNotConfigured,
+                format!(
+                    "No OAuth flow factory configured for provider: {}",
+                    key.provider
+                ),
+            ))
+        }
+        Op::RefreshToken => {
+            let key = key_of(policy, p)?;
+            Err(Failure::new(
+                ErrorCode::ProviderNotFound,
+                format!("No OAuth provider configured for: {}", key.provider),
+            ))
+        }
+        Op::OauthExchange => {
+            payload::required_str(p, "session_id")?;
+            payload::required_str(p, "code")?;
+            Err(Failure::new(
+                ErrorCode::SessionNotFound,
+                "OAuth session not found",
+            ))
+        }
+        Op::OauthPoll => {
+            payload::required_str(p, "session_id")?;
+            Err(Failure::new(
+                ErrorCode::SessionNotFound,
+                "OAuth session not found",
+            ))
+        }
+        _ => {
+            payload::required_str(p, "session_id")?;
+            Ok(Ok(Map::new()))
+        }
+    }
+}

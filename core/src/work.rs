@@ -1,0 +1,224 @@
+//! Carrying requests through their effects.
+//!
+//! [`Engine::begin`] issues a task's first effect (or queues it on its key's
+//! write lock), [`Engine::resume`] continues it with an effect result, and
+//! [`Engine::finish`] answers it. Detached tasks (cancelled, or their
+//! connection gone) are dropped when they only read, and run to completion
+//! silently when they write.
+
+use serde_json::{Map, Value};
+
+use crate::audit::{AuditEvent, Level};
+use crate::connection::Phase;
+use crate::effect::{Effect, EffectResult};
+use crate::engine::Engine;
+use crate::error::ErrorCode;
+use crate::handshake::Accepted;
+use crate::keylock::Key;
+use crate::ops::{filter_allowed, names};
+use crate::reply::{Answer, Failure};
+use crate::task::{TaskId, Work, WriteStep};
+use crate::token::Token;
+
+/// What a task does after an effect result.
+enum Next {
+    /// Issue another effect.
+    Effect(Effect),
+    /// Answer the request.
+    Answer(Answer),
+}
+
+impl<R> Engine<R> {
+    /// Issues the first effect of a new task.
+    pub(crate) fn begin(&mut self, task: TaskId) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        if let Some(key) = t.work.write_key().cloned() {
+            if self.locks.acquire(&key, task) {
+                self.lock_granted(task);
+            }
+            return;
+        }
+        let effect = match &t.work {
+            Work::GetToken { key, .. } | Work::BucketStats { key } => token_get(key, false),
+            Work::ListProviders => Effect::ListProviders,
+            Work::ListBuckets { provider } => Effect::ListBuckets {
+                provider: provider.clone(),
+            },
+            Work::GetApiKey { name, .. } => Effect::ApiKeyGet { name: name.clone() },
+            Work::ListApiKeys => Effect::ApiKeyList,
+            Work::HasApiKey { name } => Effect::ApiKeyHas { name: name.clone() },
+            Work::SaveToken { .. } | Work::RemoveToken { .. } => return,
+        };
+        self.emit_effect(task, effect);
+    }
+
+    /// A write task now holds its key: read fresh (save) or delete (remove).
+    pub(crate) fn lock_granted(&mut self, task: TaskId) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        let effect = match &mut t.work {
+            Work::SaveToken { key, step, .. } => {
+                *step = WriteStep::Reading;
+                token_get(key, true)
+            }
+            Work::RemoveToken { key, step } => {
+                *step = WriteStep::Writing;
+                Effect::TokenDelete {
+                    provider: key.provider.clone(),
+                    bucket: key.bucket.clone(),
+                }
+            }
+            _ => return,
+        };
+        self.emit_effect(task, effect);
+    }
+
+    /// Continues a task with the result of its effect.
+    pub(crate) fn resume(&mut self, task: TaskId, result: EffectResult) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        let next = match &mut t.work {
+            Work::SaveToken {
+                key,
+                incoming,
+                step,
+            } => save_step(key, incoming, step, result),
+            Work::BucketStats { key } if matches!(result, EffectResult::Token(Some(_))) => {
+                Next::Answer(Ok(self.stats.report(key)))
+            }
+            work => Next::Answer(read_answer(work, result, &self.config.policy)),
+        };
+        match next {
+            Next::Effect(effect) => self.emit_effect(task, effect),
+            Next::Answer(answer) => self.finish(task, answer),
+        }
+    }
+
+    /// Answers a task (if still attached), releases its key and forgets it.
+    pub(crate) fn finish(&mut self, task: TaskId, answer: Answer) {
+        let Some(t) = self.tasks.remove(&task) else {
+            return;
+        };
+        if let Some(key) = t.work.write_key() {
+            self.release_key(key, task);
+        }
+        if let (Work::GetToken { key, .. }, Ok(_)) = (&t.work, &answer) {
+            self.stats.record(key, self.now.unix_ms);
+        }
+        let Some(reply) = t.reply else { return };
+        let Some(c) = self.conns.get_mut(&reply.conn) else {
+            return;
+        };
+        c.in_flight.remove(&reply.id);
+        let Phase::Open(Accepted { version, .. }) = c.phase else {
+            return;
+        };
+        let mut event = AuditEvent::new(Level::Info, Some(reply.conn), t.op.into(), "ok");
+        describe(&t.work, &mut event);
+        self.send_answer_audited(reply.conn, version, &reply.id, &answer, event);
+        self.maybe_finish_half_close(reply.conn);
+    }
+
+    /// Detaches a task from its request: reads are dropped, writes continue
+    /// without a reply.
+    pub(crate) fn detach(&mut self, task: TaskId) {
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        t.reply = None;
+        if !t.work.has_side_effects() {
+            self.tasks.remove(&task);
+        }
+    }
+}
+
+fn token_get(key: &Key, fresh: bool) -> Effect {
+    Effect::TokenGet {
+        provider: key.provider.clone(),
+        bucket: key.bucket.clone(),
+        fresh,
+    }
+}
+
+/// Names the provider, bucket or key of a request in its audit event.
+fn describe(work: &Work, event: &mut AuditEvent) {
+    match work {
+        Work::GetToken { key, .. }
+        | Work::BucketStats { key }
+        | Work::SaveToken { key, .. }
+        | Work::RemoveToken { key, .. } => {
+            event.provider = Some(key.provider.clone());
+            event.bucket = Some(key.bucket.clone());
+        }
+        Work::ListBuckets { provider } => event.provider = Some(provider.clone()),
+        Work::GetApiKey { name, .. } | Work::HasApiKey { name } => event.name = Some(name.clone()),
+        Work::ListProviders | Work::ListApiKeys => {}
+    }
+}
+
+/// `save_token` under its key: fresh read, merge, write.
+fn save_step(key: &Key, incoming: &Token, step: &mut WriteStep, result: EffectResult) -> Next {
+    match (*step, result) {
+        (WriteStep::Reading, EffectResult::Token(existing)) => {
+            *step = WriteStep::Writing;
+            let merged = existing.unwrap_or_default().merged_with(incoming);
+            Next::Effect(Effect::TokenPut {
+                provider: key.provider.clone(),
+                bucket: key.bucket.clone(),
+                token: merged,
+            })
+        }
+        (WriteStep::Writing, EffectResult::Done) => Next::Answer(Ok(Map::new())),
+        _ => Next::Answer(Err(Failure::internal())),
+    }
+}
+
+/// The answer of a task that needs one effect.
+fn read_answer(work: &Work, result: EffectResult, policy: &crate::config::Policy) -> Answer {
+    let denied = || Failure::new(ErrorCode::Forbidden, "Access denied");
+    match (work, result) {
+        (Work::GetToken { .. }, EffectResult::Token(Some(token))) => Ok(token.sanitized()),
+        (Work::GetToken { sandbox: true, .. }, EffectResult::Token(None)) => Err(denied()),
+        (Work::GetToken { key, .. }, EffectResult::Token(None)) => Err(Failure::new(
+            ErrorCode::NotFound,
+            format!("No token found for provider: {}", key.provider),
+        )),
+        (Work::BucketStats { key }, EffectResult::Token(None)) => Err(Failure::new(
+            ErrorCode::NotFound,
+            format!("No stats found for {}/{}", key.provider, key.bucket),
+        )),
+        (Work::RemoveToken { .. }, EffectResult::Done) => Ok(Map::new()),
+        (Work::ListProviders, EffectResult::Names(list)) => Ok(names(
+            "providers",
+            filter_allowed(policy.allowed_providers.as_ref(), list),
+        )),
+        (Work::ListBuckets { .. }, EffectResult::Names(list)) => Ok(names(
+            "buckets",
+            filter_allowed(policy.allowed_buckets.as_ref(), list),
+        )),
+        (Work::ListApiKeys, EffectResult::Names(list)) => Ok(names(
+            "keys",
+            filter_allowed(policy.allowed_keys.as_ref(), list),
+        )),
+        (Work::GetApiKey { .. }, EffectResult::ApiKey(Some(secret))) => {
+            let mut m = Map::new();
+            m.insert("key".into(), Value::from(secret.into_inner()));
+            Ok(m)
+        }
+        (Work::GetApiKey { sandbox: true, .. }, EffectResult::ApiKey(None)) => Err(denied()),
+        (Work::GetApiKey { name, .. }, EffectResult::ApiKey(None)) => Err(Failure::new(
+            ErrorCode::NotFound,
+            format!("No API key found for: {name}"),
+        )),
+        (Work::HasApiKey { .. }, EffectResult::Exists(exists)) => {
+            let mut m = Map::new();
+            m.insert("exists".into(), Value::Bool(exists));
+            Ok(m)
+        }
+        _ => Err(Failure::internal()),
+    }
+}
