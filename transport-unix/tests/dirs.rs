@@ -1,0 +1,130 @@
+//! Private directory creation and refusals.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+
+use common::{chmod, euid, is_root, mode_of, short_tempdir};
+use credproxy_unix::{ModeProblem, UnixError, ensure_private_dir, verify_private_dir};
+
+#[test]
+fn creates_a_missing_directory_with_mode_0700_and_accepts_it_again() {
+    let tmp = short_tempdir();
+    let dir = tmp.path().join("b");
+    ensure_private_dir(&dir).expect("create");
+    assert!(dir.is_dir());
+    assert_eq!(mode_of(&dir), 0o700);
+    ensure_private_dir(&dir).expect("existing private dir is accepted");
+    verify_private_dir(&dir).expect("verify");
+}
+
+#[test]
+fn creates_only_the_last_component() {
+    let tmp = short_tempdir();
+    let dir = tmp.path().join("missing").join("b");
+    let err = ensure_private_dir(&dir).expect_err("parent is missing");
+    assert!(matches!(err, UnixError::ParentMissing { .. }), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!tmp.path().join("missing").exists());
+}
+
+#[test]
+fn refuses_a_group_writable_directory_without_changing_it() {
+    let tmp = short_tempdir();
+    chmod(tmp.path(), 0o770);
+    let err = ensure_private_dir(tmp.path()).expect_err("group-writable");
+    let p = tmp.path().display();
+    assert_eq!(
+        err.to_string(),
+        format!("socket directory {p} is group-writable; fix with chmod 700 {p}")
+    );
+    assert!(matches!(
+        err,
+        UnixError::TooOpen {
+            problem: ModeProblem::GroupWritable,
+            ..
+        }
+    ));
+    assert_eq!(mode_of(tmp.path()), 0o770, "mode must not be changed");
+}
+
+#[test]
+fn refuses_a_world_writable_directory() {
+    let tmp = short_tempdir();
+    chmod(tmp.path(), 0o777);
+    let err = ensure_private_dir(tmp.path()).expect_err("world-writable");
+    let p = tmp.path().display();
+    assert_eq!(
+        err.to_string(),
+        format!("socket directory {p} is world-writable; fix with chmod 700 {p}")
+    );
+    assert_eq!(mode_of(tmp.path()), 0o777, "mode must not be changed");
+}
+
+#[test]
+fn refuses_a_directory_readable_by_others() {
+    let tmp = short_tempdir();
+    chmod(tmp.path(), 0o755);
+    let err = verify_private_dir(tmp.path()).expect_err("0755");
+    let p = tmp.path().display();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "socket directory {p} is accessible to group or others (mode 0755); fix with chmod 700 {p}"
+        )
+    );
+}
+
+#[test]
+fn refuses_a_symlink_even_to_a_private_directory() {
+    let tmp = short_tempdir();
+    let target = tmp.path().join("t");
+    ensure_private_dir(&target).expect("target");
+    let link = tmp.path().join("l");
+    symlink(&target, &link).expect("symlink");
+    let err = ensure_private_dir(&link).expect_err("symlink");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "socket directory {} is a symlink; remove it",
+            link.display()
+        )
+    );
+    assert!(
+        link.symlink_metadata()
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn refuses_a_file_in_place_of_the_directory() {
+    let tmp = short_tempdir();
+    let file = tmp.path().join("f");
+    std::fs::write(&file, b"x").expect("write");
+    let err = ensure_private_dir(&file).expect_err("file");
+    assert!(matches!(err, UnixError::NotADirectory { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&file).expect("kept"), b"x");
+}
+
+#[test]
+fn refuses_a_directory_owned_by_someone_else() {
+    if !is_root() {
+        eprintln!("skipped: needs root to chown a directory to another uid");
+        return;
+    }
+    let tmp = short_tempdir();
+    let dir = tmp.path().join("o");
+    std::fs::create_dir(&dir).expect("mkdir");
+    chmod(&dir, 0o700);
+    nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).expect("chown");
+    let err = ensure_private_dir(&dir).expect_err("foreign owner");
+    let p = dir.display();
+    let me = euid();
+    assert_eq!(
+        err.to_string(),
+        format!("socket directory {p} is owned by uid 65534, not {me}; fix with chown {me} {p}")
+    );
+    assert!(matches!(err, UnixError::WrongOwner { owner: 65534, .. }));
+}
