@@ -1,0 +1,3 @@
+//! credproxy host: effect executor, embedded store, HTTP, configuration and CLI.
+
+pub mod store;

@@ -1,0 +1,117 @@
+//! The store's error type.
+//!
+//! Every message is written for the person running credproxy: it names the
+//! path and, where the fix is mechanical, the exact command. No variant has a
+//! field that could hold a token or an API key, and JSON parse errors are
+//! reduced to their position because serde's messages may quote the input.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What a rejected name was meant to be, so the message says which argument
+/// was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// An OAuth provider name (`provider:bucket` key, first half).
+    Provider,
+    /// A bucket name (`provider:bucket` key, second half).
+    Bucket,
+    /// The name of a stored API key.
+    ApiKey,
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameKind::Provider => "provider",
+            NameKind::Bucket => "bucket",
+            NameKind::ApiKey => "API key",
+        })
+    }
+}
+
+/// Why a store operation failed. `Display` never contains a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Neither `$XDG_DATA_HOME` nor `$HOME` gives an absolute path, so there
+    /// is no safe default location.
+    #[error(
+        "cannot locate the credential store: neither XDG_DATA_HOME nor HOME is an absolute path; \
+         set one of them"
+    )]
+    NoDataDir,
+
+    /// A provider, bucket or API key name outside the allowed alphabet or
+    /// length. `shown` is the name, escaped and truncated.
+    #[error("invalid {kind} name {shown}: {reason}")]
+    InvalidName {
+        /// Which kind of name was rejected.
+        kind: NameKind,
+        /// The rejected name, `Debug`-escaped and truncated for display.
+        shown: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A store directory or file is not private to us (symlink, wrong type,
+    /// wrong owner, group/other permission bits). Refused, with the fix.
+    #[error("{what} {path} {problem}; fix with {fix}")]
+    Insecure {
+        /// "store directory" or "store file".
+        what: &'static str,
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong, e.g. "is group-writable (mode 0770)".
+        problem: String,
+        /// The command that fixes it, e.g. "chmod 700 /x/credproxy".
+        fix: String,
+    },
+
+    /// A stored file does not parse. Only its path and the position of the
+    /// problem are reported, never its content.
+    #[error("store file {path} is corrupt ({detail}); remove it or restore it from a backup")]
+    Corrupt {
+        /// The unreadable file.
+        path: PathBuf,
+        /// Position or kind of the problem, free of file content.
+        detail: String,
+    },
+
+    /// An operating-system error on a store path.
+    #[error("cannot {op} {path}: {cause}")]
+    Io {
+        /// What we were doing, e.g. "read", "rename", "fsync".
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error (its message never includes file content).
+        cause: io::Error,
+    },
+}
+
+impl StoreError {
+    /// Shorthand for an [`StoreError::Io`] on `path`.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> StoreError {
+        StoreError::Io {
+            op,
+            path: path.into(),
+            cause,
+        }
+    }
+
+    /// A parse failure of `path`, keeping only serde's position and category
+    /// (its message text can quote the file).
+    pub(crate) fn corrupt_json(path: impl Into<PathBuf>, err: &serde_json::Error) -> StoreError {
+        let what = match err.classify() {
+            serde_json::error::Category::Io => "I/O error while parsing",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "unexpected JSON structure",
+            serde_json::error::Category::Eof => "truncated JSON",
+        };
+        StoreError::Corrupt {
+            path: path.into(),
+            detail: format!("{what} at line {} column {}", err.line(), err.column()),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Cross-process refresh locks.
+//!
+//! Two proxies (or a proxy and the CLI) must not refresh the same key at
+//! once, or one of them would spend a rotated refresh token. Each key has a
+//! lock file that is never deleted (deleting it would let two processes lock
+//! different inodes under the same name), locked with `flock(LOCK_EX)`.
+//! `flock` locks belong to the open file description, so two `FileStore`s in
+//! one process exclude each other too, and the kernel releases the lock when
+//! a process dies.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::dirs::{FILE_MODE, symlink_file, verify_file};
+use super::error::StoreError;
+
+/// First pause between lock attempts; doubles up to [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(1);
+/// Longest pause between lock attempts.
+const MAX_POLL: Duration = Duration::from_millis(25);
+
+/// An exclusive lock on one key; released when dropped.
+#[derive(Debug)]
+pub struct KeyLock {
+    file: File,
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        // Closing the descriptor releases the lock anyway; unlocking first
+        // makes the release immediate even if the fd were duplicated.
+        let _ = flock(&self.file, libc::LOCK_UN);
+    }
+}
+
+/// Locks the file at `path` (created 0600 if missing), waiting at most
+/// `wait`. `Ok(None)` if another holder kept it for the whole wait.
+pub fn acquire(path: &Path, wait: Duration) -> Result<Option<KeyLock>, StoreError> {
+    let file = open_lock_file(path)?;
+    let deadline = Instant::now() + wait;
+    let mut pause = FIRST_POLL;
+    loop {
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => return Ok(Some(KeyLock { file })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoreError::io("lock", path, e)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(MAX_POLL);
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                symlink_file(path)
+            } else {
+                StoreError::io("open lock file", path, e)
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::io("inspect", path, e))?;
+    verify_file(path, &meta)?;
+    Ok(file)
+}
+
+/// `flock(2)` on `file`. (std's `File::lock` needs Rust 1.89; the workspace
+/// MSRV is 1.88.)
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: the descriptor is valid for the lifetime of `file`, and flock
+    // touches no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

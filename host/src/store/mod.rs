@@ -1,0 +1,412 @@
+//! The embedded default credential store (SPEC §7).
+//!
+//! OAuth tokens, per-key metadata, refresh locks and API keys live in files
+//! under one private root (`$XDG_DATA_HOME/credproxy` by default):
+//!
+//! ```text
+//! <root>/tokens/<hex(provider)>.<hex(bucket)>.json   the token (JSON object)
+//! <root>/meta/<hex(provider)>.<hex(bucket)>.json     KeyMeta, outside the token
+//! <root>/locks/<hex(provider)>.<hex(bucket)>.lock    flock target, never deleted
+//! <root>/keys/<hex(name)>                            an API key, raw bytes
+//! ```
+//!
+//! Everything is synchronous: the async driver calls it through
+//! `smol::unblock`, or inline for [`FileStore::get_token_cached`], which
+//! costs one lstat. [`FileStore`] is `Send + Sync` and meant to be shared
+//! behind an `Arc`; several instances (in this process or others) may use
+//! the same root at once.
+
+mod atomic;
+mod cache;
+mod dirs;
+mod error;
+mod lock;
+mod names;
+mod read;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use credproxy_core::{Secret, Token};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use cache::{FileId, TokenCache};
+use names::{
+    api_key_file_name, check_api_key_name, check_key_part, json_file_name, lock_file_name,
+    parse_api_key_file_name, parse_json_file_name,
+};
+
+pub use error::{NameKind, StoreError};
+pub use lock::KeyLock;
+pub use names::MAX_NAME_LEN;
+
+/// Largest token or metadata file we will read (tokens are a few KiB).
+const MAX_JSON_BYTES: u64 = 1024 * 1024;
+/// Largest API key file we will read.
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// Subdirectory names under the root.
+const TOKENS: &str = "tokens";
+const META: &str = "meta";
+const LOCKS: &str = "locks";
+const KEYS: &str = "keys";
+
+/// Per-key metadata kept beside, never inside, the token, so `get_token`
+/// cannot leak it and a token rewrite cannot lose it by accident.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyMeta {
+    /// The provider rejected the stored refresh token (`invalid_grant` and
+    /// the like): refreshing again is pointless until a login or a
+    /// `save_token` with a new token clears this (SPEC §5.3).
+    pub refresh_unusable: bool,
+}
+
+/// The file-backed store. Cheap to share: wrap it in an `Arc`.
+///
+/// Errors, for every method: [`StoreError::InvalidName`] for a bad name,
+/// before the disk is touched; [`StoreError::Insecure`] for a symlink or a
+/// file or directory that is not private; [`StoreError::Corrupt`] for a file
+/// that does not parse; [`StoreError::Io`] for anything the OS refuses.
+pub struct FileStore {
+    root: PathBuf,
+    tokens: PathBuf,
+    meta: PathBuf,
+    locks: PathBuf,
+    keys: PathBuf,
+    cache: TokenCache,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cache holds tokens: show only where the store is.
+        f.debug_struct("FileStore")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileStore {
+    /// `$XDG_DATA_HOME/credproxy`, else `$HOME/.local/share/credproxy`: the
+    /// XDG location, so the CLI and every proxy of the user agree on it. A
+    /// relative `XDG_DATA_HOME` is ignored (XDG spec); without an absolute
+    /// `HOME` this is an error rather than a store in the working directory.
+    pub fn default_root() -> Result<PathBuf, StoreError> {
+        dirs::default_root()
+    }
+
+    /// Opens the store at `root`, creating it (0700) and its subdirectories
+    /// if missing. An existing root or subdirectory must be a real directory
+    /// owned by our euid with no group/other bits, and every file in them a
+    /// private regular file; otherwise the error says how to fix it. Temp
+    /// files left by a crash long ago are removed.
+    pub fn open(root: &Path) -> Result<FileStore, StoreError> {
+        if fs::symlink_metadata(root).is_err()
+            && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty())
+        {
+            fs::create_dir_all(parent)
+                .map_err(|e| StoreError::io("create directory", parent, e))?;
+        }
+        dirs::ensure_private_dir(root)?;
+        let store = FileStore {
+            root: root.to_owned(),
+            tokens: root.join(TOKENS),
+            meta: root.join(META),
+            locks: root.join(LOCKS),
+            keys: root.join(KEYS),
+            cache: TokenCache::default(),
+        };
+        for dir in [&store.tokens, &store.meta, &store.locks, &store.keys] {
+            dirs::ensure_private_dir(dir)?;
+            check_entries(dir)?;
+        }
+        Ok(store)
+    }
+
+    /// The root directory, for messages and the CLI.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The token of `provider`/`bucket`, `None` if none is stored. With
+    /// `fresh = false` a cache entry is used when one lstat shows the file
+    /// unchanged; `fresh = true` always reads the file (refresh re-reads
+    /// under the lock, SPEC §5.3).
+    pub fn get_token(
+        &self,
+        provider: &str,
+        bucket: &str,
+        fresh: bool,
+    ) -> Result<Option<Token>, StoreError> {
+        check_key(provider, bucket)?;
+        if !fresh && let Some(hit) = self.cached(provider, bucket) {
+            return Ok(hit);
+        }
+        self.read_token(provider, bucket)
+    }
+
+    /// Cache-only fast path for the async driver: `Some(answer)` when the
+    /// cached entry is still valid (the file has the same device, inode,
+    /// size and mtime, or is still absent), `None` when a real read is needed
+    /// (including for invalid names, so the read reports the error).
+    pub fn get_token_cached(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
+        check_key(provider, bucket).ok()?;
+        self.cached(provider, bucket)
+    }
+
+    /// Stores `token` for `provider`/`bucket`, replacing any previous one
+    /// atomically. Merging is the caller's business (SPEC §5.2).
+    pub fn put_token(&self, provider: &str, bucket: &str, token: &Token) -> Result<(), StoreError> {
+        check_key(provider, bucket)?;
+        let name = json_file_name(provider, bucket);
+        let bytes = to_json(token, &self.tokens.join(&name))?;
+        let key = cache_key(provider, bucket);
+        match atomic::write_atomic(&self.tokens, &name, &bytes) {
+            Ok(meta) => {
+                self.cache
+                    .set_present(key, token.clone(), FileId::of(&meta));
+                Ok(())
+            }
+            Err(e) => {
+                // The rename may or may not have happened: read next time.
+                self.cache.forget(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the token of `provider`/`bucket`; deleting an absent token
+    /// succeeds (removal is idempotent for the CLI and `remove_token`).
+    pub fn delete_token(&self, provider: &str, bucket: &str) -> Result<(), StoreError> {
+        check_key(provider, bucket)?;
+        let key = cache_key(provider, bucket);
+        match atomic::remove_durably(&self.tokens, &json_file_name(provider, bucket)) {
+            Ok(_) => {
+                self.cache.set_absent(key);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.forget(&key);
+                Err(e)
+            }
+        }
+    }
+
+    /// Providers that have at least one stored token, sorted, without
+    /// duplicates (for `list_providers` and the CLI).
+    pub fn list_providers(&self) -> Result<Vec<String>, StoreError> {
+        let mut providers: Vec<String> = list_dir(&self.tokens)?
+            .iter()
+            .filter_map(|n| parse_json_file_name(n))
+            .map(|(p, _)| p)
+            .collect();
+        providers.sort();
+        providers.dedup();
+        Ok(providers)
+    }
+
+    /// Buckets with a stored token for `provider`, sorted.
+    pub fn list_buckets(&self, provider: &str) -> Result<Vec<String>, StoreError> {
+        check_key_part(NameKind::Provider, provider)?;
+        let mut buckets: Vec<String> = list_dir(&self.tokens)?
+            .iter()
+            .filter_map(|n| parse_json_file_name(n))
+            .filter(|(p, _)| p == provider)
+            .map(|(_, b)| b)
+            .collect();
+        buckets.sort();
+        Ok(buckets)
+    }
+
+    /// The API key called `name`, `None` if there is none. Read from the file
+    /// each time (keys change only through the CLI and are read rarely).
+    pub fn get_api_key(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        check_api_key_name(name)?;
+        let path = self.keys.join(api_key_file_name(name));
+        let Some(contents) = read::read_private(&path, MAX_KEY_BYTES)? else {
+            return Ok(None);
+        };
+        match String::from_utf8(contents.bytes) {
+            Ok(value) => Ok(Some(Secret::new(value))),
+            Err(_) => Err(StoreError::Corrupt {
+                path,
+                detail: "not UTF-8".to_owned(),
+            }),
+        }
+    }
+
+    /// Names of the stored API keys, sorted.
+    pub fn list_api_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut names: Vec<String> = list_dir(&self.keys)?
+            .iter()
+            .filter_map(|n| parse_api_key_file_name(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether an API key called `name` exists, without reading its value.
+    /// A key file that is a symlink or not private is an error, as on read.
+    pub fn has_api_key(&self, name: &str) -> Result<bool, StoreError> {
+        check_api_key_name(name)?;
+        let path = self.keys.join(api_key_file_name(name));
+        match fs::symlink_metadata(&path) {
+            Ok(meta) => dirs::verify_file(&path, &meta).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io("inspect", &path, e)),
+        }
+    }
+
+    /// Stores (or replaces) the API key `name` atomically. The value is
+    /// written byte for byte, without a trailing newline.
+    pub fn set_api_key(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        check_api_key_name(name)?;
+        atomic::write_atomic(
+            &self.keys,
+            &api_key_file_name(name),
+            value.expose().as_bytes(),
+        )
+        .map(drop)
+    }
+
+    /// Removes the API key `name`; `true` if it existed.
+    pub fn remove_api_key(&self, name: &str) -> Result<bool, StoreError> {
+        check_api_key_name(name)?;
+        atomic::remove_durably(&self.keys, &api_key_file_name(name))
+    }
+
+    /// Takes the cross-process refresh lock of `provider`/`bucket`
+    /// (`flock(LOCK_EX)` on its lock file), waiting at most `wait`.
+    /// `Ok(None)` on timeout. The lock is released when the guard is dropped.
+    pub fn lock_key(
+        &self,
+        provider: &str,
+        bucket: &str,
+        wait: Duration,
+    ) -> Result<Option<KeyLock>, StoreError> {
+        check_key(provider, bucket)?;
+        lock::acquire(&self.locks.join(lock_file_name(provider, bucket)), wait)
+    }
+
+    /// The metadata of `provider`/`bucket`; the default when none is stored.
+    pub fn get_meta(&self, provider: &str, bucket: &str) -> Result<KeyMeta, StoreError> {
+        check_key(provider, bucket)?;
+        let path = self.meta.join(json_file_name(provider, bucket));
+        match read::read_private(&path, MAX_JSON_BYTES)? {
+            None => Ok(KeyMeta::default()),
+            Some(contents) => serde_json::from_slice(&contents.bytes)
+                .map_err(|e| StoreError::corrupt_json(&path, &e)),
+        }
+    }
+
+    /// Stores the metadata of `provider`/`bucket` atomically. The default
+    /// value is stored by removing the file, which means the same.
+    pub fn put_meta(&self, provider: &str, bucket: &str, meta: &KeyMeta) -> Result<(), StoreError> {
+        check_key(provider, bucket)?;
+        let name = json_file_name(provider, bucket);
+        if *meta == KeyMeta::default() {
+            return atomic::remove_durably(&self.meta, &name).map(drop);
+        }
+        let bytes = to_json(meta, &self.meta.join(&name))?;
+        atomic::write_atomic(&self.meta, &name, &bytes).map(drop)
+    }
+
+    /// The cached answer if one lstat shows it still valid.
+    fn cached(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
+        let path = self.tokens.join(json_file_name(provider, bucket));
+        let current = match fs::symlink_metadata(&path) {
+            Ok(meta) => Some(FileId::of(&meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            // Let the real read report the problem.
+            Err(_) => return None,
+        };
+        self.cache.lookup(&cache_key(provider, bucket), current)
+    }
+
+    /// Reads and parses the token file, updating the cache.
+    fn read_token(&self, provider: &str, bucket: &str) -> Result<Option<Token>, StoreError> {
+        let path = self.tokens.join(json_file_name(provider, bucket));
+        let key = cache_key(provider, bucket);
+        let Some(contents) = read::read_private(&path, MAX_JSON_BYTES)? else {
+            self.cache.set_absent(key);
+            return Ok(None);
+        };
+        let map: Map<String, Value> = match serde_json::from_slice(&contents.bytes) {
+            Ok(map) => map,
+            Err(e) => {
+                self.cache.forget(&key);
+                return Err(StoreError::corrupt_json(&path, &e));
+            }
+        };
+        let token = Token::from_map(map);
+        self.cache
+            .set_present(key, token.clone(), FileId::of(&contents.meta));
+        Ok(Some(token))
+    }
+}
+
+fn check_key(provider: &str, bucket: &str) -> Result<(), StoreError> {
+    check_key_part(NameKind::Provider, provider)?;
+    check_key_part(NameKind::Bucket, bucket)
+}
+
+fn cache_key(provider: &str, bucket: &str) -> (String, String) {
+    (provider.to_owned(), bucket.to_owned())
+}
+
+/// Pretty JSON with a final newline, so a person inspecting the store can
+/// read it. Serializing a JSON map or a plain struct does not fail in
+/// practice; if it ever did, the error names the target, not the content.
+fn to_json<T: Serialize>(value: &T, target: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|_| {
+        StoreError::io(
+            "serialize",
+            target,
+            io::Error::other("cannot serialize value"),
+        )
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// File names in `dir` that are valid UTF-8 (ours always are).
+fn list_dir(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The open-time check of one subdirectory: every symlink or non-private
+/// file is refused with a fix hint; crash leftovers are removed when old.
+fn check_entries(dir: &Path) -> Result<(), StoreError> {
+    let now = SystemTime::now();
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        let path = entry.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            // Renamed or removed by a concurrent writer meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("inspect", &path, e)),
+        };
+        if entry.file_name().to_str().is_some_and(atomic::is_temp_name) {
+            atomic::remove_stale_temp(&path, &meta, now);
+            continue;
+        }
+        dirs::verify_file(&path, &meta)?;
+    }
+    Ok(())
+}
