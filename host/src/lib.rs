@@ -1,3 +1,16 @@
-//! credproxy host: effect executor, embedded store, HTTP, configuration and CLI.
+//! # credproxy (host)
+//!
+//! The host side of credproxy: it runs the pure engine of `credproxy-core`
+//! on smol ([`driver`]), executes its effects against the embedded file
+//! store ([`store`], [`effects`]), writes the audit log ([`audit_log`]),
+//! hardens the process ([`harden`]) and provides the `credproxy` command
+//! line ([`cli`]).
 
+pub mod audit_log;
+pub mod cli;
+pub mod clock;
+pub mod driver;
+pub mod effects;
+pub mod harden;
+pub mod serve;
 pub mod store;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `credproxy` binary; see `credproxy --help`.
+
+fn main() -> std::process::ExitCode {
+    credproxy::cli::main()
+}

@@ -1,0 +1,83 @@
+//! The audit log: one JSON line per engine audit event, on stderr or in a
+//! file. Events carry no secrets by construction (see
+//! `credproxy_core::audit`); the host adds only a timestamp.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use credproxy_core::AuditEvent;
+use serde::Serialize;
+
+/// Where audit lines go.
+#[derive(Debug)]
+pub enum AuditLog {
+    /// Standard error (the default).
+    Stderr,
+    /// An append-only file, created 0600.
+    File(Mutex<File>),
+    /// Nowhere (`--audit-log off`).
+    Off,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    component: &'static str,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
+impl AuditLog {
+    /// Opens `path` for appending (mode 0600 when created).
+    pub fn file(path: &Path) -> std::io::Result<AuditLog> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(AuditLog::File(Mutex::new(f)))
+    }
+
+    /// Writes one event as a JSON line. Failures to log are ignored: the
+    /// proxy keeps serving.
+    pub fn write(&self, event: &AuditEvent) {
+        let line = Line {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            component: "credproxy",
+            event,
+        };
+        let Ok(mut json) = serde_json::to_vec(&line) else {
+            return;
+        };
+        json.push(b'\n');
+        match self {
+            AuditLog::Stderr => {
+                let _ = std::io::stderr().lock().write_all(&json);
+            }
+            AuditLog::File(f) => {
+                if let Ok(mut f) = f.lock() {
+                    let _ = f.write_all(&json);
+                }
+            }
+            AuditLog::Off => {}
+        }
+    }
+}
+
+/// Reports a store failure on stderr. The store's errors name paths and
+/// reasons, never token or key values.
+pub fn log_store_error(error: &crate::store::StoreError) {
+    let line = serde_json::json!({
+        "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "component": "credproxy",
+        "level": "ERROR",
+        "op": "store",
+        "outcome": "failed",
+        "detail": error.to_string(),
+    });
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

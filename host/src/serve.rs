@@ -1,0 +1,211 @@
+//! Running the proxy: on a Unix socket (`serve`, `exec`) or on stdio.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use credproxy_core::{Config, Engine};
+use credproxy_unix::{
+    Accepted, Instance, Listener, PeerPolicy, ShutdownSignal, ShutdownSignals, TokenMode, base_dir,
+    ensure_private_dir, remove_stale_instances,
+};
+use rand_core::UnwrapErr;
+use smol::LocalExecutor;
+use smol::channel::{Sender, unbounded};
+
+use crate::audit_log::AuditLog;
+use crate::driver::{Driver, Event, Lifetime};
+use crate::store::FileStore;
+
+/// Everything `serve`, `exec` and `stdio` share.
+#[derive(Debug)]
+pub struct ServeOptions {
+    /// Engine configuration (limits, policy; the token is filled in here).
+    pub config: Config,
+    /// Store root directory.
+    pub store_root: PathBuf,
+    /// Audit log destination.
+    pub audit: AuditLog,
+    /// Extra peer uids allowed on the socket besides ours and root.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// Where to put the socket.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// A fresh per-instance directory under the private base directory.
+    Instance,
+    /// A fixed path (`--socket PATH`).
+    Fixed(PathBuf),
+}
+
+/// A failure to start, with a message a person can act on.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn err(e: impl std::fmt::Display) -> StartError {
+    StartError(e.to_string())
+}
+
+/// The socket, ready to accept, with the variables a client needs.
+pub struct Bound {
+    /// The instance (removed on drop).
+    pub instance: Instance,
+    listener: Listener,
+}
+
+impl Bound {
+    /// `KEY=VALUE` lines for a client's environment.
+    #[must_use]
+    pub fn exports(&self) -> Vec<(String, String)> {
+        let sock = self.instance.socket_path().display().to_string();
+        let mut v = vec![
+            ("CREDPROXY_SOCKET".to_owned(), sock.clone()),
+            ("LLXPRT_CREDENTIAL_SOCKET".to_owned(), sock),
+        ];
+        if let Some(t) = self.instance.token_path() {
+            v.push((
+                "CREDPROXY_CAPABILITY_FILE".to_owned(),
+                t.display().to_string(),
+            ));
+        }
+        v
+    }
+}
+
+/// Places and binds the socket (SPEC §6.1), with or without a token.
+pub fn bind(
+    placement: &Placement,
+    with_token: bool,
+    allowed_uids: Vec<u32>,
+) -> Result<Bound, StartError> {
+    let mode = if with_token {
+        TokenMode::Generate
+    } else {
+        TokenMode::Disabled
+    };
+    let instance = match placement {
+        Placement::Instance => {
+            let base = base_dir().map_err(err)?;
+            ensure_private_dir(&base).map_err(err)?;
+            remove_stale_instances(&base).map_err(err)?;
+            Instance::create(&base, mode).map_err(err)?
+        }
+        Placement::Fixed(path) => Instance::fixed(path, mode).map_err(err)?,
+    };
+    let listener = Listener::bind(&instance, PeerPolicy::new(allowed_uids)).map_err(err)?;
+    Ok(Bound { instance, listener })
+}
+
+/// The engine with the production RNG.
+pub fn engine(config: Config) -> Result<Engine<UnwrapErr<getrandom::SysRng>>, StartError> {
+    Engine::new(config, UnwrapErr(getrandom::SysRng)).map_err(err)
+}
+
+/// Opens the store, creating it if needed.
+pub fn open_store(root: &std::path::Path) -> Result<Arc<FileStore>, StartError> {
+    FileStore::open(root).map(Arc::new).map_err(err)
+}
+
+/// Accepts connections forever, forwarding them to the driver.
+async fn accept_loop(listener: Listener, events: Sender<Event>) {
+    loop {
+        let event = match listener.accept().await {
+            Ok(Accepted::Allowed(stream, peer)) => {
+                let reader = stream.clone();
+                let closer = stream.clone();
+                Event::Open {
+                    reader: Box::pin(reader),
+                    writer: Box::pin(stream),
+                    on_close: Box::new(move || {
+                        let _ = closer.shutdown(std::net::Shutdown::Both);
+                    }),
+                    peer,
+                }
+            }
+            Ok(Accepted::Refused { reason, .. }) => Event::Refused {
+                reason: reason.code(),
+            },
+            Err(_) => continue,
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `bound` until a shutdown signal or until `until` completes;
+/// returns the signal, if one ended it.
+pub fn run_socket<F>(
+    opts: ServeOptions,
+    store: Arc<FileStore>,
+    bound: Bound,
+    signals: ShutdownSignals,
+    until: F,
+) -> Result<Option<ShutdownSignal>, StartError>
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let mut config = opts.config;
+    config.capability_token = bound.instance.token().cloned();
+    let engine = engine(config)?;
+    let ex = LocalExecutor::new();
+    let (tx, rx) = unbounded();
+    let audit = Arc::new(opts.audit);
+    let driver = Driver::new(engine, store, audit, tx.clone());
+    let signal_slot = std::rc::Rc::new(std::cell::Cell::new(None));
+    let Bound { instance, listener } = bound;
+    ex.spawn(accept_loop(listener, tx.clone())).detach();
+    let slot = signal_slot.clone();
+    let stop = tx.clone();
+    ex.spawn(async move {
+        let mut signals = signals;
+        if let Ok(sig) = signals.recv().await {
+            slot.set(Some(sig));
+        }
+        let _ = stop.send(Event::Shutdown).await;
+    })
+    .detach();
+    ex.spawn(async move {
+        until.await;
+        let _ = tx.send(Event::Shutdown).await;
+    })
+    .detach();
+    smol::block_on(ex.run(driver.run(&ex, rx, Lifetime::UntilShutdown)));
+    instance.cleanup().map_err(err)?;
+    Ok(signal_slot.get())
+}
+
+/// Serves one connection on stdin/stdout until it closes.
+pub fn run_stdio(opts: ServeOptions, store: Arc<FileStore>) -> Result<(), StartError> {
+    let engine = engine(opts.config)?;
+    let ex = LocalExecutor::new();
+    let (tx, rx) = unbounded();
+    let driver = Driver::new(engine, store, Arc::new(opts.audit), tx.clone());
+    let (reader, writer) = credproxy_stdio::streams();
+    let open = Event::Open {
+        reader: Box::pin(reader),
+        writer: Box::pin(writer),
+        on_close: Box::new(|| {}),
+        peer: credproxy_stdio::parent_peer(),
+    };
+    smol::block_on(ex.run(async {
+        let _ = tx.send(open).await;
+        driver.run(&ex, rx, Lifetime::SingleConnection).await;
+    }));
+    Ok(())
+}
+
+/// A name set from repeated flags; `None` when the flag was not given.
+#[must_use]
+pub fn allow_list(values: &[String]) -> Option<BTreeSet<String>> {
+    (!values.is_empty()).then(|| values.iter().cloned().collect())
+}
