@@ -223,6 +223,8 @@ impl<R> Engine<R> {
             }
             match c.decoder.decode(&mut input) {
                 Ok(Some(frame)) => {
+                    // The frame whose deadline ran (or was suspended) is done.
+                    c.partial_left_ms = None;
                     self.timers.cancel(TimerKey::PartialFrame(conn));
                     self.on_frame(conn, frame);
                 }
@@ -242,13 +244,19 @@ impl<R> Engine<R> {
         self.arm_partial_deadline(conn);
     }
 
-    /// Starts the partial-frame deadline when a frame has started.
+    /// Starts the partial-frame deadline when a frame has started. While
+    /// paused, a frame that started gets its full time saved for the resume.
     fn arm_partial_deadline(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
+        let partial_ms = self.config.limits.partial_frame_ms;
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let key = TimerKey::PartialFrame(conn);
-        if !c.decoder.is_partial() || c.paused {
+        if !c.decoder.is_partial() {
+            c.partial_left_ms = None;
+            self.timers.cancel(key);
+        } else if c.paused {
+            c.partial_left_ms.get_or_insert(partial_ms);
             self.timers.cancel(key);
         } else if self.timers.get(key).is_none() {
             let at = self.now.mono.plus(self.config.limits.partial_frame_ms);
@@ -301,6 +309,7 @@ impl<R> Engine<R> {
             return;
         };
         c.read_closed = true;
+        c.partial_left_ms = None;
         let done = matches!(c.phase, Phase::AwaitingHandshake) || c.in_flight.is_empty();
         self.timers.cancel(TimerKey::PartialFrame(conn));
         if done {

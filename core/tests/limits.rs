@@ -1,0 +1,201 @@
+//! Connection limit and the outbound size guard (SPEC §3.1, §3.5).
+
+mod common;
+
+use common::{err, ok, one, read_closed, with_limits};
+use credproxy_core::testkit::Harness;
+use credproxy_core::{Limits, Peer, Secret, Transport};
+use serde_json::json;
+
+#[test]
+fn connection_limit_refuses_at_accept() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(with_limits(limits), 0);
+    let a = h.connect();
+    let b = h.open();
+    let peer = Peer::anonymous(Transport::Unix);
+    assert_eq!(h.open_peer(peer), None);
+    assert!(
+        h.audit
+            .iter()
+            .any(|e| e.op == "connection_refused" && e.outcome == "connection_limit")
+    );
+    assert_eq!(h.engine.connection_count(), 2);
+    // The open ones still work.
+    assert_eq!(
+        one(&mut h, a, "1", "list_api_keys", json!({})),
+        ok("1", json!({"keys":[]}))
+    );
+    // Once one closes, a new connection is accepted.
+    read_closed(&mut h, b);
+    assert!(h.is_closed(b));
+    let c = h.open_peer(peer).expect("accepted after a close");
+    assert_ne!(c, a);
+    assert_ne!(c, b);
+    assert_eq!(h.open_peer(peer), None);
+}
+
+#[test]
+fn default_connection_limit_is_256() {
+    let mut h = Harness::new();
+    for _ in 0..256 {
+        h.open();
+    }
+    assert_eq!(h.open_peer(Peer::anonymous(Transport::Embedded)), None);
+}
+
+#[test]
+fn v1_peer_gets_response_too_large_for_a_big_api_key() {
+    let mut h = Harness::new();
+    let big = "K".repeat(100 * 1024);
+    h.store.keys.insert("big".into(), Secret::new(big.clone()));
+    h.store.keys.insert("small".into(), Secret::new("s"));
+    let v1 = h.open();
+    h.send_json(v1, &json!({"v":1,"op":"handshake"}));
+    assert_eq!(h.take_replies(v1)[0]["data"]["version"], json!(1));
+    assert_eq!(
+        one(&mut h, v1, "b", "get_api_key", json!({"name":"big"})),
+        err(
+            "b",
+            "RESPONSE_TOO_LARGE",
+            "Response exceeds maximum frame size for protocol version 1"
+        )
+    );
+    // The connection survives and serves the next request.
+    assert!(!h.is_closed(v1));
+    assert_eq!(
+        one(&mut h, v1, "s", "get_api_key", json!({"name":"small"})),
+        ok("s", json!({"key":"s"}))
+    );
+    assert!(
+        h.audit
+            .iter()
+            .any(|e| e.op == "get_api_key" && e.outcome == "RESPONSE_TOO_LARGE")
+    );
+    // A v2 peer gets it intact.
+    let v2 = h.connect();
+    assert_eq!(
+        one(&mut h, v2, "b", "get_api_key", json!({"name":"big"})),
+        ok("b", json!({"key":big}))
+    );
+}
+
+#[test]
+fn v1_bound_is_the_whole_frame_of_65536_bytes() {
+    let mut h = Harness::new();
+    // {"id":"x","ok":true,"data":{"key":"…"}} is 35 bytes plus the key.
+    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
+    let fits = "a".repeat(65_536 - 4 - overhead);
+    let over = "a".repeat(65_536 - 4 - overhead + 1);
+    h.store
+        .keys
+        .insert("fits".into(), Secret::new(fits.clone()));
+    h.store.keys.insert("over".into(), Secret::new(over));
+    let v1 = h.open();
+    h.send_json(v1, &json!({"v":1,"op":"handshake"}));
+    let _ = h.take_replies(v1);
+    let before = h.sent[&v1].len();
+    assert_eq!(
+        one(&mut h, v1, "x", "get_api_key", json!({"name":"fits"})),
+        ok("x", json!({"key":fits}))
+    );
+    assert_eq!(h.sent[&v1].len() - before, 65_536);
+    assert_eq!(
+        one(&mut h, v1, "x", "get_api_key", json!({"name":"over"})),
+        err(
+            "x",
+            "RESPONSE_TOO_LARGE",
+            "Response exceeds maximum frame size for protocol version 1"
+        )
+    );
+}
+
+#[test]
+fn v1_guard_applies_to_token_replies() {
+    let mut h = Harness::new();
+    h.store.put_token(
+        "p",
+        "default",
+        json!({"access_token":"a".repeat(70_000),"expiry":1,"token_type":"Bearer"}),
+    );
+    let v1 = h.open();
+    h.send_json(
+        v1,
+        &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":1}}),
+    );
+    let _ = h.take_replies(v1);
+    assert_eq!(
+        one(&mut h, v1, "g", "get_token", json!({"provider":"p"})),
+        err(
+            "g",
+            "RESPONSE_TOO_LARGE",
+            "Response exceeds maximum frame size for protocol version 1"
+        )
+    );
+    assert!(!h.is_closed(v1));
+}
+
+#[test]
+fn v2_bound_with_a_small_configured_maximum() {
+    let limits = Limits {
+        v2_max_payload: 1_000,
+        ..Default::default()
+    };
+    let mut h = Harness::with_config(with_limits(limits), 0);
+    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
+    let fits = "a".repeat(1_000 - overhead);
+    h.store
+        .keys
+        .insert("fits".into(), Secret::new(fits.clone()));
+    h.store
+        .keys
+        .insert("over".into(), Secret::new("a".repeat(1_000 - overhead + 1)));
+    let conn = h.connect();
+    assert_eq!(
+        one(&mut h, conn, "x", "get_api_key", json!({"name":"fits"})),
+        ok("x", json!({"key":fits}))
+    );
+    assert_eq!(
+        one(&mut h, conn, "x", "get_api_key", json!({"name":"over"})),
+        err(
+            "x",
+            "RESPONSE_TOO_LARGE",
+            "Response exceeds maximum frame size for protocol version 2"
+        )
+    );
+    assert!(!h.is_closed(conn));
+    assert_eq!(
+        one(&mut h, conn, "y", "list_api_keys", json!({})),
+        ok("y", json!({"keys":["fits","over"]}))
+    );
+}
+
+#[test]
+fn v2_default_bound_is_4_mib() {
+    let mut h = Harness::new();
+    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
+    let fits = "a".repeat(4 * 1024 * 1024 - overhead);
+    h.store.keys.insert("fits".into(), Secret::new(fits));
+    h.store.keys.insert(
+        "over".into(),
+        Secret::new("a".repeat(4 * 1024 * 1024 - overhead + 1)),
+    );
+    let conn = h.connect();
+    let r = one(&mut h, conn, "x", "get_api_key", json!({"name":"fits"}));
+    assert_eq!(r["ok"], json!(true));
+    assert_eq!(
+        r["data"]["key"].as_str().map(str::len),
+        Some(4 * 1024 * 1024 - overhead)
+    );
+    assert_eq!(
+        one(&mut h, conn, "x", "get_api_key", json!({"name":"over"})),
+        err(
+            "x",
+            "RESPONSE_TOO_LARGE",
+            "Response exceeds maximum frame size for protocol version 2"
+        )
+    );
+}
