@@ -1,9 +1,11 @@
 //! Unix socket transport of credproxy: where the socket lives, who may
-//! reach it, and the async accept loop that reports each peer's identity.
+//! reach it, the async accept loop that reports each peer's identity, and
+//! the client library a sandboxed program uses to talk to the proxy.
 //!
-//! This crate moves no protocol bytes of its own and knows nothing of
+//! The server side moves no protocol bytes of its own and knows nothing of
 //! operations: it hands the host an accepted stream with the peer's
-//! credentials, or a refusal to audit.
+//! credentials, or a refusal to audit. The [`client`] module is the other
+//! end of the socket and speaks the protocol.
 //!
 //! # Placement
 //!
@@ -84,9 +86,76 @@
 //! connection and remove it; the window is a few microseconds and needs
 //! two instances of the same user starting at once. On macOS a listener
 //! with a full backlog refuses connections, so it could be taken for stale.
+//!
+//! # Client
+//!
+//! [`Client`] (async, on smol) and [`BlockingClient`] (the same calls for
+//! synchronous code, via `smol::block_on`) connect to the socket, handshake
+//! (offering protocol versions 1..=2 and the capability token) and make
+//! typed calls: `get_token`, `save_token`, `remove_token`,
+//! `list_providers`, `list_buckets`, `get_bucket_stats`, `get_api_key`,
+//! `list_api_keys`, `has_api_key`, the `oauth_*` operations and
+//! `refresh_token`, or any operation through [`Client::call`].
+//!
+//! - **Token.** [`CapabilitySource::from_env`] takes the token from the file
+//!   named by `CREDPROXY_CAPABILITY_FILE` (64 lowercase hex characters,
+//!   optionally a newline) or else from the inherited descriptor named by
+//!   `LLXPRT_CAPABILITY_FD` (exactly 64 lowercase hex characters and a
+//!   newline). It is read once per client, kept in a
+//!   [`Secret`](credproxy_core::Secret), and never appears in an error or
+//!   in `Debug` output. A proxy that refuses it answers `UNAUTHORIZED`,
+//!   reported as [`ClientError::Handshake`] with a message saying the token
+//!   is missing or wrong.
+//! - **Concurrency.** Calls run concurrently on one connection; replies are
+//!   matched by request id, and each reply is checked like the existing
+//!   TypeScript client checks it (a malformed one breaks the connection).
+//! - **Timeouts.** Each call has a timeout ([`ClientOptions`], default
+//!   30 s; per call with [`Client::call_with_timeout`]). On timeout the
+//!   client sends `cancel` for the request and the call fails with
+//!   [`ClientError::Timeout`] ("Request timed out after {ms}ms").
+//! - **No reconnect after a failure.** When the connection breaks (the
+//!   proxy closed it, a reset, a malformed reply) every pending and later
+//!   call fails at once with [`ClientError::ConnectionLost`]: "Credential
+//!   proxy connection lost. Restart the session."
+//! - **Idle close.** After 5 minutes without pending requests the client
+//!   closes the connection gracefully; the next call connects and
+//!   handshakes again. It never closes while a request is pending.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use credproxy_unix::{CapabilitySource, Client};
+//!
+//! smol::block_on(async {
+//!     let source = CapabilitySource::from_env()?;
+//!     let client = Client::connect("/run/credproxy/proxy.sock", source).await?;
+//!     if let Some(token) = client.get_token("anthropic", None).await? {
+//!         println!("expires at {}", token["expiry"]);
+//!     }
+//!     match client.get_api_key("OPENAI_API_KEY").await? {
+//!         Some(key) => { let _header = format!("Bearer {}", key.expose()); }
+//!         None => eprintln!("no OPENAI_API_KEY on the host"),
+//!     }
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! From synchronous code:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), credproxy_unix::ClientError> {
+//! use credproxy_unix::{BlockingClient, CapabilitySource};
+//!
+//! let client = BlockingClient::connect("/run/credproxy/proxy.sock", CapabilitySource::from_env()?)?;
+//! let providers = client.list_providers()?;
+//! # drop(providers);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
+pub mod client;
 mod dirs;
 mod error;
 mod instance;
@@ -99,6 +168,7 @@ mod signal;
 mod stale;
 mod token;
 
+pub use client::{BlockingClient, CapabilitySource, Client, ClientError, ClientOptions};
 pub use dirs::{base_dir, ensure_private_dir, verify_private_dir};
 pub use error::{ModeProblem, UnixError};
 pub use instance::{FIXED_TOKEN_SUFFIX, Instance, SOCKET_FILE_NAME, TOKEN_FILE_NAME, TokenMode};
