@@ -242,7 +242,7 @@ fn options(c: CommonArgs) -> Result<ServeOptions, Failure> {
     let config = Config {
         limits,
         policy,
-        capability_token: None,
+        ..Config::default()
     };
     config
         .validate()

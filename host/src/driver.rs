@@ -34,6 +34,11 @@ pub const MAX_UNSENT: usize = 1024 * 1024;
 /// Size of one read from a connection.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long [`Driver::run`] waits, after the loop has ended, for the
+/// writers to flush the replies already produced (a peer that stops
+/// reading cannot hold the process forever).
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A boxed reading half.
 pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
 /// A boxed writing half.
@@ -109,6 +114,10 @@ pub struct Driver<R> {
     conns: BTreeMap<ConnId, ConnIo>,
     events: Sender<Event>,
     served_one: bool,
+    /// Cloned into every writer task and dropped when it ends, so the
+    /// receiver sees the channel close once every writer has flushed.
+    writers_alive: Sender<()>,
+    writers_done: Receiver<()>,
 }
 
 impl<R: CryptoRng> Driver<R> {
@@ -120,6 +129,7 @@ impl<R: CryptoRng> Driver<R> {
         audit: Arc<AuditLog>,
         events: Sender<Event>,
     ) -> Driver<R> {
+        let (writers_alive, writers_done) = bounded(1);
         Driver {
             engine,
             store,
@@ -128,6 +138,8 @@ impl<R: CryptoRng> Driver<R> {
             conns: BTreeMap::new(),
             events,
             served_one: false,
+            writers_alive,
+            writers_done,
         }
     }
 
@@ -151,6 +163,23 @@ impl<R: CryptoRng> Driver<R> {
             }
         }
         self.close_all();
+        // The executor stops when this future returns: let the writers put
+        // the last replies on the wire first (stdio EOF, shutdown).
+        let Driver {
+            writers_alive,
+            writers_done,
+            ..
+        } = self;
+        drop(writers_alive);
+        smol::future::or(
+            async {
+                let _ = writers_done.recv().await;
+            },
+            async {
+                Timer::after(FINAL_FLUSH).await;
+            },
+        )
+        .await;
     }
 
     /// Waits for an event, or returns `None` at the engine's next deadline.
@@ -243,6 +272,7 @@ impl<R: CryptoRng> Driver<R> {
             self.events.clone(),
             shared.clone(),
             on_close,
+            self.writers_alive.clone(),
         ))
         .detach();
         self.conns.insert(
@@ -335,6 +365,7 @@ async fn write_loop(
     events: Sender<Event>,
     shared: Arc<Shared>,
     on_close: OnClose,
+    _alive: Sender<()>,
 ) {
     while let Ok(msg) = messages.recv().await {
         let WriterMsg::Bytes(bytes) = msg else { break };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use credproxy_core::{Config, Engine};
 use credproxy_unix::{
     Accepted, Instance, Listener, PeerPolicy, ShutdownSignal, ShutdownSignals, TokenMode, base_dir,
-    ensure_private_dir, remove_stale_instances,
+    remove_stale_instances,
 };
 use rand_core::UnwrapErr;
 use smol::LocalExecutor;
@@ -95,9 +95,13 @@ pub fn bind(
     let instance = match placement {
         Placement::Instance => {
             let base = base_dir().map_err(err)?;
-            ensure_private_dir(&base).map_err(err)?;
+            // `create` checks the socket path length before it creates
+            // anything (the base directory included), then creates or
+            // verifies the base directory. Stale instances are removed
+            // after: ours has no socket yet, so it is never taken for one.
+            let instance = Instance::create(&base, mode).map_err(err)?;
             remove_stale_instances(&base).map_err(err)?;
-            Instance::create(&base, mode).map_err(err)?
+            instance
         }
         Placement::Fixed(path) => Instance::fixed(path, mode).map_err(err)?,
     };

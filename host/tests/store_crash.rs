@@ -89,12 +89,13 @@ fn crash_leaves_old_or_new_token_never_torn() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn writer");
-        // Wait (bounded) until the child's loop is running, then kill it at
-        // a random point of it.
+        // Wait (bounded) until the child's loop has written every bucket in
+        // this round (b2 is the last of each turn), then kill it at a random
+        // point of it.
         let started = Instant::now();
         loop {
             let first = observer
-                .get_token("crash", "b0", true)
+                .get_token("crash", "b2", true)
                 .expect("read while writing");
             if first.is_some_and(|t| check_version(&t) >= base) {
                 break;
