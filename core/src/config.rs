@@ -6,6 +6,9 @@
 
 use std::collections::BTreeSet;
 
+use std::collections::BTreeMap;
+
+use crate::provider::{self, ProviderSpec};
 use crate::secret::Secret;
 
 /// Hard ceiling for the inbound frame limit (SPEC §3.1).
@@ -32,6 +35,43 @@ pub struct Limits {
     pub v1_max_frame: usize,
     /// Largest reply payload to a v2 peer (4 MiB).
     pub v2_max_payload: usize,
+    /// Lifetime of an OAuth session (10 min; env
+    /// `CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS` in the host).
+    pub session_ttl_ms: u64,
+    /// Live sessions per peer (8).
+    pub sessions_per_peer: usize,
+    /// Live sessions in all (256).
+    pub sessions_total: usize,
+    /// Interval of the expired-session sweep (60 s).
+    pub session_sweep_ms: u64,
+    /// Device polling interval when the provider gives none (5 s).
+    pub device_poll_ms: u64,
+    /// Added to the interval by each `slow_down` (5 s).
+    pub slow_down_ms: u64,
+    /// Cap of the device polling backoff after transport errors (60 s).
+    pub poll_backoff_cap_ms: u64,
+    /// Timeout of exchange and refresh calls (8 s).
+    pub provider_call_ms: u64,
+    /// Timeout of other provider calls (15 s).
+    pub http_timeout_ms: u64,
+    /// Cooldown per key after any refresh attempt (30 s).
+    pub refresh_cooldown_ms: u64,
+    /// Delays before the second and third refresh attempt (1 s, 3 s).
+    pub refresh_retry_ms: [u64; 2],
+    /// A token is "still valid" while more than this is left (60 s).
+    pub valid_margin_ms: u64,
+    /// Longest wait for a key's cross-process lock (10 s).
+    pub lock_wait_ms: u64,
+    /// Minimum proactive renewal lead (300 s).
+    pub renewal_lead_ms: u64,
+    /// Maximum renewal jitter (30 s).
+    pub renewal_jitter_ms: u64,
+    /// First renewal backoff after a transient failure (30 s), doubling.
+    pub renewal_backoff_ms: u64,
+    /// Cap of the renewal backoff (30 min).
+    pub renewal_backoff_cap_ms: u64,
+    /// Renewal tries before giving up (10).
+    pub renewal_max_tries: u8,
 }
 
 impl Default for Limits {
@@ -46,6 +86,24 @@ impl Default for Limits {
             max_connections: 256,
             v1_max_frame: 65_536,
             v2_max_payload: MAX_FRAME_CEILING,
+            session_ttl_ms: 600_000,
+            sessions_per_peer: 8,
+            sessions_total: 256,
+            session_sweep_ms: 60_000,
+            device_poll_ms: 5_000,
+            slow_down_ms: 5_000,
+            poll_backoff_cap_ms: 60_000,
+            provider_call_ms: 8_000,
+            http_timeout_ms: 15_000,
+            refresh_cooldown_ms: 30_000,
+            refresh_retry_ms: [1_000, 3_000],
+            valid_margin_ms: 60_000,
+            lock_wait_ms: 10_000,
+            renewal_lead_ms: 300_000,
+            renewal_jitter_ms: 30_000,
+            renewal_backoff_ms: 30_000,
+            renewal_backoff_cap_ms: 1_800_000,
+            renewal_max_tries: 10,
         }
     }
 }
@@ -67,7 +125,7 @@ pub struct Policy {
 }
 
 /// Everything the engine needs to know up front.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Limits and timings.
     pub limits: Limits,
@@ -76,6 +134,19 @@ pub struct Config {
     /// The capability token. When set, every connection must present it in
     /// its handshake and is then a sandbox connection.
     pub capability_token: Option<Secret>,
+    /// Login and refresh providers by name (the built-ins by default).
+    pub providers: BTreeMap<String, ProviderSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            limits: Limits::default(),
+            policy: Policy::default(),
+            capability_token: None,
+            providers: provider::builtins(),
+        }
+    }
 }
 
 /// A configuration value out of range.

@@ -9,19 +9,20 @@
 
 use std::str::FromStr;
 
+use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::engine::{Engine, Output};
 use crate::error::ErrorCode;
 use crate::handshake::{Accepted, ConnClass};
+use crate::login::owner_of;
 use crate::op::Op;
 use crate::ops::{self, Start};
 use crate::payload;
 use crate::reply::{Answer, Failure, encode_reply};
-use crate::task::{ReplyTo, Task};
 
-impl<R> Engine<R> {
+impl<R: CryptoRng> Engine<R> {
     /// Handles one request frame on an open connection.
     pub(crate) fn dispatch(&mut self, conn: ConnId, accepted: Accepted, frame: Map<String, Value>) {
         let id = frame.get("id").and_then(payload::id_string);
@@ -61,19 +62,28 @@ impl<R> Engine<R> {
             return self.cancel(conn, accepted.version, &id, payload);
         }
         let sandbox = accepted.class == ConnClass::Sandbox;
-        match ops::start(op, sandbox, &self.config.policy, payload) {
-            Start::Answer(answer) => {
-                self.send_answer(conn, accepted.version, &id, op.into(), &answer)
-            }
+        let owner = owner_of(
+            self.conns.get(&conn).and_then(|c| c.peer.uid),
+            accepted.class,
+        );
+        let version = accepted.version;
+        let answer = match ops::start(op, sandbox, &self.config.policy, payload) {
+            Start::Answer(answer) => Some(answer),
             Start::Work(work) => {
-                let task = self.new_task_id();
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.in_flight.insert(id.clone(), task);
-                }
-                let reply = Some(ReplyTo { conn, id });
-                self.tasks.insert(task, Task { op, reply, work });
+                let task = self.attach_task(conn, id.clone(), op, work);
                 self.begin(task);
+                None
             }
+            Start::Initiate(key) => self.oauth_initiate(conn, id.clone(), owner, key),
+            Start::Exchange { sid, code } => {
+                self.oauth_exchange(conn, id.clone(), owner, &sid, &code)
+            }
+            Start::Poll(sid) => Some(self.oauth_poll(owner, &sid)),
+            Start::CancelSession(sid) => Some(self.oauth_cancel(owner, &sid)),
+            Start::Refresh(key) => self.refresh_request(conn, id.clone(), key),
+        };
+        if let Some(answer) = answer {
+            self.send_answer(conn, version, &id, op.into(), &answer);
         }
     }
 

@@ -7,6 +7,7 @@
 //! `poll_output` calls, and results of different effects may arrive in any
 //! order.
 
+use crate::http::{HttpOutcome, HttpRequest};
 use crate::secret::Secret;
 use crate::token::Token;
 
@@ -64,6 +65,57 @@ pub enum Effect {
         /// Key name (validated).
         name: String,
     },
+    /// Read the key's metadata (kept outside the token). Result:
+    /// [`EffectResult::Meta`].
+    MetaGet {
+        /// Provider name.
+        provider: String,
+        /// Bucket name.
+        bucket: String,
+    },
+    /// Write the key's metadata. Result: [`EffectResult::Done`].
+    MetaPut {
+        /// Provider name.
+        provider: String,
+        /// Bucket name.
+        bucket: String,
+        /// The stored refresh token was rejected by the provider.
+        refresh_unusable: bool,
+    },
+    /// Take the key's cross-process lock, waiting at most `wait_ms`.
+    /// Result: [`EffectResult::Locked`].
+    LockAcquire {
+        /// Provider name.
+        provider: String,
+        /// Bucket name.
+        bucket: String,
+        /// Longest wait.
+        wait_ms: u64,
+    },
+    /// Release the key's cross-process lock. The result is ignored.
+    LockRelease {
+        /// Provider name.
+        provider: String,
+        /// Bucket name.
+        bucket: String,
+    },
+    /// Perform an HTTP request (no redirects followed, body capped at
+    /// 1 MiB). Result: [`EffectResult::Http`].
+    Http(HttpRequest),
+    /// Listen for loopback HTTP requests on 127.0.0.1 and ::1 at `port`,
+    /// passing each to `Engine::handle_loopback_request`. Result:
+    /// [`EffectResult::Listening`].
+    StartListener {
+        /// TCP port.
+        port: u16,
+        /// The redirect path served.
+        path: String,
+    },
+    /// Stop the loopback listener on `port`. The result is ignored.
+    StopListener {
+        /// TCP port.
+        port: u16,
+    },
 }
 
 /// The outcome of an effect.
@@ -80,6 +132,17 @@ pub enum EffectResult {
     ApiKey(Option<Secret>),
     /// Whether the thing exists.
     Exists(bool),
+    /// Key metadata.
+    Meta {
+        /// The stored refresh token was rejected by the provider.
+        refresh_unusable: bool,
+    },
+    /// Whether the cross-process lock was acquired (false: timed out).
+    Locked(bool),
+    /// The outcome of an HTTP request.
+    Http(HttpOutcome),
+    /// Whether the loopback listener is running.
+    Listening(bool),
     /// The host could not perform the effect. The engine answers the request
     /// with `INTERNAL_ERROR` and a generic message; the host logs details.
     Failed,

@@ -11,16 +11,22 @@ use rand_core::CryptoRng;
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::config::{Config, ConfigError};
 use crate::connection::{Connection, Phase};
+use crate::discovery::Endpoints;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::frame::{FrameDecoder, encode_payload};
 use crate::handshake::{self, TokenDigest};
 use crate::keylock::{Key, KeyLocks};
+use crate::login::LoopbackListener;
 use crate::peer::Peer;
 use crate::rate::TokenBucket;
+use crate::refresh::Refreshing;
+use crate::renewal::Renewal;
+use crate::session::{Owner, Session};
 use crate::stats::Stats;
 use crate::task::{Task, TaskId};
 use crate::time::{Mono, Now};
 use crate::timer::{TimerKey, Timers};
+use crate::token::Token;
 
 /// Something the driver must do, drained with [`Engine::poll_output`].
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +55,16 @@ pub enum Output {
     },
     /// Record an audit event.
     Audit(AuditEvent),
+    /// Answer a loopback HTTP request (see
+    /// [`Engine::handle_loopback_request`]) with a short plain-text page.
+    LoopbackReply {
+        /// The id the request was reported under.
+        request: u64,
+        /// HTTP status.
+        status: u16,
+        /// Page body (plain text).
+        body: &'static str,
+    },
 }
 
 /// A new connection was refused because the connection limit is reached.
@@ -59,7 +75,6 @@ pub struct ConnectionRefused;
 pub struct Engine<R> {
     pub(crate) config: Config,
     pub(crate) token: Option<TokenDigest>,
-    #[allow(dead_code)]
     pub(crate) rng: R,
     pub(crate) now: Now,
     pub(crate) conns: BTreeMap<ConnId, Connection>,
@@ -72,6 +87,30 @@ pub struct Engine<R> {
     pub(crate) timers: Timers,
     pub(crate) stats: Stats,
     outputs: VecDeque<Output>,
+    /// Live OAuth sessions by id.
+    pub(crate) sessions: BTreeMap<String, Session>,
+    /// Session ids by serial (timer keys carry serials).
+    pub(crate) session_serials: BTreeMap<u64, String>,
+    /// Sessions that expired, reported once as `SESSION_EXPIRED`.
+    pub(crate) expired: BTreeMap<String, (Owner, Mono)>,
+    pub(crate) next_serial: u64,
+    /// Discovery documents fetched, by provider.
+    pub(crate) discovered: BTreeMap<String, Endpoints>,
+    /// Discovery requests in flight: provider → waiting tasks (the first
+    /// one owns the request).
+    pub(crate) discovering: BTreeMap<String, Vec<TaskId>>,
+    /// Loopback listeners by port.
+    pub(crate) listeners: BTreeMap<u16, LoopbackListener>,
+    /// Refresh jobs in flight by key.
+    pub(crate) refreshing: BTreeMap<Key, Refreshing>,
+    /// Time of the last provider refresh attempt per key.
+    pub(crate) cooldowns: BTreeMap<Key, Mono>,
+    /// Tokens that are authoritative because their write failed.
+    pub(crate) overrides: BTreeMap<Key, Token>,
+    /// Proactive renewal per key.
+    pub(crate) renewals: BTreeMap<Key, Renewal>,
+    pub(crate) key_serials: BTreeMap<Key, u64>,
+    pub(crate) key_by_serial: BTreeMap<u64, Key>,
 }
 
 impl<R> std::fmt::Debug for Engine<R> {
@@ -104,11 +143,24 @@ impl<R: CryptoRng> Engine<R> {
             timers: Timers::default(),
             stats: Stats::default(),
             outputs: VecDeque::new(),
+            sessions: BTreeMap::new(),
+            session_serials: BTreeMap::new(),
+            expired: BTreeMap::new(),
+            next_serial: 0,
+            discovered: BTreeMap::new(),
+            discovering: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            refreshing: BTreeMap::new(),
+            cooldowns: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+            renewals: BTreeMap::new(),
+            key_serials: BTreeMap::new(),
+            key_by_serial: BTreeMap::new(),
         })
     }
 }
 
-impl<R> Engine<R> {
+impl<R: CryptoRng> Engine<R> {
     /// The configuration in force.
     #[must_use]
     pub fn config(&self) -> &Config {
@@ -154,6 +206,20 @@ impl<R> Engine<R> {
 
     pub(crate) fn audit(&mut self, event: AuditEvent) {
         self.push(Output::Audit(event));
+    }
+
+    /// Emits an effect whose result nobody waits for (lock release,
+    /// listener stop).
+    pub(crate) fn emit_detached(&mut self, effect: Effect) {
+        let id = EffectId(self.next_effect);
+        self.next_effect += 1;
+        self.push(Output::Effect { id, effect });
+    }
+
+    /// Number of live OAuth sessions.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
     }
 
     pub(crate) fn emit_effect(&mut self, task: TaskId, effect: Effect) {
@@ -389,6 +455,11 @@ impl<R> Engine<R> {
                     ));
                     self.close(conn);
                 }
+                TimerKey::SessionSweep => self.sweep_sessions(),
+                TimerKey::DevicePoll(serial) => self.device_poll_due(serial),
+                TimerKey::RefreshRetry(serial) => self.refresh_retry_due(serial),
+                TimerKey::Renewal(serial) => self.renewal_due(serial),
+                TimerKey::WriteBack(serial) => self.write_back_due(serial),
             }
         }
     }

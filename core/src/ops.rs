@@ -24,6 +24,21 @@ pub(crate) enum Start {
     Answer(Answer),
     /// Continues with effects.
     Work(Work),
+    /// `oauth_initiate` for this key.
+    Initiate(Key),
+    /// `oauth_exchange` of a pasted value.
+    Exchange {
+        /// Session id.
+        sid: String,
+        /// The pasted code, `CODE#STATE` or redirect URL.
+        code: String,
+    },
+    /// `oauth_poll`.
+    Poll(String),
+    /// `oauth_cancel`.
+    CancelSession(String),
+    /// `refresh_token` for this key.
+    Refresh(Key),
 }
 
 impl From<FieldError> for Failure {
@@ -183,64 +198,24 @@ fn validate(op: Op, sandbox: bool, policy: &Policy, raw: Option<&Value>) -> Resu
             allow(policy.allowed_keys.as_ref(), "Key", &name)?;
             Work::HasApiKey { name }
         }
-        Op::OauthInitiate
-        | Op::OauthExchange
-        | Op::OauthPoll
-        | Op::OauthCancel
-        | Op::RefreshToken => {
-            return login_without_providers(op, policy, p).map(Start::Answer);
+        Op::OauthInitiate => return Ok(Start::Initiate(key_of(policy, p)?)),
+        Op::RefreshToken => return Ok(Start::Refresh(key_of(policy, p)?)),
+        Op::OauthExchange => {
+            let sid = payload::required_str(p, "session_id")?.to_owned();
+            let code = payload::required_str(p, "code")?.to_owned();
+            return Ok(Start::Exchange { sid, code });
+        }
+        Op::OauthPoll => {
+            return Ok(Start::Poll(
+                payload::required_str(p, "session_id")?.to_owned(),
+            ));
+        }
+        Op::OauthCancel => {
+            return Ok(Start::CancelSession(
+                payload::required_str(p, "session_id")?.to_owned(),
+            ));
         }
         Op::Cancel => return Err(Failure::internal()),
     };
     Ok(Start::Work(work))
-}
-
-/// Login and refresh with no provider configured.
-///
-/// Provider specs are not part of this engine yet, so every provider is
-/// unknown and every session id is unknown: these are the exact answers the
-/// protocol gives in that state, validation included.
-fn login_without_providers(
-    op: Op,
-    policy: &Policy,
-    p: Option<&Map<String, Value>>,
-) -> Result<Answer, Failure> {
-    match op {
-        Op::OauthInitiate => {
-            let key = key_of(policy, p)?;
-            Err(Failure::new(
-                ErrorCode::ProviderNotConfigured,
-                format!(
-                    "No OAuth flow factory configured for provider: {}",
-                    key.provider
-                ),
-            ))
-        }
-        Op::RefreshToken => {
-            let key = key_of(policy, p)?;
-            Err(Failure::new(
-                ErrorCode::ProviderNotFound,
-                format!("No OAuth provider configured for: {}", key.provider),
-            ))
-        }
-        Op::OauthExchange => {
-            payload::required_str(p, "session_id")?;
-            payload::required_str(p, "code")?;
-            Err(Failure::new(
-                ErrorCode::SessionNotFound,
-                "OAuth session not found",
-            ))
-        }
-        Op::OauthPoll => {
-            payload::required_str(p, "session_id")?;
-            Err(Failure::new(
-                ErrorCode::SessionNotFound,
-                "OAuth session not found",
-            ))
-        }
-        _ => {
-            payload::required_str(p, "session_id")?;
-            Ok(Ok(Map::new()))
-        }
-    }
 }

@@ -7,7 +7,9 @@
 
 use crate::audit::ConnId;
 use crate::keylock::Key;
+use crate::login::LoginWork;
 use crate::op::Op;
+use crate::refresh::{RefreshCheck, RefreshJob};
 use crate::token::Token;
 
 /// Identifies a task inside one engine.
@@ -63,16 +65,37 @@ pub(crate) enum Work {
     HasApiKey {
         name: String,
     },
+    /// An OAuth session's I/O: initiation, exchange, polling, storing.
+    Login(LoginWork),
+    /// The checks of a `refresh_token` request before it joins a refresh.
+    RefreshCheck(RefreshCheck),
+    /// A request waiting for the refresh job of its key.
+    AwaitRefresh {
+        key: Key,
+    },
+    /// The refresh of one key (shared by every caller; background).
+    Refresh(Box<RefreshJob>),
+    /// Retrying the write of an authoritative token (background).
+    WriteBack {
+        key: Key,
+    },
 }
 
 impl Work {
     /// Whether the work changes stored state, and so must finish even when
     /// nobody waits for its answer.
     pub(crate) fn has_side_effects(&self) -> bool {
-        matches!(self, Work::SaveToken { .. } | Work::RemoveToken { .. })
+        matches!(
+            self,
+            Work::SaveToken { .. }
+                | Work::RemoveToken { .. }
+                | Work::Login(_)
+                | Work::Refresh(_)
+                | Work::WriteBack { .. }
+        )
     }
 
-    /// The key the work writes, if it is a write.
+    /// The key the work writes under the engine's write lock, if any.
     pub(crate) fn write_key(&self) -> Option<&Key> {
         match self {
             Work::SaveToken { key, .. } | Work::RemoveToken { key, .. } => Some(key),
@@ -87,4 +110,6 @@ pub(crate) struct Task {
     pub(crate) op: Op,
     pub(crate) reply: Option<ReplyTo>,
     pub(crate) work: Work,
+    /// The key whose engine write lock this task holds.
+    pub(crate) holds: Option<Key>,
 }

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::engine::{Engine, Output};
 use crate::frame::{self, FrameDecoder};
+use crate::http::{HttpOutcome, HttpRequest, TransportError};
 use crate::peer::{Peer, Transport};
 use crate::secret::Secret;
 use crate::time::Now;
@@ -36,6 +37,14 @@ pub struct MemStore {
     pub keys: BTreeMap<String, Secret>,
     /// When set, every effect fails.
     pub fail_all: bool,
+    /// Keys whose refresh token is marked unusable.
+    pub unusable: BTreeSet<(String, String)>,
+    /// Cross-process locks held (by this engine).
+    pub locks: BTreeSet<(String, String)>,
+    /// Locks held by "another process": acquiring them times out.
+    pub foreign_locks: BTreeSet<(String, String)>,
+    /// When set, token writes fail (reads still work).
+    pub fail_writes: bool,
 }
 
 impl MemStore {
@@ -93,6 +102,38 @@ impl MemStore {
             Effect::ApiKeyGet { name } => EffectResult::ApiKey(self.keys.get(name).cloned()),
             Effect::ApiKeyList => EffectResult::Names(self.keys.keys().cloned().collect()),
             Effect::ApiKeyHas { name } => EffectResult::Exists(self.keys.contains_key(name)),
+            Effect::MetaGet { provider, bucket } => EffectResult::Meta {
+                refresh_unusable: self.unusable.contains(&(provider.clone(), bucket.clone())),
+            },
+            Effect::MetaPut {
+                provider,
+                bucket,
+                refresh_unusable,
+            } => {
+                let k = (provider.clone(), bucket.clone());
+                if *refresh_unusable {
+                    self.unusable.insert(k);
+                } else {
+                    self.unusable.remove(&k);
+                }
+                EffectResult::Done
+            }
+            Effect::LockAcquire {
+                provider, bucket, ..
+            } => {
+                let k = (provider.clone(), bucket.clone());
+                if self.foreign_locks.contains(&k) || self.locks.contains(&k) {
+                    EffectResult::Locked(false)
+                } else {
+                    self.locks.insert(k);
+                    EffectResult::Locked(true)
+                }
+            }
+            Effect::LockRelease { provider, bucket } => {
+                self.locks.remove(&(provider.clone(), bucket.clone()));
+                EffectResult::Done
+            }
+            _ => EffectResult::Failed,
         }
     }
 }
@@ -118,6 +159,18 @@ pub struct Harness {
     pub sent: BTreeMap<ConnId, Vec<u8>>,
     /// Connections the engine closed.
     pub closed: BTreeSet<ConnId>,
+    /// Every HTTP request the engine asked for, in order.
+    pub http_log: Vec<HttpRequest>,
+    /// HTTP requests waiting for [`Harness::respond`].
+    pub http_pending: VecDeque<(EffectId, HttpRequest)>,
+    /// Canned responses by URL, used before holding a request.
+    pub http_script: BTreeMap<String, VecDeque<HttpOutcome>>,
+    /// Ports with a running loopback listener.
+    pub listening: BTreeSet<u16>,
+    /// When set, starting a listener fails.
+    pub fail_listen: bool,
+    /// Loopback replies: (request id, status, body).
+    pub loopback_replies: Vec<(u64, u16, &'static str)>,
     decoders: BTreeMap<ConnId, (FrameDecoder, usize)>,
     next_id: u64,
 }
@@ -146,6 +199,12 @@ impl Harness {
             audit: Vec::new(),
             sent: BTreeMap::new(),
             closed: BTreeSet::new(),
+            http_log: Vec::new(),
+            http_pending: VecDeque::new(),
+            http_script: BTreeMap::new(),
+            listening: BTreeSet::new(),
+            fail_listen: false,
+            loopback_replies: Vec::new(),
             decoders: BTreeMap::new(),
             next_id: 0,
         }
@@ -160,6 +219,51 @@ impl Harness {
                     self.closed.insert(conn);
                 }
                 Output::Audit(ev) => self.audit.push(ev),
+                Output::LoopbackReply {
+                    request,
+                    status,
+                    body,
+                } => {
+                    self.loopback_replies.push((request, status, body));
+                }
+                Output::Effect {
+                    id,
+                    effect: Effect::Http(request),
+                } => {
+                    self.effects.push(Effect::Http(request.clone()));
+                    self.http_log.push(request.clone());
+                    let canned = self
+                        .http_script
+                        .get_mut(&request.url)
+                        .and_then(VecDeque::pop_front);
+                    match canned {
+                        Some(outcome) => self.engine.handle_effect_result(
+                            id,
+                            EffectResult::Http(outcome),
+                            self.now,
+                        ),
+                        None => self.http_pending.push_back((id, request)),
+                    }
+                }
+                Output::Effect {
+                    id,
+                    effect: Effect::StartListener { port, .. },
+                } => {
+                    let ok = !self.fail_listen;
+                    if ok {
+                        self.listening.insert(port);
+                    }
+                    self.engine
+                        .handle_effect_result(id, EffectResult::Listening(ok), self.now);
+                }
+                Output::Effect {
+                    id,
+                    effect: Effect::StopListener { port },
+                } => {
+                    self.listening.remove(&port);
+                    self.engine
+                        .handle_effect_result(id, EffectResult::Done, self.now);
+                }
                 Output::Effect { id, effect } => {
                     self.effects.push(effect.clone());
                     if self.auto_effects {
@@ -290,6 +394,79 @@ impl Harness {
         while !self.held.is_empty() {
             self.complete(0);
         }
+    }
+
+    /// Queues a canned HTTP response for `url`.
+    pub fn script(&mut self, url: &str, status: u16, body: Value) {
+        self.http_script
+            .entry(url.to_owned())
+            .or_default()
+            .push_back(HttpOutcome::Response {
+                status,
+                body: body.to_string().into_bytes(),
+            });
+    }
+
+    /// Queues a transport failure for `url`.
+    pub fn script_failure(&mut self, url: &str, error: TransportError) {
+        self.http_script
+            .entry(url.to_owned())
+            .or_default()
+            .push_back(HttpOutcome::Failed(error));
+    }
+
+    /// Answers the oldest held HTTP request.
+    ///
+    /// # Panics
+    /// If no HTTP request is held.
+    pub fn respond(&mut self, status: u16, body: Value) {
+        let (id, _) = self.http_pending.pop_front().expect("a held HTTP request");
+        let outcome = HttpOutcome::Response {
+            status,
+            body: body.to_string().into_bytes(),
+        };
+        self.engine
+            .handle_effect_result(id, EffectResult::Http(outcome), self.now);
+        self.drain();
+    }
+
+    /// Fails the oldest held HTTP request with a transport error.
+    ///
+    /// # Panics
+    /// If no HTTP request is held.
+    pub fn respond_failure(&mut self, error: TransportError) {
+        let (id, _) = self.http_pending.pop_front().expect("a held HTTP request");
+        self.engine.handle_effect_result(
+            id,
+            EffectResult::Http(HttpOutcome::Failed(error)),
+            self.now,
+        );
+        self.drain();
+    }
+
+    /// Delivers a loopback HTTP request and returns (status, body).
+    pub fn loopback(&mut self, port: u16, target: &str) -> (u16, &'static str) {
+        let request = self.loopback_replies.len() as u64 + 1;
+        self.engine
+            .handle_loopback_request(request, port, target, self.now);
+        self.drain();
+        self.loopback_replies
+            .iter()
+            .rev()
+            .find(|(r, _, _)| *r == request)
+            .map(|(_, s, b)| (*s, *b))
+            .unwrap_or((0, ""))
+    }
+
+    /// Advances the clock to the engine's next deadline (if any, and at
+    /// most `max_ms` ahead) and fires it; returns the milliseconds moved.
+    pub fn advance_to_next(&mut self, max_ms: u64) -> u64 {
+        let Some(at) = self.engine.poll_timeout() else {
+            return 0;
+        };
+        let ms = at.0.saturating_sub(self.now.mono.0).min(max_ms);
+        self.advance(ms);
+        ms
     }
 
     /// Whether the engine closed `conn`.

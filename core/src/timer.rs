@@ -16,6 +16,16 @@ pub enum TimerKey {
     Handshake(ConnId),
     /// A frame started and has not completed.
     PartialFrame(ConnId),
+    /// Sweep expired OAuth sessions.
+    SessionSweep,
+    /// Poll the device endpoint for the session with this serial.
+    DevicePoll(u64),
+    /// Retry the refresh of the key with this serial.
+    RefreshRetry(u64),
+    /// Proactively renew the key with this serial.
+    Renewal(u64),
+    /// Retry writing the authoritative token of the key with this serial.
+    WriteBack(u64),
 }
 
 /// All pending deadlines.

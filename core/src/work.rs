@@ -6,6 +6,7 @@
 //! connection gone) are dropped when they only read, and run to completion
 //! silently when they write.
 
+use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, Level};
@@ -28,17 +29,26 @@ enum Next {
     Answer(Answer),
 }
 
-impl<R> Engine<R> {
+impl<R: CryptoRng> Engine<R> {
     /// Issues the first effect of a new task.
     pub(crate) fn begin(&mut self, task: TaskId) {
         let Some(t) = self.tasks.get(&task) else {
             return;
         };
         if let Some(key) = t.work.write_key().cloned() {
+            if let Work::RemoveToken { key, .. } = &t.work {
+                let key = key.clone();
+                self.refresh_logout(&key);
+            }
             if self.locks.acquire(&key, task) {
                 self.lock_granted(task);
             }
             return;
+        }
+        if let Work::GetToken { key, .. } = &t.work
+            && let Some(token) = self.overrides.get(key).cloned()
+        {
+            return self.resume(task, EffectResult::Token(Some(token)));
         }
         let effect = match &t.work {
             Work::GetToken { key, .. } | Work::BucketStats { key } => token_get(key, false),
@@ -49,19 +59,28 @@ impl<R> Engine<R> {
             Work::GetApiKey { name, .. } => Effect::ApiKeyGet { name: name.clone() },
             Work::ListApiKeys => Effect::ApiKeyList,
             Work::HasApiKey { name } => Effect::ApiKeyHas { name: name.clone() },
-            Work::SaveToken { .. } | Work::RemoveToken { .. } => return,
+            _ => return,
         };
         self.emit_effect(task, effect);
     }
 
-    /// A write task now holds its key: read fresh (save) or delete (remove).
+    /// A task now holds its key's engine write lock.
     pub(crate) fn lock_granted(&mut self, task: TaskId) {
+        match self.tasks.get(&task).map(|t| &t.work) {
+            Some(Work::Login(_)) => return self.persist_locked(task),
+            Some(Work::Refresh(_)) => return self.refresh_locked(task),
+            _ => {}
+        }
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
+        t.holds = t.work.write_key().cloned();
         let effect = match &mut t.work {
             Work::SaveToken { key, step, .. } => {
                 *step = WriteStep::Reading;
+                if let Some(existing) = self.overrides.get(key).cloned() {
+                    return self.resume(task, EffectResult::Token(Some(existing)));
+                }
                 token_get(key, true)
             }
             Work::RemoveToken { key, step } => {
@@ -78,6 +97,26 @@ impl<R> Engine<R> {
 
     /// Continues a task with the result of its effect.
     pub(crate) fn resume(&mut self, task: TaskId, result: EffectResult) {
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        match &t.work {
+            Work::Login(_) => return self.resume_login(task, result),
+            Work::RefreshCheck(_) => return self.check_step(task, result),
+            Work::Refresh(_) => return self.refresh_step(task, result),
+            Work::WriteBack { key } => {
+                let key = key.clone();
+                return self.write_back_done(task, &key, &result);
+            }
+            Work::AwaitRefresh { .. } => return,
+            Work::GetToken { key, .. } => {
+                if let EffectResult::Token(Some(token)) = &result {
+                    let (key, token) = (key.clone(), token.clone());
+                    self.schedule_renewal(&key, &token);
+                }
+            }
+            _ => {}
+        }
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -93,7 +132,20 @@ impl<R> Engine<R> {
             work => Next::Answer(read_answer(work, result, &self.config.policy)),
         };
         match next {
-            Next::Effect(effect) => self.emit_effect(task, effect),
+            Next::Effect(effect) => {
+                if let Effect::TokenPut {
+                    provider,
+                    bucket,
+                    token,
+                } = &effect
+                {
+                    let key = Key::new(provider.clone(), bucket.clone());
+                    let token = token.clone();
+                    self.overrides.remove(&key);
+                    self.schedule_renewal(&key, &token);
+                }
+                self.emit_effect(task, effect);
+            }
             Next::Answer(answer) => self.finish(task, answer),
         }
     }
@@ -103,7 +155,7 @@ impl<R> Engine<R> {
         let Some(t) = self.tasks.remove(&task) else {
             return;
         };
-        if let Some(key) = t.work.write_key() {
+        if let Some(key) = &t.holds {
             self.release_key(key, task);
         }
         if let (Work::GetToken { key, .. }, Ok(_)) = (&t.work, &answer) {
@@ -156,7 +208,17 @@ fn describe(work: &Work, event: &mut AuditEvent) {
         }
         Work::ListBuckets { provider } => event.provider = Some(provider.clone()),
         Work::GetApiKey { name, .. } | Work::HasApiKey { name } => event.name = Some(name.clone()),
-        Work::ListProviders | Work::ListApiKeys => {}
+        Work::RefreshCheck(crate::refresh::RefreshCheck { key, .. })
+        | Work::AwaitRefresh { key }
+        | Work::WriteBack { key } => {
+            event.provider = Some(key.provider.clone());
+            event.bucket = Some(key.bucket.clone());
+        }
+        Work::Refresh(job) => {
+            event.provider = Some(job.key.provider.clone());
+            event.bucket = Some(job.key.bucket.clone());
+        }
+        Work::ListProviders | Work::ListApiKeys | Work::Login(_) => {}
     }
 }
 

@@ -1,6 +1,6 @@
-//! Login and refresh operations on an engine without providers (SPEC §3.6,
-//! §4, §5.3): validation order and the exact answers for unknown providers
-//! and sessions.
+//! Login and refresh operations for providers that are not configured and
+//! sessions that do not exist (SPEC §3.6, §4, §5.3): validation order and
+//! the exact answers.
 
 mod common;
 
@@ -18,12 +18,12 @@ fn oauth_initiate() {
             conn,
             "i",
             "oauth_initiate",
-            json!({"provider":"anthropic"})
+            json!({"provider":"nobody"})
         ),
         err(
             "i",
             "PROVIDER_NOT_CONFIGURED",
-            "No OAuth flow factory configured for provider: anthropic"
+            "No OAuth flow factory configured for provider: nobody"
         )
     );
     assert_eq!(

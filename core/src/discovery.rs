@@ -1,0 +1,156 @@
+//! OIDC discovery for configured providers (SPEC §4).
+//!
+//! A provider configured with an `issuer` gets its missing endpoints from
+//! `<issuer>/.well-known/openid-configuration`, fetched once per provider
+//! (single flight: every task that needs it waits for the same request).
+//! The document's `issuer` must equal the configured one exactly, and every
+//! endpoint it gives must be HTTPS (loopback excepted). Failures are not
+//! cached: the next login tries again.
+
+use rand_core::CryptoRng;
+use serde_json::Value;
+
+use crate::effect::{Effect, EffectResult};
+use crate::engine::Engine;
+use crate::error::ErrorCode;
+use crate::http::{self, Verdict};
+use crate::provider::endpoint_allowed;
+use crate::reply::Failure;
+use crate::task::{TaskId, Work};
+
+/// Endpoints learned from a discovery document.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Endpoints {
+    pub(crate) authorize: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) device: Option<String>,
+}
+
+fn failed(why: &str) -> Failure {
+    Failure::new(
+        ErrorCode::FlowInitiationFailed,
+        format!("OIDC discovery failed ({why})"),
+    )
+}
+
+impl<R: CryptoRng> Engine<R> {
+    /// Makes `task` wait for `provider`'s discovery, starting it if needed.
+    pub(crate) fn discover(&mut self, provider: &str, task: TaskId) {
+        if let Some(waiters) = self.discovering.get_mut(provider) {
+            waiters.push(task);
+            return;
+        }
+        let Some(issuer) = self
+            .config
+            .providers
+            .get(provider)
+            .and_then(|s| s.issuer.clone())
+        else {
+            return self.after_discovery(task, Err(failed("no issuer")));
+        };
+        self.discovering.insert(provider.to_owned(), vec![task]);
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let timeout = self.config.limits.http_timeout_ms;
+        self.emit_effect(task, Effect::Http(http::get(&url, timeout)));
+    }
+
+    /// The discovery document arrived (or did not).
+    pub(crate) fn discovery_result(&mut self, task: TaskId, result: &EffectResult) {
+        let Some(provider) = self
+            .discovering
+            .iter()
+            .find(|(_, w)| w.first() == Some(&task))
+            .map(|(p, _)| p.clone())
+        else {
+            return;
+        };
+        let issuer = self
+            .config
+            .providers
+            .get(&provider)
+            .and_then(|s| s.issuer.clone());
+        let outcome = match result {
+            EffectResult::Http(o) => parse(http::classify(o), issuer.as_deref()),
+            _ => Err(failed("no response")),
+        };
+        if let Ok(endpoints) = &outcome {
+            self.discovered.insert(provider.clone(), endpoints.clone());
+        }
+        for w in self.discovering.remove(&provider).unwrap_or_default() {
+            self.after_discovery(w, outcome.clone().map(|_| ()));
+        }
+    }
+
+    /// Continues a task that waited for discovery.
+    fn after_discovery(&mut self, task: TaskId, result: Result<(), Failure>) {
+        match self.tasks.get(&task).map(|t| &t.work) {
+            Some(Work::Login(_)) => self.login_after_discovery(task, result),
+            Some(Work::Refresh(_)) => self.refresh_after_discovery(task, result),
+            _ => {}
+        }
+    }
+}
+
+fn parse(verdict: Verdict, issuer: Option<&str>) -> Result<Endpoints, Failure> {
+    let body = match verdict {
+        Verdict::Ok(body) => body,
+        Verdict::Transient(word) => return Err(failed(&word)),
+        Verdict::Rejected { status, .. } => return Err(failed(&format!("http {status}"))),
+    };
+    if body.get("issuer").and_then(Value::as_str) != issuer {
+        return Err(failed("issuer mismatch"));
+    }
+    let endpoint = |name: &str| -> Result<Option<String>, Failure> {
+        match body.get(name).and_then(Value::as_str) {
+            None => Ok(None),
+            Some(u) if endpoint_allowed(u) => Ok(Some(u.to_owned())),
+            Some(_) => Err(failed("insecure endpoint")),
+        }
+    };
+    Ok(Endpoints {
+        authorize: endpoint("authorization_endpoint")?,
+        token: endpoint("token_endpoint")?,
+        device: endpoint("device_authorization_endpoint")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(v: Value) -> Verdict {
+        Verdict::Ok(v.as_object().cloned().unwrap())
+    }
+
+    #[test]
+    fn issuer_must_match_and_endpoints_be_https() {
+        let doc = json!({"issuer":"https://id.example","token_endpoint":"https://id.example/t","authorization_endpoint":"https://id.example/a"});
+        let e = parse(ok(doc.clone()), Some("https://id.example")).unwrap();
+        assert_eq!(e.token.as_deref(), Some("https://id.example/t"));
+        assert_eq!(e.device, None);
+        assert!(
+            parse(ok(doc), Some("https://id.example/"))
+                .unwrap_err()
+                .message
+                .contains("issuer mismatch")
+        );
+        let insecure =
+            json!({"issuer":"https://id.example","token_endpoint":"http://id.example/t"});
+        assert!(
+            parse(ok(insecure), Some("https://id.example"))
+                .unwrap_err()
+                .message
+                .contains("insecure")
+        );
+        assert!(
+            parse(Verdict::Transient("timeout".into()), Some("x"))
+                .unwrap_err()
+                .message
+                .contains("timeout")
+        );
+    }
+}

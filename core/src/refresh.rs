@@ -1,0 +1,620 @@
+//! Token refresh (SPEC §5.3): the `refresh_token` operation and the refresh
+//! job shared by every caller of one key.
+//!
+//! - One job per `provider:bucket` at a time; concurrent callers (and the
+//!   proactive renewal) wait for its result.
+//! - The job holds the key's engine write lock and its cross-process store
+//!   lock, re-reads the token fresh and skips the provider when another
+//!   process already refreshed it.
+//! - A cooldown follows every provider attempt: during it a still-valid
+//!   token is returned as is, otherwise `RATE_LIMITED`.
+//! - Transient failures retry after 1 s and 3 s on engine timers; auth
+//!   failures re-read once (a sibling may have rotated the refresh token),
+//!   then mark the refresh token unusable.
+//! - The rotated token is written before anyone gets the access token; if
+//!   the write fails, the merged token stays authoritative in memory and the
+//!   write is retried.
+//! - A `remove_token` during the job wins: the result is not saved.
+
+use rand_core::CryptoRng;
+use serde_json::Map;
+use sha2::{Digest, Sha256};
+
+use crate::effect::{Effect, EffectResult};
+use crate::engine::Engine;
+use crate::error::ErrorCode;
+use crate::http::{self, Verdict};
+use crate::keylock::Key;
+use crate::login::{provider_failure, still_valid};
+use crate::oauth_reply::with_codex_account;
+use crate::op::Op;
+use crate::provider::{BodyEncoding, Dialect};
+use crate::reply::{Answer, Failure};
+use crate::task::{TaskId, Work};
+use crate::timer::TimerKey;
+use crate::token::Token;
+
+/// Attempts of one refresh (the first and two retries).
+const MAX_ATTEMPTS: u8 = 3;
+
+/// Where a `refresh_token` request is before it joins a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckStage {
+    /// Reading the stored token.
+    Read,
+    /// Reading the key's metadata.
+    Meta,
+}
+
+/// A `refresh_token` request's checks.
+#[derive(Debug)]
+pub(crate) struct RefreshCheck {
+    pub(crate) key: Key,
+    pub(crate) stage: CheckStage,
+    pub(crate) token: Option<Token>,
+}
+
+/// Where a refresh job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobStage {
+    EngineLock,
+    StoreLock,
+    ReadFresh,
+    Meta,
+    Discovering,
+    Calling,
+    Backoff,
+    Reread,
+    Writing,
+    MarkUnusable,
+}
+
+/// One refresh of one key.
+#[derive(Debug)]
+pub(crate) struct RefreshJob {
+    pub(crate) key: Key,
+    pub(crate) stage: JobStage,
+    /// Digest of the access token the caller saw (to detect a refresh by
+    /// someone else).
+    pub(crate) seen: Option<[u8; 32]>,
+    pub(crate) current: Option<Token>,
+    pub(crate) merged: Option<Token>,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) attempts: u8,
+    pub(crate) reread: bool,
+    pub(crate) renewal: bool,
+    pub(crate) logout: bool,
+    pub(crate) store_locked: bool,
+}
+
+/// A job in flight and the requests waiting for it.
+#[derive(Debug)]
+pub(crate) struct Refreshing {
+    pub(crate) job: TaskId,
+    pub(crate) waiters: Vec<TaskId>,
+}
+
+/// SHA-256 of a token's access token (kept instead of the token).
+pub(crate) fn access_digest(token: &Token) -> [u8; 32] {
+    let access = token
+        .as_map()
+        .get("access_token")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    Sha256::digest(access.as_bytes()).into()
+}
+
+fn is_auth_error(verdict: &Verdict) -> bool {
+    matches!(verdict, Verdict::Rejected { status: 401, .. })
+        || matches!(verdict, Verdict::Rejected { error: Some(e), .. }
+            if matches!(e.as_str(), "invalid_grant" | "invalid_client" | "unauthorized_client"))
+}
+
+impl<R: CryptoRng> Engine<R> {
+    /// `refresh_token {provider, bucket?}` (validated).
+    pub(crate) fn refresh_request(
+        &mut self,
+        conn: crate::audit::ConnId,
+        id: String,
+        key: Key,
+    ) -> Option<Answer> {
+        if !self.config.providers.contains_key(&key.provider) {
+            return Some(Err(Failure::new(
+                ErrorCode::ProviderNotFound,
+                format!("No OAuth provider configured for: {}", key.provider),
+            )));
+        }
+        let override_token = self.overrides.get(&key).cloned();
+        let work = Work::RefreshCheck(RefreshCheck {
+            key: key.clone(),
+            stage: CheckStage::Read,
+            token: None,
+        });
+        let task = self.attach_task(conn, id, Op::RefreshToken, work);
+        match override_token {
+            Some(t) => self.check_step(task, EffectResult::Token(Some(t))),
+            None => self.emit_effect(task, token_get(&key, false)),
+        }
+        None
+    }
+
+    /// Continues a request's checks.
+    pub(crate) fn check_step(&mut self, task: TaskId, result: EffectResult) {
+        let Some(Work::RefreshCheck(check)) = self.tasks.get_mut(&task).map(|t| &mut t.work) else {
+            return;
+        };
+        let key = check.key.clone();
+        match (check.stage, result) {
+            (CheckStage::Read, EffectResult::Token(None)) => {
+                self.finish(task, Err(not_found(&key)))
+            }
+            (CheckStage::Read, EffectResult::Token(Some(t))) if t.refresh_token().is_none() => {
+                self.finish(task, Err(not_available(&key)));
+            }
+            (CheckStage::Read, EffectResult::Token(Some(t))) => {
+                check.token = Some(t);
+                check.stage = CheckStage::Meta;
+                self.emit_effect(task, meta_get(&key));
+            }
+            (
+                CheckStage::Meta,
+                EffectResult::Meta {
+                    refresh_unusable: true,
+                },
+            ) => {
+                self.finish(task, Err(reauth_needed(&key)));
+            }
+            (CheckStage::Meta, EffectResult::Meta { .. }) => {
+                let token = check.token.take().unwrap_or_default();
+                self.join_or_start(task, &key, &token);
+            }
+            _ => self.finish(task, Err(Failure::internal())),
+        }
+    }
+
+    /// Joins the key's job, answers from the cooldown, or starts a job.
+    fn join_or_start(&mut self, task: TaskId, key: &Key, token: &Token) {
+        if let Some(r) = self.refreshing.get_mut(key) {
+            r.waiters.push(task);
+            self.await_job(task, key);
+            return;
+        }
+        if let Some(last) = self.cooldowns.get(key).copied() {
+            let until = last.plus(self.config.limits.refresh_cooldown_ms);
+            if until > self.now.mono {
+                if still_valid(token, self.now.unix_ms, self.config.limits.valid_margin_ms) {
+                    return self.finish(task, Ok(token.sanitized()));
+                }
+                let secs = until.since(self.now.mono).div_ceil(1000);
+                return self.finish(
+                    task,
+                    Err(Failure::rate_limited("Refresh rate limited", secs)),
+                );
+            }
+        }
+        self.start_refresh_job(key, Some(access_digest(token)), false);
+        if let Some(r) = self.refreshing.get_mut(key) {
+            r.waiters.push(task);
+        }
+        self.await_job(task, key);
+    }
+
+    fn await_job(&mut self, task: TaskId, key: &Key) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.work = Work::AwaitRefresh { key: key.clone() };
+        }
+    }
+
+    /// Starts the refresh job of `key` (the caller checked none runs).
+    pub(crate) fn start_refresh_job(&mut self, key: &Key, seen: Option<[u8; 32]>, renewal: bool) {
+        let job = RefreshJob {
+            key: key.clone(),
+            stage: JobStage::EngineLock,
+            seen,
+            current: None,
+            merged: None,
+            failure: None,
+            attempts: 0,
+            reread: false,
+            renewal,
+            logout: false,
+            store_locked: false,
+        };
+        let task = self.background_task(Op::RefreshToken, Work::Refresh(Box::new(job)));
+        self.refreshing.insert(
+            key.clone(),
+            Refreshing {
+                job: task,
+                waiters: Vec::new(),
+            },
+        );
+        if self.locks.acquire(key, task) {
+            self.refresh_locked(task);
+        }
+    }
+
+    fn job(&mut self, task: TaskId) -> Option<&mut RefreshJob> {
+        match self.tasks.get_mut(&task).map(|t| &mut t.work) {
+            Some(Work::Refresh(j)) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The engine write lock is held: take the store lock.
+    pub(crate) fn refresh_locked(&mut self, task: TaskId) {
+        let wait_ms = self.config.limits.lock_wait_ms;
+        let Some(job) = self.job(task) else { return };
+        job.stage = JobStage::StoreLock;
+        let key = job.key.clone();
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.holds = Some(key.clone());
+        }
+        self.emit_effect(
+            task,
+            Effect::LockAcquire {
+                provider: key.provider,
+                bucket: key.bucket,
+                wait_ms,
+            },
+        );
+    }
+
+    /// Continues a job with an effect result.
+    pub(crate) fn refresh_step(&mut self, task: TaskId, result: EffectResult) {
+        let margin = self.config.limits.valid_margin_ms;
+        let now_ms = self.now.unix_ms;
+        let Some(job) = self.job(task) else { return };
+        let key = job.key.clone();
+        match (job.stage, result) {
+            (JobStage::StoreLock, EffectResult::Locked(true)) => {
+                job.store_locked = true;
+                job.stage = JobStage::ReadFresh;
+                match self.overrides.get(&key).cloned() {
+                    Some(t) => self.refresh_step(task, EffectResult::Token(Some(t))),
+                    None => self.emit_effect(task, token_get(&key, true)),
+                }
+            }
+            (JobStage::StoreLock, EffectResult::Locked(false)) => {
+                self.job_done(
+                    task,
+                    Err(Failure::new(
+                        ErrorCode::RefreshFailed,
+                        "Credential store is busy",
+                    )),
+                );
+            }
+            (JobStage::ReadFresh, EffectResult::Token(None)) => {
+                self.job_done(task, Err(not_found(&key)))
+            }
+            (JobStage::ReadFresh, EffectResult::Token(Some(t))) if t.refresh_token().is_none() => {
+                self.job_done(task, Err(not_available(&key)));
+            }
+            (JobStage::ReadFresh, EffectResult::Token(Some(t))) => {
+                let changed = job.seen.is_some_and(|seen| seen != access_digest(&t));
+                if changed && still_valid(&t, now_ms, margin) {
+                    return self.job_done(task, Ok(t));
+                }
+                job.current = Some(t);
+                job.stage = JobStage::Meta;
+                self.emit_effect(task, meta_get(&key));
+            }
+            (
+                JobStage::Meta,
+                EffectResult::Meta {
+                    refresh_unusable: true,
+                },
+            ) => {
+                self.job_done(task, Err(reauth_needed(&key)));
+            }
+            (JobStage::Meta, EffectResult::Meta { .. }) => {
+                if self.needs_discovery(&key.provider) {
+                    if let Some(job) = self.job(task) {
+                        job.stage = JobStage::Discovering;
+                    }
+                    return self.discover(&key.provider, task);
+                }
+                self.call_provider(task);
+            }
+            (JobStage::Discovering, result) => self.discovery_result(task, &result),
+            (JobStage::Calling, EffectResult::Http(outcome)) => {
+                self.refresh_answered(task, &http::classify(&outcome))
+            }
+            (JobStage::Reread, EffectResult::Token(Some(t))) => {
+                let rotated = t.refresh_token().is_some()
+                    && t.refresh_token() != job.current.as_ref().and_then(Token::refresh_token);
+                if !rotated {
+                    return self.mark_unusable(task);
+                }
+                job.reread = true;
+                if still_valid(&t, now_ms, margin) {
+                    return self.job_done(task, Ok(t));
+                }
+                job.current = Some(t);
+                self.call_provider(task);
+            }
+            (JobStage::Reread, _) => self.mark_unusable(task),
+            (JobStage::Writing, EffectResult::Done) => {
+                let merged = job.merged.take().unwrap_or_default();
+                self.job_done(task, Ok(merged));
+            }
+            (JobStage::Writing, _) => {
+                let merged = job.merged.take().unwrap_or_default();
+                self.overrides.insert(key.clone(), merged.clone());
+                let serial = self.key_serial(&key);
+                self.timers
+                    .set(TimerKey::WriteBack(serial), self.now.mono.plus(1_000));
+                self.job_done(task, Ok(merged));
+            }
+            (JobStage::MarkUnusable, _) => {
+                let f = job.failure.take().unwrap_or_else(|| reauth_needed(&key));
+                self.job_done(task, Err(f));
+            }
+            _ => self.job_done(task, Err(Failure::internal())),
+        }
+    }
+
+    /// Discovery finished for a job.
+    pub(crate) fn refresh_after_discovery(&mut self, task: TaskId, result: Result<(), Failure>) {
+        match result {
+            Ok(()) => self.call_provider(task),
+            Err(f) => self.job_done(task, Err(Failure::new(ErrorCode::RefreshFailed, f.message))),
+        }
+    }
+
+    /// Sends the refresh request with the current refresh token.
+    fn call_provider(&mut self, task: TaskId) {
+        let timeout = self.config.limits.provider_call_ms;
+        let Some(job) = self.job(task) else { return };
+        let key = job.key.clone();
+        let rt = job
+            .current
+            .as_ref()
+            .and_then(Token::refresh_token)
+            .unwrap_or_default()
+            .to_owned();
+        job.attempts += 1;
+        job.stage = JobStage::Calling;
+        let Some(spec) = self.spec(&key.provider) else {
+            return self.job_done(
+                task,
+                Err(Failure::new(
+                    ErrorCode::ProviderNotFound,
+                    "No OAuth provider configured",
+                )),
+            );
+        };
+        let mut fields = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+            ("client_id", spec.client_id.as_str()),
+        ];
+        if let Some(s) = &spec.client_secret {
+            fields.push(("client_secret", s.expose()));
+        }
+        let url = spec.token_url.clone().unwrap_or_default();
+        let request = http::post(&url, BodyEncoding::Form, &fields, timeout);
+        self.emit_effect(task, Effect::Http(request));
+    }
+
+    /// The provider answered a refresh.
+    fn refresh_answered(&mut self, task: TaskId, verdict: &Verdict) {
+        let retry = self.config.limits.refresh_retry_ms;
+        let now_s = self.now.unix_secs();
+        let provider = self
+            .job(task)
+            .map(|j| j.key.provider.clone())
+            .unwrap_or_default();
+        let dialect = self.config.providers.get(&provider).map(|s| s.dialect);
+        let Some(job) = self.job(task) else { return };
+        let key = job.key.clone();
+        match verdict {
+            Verdict::Ok(body) => {
+                let Some(new) = http::token_from_response(body.clone(), now_s) else {
+                    let f = Failure::new(
+                        ErrorCode::RefreshFailed,
+                        "Provider rejected the request (invalid_response)",
+                    );
+                    return self.job_done(task, Err(f));
+                };
+                let new = match dialect {
+                    Some(Dialect::Codex | Dialect::CodexDevice) => with_codex_account(new),
+                    _ => new,
+                };
+                let merged = job.current.clone().unwrap_or_default().merged_with(&new);
+                if job.logout {
+                    return self.job_done(task, Err(not_found(&key)));
+                }
+                job.merged = Some(merged.clone());
+                job.stage = JobStage::Writing;
+                self.emit_effect(
+                    task,
+                    Effect::TokenPut {
+                        provider: key.provider,
+                        bucket: key.bucket,
+                        token: merged,
+                    },
+                );
+            }
+            Verdict::Transient(_) if job.attempts < MAX_ATTEMPTS => {
+                let wait = retry[usize::from(job.attempts - 1).min(1)];
+                job.stage = JobStage::Backoff;
+                let serial = self.key_serial(&key);
+                self.timers
+                    .set(TimerKey::RefreshRetry(serial), self.now.mono.plus(wait));
+            }
+            Verdict::Transient(_) => {
+                self.job_done(
+                    task,
+                    Err(provider_failure(ErrorCode::RefreshFailed, verdict)),
+                );
+            }
+            v if is_auth_error(v) => {
+                job.failure = Some(provider_failure(ErrorCode::ReauthRequired, v));
+                if job.reread {
+                    return self.mark_unusable(task);
+                }
+                job.stage = JobStage::Reread;
+                self.emit_effect(task, token_get(&key, true));
+            }
+            v => self.job_done(task, Err(provider_failure(ErrorCode::RefreshFailed, v))),
+        }
+    }
+
+    /// A retry timer fired.
+    pub(crate) fn refresh_retry_due(&mut self, serial: u64) {
+        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+            return;
+        };
+        let Some(job) = self.refreshing.get(&key).map(|r| r.job) else {
+            return;
+        };
+        if self.job(job).is_some_and(|j| j.stage == JobStage::Backoff) {
+            self.call_provider(job);
+        }
+    }
+
+    fn mark_unusable(&mut self, task: TaskId) {
+        let Some(job) = self.job(task) else { return };
+        job.stage = JobStage::MarkUnusable;
+        if job.failure.is_none() {
+            job.failure = Some(reauth_needed(&job.key));
+        }
+        let key = job.key.clone();
+        self.emit_effect(
+            task,
+            Effect::MetaPut {
+                provider: key.provider,
+                bucket: key.bucket,
+                refresh_unusable: true,
+            },
+        );
+    }
+
+    /// Ends a job: locks released, cooldown set, waiters answered,
+    /// renewal rescheduled or stopped.
+    fn job_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
+        let Some(job) = self.job(task) else { return };
+        let key = job.key.clone();
+        let (attempts, store_locked, renewal) = (job.attempts, job.store_locked, job.renewal);
+        if store_locked {
+            self.emit_detached(Effect::LockRelease {
+                provider: key.provider.clone(),
+                bucket: key.bucket.clone(),
+            });
+        }
+        if attempts > 0 {
+            self.cooldowns.insert(key.clone(), self.now.mono);
+        }
+        self.finish(task, Ok(Map::new()));
+        let waiters = self
+            .refreshing
+            .remove(&key)
+            .map(|r| r.waiters)
+            .unwrap_or_default();
+        let answer: Answer = result.as_ref().map(Token::sanitized).map_err(Clone::clone);
+        for w in waiters {
+            self.finish(w, answer.clone());
+        }
+        match &result {
+            Ok(token) => {
+                if let Some(r) = self.renewals.get_mut(&key) {
+                    r.tries = 0;
+                }
+                self.schedule_renewal(&key, token);
+            }
+            Err(f) if renewal => self.renewal_failed(&key, f),
+            Err(f) if f.code == ErrorCode::ReauthRequired => self.renewal_forget(&key),
+            Err(_) => {}
+        }
+    }
+
+    /// A `remove_token` arrived: a running job must not save its result.
+    pub(crate) fn refresh_logout(&mut self, key: &Key) {
+        self.overrides.remove(key);
+        self.renewal_forget(key);
+        if let Some(job) = self.refreshing.get(key).map(|r| r.job)
+            && let Some(j) = self.job(job)
+        {
+            j.logout = true;
+        }
+    }
+
+    /// Retries writing an authoritative token that failed to persist.
+    pub(crate) fn write_back_due(&mut self, serial: u64) {
+        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+            return;
+        };
+        let Some(token) = self.overrides.get(&key).cloned() else {
+            return;
+        };
+        let task = self.background_task(Op::RefreshToken, Work::WriteBack { key: key.clone() });
+        self.emit_effect(
+            task,
+            Effect::TokenPut {
+                provider: key.provider,
+                bucket: key.bucket,
+                token,
+            },
+        );
+    }
+
+    /// Result of a write-back.
+    pub(crate) fn write_back_done(&mut self, task: TaskId, key: &Key, result: &EffectResult) {
+        self.tasks.remove(&task);
+        if matches!(result, EffectResult::Done) {
+            self.overrides.remove(key);
+        } else if self.overrides.contains_key(key) {
+            let serial = self.key_serial(key);
+            self.timers
+                .set(TimerKey::WriteBack(serial), self.now.mono.plus(5_000));
+        }
+    }
+
+    /// A stable small number for a key (timer keys).
+    pub(crate) fn key_serial(&mut self, key: &Key) -> u64 {
+        if let Some(s) = self.key_serials.get(key) {
+            return *s;
+        }
+        self.next_serial += 1;
+        let s = self.next_serial;
+        self.key_serials.insert(key.clone(), s);
+        self.key_by_serial.insert(s, key.clone());
+        s
+    }
+}
+
+fn token_get(key: &Key, fresh: bool) -> Effect {
+    Effect::TokenGet {
+        provider: key.provider.clone(),
+        bucket: key.bucket.clone(),
+        fresh,
+    }
+}
+
+fn meta_get(key: &Key) -> Effect {
+    Effect::MetaGet {
+        provider: key.provider.clone(),
+        bucket: key.bucket.clone(),
+    }
+}
+
+fn not_found(key: &Key) -> Failure {
+    Failure::new(
+        ErrorCode::NotFound,
+        format!("No token found for provider: {}", key.provider),
+    )
+}
+
+fn not_available(key: &Key) -> Failure {
+    Failure::new(
+        ErrorCode::RefreshNotAvailable,
+        format!("Token for {} does not have a refresh_token", key.provider),
+    )
+}
+
+fn reauth_needed(key: &Key) -> Failure {
+    Failure::new(
+        ErrorCode::ReauthRequired,
+        format!("Login required for {}/{}", key.provider, key.bucket),
+    )
+}

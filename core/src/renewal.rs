@@ -1,0 +1,213 @@
+//! Proactive renewal (SPEC §5.4).
+//!
+//! When a token with a refresh token is served, stored or refreshed, its
+//! renewal is scheduled once per (key, expiry) at
+//! `expiry − lead − jitter`, with
+//! `lead = min(max(300 s, 10 % of the remaining lifetime), remaining / 2)`
+//! and jitter uniform in `[0, min(30 s, lead / 2))` from the RNG, never
+//! earlier than the key's last attempt + the cooldown. When it fires, the
+//! refresh job re-reads the token fresh (another process may have renewed
+//! it) and refreshes through the same coordinator as `refresh_token`.
+//! Success reschedules; a transient failure backs off (30 s, doubling,
+//! capped at 30 min, at most 10 tries); an auth failure stops it.
+
+use rand_core::CryptoRng;
+
+use crate::engine::Engine;
+use crate::error::ErrorCode;
+use crate::keylock::Key;
+use crate::login::mono_at;
+use crate::refresh::access_digest;
+use crate::reply::Failure;
+use crate::timer::TimerKey;
+use crate::token::Token;
+
+/// The renewal state of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Renewal {
+    /// The expiry (unix ms) the schedule was made for.
+    pub(crate) expiry_ms: u64,
+    /// Consecutive failed tries.
+    pub(crate) tries: u8,
+    /// Digest of the access token at scheduling time.
+    pub(crate) seen: [u8; 32],
+}
+
+/// When to renew a token expiring at `expiry_ms` (unix ms), seen at
+/// `now_ms`: `None` when it cannot be renewed before it expires.
+/// `random` is a uniform random number for the jitter; `earliest` is the
+/// first allowed instant (last attempt + cooldown).
+#[must_use]
+pub fn fire_at(
+    now_ms: u64,
+    expiry_ms: u64,
+    lead_min_ms: u64,
+    jitter_max_ms: u64,
+    random: u64,
+    earliest_ms: u64,
+) -> Option<u64> {
+    if expiry_ms <= now_ms {
+        return None;
+    }
+    let remaining = expiry_ms - now_ms;
+    let lead = lead_min_ms.max(remaining / 10).min(remaining / 2);
+    let jitter_bound = jitter_max_ms.min(lead / 2);
+    let jitter = if jitter_bound == 0 {
+        0
+    } else {
+        random % jitter_bound
+    };
+    let fire = (expiry_ms - lead - jitter).max(earliest_ms).max(now_ms);
+    (fire < expiry_ms).then_some(fire)
+}
+
+impl<R: CryptoRng> Engine<R> {
+    /// Schedules the renewal of `key` for this token's expiry, once.
+    pub(crate) fn schedule_renewal(&mut self, key: &Key, token: &Token) {
+        if token.refresh_token().is_none() {
+            return;
+        }
+        let Some(expiry) = token.expiry_secs().filter(|e| e.is_finite() && *e > 0.0) else {
+            return;
+        };
+        let expiry_ms = (expiry * 1000.0) as u64;
+        if self
+            .renewals
+            .get(key)
+            .is_some_and(|r| r.expiry_ms == expiry_ms)
+        {
+            return;
+        }
+        let tries = self.renewals.get(key).map_or(0, |r| r.tries);
+        let limits = &self.config.limits;
+        let earliest_ms = self.cooldowns.get(key).map_or(0, |last| {
+            let until = last.plus(limits.refresh_cooldown_ms);
+            self.now.unix_ms + until.since(self.now.mono)
+        });
+        let random = self.rng.next_u64();
+        let serial = self.key_serial(key);
+        let limits = &self.config.limits;
+        let Some(at) = fire_at(
+            self.now.unix_ms,
+            expiry_ms,
+            limits.renewal_lead_ms,
+            limits.renewal_jitter_ms,
+            random,
+            earliest_ms,
+        ) else {
+            self.renewals.remove(key);
+            self.timers.cancel(TimerKey::Renewal(serial));
+            return;
+        };
+        self.renewals.insert(
+            key.clone(),
+            Renewal {
+                expiry_ms,
+                tries,
+                seen: access_digest(token),
+            },
+        );
+        let when = mono_at(self.now.mono, self.now.unix_ms, at);
+        self.timers.set(TimerKey::Renewal(serial), when);
+    }
+
+    /// A renewal is due: refresh through the coordinator.
+    pub(crate) fn renewal_due(&mut self, serial: u64) {
+        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+            return;
+        };
+        let Some(seen) = self.renewals.get(&key).map(|r| r.seen) else {
+            return;
+        };
+        if self.refreshing.contains_key(&key) {
+            return;
+        }
+        self.start_refresh_job(&key, Some(seen), true);
+    }
+
+    /// A renewal's refresh failed: back off on transient failures, stop on
+    /// the others.
+    pub(crate) fn renewal_failed(&mut self, key: &Key, f: &Failure) {
+        let transient =
+            f.code == ErrorCode::RefreshFailed && f.message.starts_with("Provider unreachable");
+        let limits = &self.config.limits;
+        let (base, cap, max) = (
+            limits.renewal_backoff_ms,
+            limits.renewal_backoff_cap_ms,
+            limits.renewal_max_tries,
+        );
+        let Some(r) = self.renewals.get_mut(key) else {
+            return;
+        };
+        r.tries = r.tries.saturating_add(1);
+        if !transient || r.tries >= max {
+            return self.renewal_forget(key);
+        }
+        let wait = base.saturating_mul(1u64 << (r.tries - 1).min(20)).min(cap);
+        let serial = self.key_serial(key);
+        self.timers
+            .set(TimerKey::Renewal(serial), self.now.mono.plus(wait));
+    }
+
+    /// Cancels the renewal of `key`.
+    pub(crate) fn renewal_forget(&mut self, key: &Key) {
+        self.renewals.remove(key);
+        if let Some(serial) = self.key_serials.get(key).copied() {
+            self.timers.cancel(TimerKey::Renewal(serial));
+        }
+    }
+
+    /// Whether a renewal is scheduled for `key`, and when (monotonic ms).
+    #[must_use]
+    pub fn renewal_scheduled(&self, provider: &str, bucket: &str) -> Option<u64> {
+        let key = Key::new(provider, bucket);
+        let serial = self.key_serials.get(&key)?;
+        self.renewals.get(&key)?;
+        self.timers.get(TimerKey::Renewal(*serial)).map(|m| m.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fires_before_expiry_and_not_in_the_past(
+            now in 0u64..1u64 << 50,
+            life in 1u64..1u64 << 36,
+            random in any::<u64>(),
+            earliest_off in 0u64..1u64 << 36,
+        ) {
+            let expiry = now + life;
+            let earliest = now + earliest_off;
+            if let Some(t) = fire_at(now, expiry, 300_000, 30_000, random, earliest) {
+                prop_assert!(now <= t && t < expiry);
+                prop_assert!(t >= earliest);
+            } else {
+                prop_assert!(earliest >= expiry || life <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn lead_rules() {
+        // One hour left: lead 360 s (10 %), jitter < 30 s.
+        let t = fire_at(0, 3_600_000, 300_000, 30_000, 0, 0).unwrap();
+        assert_eq!(t, 3_600_000 - 360_000);
+        // Ten minutes left: lead 300 s.
+        assert_eq!(fire_at(0, 600_000, 300_000, 30_000, 0, 0), Some(300_000));
+        // Two minutes left: lead capped at half.
+        assert_eq!(fire_at(0, 120_000, 300_000, 30_000, 0, 0), Some(60_000));
+        // Expired: nothing.
+        assert_eq!(fire_at(10, 10, 300_000, 30_000, 0, 0), None);
+        // Cooldown pushes past expiry: nothing.
+        assert_eq!(fire_at(0, 120_000, 300_000, 30_000, 0, 130_000), None);
+        // Jitter stays below the bound.
+        for r in [1u64, 29_999, 30_000, u64::MAX] {
+            let t = fire_at(0, 3_600_000, 300_000, 30_000, r, 0).unwrap();
+            assert!(t > 3_600_000 - 360_000 - 30_000 && t <= 3_600_000 - 360_000);
+        }
+    }
+}
