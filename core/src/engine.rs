@@ -222,6 +222,12 @@ impl<R: CryptoRng> Engine<R> {
         self.sessions.len()
     }
 
+    /// The live sessions and their states, for diagnostics and model tests.
+    /// Ended (`Used`) sessions are removed at once and do not appear.
+    pub fn session_states(&self) -> impl Iterator<Item = (&str, &crate::session::SessionState)> {
+        self.sessions.iter().map(|(id, s)| (id.as_str(), s.state()))
+    }
+
     pub(crate) fn emit_effect(&mut self, task: TaskId, effect: Effect) {
         let id = EffectId(self.next_effect);
         self.next_effect += 1;

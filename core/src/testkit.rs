@@ -69,6 +69,7 @@ impl MemStore {
             return EffectResult::Failed;
         }
         match effect {
+            Effect::TokenPut { .. } if self.fail_writes => EffectResult::Failed,
             Effect::TokenGet {
                 provider, bucket, ..
             } => EffectResult::Token(
@@ -247,8 +248,9 @@ impl Harness {
                 }
                 Output::Effect {
                     id,
-                    effect: Effect::StartListener { port, .. },
+                    effect: Effect::StartListener { port, path },
                 } => {
+                    self.effects.push(Effect::StartListener { port, path });
                     let ok = !self.fail_listen;
                     if ok {
                         self.listening.insert(port);
@@ -260,6 +262,7 @@ impl Harness {
                     id,
                     effect: Effect::StopListener { port },
                 } => {
+                    self.effects.push(Effect::StopListener { port });
                     self.listening.remove(&port);
                     self.engine
                         .handle_effect_result(id, EffectResult::Done, self.now);

@@ -1,0 +1,379 @@
+//! Model-based test of OAuth sessions and refresh (the Firezone pattern):
+//! `proptest-state-machine` generates sequences of client requests,
+//! provider answers and `Tick`s of the virtual clock, and after every step
+//! the engine's invariants are checked (SPEC §9):
+//!
+//! - a session's top-level state never moves backwards and its attempt
+//!   count never decreases; an ended session never comes back;
+//! - a `Used` session never yields a token again (each session completes
+//!   at most once towards the client);
+//! - at most one refresh HTTP request per key is in flight;
+//! - `slow_down` never lowers the polling interval a client sees;
+//! - no refresh token, PKCE verifier or device code in any byte sent to a
+//!   client or in any audit event.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use credproxy_core::ConnId;
+use credproxy_core::http::TransportError;
+use credproxy_core::session::{SessionState, Step};
+use credproxy_core::testkit::Harness;
+use proptest::prelude::*;
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Token,
+    Pending,
+    SlowDown,
+    Denied,
+    InvalidGrant,
+    ServerError,
+    Network,
+}
+
+#[derive(Debug, Clone)]
+enum Transition {
+    Initiate(&'static str),
+    Exchange {
+        session: usize,
+        good_state: bool,
+    },
+    Poll(usize),
+    CancelSession(usize),
+    Refresh,
+    GetToken,
+    /// Answer the held HTTP request at this index.
+    Respond {
+        index: usize,
+        answer: Answer,
+    },
+    Tick {
+        ms: u64,
+    },
+}
+
+struct Model;
+
+impl ReferenceStateMachine for Model {
+    type State = usize;
+    type Transition = Transition;
+
+    fn init_state() -> BoxedStrategy<usize> {
+        Just(0).boxed()
+    }
+
+    fn transitions(_: &usize) -> BoxedStrategy<Transition> {
+        let answer = prop_oneof![
+            Just(Answer::Token),
+            Just(Answer::Pending),
+            Just(Answer::SlowDown),
+            Just(Answer::Denied),
+            Just(Answer::InvalidGrant),
+            Just(Answer::ServerError),
+            Just(Answer::Network),
+        ];
+        prop_oneof![
+            prop_oneof![Just("anthropic"), Just("qwen"), Just("codex")]
+                .prop_map(Transition::Initiate),
+            (0usize..6, any::<bool>()).prop_map(|(session, good_state)| Transition::Exchange {
+                session,
+                good_state
+            }),
+            (0usize..6).prop_map(Transition::Poll),
+            (0usize..6).prop_map(Transition::CancelSession),
+            Just(Transition::Refresh),
+            Just(Transition::GetToken),
+            (0usize..4, answer.clone())
+                .prop_map(|(index, answer)| Transition::Respond { index, answer }),
+            (0usize..4, answer).prop_map(|(index, answer)| Transition::Respond { index, answer }),
+            (0u64..=10_000).prop_map(|ms| Transition::Tick { ms }),
+        ]
+        .boxed()
+    }
+
+    fn apply(state: usize, _: &Transition) -> usize {
+        state + 1
+    }
+}
+
+struct Sut {
+    h: Harness,
+    conn: ConnId,
+    /// Session ids in creation order with the state (the `state` param).
+    sessions: Vec<(String, String)>,
+    /// Highest (rank, attempts) seen per session.
+    seen: BTreeMap<String, (u8, u8)>,
+    ended: BTreeSet<String>,
+    completed: BTreeSet<String>,
+    intervals: BTreeMap<String, u64>,
+    counter: u64,
+}
+
+fn rank_attempts(s: &SessionState) -> (u8, u8) {
+    match s {
+        SessionState::Initiated(step) => (0, step.attempts()),
+        SessionState::Complete(_) => (1, u8::MAX),
+        SessionState::Used => (2, u8::MAX),
+    }
+}
+
+impl Sut {
+    fn next_id(&mut self) -> String {
+        self.counter += 1;
+        format!("m{}", self.counter)
+    }
+
+    fn handle_replies(&mut self) {
+        for r in self.h.take_replies(self.conn) {
+            let data = &r["data"];
+            if let Some(sid) = data["session_id"].as_str() {
+                let state = data["auth_url"]
+                    .as_str()
+                    .and_then(|u| url::Url::parse(u).ok())
+                    .and_then(|u| {
+                        u.query_pairs()
+                            .find(|(k, _)| k == "state")
+                            .map(|(_, v)| v.into_owned())
+                    })
+                    .unwrap_or_default();
+                self.sessions.push((sid.to_owned(), state));
+            }
+        }
+    }
+
+    fn provider_body(&mut self, answer: Answer, refresh: bool) -> (u16, Value) {
+        self.counter += 1;
+        let n = self.counter;
+        match answer {
+            Answer::Token => (
+                200,
+                json!({"access_token":format!("AT-{n}"),"refresh_token":format!("SECRET-RT-{n}"),"expires_in":if refresh {3600} else {120}}),
+            ),
+            Answer::Pending => (400, json!({"error":"authorization_pending"})),
+            Answer::SlowDown => (400, json!({"error":"slow_down"})),
+            Answer::Denied => (400, json!({"error":"access_denied"})),
+            Answer::InvalidGrant => (400, json!({"error":"invalid_grant"})),
+            Answer::ServerError => (503, json!({})),
+            Answer::Network => (0, Value::Null),
+        }
+    }
+}
+
+impl StateMachineTest for Sut {
+    type SystemUnderTest = Sut;
+    type Reference = Model;
+
+    fn init_test(_: &usize) -> Sut {
+        let mut h = Harness::new();
+        h.script(
+            "https://chat.qwen.ai/api/v1/oauth2/device/code",
+            200,
+            json!({"device_code":"SECRET-DEV","user_code":"U-1","verification_uri":"https://chat.qwen.ai/a","interval":1}),
+        );
+        for _ in 0..20 {
+            h.script(
+                "https://chat.qwen.ai/api/v1/oauth2/device/code",
+                200,
+                json!({"device_code":"SECRET-DEV","user_code":"U-1","verification_uri":"https://chat.qwen.ai/a","interval":1}),
+            );
+        }
+        h.store.put_token(
+            "anthropic",
+            "default",
+            json!({"access_token":"AT-0","refresh_token":"SECRET-RT-0","expiry":1,"token_type":"Bearer"}),
+        );
+        let conn = h.connect();
+        Sut {
+            h,
+            conn,
+            sessions: Vec::new(),
+            seen: BTreeMap::new(),
+            ended: BTreeSet::new(),
+            completed: BTreeSet::new(),
+            intervals: BTreeMap::new(),
+            counter: 0,
+        }
+    }
+
+    fn apply(mut sut: Sut, _: &usize, t: Transition) -> Sut {
+        let conn = sut.conn;
+        match t {
+            Transition::Initiate(p) => {
+                let id = sut.next_id();
+                sut.h
+                    .request(conn, &id, "oauth_initiate", json!({ "provider": p }));
+            }
+            Transition::Exchange {
+                session,
+                good_state,
+            } => {
+                if let Some((sid, state)) = sut.sessions.get(session).cloned() {
+                    let id = sut.next_id();
+                    let code = if good_state {
+                        format!("code#{state}")
+                    } else {
+                        "code#forged".into()
+                    };
+                    sut.h.request(
+                        conn,
+                        &id,
+                        "oauth_exchange",
+                        json!({"session_id": sid, "code": code}),
+                    );
+                }
+            }
+            Transition::Poll(session) => {
+                if let Some((sid, _)) = sut.sessions.get(session).cloned() {
+                    let r = sut.h.call(conn, "oauth_poll", json!({ "session_id": sid }));
+                    if r["data"]["status"] == json!("complete") {
+                        assert!(
+                            sut.completed.insert(sid.clone()),
+                            "session {sid} yielded a token twice"
+                        );
+                    }
+                    if let Some(i) = r["data"]["pollIntervalMs"].as_u64()
+                        && r["data"].get("interval").is_some()
+                    {
+                        let prev = sut.intervals.insert(sid.clone(), i).unwrap_or(0);
+                        assert!(i >= prev, "slow_down interval decreased: {prev} -> {i}");
+                    }
+                }
+            }
+            Transition::CancelSession(session) => {
+                if let Some((sid, _)) = sut.sessions.get(session).cloned() {
+                    sut.h
+                        .call(conn, "oauth_cancel", json!({ "session_id": sid }));
+                }
+            }
+            Transition::Refresh => {
+                let id = sut.next_id();
+                sut.h
+                    .request(conn, &id, "refresh_token", json!({"provider":"anthropic"}));
+            }
+            Transition::GetToken => {
+                let id = sut.next_id();
+                sut.h
+                    .request(conn, &id, "get_token", json!({"provider":"anthropic"}));
+            }
+            Transition::Respond { index, answer } => {
+                if !sut.h.http_pending.is_empty() {
+                    let index = index % sut.h.http_pending.len();
+                    let request = sut.h.http_pending.remove(index).unwrap();
+                    sut.h.http_pending.push_front(request.clone());
+                    let refresh = request
+                        .1
+                        .body
+                        .as_ref()
+                        .is_some_and(|b| b.expose().contains("grant_type=refresh_token"));
+                    match sut.provider_body(answer, refresh) {
+                        (0, _) => sut.h.respond_failure(TransportError::Connect),
+                        (status, body) => sut.h.respond(status, body),
+                    }
+                }
+            }
+            Transition::Tick { ms } => sut.h.advance(ms),
+        }
+        sut.handle_replies();
+        sut
+    }
+
+    fn check_invariants(sut: &Sut, _: &usize) {
+        let live: BTreeMap<String, (u8, u8)> = sut
+            .h
+            .engine
+            .session_states()
+            .map(|(id, s)| (id.to_owned(), rank_attempts(s)))
+            .collect();
+        for (id, (rank, attempts)) in &live {
+            assert!(!sut.ended.contains(id), "ended session {id} came back");
+            if let Some((r0, a0)) = sut.seen.get(id) {
+                assert!(rank >= r0, "session {id} moved backwards");
+                if *rank == 0 && *r0 == 0 {
+                    assert!(attempts >= a0, "attempts decreased");
+                }
+            }
+        }
+        // Polling steps never lower the interval.
+        for (_, state) in sut.h.engine.session_states() {
+            if let SessionState::Initiated(Step::Polling { interval_ms, .. }) = state {
+                assert!(*interval_ms >= 1_000);
+            }
+        }
+        let refreshes = sut
+            .h
+            .http_pending
+            .iter()
+            .filter(|(_, r)| {
+                r.body
+                    .as_ref()
+                    .is_some_and(|b| b.expose().contains("grant_type=refresh_token"))
+            })
+            .count();
+        assert!(
+            refreshes <= 1,
+            "{refreshes} refresh requests in flight for one key"
+        );
+        let text = sut.h.observable_text();
+        assert!(!text.contains("SECRET-RT"), "a refresh token left the host");
+        assert!(!text.contains("SECRET-DEV"), "a device code left the host");
+        for request in &sut.h.http_log {
+            let Some(body) = &request.body else { continue };
+            for (k, v) in url::form_urlencoded::parse(body.expose().as_bytes()) {
+                if k == "code_verifier" {
+                    assert!(!text.contains(v.as_ref()), "a verifier left the host");
+                }
+            }
+            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body.expose())
+                && let Some(v) = m.get("code_verifier").and_then(Value::as_str)
+            {
+                assert!(!text.contains(v), "a verifier left the host");
+            }
+        }
+    }
+}
+
+/// Tracks what was seen after each step (`check_invariants` is `&self`).
+fn remember(sut: &mut Sut) {
+    let live: BTreeMap<String, (u8, u8)> = sut
+        .h
+        .engine
+        .session_states()
+        .map(|(id, s)| (id.to_owned(), rank_attempts(s)))
+        .collect();
+    for id in sut.seen.keys() {
+        if !live.contains_key(id) {
+            sut.ended.insert(id.clone());
+        }
+    }
+    for (id, v) in live {
+        let e = sut.seen.entry(id).or_insert(v);
+        *e = (*e).max(v);
+    }
+}
+
+/// Wraps [`Sut`] so the bookkeeping runs after every transition.
+struct Tracked;
+
+impl StateMachineTest for Tracked {
+    type SystemUnderTest = Sut;
+    type Reference = Model;
+
+    fn init_test(s: &usize) -> Sut {
+        <Sut as StateMachineTest>::init_test(s)
+    }
+
+    fn apply(sut: Sut, s: &usize, t: Transition) -> Sut {
+        let mut sut = <Sut as StateMachineTest>::apply(sut, s, t);
+        <Sut as StateMachineTest>::check_invariants(&sut, s);
+        remember(&mut sut);
+        sut
+    }
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #[test]
+    fn sessions_and_refresh_keep_their_invariants(sequential 1..60 => Tracked);
+}

@@ -1,0 +1,463 @@
+//! `refresh_token` and proactive renewal (SPEC §5.3, §5.4): the exact
+//! provider request, single flight, store lock and fresh re-read, cooldown,
+//! retries on engine timers, auth failures and the unusable mark, write
+//! failures, logout wins, and renewal scheduling.
+
+use credproxy_core::http::TransportError;
+use credproxy_core::testkit::Harness;
+use credproxy_core::{Config, ConnId};
+use serde_json::{Value, json};
+
+const TOKEN_URL: &str = "https://console.anthropic.com/v1/oauth/token";
+
+fn seeded(expires_in_s: i64) -> Harness {
+    let mut h = Harness::new();
+    let expiry = h.now.unix_secs() as i64 + expires_in_s;
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"AT-0","refresh_token":"RT-0","expiry":expiry,"token_type":"Bearer","account":"kept"}),
+    );
+    h
+}
+
+fn form(h: &Harness, i: usize) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(h.http_log[i].body.as_ref().unwrap().expose().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn refresh(h: &mut Harness, conn: ConnId, id: &str) {
+    h.request(conn, id, "refresh_token", json!({"provider":"anthropic"}));
+}
+
+fn reply(h: &mut Harness, conn: ConnId, id: &str) -> Value {
+    h.take_replies(conn)
+        .into_iter()
+        .find(|r| r["id"] == json!(id))
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn refresh_sends_the_stored_refresh_token_and_persists_before_replying() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    assert_eq!(h.http_log.len(), 1);
+    assert_eq!(h.http_log[0].url, TOKEN_URL);
+    assert_eq!(h.http_log[0].timeout_ms, 8_000);
+    assert_eq!(
+        form(&h, 0),
+        vec![
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            ("refresh_token".to_owned(), "RT-0".to_owned()),
+            (
+                "client_id".to_owned(),
+                "9d1c250a-e61b-44d9-88ed-5944d1962f5e".to_owned()
+            ),
+        ]
+    );
+    assert!(
+        h.store
+            .locks
+            .contains(&("anthropic".into(), "default".into())),
+        "store lock held"
+    );
+    h.respond(200, json!({"access_token":"AT-1","refresh_token":"RT-1","expires_in":"3600","token_type":"BEARER"}));
+    let r = reply(&mut h, conn, "r");
+    let expiry = h.now.unix_secs() + 3600;
+    assert_eq!(
+        r["data"],
+        json!({"access_token":"AT-1","expiry":expiry,"token_type":"Bearer","account":"kept"})
+    );
+    let stored = h.store.token("anthropic", "default").unwrap();
+    assert_eq!(
+        stored["refresh_token"],
+        json!("RT-1"),
+        "rotated token persisted"
+    );
+    assert!(h.store.locks.is_empty(), "store lock released");
+    assert!(!h.observable_text().contains("RT-1"));
+}
+
+#[test]
+fn keeps_the_old_refresh_token_when_none_is_returned() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    h.respond(200, json!({"access_token":"AT-1","refresh_token":null}));
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["refresh_token"],
+        json!("RT-0")
+    );
+}
+
+#[test]
+fn concurrent_callers_share_one_provider_call() {
+    let mut h = seeded(-10);
+    let a = h.connect();
+    let b = h.connect();
+    for i in 0..5 {
+        refresh(&mut h, if i % 2 == 0 { a } else { b }, &format!("r{i}"));
+    }
+    assert_eq!(h.http_log.len(), 1);
+    h.respond(200, json!({"access_token":"AT-1"}));
+    let mut replies = h.take_replies(a);
+    replies.extend(h.take_replies(b));
+    assert_eq!(replies.len(), 5);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r["data"]["access_token"] == json!("AT-1")),
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn cooldown_returns_a_valid_token_or_rate_limits() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r1");
+    h.respond(200, json!({"access_token":"AT-1","expires_in":3600}));
+    reply(&mut h, conn, "r1");
+    h.advance(5_000);
+    refresh(&mut h, conn, "r2");
+    let r = reply(&mut h, conn, "r2");
+    assert_eq!(
+        r["data"]["access_token"],
+        json!("AT-1"),
+        "valid token during cooldown"
+    );
+    assert_eq!(h.http_log.len(), 1);
+    // An expired token during the cooldown is rate limited.
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r1");
+    h.respond(200, json!({"access_token":"AT-1","expires_in":30}));
+    reply(&mut h, conn, "r1");
+    h.advance(5_000);
+    refresh(&mut h, conn, "r2");
+    assert_eq!(
+        reply(&mut h, conn, "r2"),
+        json!({"id":"r2","ok":false,"code":"RATE_LIMITED","error":"Refresh rate limited","retryAfter":25})
+    );
+    h.advance(25_000);
+    refresh(&mut h, conn, "r3");
+    assert_eq!(h.http_log.len(), 2, "cooldown over");
+}
+
+#[test]
+fn cooldown_also_follows_a_failure_and_is_per_normalized_key() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    h.store.put_token(
+        "anthropic",
+        "other",
+        json!({"access_token":"x","refresh_token":"y","expiry":1,"token_type":"Bearer"}),
+    );
+    refresh(&mut h, conn, "r1");
+    h.respond(400, json!({"error":"invalid_scope"}));
+    assert_eq!(
+        reply(&mut h, conn, "r1")["error"],
+        json!("Provider rejected the request (invalid_scope)")
+    );
+    h.request(
+        conn,
+        "r2",
+        "refresh_token",
+        json!({"provider":"anthropic","bucket":"default"}),
+    );
+    assert_eq!(reply(&mut h, conn, "r2")["code"], json!("RATE_LIMITED"));
+    h.request(
+        conn,
+        "r3",
+        "refresh_token",
+        json!({"provider":"anthropic","bucket":"other"}),
+    );
+    assert_eq!(h.http_log.len(), 2, "independent key");
+}
+
+#[test]
+fn transient_failures_retry_after_one_and_three_seconds() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    h.respond_failure(TransportError::Timeout);
+    h.advance(999);
+    assert!(h.http_pending.is_empty());
+    h.advance(1);
+    h.respond(502, json!({}));
+    h.advance(2_999);
+    assert!(h.http_pending.is_empty());
+    h.advance(1);
+    h.respond(503, json!({}));
+    assert_eq!(
+        reply(&mut h, conn, "r"),
+        json!({"id":"r","ok":false,"code":"REFRESH_FAILED","error":"Provider unreachable (http 503)"})
+    );
+    assert_eq!(h.http_log.len(), 3);
+    // Transient then success.
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    h.respond(500, json!({}));
+    h.advance(1_000);
+    h.respond(200, json!({"access_token":"AT-1"}));
+    assert_eq!(
+        reply(&mut h, conn, "r")["data"]["access_token"],
+        json!("AT-1")
+    );
+}
+
+#[test]
+fn auth_failure_marks_the_refresh_token_unusable() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    h.respond(
+        400,
+        json!({"error":"invalid_grant","error_description":"revoked"}),
+    );
+    // Fresh re-read found the same refresh token: no retry.
+    assert_eq!(h.http_log.len(), 1);
+    assert_eq!(
+        reply(&mut h, conn, "r"),
+        json!({"id":"r","ok":false,"code":"REAUTH_REQUIRED","error":"Provider rejected the request (invalid_grant)"})
+    );
+    assert!(
+        h.store
+            .unusable
+            .contains(&("anthropic".into(), "default".into()))
+    );
+    h.advance(60_000);
+    refresh(&mut h, conn, "r2");
+    assert_eq!(
+        reply(&mut h, conn, "r2"),
+        json!({"id":"r2","ok":false,"code":"REAUTH_REQUIRED","error":"Login required for anthropic/default"})
+    );
+    assert_eq!(h.http_log.len(), 1, "no provider call while unusable");
+    let t = h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    assert!(
+        t["data"].get("refresh_unusable").is_none(),
+        "the mark never shows in get_token"
+    );
+}
+
+#[test]
+fn auth_failure_after_a_sibling_rotated_uses_the_new_refresh_token() {
+    let mut h = seeded(-10);
+    h.auto_effects = true;
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    // Another process rotates the refresh token while our call is out.
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"AT-S","refresh_token":"RT-S","expiry":1,"token_type":"Bearer"}),
+    );
+    h.respond(401, json!({}));
+    assert_eq!(
+        h.http_log.len(),
+        2,
+        "retried with the sibling's refresh token"
+    );
+    assert!(form(&h, 1).contains(&("refresh_token".to_owned(), "RT-S".to_owned())));
+    h.respond(200, json!({"access_token":"AT-2","refresh_token":"RT-2"}));
+    assert_eq!(
+        reply(&mut h, conn, "r")["data"]["access_token"],
+        json!("AT-2")
+    );
+}
+
+#[test]
+fn a_token_refreshed_meanwhile_is_returned_without_a_provider_call() {
+    let mut h = seeded(-10);
+    h.auto_effects = false;
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    // The check read (held) sees the old token; another process refreshes
+    // before the job's fresh re-read.
+    h.complete(0);
+    let far = h.now.unix_secs() + 3600;
+    h.store.put_token("anthropic", "default", json!({"access_token":"AT-OTHER","refresh_token":"RT-X","expiry":far,"token_type":"Bearer"}));
+    h.complete_all();
+    assert!(h.http_log.is_empty());
+    assert_eq!(
+        reply(&mut h, conn, "r")["data"]["access_token"],
+        json!("AT-OTHER")
+    );
+}
+
+#[test]
+fn remove_during_refresh_wins() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    h.request(conn, "rm", "remove_token", json!({"provider":"anthropic"}));
+    assert!(
+        reply(&mut h, conn, "rm").is_null(),
+        "remove waits for the key"
+    );
+    h.respond(200, json!({"access_token":"AT-1","refresh_token":"RT-1"}));
+    assert!(h.store.token("anthropic", "default").is_none());
+    let replies = h.take_replies(conn);
+    assert_eq!(
+        replies.iter().find(|r| r["id"] == json!("r")).unwrap()["code"],
+        json!("NOT_FOUND")
+    );
+    assert_eq!(
+        replies.iter().find(|r| r["id"] == json!("rm")).unwrap()["data"],
+        json!({})
+    );
+}
+
+#[test]
+fn write_failure_keeps_the_merged_token_authoritative() {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    h.store.fail_writes = true;
+    h.respond(
+        200,
+        json!({"access_token":"AT-1","refresh_token":"RT-1","expires_in":3600}),
+    );
+    assert_eq!(
+        reply(&mut h, conn, "r")["data"]["access_token"],
+        json!("AT-1")
+    );
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["refresh_token"],
+        json!("RT-0")
+    );
+    assert_eq!(
+        h.call(conn, "get_token", json!({"provider":"anthropic"}))["data"]["access_token"],
+        json!("AT-1")
+    );
+    h.store.fail_writes = false;
+    h.advance(1_000);
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["refresh_token"],
+        json!("RT-1"),
+        "write retried"
+    );
+}
+
+#[test]
+fn store_lock_timeout() {
+    let mut h = seeded(-10);
+    h.store
+        .foreign_locks
+        .insert(("anthropic".into(), "default".into()));
+    let conn = h.connect();
+    refresh(&mut h, conn, "r");
+    assert_eq!(
+        reply(&mut h, conn, "r"),
+        json!({"id":"r","ok":false,"code":"REFRESH_FAILED","error":"Credential store is busy"})
+    );
+    assert!(h.http_log.is_empty());
+}
+
+#[test]
+fn error_paths_before_the_provider() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    let r = h.call(conn, "refresh_token", json!({"provider":"anthropic"}));
+    assert_eq!(r["error"], json!("No token found for provider: anthropic"));
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"a","expiry":1,"token_type":"Bearer"}),
+    );
+    let r = h.call(conn, "refresh_token", json!({"provider":"anthropic"}));
+    assert_eq!(r["code"], json!("REFRESH_NOT_AVAILABLE"));
+    assert_eq!(
+        r["error"],
+        json!("Token for anthropic does not have a refresh_token")
+    );
+    h.store.put_token(
+        "nobody",
+        "default",
+        json!({"access_token":"a","refresh_token":"r","expiry":1,"token_type":"Bearer"}),
+    );
+    let r = h.call(conn, "refresh_token", json!({"provider":"nobody"}));
+    assert_eq!(r["code"], json!("PROVIDER_NOT_FOUND"));
+}
+
+#[test]
+fn renewal_fires_before_expiry_and_refreshes() {
+    let mut h = seeded(3_600);
+    let conn = h.connect();
+    let got = h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    assert_eq!(got["data"]["access_token"], json!("AT-0"));
+    let at = h
+        .engine
+        .renewal_scheduled("anthropic", "default")
+        .expect("scheduled");
+    // lead = 360 s for a one-hour token, jitter below 30 s.
+    assert!(
+        (3_600_000 - 360_000 - 30_000..=3_600_000 - 360_000).contains(&at),
+        "{at}"
+    );
+    h.advance(at - 1);
+    assert!(h.http_log.is_empty());
+    h.advance(1);
+    assert_eq!(h.http_log.len(), 1);
+    h.respond(
+        200,
+        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
+    );
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["access_token"],
+        json!("AT-R")
+    );
+    let next = h
+        .engine
+        .renewal_scheduled("anthropic", "default")
+        .expect("rescheduled");
+    assert!(next > at);
+}
+
+#[test]
+fn renewal_backs_off_on_transient_failures_and_stops_on_auth_failure() {
+    let mut config = Config::default();
+    config.limits.renewal_backoff_ms = 30_000;
+    let mut h = Harness::with_config(config, 4);
+    let expiry = h.now.unix_secs() + 3_600;
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"A","refresh_token":"R","expiry":expiry,"token_type":"Bearer"}),
+    );
+    let conn = h.connect();
+    h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    let at = h.engine.renewal_scheduled("anthropic", "default").unwrap();
+    h.advance(at);
+    // One renewal try is one refresh: three attempts 1 s and 3 s apart.
+    for _ in 0..2 {
+        h.respond_failure(TransportError::Connect);
+        h.advance_to_next(10_000);
+    }
+    h.respond(503, json!({}));
+    assert_eq!(h.http_log.len(), 3);
+    let again = h.engine.renewal_scheduled("anthropic", "default").unwrap();
+    assert!(again >= h.now.mono.0 + 30_000, "backs off at least 30 s");
+    h.advance(again - h.now.mono.0);
+    h.respond(400, json!({"error":"invalid_grant"}));
+    assert_eq!(
+        h.engine.renewal_scheduled("anthropic", "default"),
+        None,
+        "auth failure stops renewal"
+    );
+}
+
+#[test]
+fn remove_token_cancels_renewal() {
+    let mut h = seeded(3_600);
+    let conn = h.connect();
+    h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    assert!(h.engine.renewal_scheduled("anthropic", "default").is_some());
+    h.call(conn, "remove_token", json!({"provider":"anthropic"}));
+    assert_eq!(h.engine.renewal_scheduled("anthropic", "default"), None);
+    h.advance(3_600_000);
+    assert!(h.http_log.is_empty());
+}
