@@ -111,16 +111,29 @@ impl<R: CryptoRng> Engine<R> {
         self.timers.set(TimerKey::Renewal(serial), when);
     }
 
-    /// A renewal is due: refresh through the coordinator.
+    /// A renewal is due: refresh through the coordinator, unless an
+    /// attempt since it was scheduled put the key in its cooldown; then
+    /// wait for the cooldown's end, or give up if that is past the expiry.
     pub(crate) fn renewal_due(&mut self, serial: u64) {
         let Some(key) = self.key_by_serial.get(&serial).cloned() else {
             return;
         };
-        let Some(seen) = self.renewals.get(&key).map(|r| r.seen) else {
+        let Some((seen, expiry_ms)) = self.renewals.get(&key).map(|r| (r.seen, r.expiry_ms)) else {
             return;
         };
         if self.refreshing.contains_key(&key) {
             return;
+        }
+        if let Some(last) = self.cooldowns.get(&key).copied() {
+            let until = last.plus(self.config.limits.refresh_cooldown_ms);
+            if until > self.now.mono {
+                let until_unix = self.now.unix_ms + until.since(self.now.mono);
+                if until_unix >= expiry_ms {
+                    return self.renewal_forget(&key);
+                }
+                self.timers.set(TimerKey::Renewal(serial), until);
+                return;
+            }
         }
         self.start_refresh_job(&key, Some(seen), true);
     }

@@ -461,3 +461,62 @@ fn remove_token_cancels_renewal() {
     h.advance(3_600_000);
     assert!(h.http_log.is_empty());
 }
+
+mod short_lived {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Tick(u64),
+        GetToken,
+        Refresh,
+        /// Answer a held refresh: success with this lifetime, or a refusal.
+        Answer(Option<u64>),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u64..20_000).prop_map(Step::Tick),
+            Just(Step::GetToken),
+            Just(Step::Refresh),
+            prop_oneof![(1u64..120).prop_map(Some), Just(None)].prop_map(Step::Answer),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+        /// However requests, renewals and short lifetimes interleave, the
+        /// provider sees at most one refresh per key per cooldown (without
+        /// transient failures, each request is one refresh attempt).
+        #[test]
+        fn a_short_lived_token_is_refreshed_at_most_once_per_cooldown(
+            life in 1i64..120,
+            steps in prop::collection::vec(step(), 1..80),
+        ) {
+            let mut h = seeded(life);
+            let conn = h.connect();
+            let mut times: Vec<u64> = Vec::new();
+            for (i, s) in steps.into_iter().enumerate() {
+                match s {
+                    Step::Tick(ms) => h.advance(ms),
+                    Step::GetToken => h.request(conn, &format!("g{i}"), "get_token", json!({"provider":"anthropic"})),
+                    Step::Refresh => h.request(conn, &format!("r{i}"), "refresh_token", json!({"provider":"anthropic"})),
+                    Step::Answer(Some(s)) if !h.http_pending.is_empty() => {
+                        h.respond(200, json!({"access_token":format!("AT-{i}"),"refresh_token":format!("RT-{i}"),"expires_in":s}));
+                    }
+                    Step::Answer(None) if !h.http_pending.is_empty() => h.respond(400, json!({"error":"invalid_scope"})),
+                    Step::Answer(_) => {}
+                }
+                while times.len() < h.http_log.len() {
+                    times.push(h.now.mono.0);
+                }
+                h.take_replies(conn);
+            }
+            for pair in times.windows(2) {
+                prop_assert!(pair[1] - pair[0] >= 30_000, "refreshes at {} and {} ms", pair[0], pair[1]);
+            }
+        }
+    }
+}
