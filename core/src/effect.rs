@@ -8,6 +8,7 @@
 //! order.
 
 use crate::http::{HttpOutcome, HttpRequest};
+use crate::keylock::Key;
 use crate::secret::Secret;
 use crate::token::Token;
 
@@ -116,6 +117,75 @@ pub enum Effect {
         /// TCP port.
         port: u16,
     },
+}
+
+impl Effect {
+    /// Read the token of `key`.
+    #[must_use]
+    pub fn token_get(key: &Key, fresh: bool) -> Effect {
+        Effect::TokenGet {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+            fresh,
+        }
+    }
+
+    /// Replace the token of `key`.
+    #[must_use]
+    pub fn token_put(key: &Key, token: Token) -> Effect {
+        Effect::TokenPut {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+            token,
+        }
+    }
+
+    /// Delete the token of `key`.
+    #[must_use]
+    pub fn token_delete(key: &Key) -> Effect {
+        Effect::TokenDelete {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+        }
+    }
+
+    /// Read the metadata of `key`.
+    #[must_use]
+    pub fn meta_get(key: &Key) -> Effect {
+        Effect::MetaGet {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+        }
+    }
+
+    /// Write the unusable-refresh mark of `key`.
+    #[must_use]
+    pub fn meta_put(key: &Key, refresh_unusable: bool) -> Effect {
+        Effect::MetaPut {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+            refresh_unusable,
+        }
+    }
+
+    /// Take the cross-process lock of `key`.
+    #[must_use]
+    pub fn lock_acquire(key: &Key, wait_ms: u64) -> Effect {
+        Effect::LockAcquire {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+            wait_ms,
+        }
+    }
+
+    /// Release the cross-process lock of `key`.
+    #[must_use]
+    pub fn lock_release(key: &Key) -> Effect {
+        Effect::LockRelease {
+            provider: key.provider.clone(),
+            bucket: key.bucket.clone(),
+        }
+    }
 }
 
 /// The outcome of an effect.

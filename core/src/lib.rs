@@ -58,6 +58,9 @@
 //!                         store.insert((provider, bucket), token);
 //!                         EffectResult::Done
 //!                     }
+//!                     // One process: the cross-process lock is always free.
+//!                     Effect::LockAcquire { .. } => EffectResult::Locked(true),
+//!                     Effect::LockRelease { .. } => EffectResult::Done,
 //!                     _ => EffectResult::Failed,
 //!                 };
 //!                 // Delivered between two polls: the engine continues at once.
@@ -101,6 +104,12 @@
 //! validation), `work` (requests waiting on effects), [`keylock`] (write
 //! serialization per key), [`rate`], [`timer`], [`token`] (sanitize and
 //! merge), [`audit`], [`effect`], [`config`].
+//!
+//! ## Features
+//!
+//! - `testkit`: the `testkit` module, a `Harness` pairing the engine with
+//!   a virtual clock and an in-memory store, for tests of this crate and of
+//!   the transports.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -27,6 +27,14 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
+    /// The key being written and whether the login is a sandbox's.
+    fn persist_key(&self, task: TaskId) -> Option<(Key, bool)> {
+        match self.tasks.get(&task).map(|t| &t.work) {
+            Some(Work::Login(w)) => w.key.clone().map(|k| (k, w.sandbox)),
+            _ => None,
+        }
+    }
+
     fn persist_stage(&mut self, task: TaskId, stage: LoginStage) {
         if let Some(Work::Login(w)) = self.tasks.get_mut(&task).map(|t| &mut t.work) {
             w.stage = stage;
@@ -70,14 +78,7 @@ impl<R: CryptoRng> Engine<R> {
         }
         self.persist_stage(task, LoginStage::StoreLock);
         let wait_ms = self.config.limits.lock_wait_ms;
-        self.emit_effect(
-            task,
-            Effect::LockAcquire {
-                provider: key.provider,
-                bucket: key.bucket,
-                wait_ms,
-            },
-        );
+        self.emit_effect(task, Effect::lock_acquire(&key, wait_ms));
     }
 
     /// Continues storing with an effect result.
@@ -85,10 +86,7 @@ impl<R: CryptoRng> Engine<R> {
         let Some((_, stage, token)) = self.persist_parts(task) else {
             return;
         };
-        let Some((key, sandbox)) = (match self.tasks.get(&task).map(|t| &t.work) {
-            Some(Work::Login(w)) => w.key.clone().map(|k| (k, w.sandbox)),
-            _ => None,
-        }) else {
+        let Some((key, sandbox)) = self.persist_key(task) else {
             return;
         };
         let Some(token) = token else {
@@ -101,7 +99,7 @@ impl<R: CryptoRng> Engine<R> {
             }
             (LoginStage::StoreLock, EffectResult::Locked(true)) => {
                 self.persist_stage(task, LoginStage::CheckExisting);
-                self.emit_effect(task, token_get(&key));
+                self.emit_effect(task, Effect::token_get(&key, true));
             }
             (LoginStage::StoreLock, EffectResult::Locked(false)) => {
                 self.persist_done(
@@ -117,13 +115,7 @@ impl<R: CryptoRng> Engine<R> {
                 let margin = self.config.limits.valid_margin_ms;
                 if existing.is_some_and(|t| still_valid(&t, self.now.unix_ms, margin)) {
                     self.persist_stage(task, LoginStage::CheckMeta);
-                    self.emit_effect(
-                        task,
-                        Effect::MetaGet {
-                            provider: key.provider.clone(),
-                            bucket: key.bucket.clone(),
-                        },
-                    );
+                    self.emit_effect(task, Effect::meta_get(&key));
                 } else {
                     self.persist_put(task, &key, token);
                 }
@@ -143,14 +135,7 @@ impl<R: CryptoRng> Engine<R> {
             }
             (LoginStage::Put, EffectResult::Done) => {
                 self.persist_stage(task, LoginStage::ClearMeta);
-                self.emit_effect(
-                    task,
-                    Effect::MetaPut {
-                        provider: key.provider.clone(),
-                        bucket: key.bucket.clone(),
-                        refresh_unusable: false,
-                    },
-                );
+                self.emit_effect(task, Effect::meta_put(&key, false));
             }
             (LoginStage::ClearMeta, _) => self.persist_done(task, Ok(token), true),
             (stage, _) => {
@@ -163,14 +148,7 @@ impl<R: CryptoRng> Engine<R> {
     fn persist_put(&mut self, task: TaskId, key: &Key, token: Token) {
         self.persist_stage(task, LoginStage::Put);
         self.overrides.remove(key);
-        self.emit_effect(
-            task,
-            Effect::TokenPut {
-                provider: key.provider.clone(),
-                bucket: key.bucket.clone(),
-                token,
-            },
-        );
+        self.emit_effect(task, Effect::token_put(key, token));
     }
 
     /// The store step is over: release the store lock, audit, schedule
@@ -179,17 +157,11 @@ impl<R: CryptoRng> Engine<R> {
         let Some((sid, _, _)) = self.persist_parts(task) else {
             return;
         };
-        let Some((key, sandbox)) = (match self.tasks.get(&task).map(|t| &t.work) {
-            Some(Work::Login(w)) => w.key.clone().map(|k| (k, w.sandbox)),
-            _ => None,
-        }) else {
+        let Some((key, sandbox)) = self.persist_key(task) else {
             return;
         };
         if store_locked {
-            self.emit_detached(Effect::LockRelease {
-                provider: key.provider.clone(),
-                bucket: key.bucket.clone(),
-            });
+            self.emit_detached(Effect::lock_release(&key));
         }
         if let Some(t) = self.tasks.get_mut(&task)
             && let Some(held) = t.holds.take()
@@ -215,13 +187,5 @@ impl<R: CryptoRng> Engine<R> {
         };
         self.audit(event);
         self.complete_login(task, &sid, outcome);
-    }
-}
-
-fn token_get(key: &Key) -> Effect {
-    Effect::TokenGet {
-        provider: key.provider.clone(),
-        bucket: key.bucket.clone(),
-        fresh: true,
     }
 }

@@ -133,7 +133,7 @@ impl<R: CryptoRng> Engine<R> {
         let task = self.attach_task(conn, id, Op::RefreshToken, work);
         match override_token {
             Some(t) => self.check_step(task, EffectResult::Token(Some(t))),
-            None => self.emit_effect(task, token_get(&key, false)),
+            None => self.emit_effect(task, Effect::token_get(&key, false)),
         }
         None
     }
@@ -154,7 +154,7 @@ impl<R: CryptoRng> Engine<R> {
             (CheckStage::Read, EffectResult::Token(Some(t))) => {
                 check.token = Some(t);
                 check.stage = CheckStage::Meta;
-                self.emit_effect(task, meta_get(&key));
+                self.emit_effect(task, Effect::meta_get(&key));
             }
             (
                 CheckStage::Meta,
@@ -249,14 +249,7 @@ impl<R: CryptoRng> Engine<R> {
         if let Some(t) = self.tasks.get_mut(&task) {
             t.holds = Some(key.clone());
         }
-        self.emit_effect(
-            task,
-            Effect::LockAcquire {
-                provider: key.provider,
-                bucket: key.bucket,
-                wait_ms,
-            },
-        );
+        self.emit_effect(task, Effect::lock_acquire(&key, wait_ms));
     }
 
     /// Continues a job with an effect result.
@@ -271,7 +264,7 @@ impl<R: CryptoRng> Engine<R> {
                 job.stage = JobStage::ReadFresh;
                 match self.overrides.get(&key).cloned() {
                     Some(t) => self.refresh_step(task, EffectResult::Token(Some(t))),
-                    None => self.emit_effect(task, token_get(&key, true)),
+                    None => self.emit_effect(task, Effect::token_get(&key, true)),
                 }
             }
             (JobStage::StoreLock, EffectResult::Locked(false)) => {
@@ -296,7 +289,7 @@ impl<R: CryptoRng> Engine<R> {
                 }
                 job.current = Some(t);
                 job.stage = JobStage::Meta;
-                self.emit_effect(task, meta_get(&key));
+                self.emit_effect(task, Effect::meta_get(&key));
             }
             (
                 JobStage::Meta,
@@ -426,14 +419,7 @@ impl<R: CryptoRng> Engine<R> {
                 }
                 job.merged = Some(merged.clone());
                 job.stage = JobStage::Writing;
-                self.emit_effect(
-                    task,
-                    Effect::TokenPut {
-                        provider: key.provider,
-                        bucket: key.bucket,
-                        token: merged,
-                    },
-                );
+                self.emit_effect(task, Effect::token_put(&key, merged));
             }
             Verdict::Transient(_) if job.attempts < MAX_ATTEMPTS => {
                 let wait = retry[usize::from(job.attempts - 1).min(1)];
@@ -454,7 +440,7 @@ impl<R: CryptoRng> Engine<R> {
                     return self.mark_unusable(task);
                 }
                 job.stage = JobStage::Reread;
-                self.emit_effect(task, token_get(&key, true));
+                self.emit_effect(task, Effect::token_get(&key, true));
             }
             v => self.job_done(task, Err(provider_failure(ErrorCode::RefreshFailed, v))),
         }
@@ -480,14 +466,7 @@ impl<R: CryptoRng> Engine<R> {
             job.failure = Some(reauth_needed(&job.key));
         }
         let key = job.key.clone();
-        self.emit_effect(
-            task,
-            Effect::MetaPut {
-                provider: key.provider,
-                bucket: key.bucket,
-                refresh_unusable: true,
-            },
-        );
+        self.emit_effect(task, Effect::meta_put(&key, true));
     }
 
     /// Ends a job: locks released, cooldown set, waiters answered,
@@ -497,10 +476,7 @@ impl<R: CryptoRng> Engine<R> {
         let key = job.key.clone();
         let (attempts, store_locked, renewal) = (job.attempts, job.store_locked, job.renewal);
         if store_locked {
-            self.emit_detached(Effect::LockRelease {
-                provider: key.provider.clone(),
-                bucket: key.bucket.clone(),
-            });
+            self.emit_detached(Effect::lock_release(&key));
         }
         if attempts > 0 {
             self.cooldowns.insert(key.clone(), self.now.mono);
@@ -548,14 +524,7 @@ impl<R: CryptoRng> Engine<R> {
             return;
         };
         let task = self.background_task(Op::RefreshToken, Work::WriteBack { key: key.clone() });
-        self.emit_effect(
-            task,
-            Effect::TokenPut {
-                provider: key.provider,
-                bucket: key.bucket,
-                token,
-            },
-        );
+        self.emit_effect(task, Effect::token_put(&key, token));
     }
 
     /// Result of a write-back.
@@ -580,21 +549,6 @@ impl<R: CryptoRng> Engine<R> {
         self.key_serials.insert(key.clone(), s);
         self.key_by_serial.insert(s, key.clone());
         s
-    }
-}
-
-fn token_get(key: &Key, fresh: bool) -> Effect {
-    Effect::TokenGet {
-        provider: key.provider.clone(),
-        bucket: key.bucket.clone(),
-        fresh,
-    }
-}
-
-fn meta_get(key: &Key) -> Effect {
-    Effect::MetaGet {
-        provider: key.provider.clone(),
-        bucket: key.bucket.clone(),
     }
 }
 

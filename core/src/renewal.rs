@@ -63,12 +63,12 @@ pub fn fire_at(
 
 impl<R: CryptoRng> Engine<R> {
     /// Schedules the renewal of `key` for this token's expiry, once.
+    /// A token without a refresh token or a usable expiry cancels the
+    /// schedule made for an earlier token of the key.
     pub(crate) fn schedule_renewal(&mut self, key: &Key, token: &Token) {
-        if token.refresh_token().is_none() {
-            return;
-        }
-        let Some(expiry) = token.expiry_secs().filter(|e| e.is_finite() && *e > 0.0) else {
-            return;
+        let expiry = token.expiry_secs().filter(|e| e.is_finite() && *e > 0.0);
+        let (Some(expiry), Some(_)) = (expiry, token.refresh_token()) else {
+            return self.renewal_forget(key);
         };
         let expiry_ms = (expiry * 1000.0) as u64;
         if self

@@ -28,6 +28,8 @@ pub(crate) struct ReplyTo {
 pub(crate) enum WriteStep {
     /// Waiting for the key's write lock.
     Queued,
+    /// Waiting for the key's cross-process store lock.
+    Locking,
     /// Reading the stored value fresh.
     Reading,
     /// Writing (or deleting).

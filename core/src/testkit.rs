@@ -154,6 +154,10 @@ pub struct Harness {
     pub held: VecDeque<(EffectId, Effect)>,
     /// Every effect emitted, in order.
     pub effects: Vec<Effect>,
+    /// Hold cross-process lock effects too (by default they are executed
+    /// at once even when `auto_effects` is off, so tests that order store
+    /// effects need not step through locking).
+    pub hold_locks: bool,
     /// Every audit event, in order.
     pub audit: Vec<AuditEvent>,
     /// Every byte sent to each connection, in order.
@@ -197,6 +201,7 @@ impl Harness {
             auto_effects: true,
             held: VecDeque::new(),
             effects: Vec::new(),
+            hold_locks: false,
             audit: Vec::new(),
             sent: BTreeMap::new(),
             closed: BTreeSet::new(),
@@ -245,6 +250,14 @@ impl Harness {
                         ),
                         None => self.http_pending.push_back((id, request)),
                     }
+                }
+                Output::Effect {
+                    id,
+                    effect: effect @ (Effect::LockAcquire { .. } | Effect::LockRelease { .. }),
+                } if !self.hold_locks => {
+                    self.effects.push(effect.clone());
+                    let result = self.store.execute(&effect);
+                    self.engine.handle_effect_result(id, result, self.now);
                 }
                 Output::Effect {
                     id,

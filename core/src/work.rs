@@ -51,7 +51,7 @@ impl<R: CryptoRng> Engine<R> {
             return self.resume(task, EffectResult::Token(Some(token)));
         }
         let effect = match &t.work {
-            Work::GetToken { key, .. } | Work::BucketStats { key } => token_get(key, false),
+            Work::GetToken { key, .. } | Work::BucketStats { key } => Effect::token_get(key, false),
             Work::ListProviders => Effect::ListProviders,
             Work::ListBuckets { provider } => Effect::ListBuckets {
                 provider: provider.clone(),
@@ -64,31 +64,53 @@ impl<R: CryptoRng> Engine<R> {
         self.emit_effect(task, effect);
     }
 
-    /// A task now holds its key's engine write lock.
+    /// A task now holds its key's engine write lock. Saves and removes
+    /// then take the key's cross-process store lock.
     pub(crate) fn lock_granted(&mut self, task: TaskId) {
         match self.tasks.get(&task).map(|t| &t.work) {
             Some(Work::Login(_)) => return self.persist_locked(task),
             Some(Work::Refresh(_)) => return self.refresh_locked(task),
             _ => {}
         }
+        let wait_ms = self.config.limits.lock_wait_ms;
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
         t.holds = t.work.write_key().cloned();
+        let (Work::SaveToken { key, step, .. } | Work::RemoveToken { key, step }) = &mut t.work
+        else {
+            return;
+        };
+        *step = WriteStep::Locking;
+        let effect = Effect::lock_acquire(key, wait_ms);
+        self.emit_effect(task, effect);
+    }
+
+    /// A save or remove got (or did not get) the store lock.
+    fn store_locked(&mut self, task: TaskId, result: EffectResult) {
+        let acquired = match result {
+            EffectResult::Locked(true) => true,
+            EffectResult::Locked(false) => {
+                let f = Failure::new(ErrorCode::InternalError, "Credential store is busy");
+                return self.finish(task, Err(f));
+            }
+            _ => return self.finish(task, Err(Failure::internal())),
+        };
+        debug_assert!(acquired);
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
         let effect = match &mut t.work {
             Work::SaveToken { key, step, .. } => {
                 *step = WriteStep::Reading;
                 if let Some(existing) = self.overrides.get(key).cloned() {
                     return self.resume(task, EffectResult::Token(Some(existing)));
                 }
-                token_get(key, true)
+                Effect::token_get(key, true)
             }
             Work::RemoveToken { key, step } => {
                 *step = WriteStep::Writing;
-                Effect::TokenDelete {
-                    provider: key.provider.clone(),
-                    bucket: key.bucket.clone(),
-                }
+                Effect::token_delete(key)
             }
             _ => return,
         };
@@ -101,6 +123,14 @@ impl<R: CryptoRng> Engine<R> {
             return;
         };
         match &t.work {
+            Work::SaveToken {
+                step: WriteStep::Locking,
+                ..
+            }
+            | Work::RemoveToken {
+                step: WriteStep::Locking,
+                ..
+            } => return self.store_locked(task, result),
             Work::Login(_) => return self.resume_login(task, result),
             Work::RefreshCheck(_) => return self.check_step(task, result),
             Work::Refresh(_) => return self.refresh_step(task, result),
@@ -155,6 +185,11 @@ impl<R: CryptoRng> Engine<R> {
         let Some(t) = self.tasks.remove(&task) else {
             return;
         };
+        if let Work::SaveToken { key, step, .. } | Work::RemoveToken { key, step } = &t.work
+            && matches!(step, WriteStep::Reading | WriteStep::Writing)
+        {
+            self.emit_detached(Effect::lock_release(key));
+        }
         if let Some(key) = &t.holds {
             self.release_key(key, task);
         }
@@ -185,14 +220,6 @@ impl<R: CryptoRng> Engine<R> {
         if !t.work.has_side_effects() {
             self.tasks.remove(&task);
         }
-    }
-}
-
-fn token_get(key: &Key, fresh: bool) -> Effect {
-    Effect::TokenGet {
-        provider: key.provider.clone(),
-        bucket: key.bucket.clone(),
-        fresh,
     }
 }
 
@@ -228,11 +255,7 @@ fn save_step(key: &Key, incoming: &Token, step: &mut WriteStep, result: EffectRe
         (WriteStep::Reading, EffectResult::Token(existing)) => {
             *step = WriteStep::Writing;
             let merged = existing.unwrap_or_default().merged_with(incoming);
-            Next::Effect(Effect::TokenPut {
-                provider: key.provider.clone(),
-                bucket: key.bucket.clone(),
-                token: merged,
-            })
+            Next::Effect(Effect::token_put(key, merged))
         }
         (WriteStep::Writing, EffectResult::Done) => Next::Answer(Ok(Map::new())),
         _ => Next::Answer(Err(Failure::internal())),

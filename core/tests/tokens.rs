@@ -158,7 +158,11 @@ fn save_token_drops_incoming_refresh_token_and_keeps_stored() {
             json!({"access_token":"new","expiry":2,"token_type":"bearer","refresh_token":"rt-stored"})
         )
     );
-    // The write is a fresh read, then a put.
+    // The write takes the store lock, reads fresh, puts, and unlocks.
+    assert!(matches!(h.effects[0], Effect::LockAcquire { .. }));
+    assert!(matches!(h.effects.last(), Some(Effect::LockRelease { .. })));
+    h.effects
+        .retain(|e| !matches!(e, Effect::LockAcquire { .. } | Effect::LockRelease { .. }));
     assert_eq!(
         h.effects[0],
         Effect::TokenGet {

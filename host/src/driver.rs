@@ -7,17 +7,30 @@
 //! blocking pool, their results coming back as events. The loop sleeps
 //! until the next event or the engine's next deadline.
 //!
+//! Effects that may block (store reads and writes, lock waits, HTTP) run on
+//! smol's blocking pool through [`Executor::execute`]. A lock release is
+//! performed inline, in emission order. The loopback listener effects run
+//! on the [`LocalExecutor`]: `StartListener` binds at once (a local bind
+//! does not wait) and answers `Listening(true|false)` inline; the driver
+//! keeps the running listeners by port and `StopListener` drops one. Each
+//! loopback `GET` comes back as [`Event::Loopback`]; the engine's
+//! `Output::LoopbackReply` is routed to the waiting connection by request
+//! id. On shutdown the listeners stop and every held store lock is
+//! released.
+//!
 //! Back-pressure: when more than [`MAX_UNSENT`] bytes wait in a
 //! connection's writer, the driver stops reading that connection and tells
 //! the engine (which suspends its partial-frame deadline); reading resumes
 //! once the writer has drained below the limit.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use credproxy_core::{ConnId, EffectId, EffectResult, Engine, Output, Peer};
+use credproxy_core::{ConnId, Effect, EffectId, EffectResult, Engine, Output, Peer};
 use rand_core::CryptoRng;
 use smol::channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,7 +38,8 @@ use smol::{LocalExecutor, Timer};
 
 use crate::audit_log::AuditLog;
 use crate::clock::Clock;
-use crate::effects;
+use crate::effects::Executor;
+use crate::loopback::{self, Incoming, Listener};
 use crate::store::FileStore;
 
 /// Unsent output per connection above which reading pauses (1 MiB).
@@ -75,6 +89,18 @@ pub enum Event {
     Drained(ConnId),
     /// An effect finished on the blocking pool.
     EffectDone(EffectId, EffectResult),
+    /// A loopback listener received a `GET`. The `target` (path and query)
+    /// holds an authorization code and `state`: never log it.
+    Loopback {
+        /// Id the engine answers under.
+        request: u64,
+        /// The listener's port.
+        port: u16,
+        /// Request target (path and query).
+        target: String,
+        /// Where the engine's `(status, body)` goes.
+        reply: Sender<loopback::Reply>,
+    },
     /// Stop serving.
     Shutdown,
 }
@@ -108,7 +134,7 @@ pub enum Lifetime {
 /// The engine task with its connections.
 pub struct Driver<R> {
     engine: Engine<R>,
-    store: Arc<FileStore>,
+    executor: Executor,
     audit: Arc<AuditLog>,
     clock: Clock,
     conns: BTreeMap<ConnId, ConnIo>,
@@ -118,6 +144,12 @@ pub struct Driver<R> {
     /// receiver sees the channel close once every writer has flushed.
     writers_alive: Sender<()>,
     writers_done: Receiver<()>,
+    /// Running loopback listeners by port.
+    listeners: BTreeMap<u16, Listener>,
+    /// Loopback requests waiting for the engine's reply, by request id.
+    loopback_replies: BTreeMap<u64, Sender<loopback::Reply>>,
+    /// The next loopback request id (shared with the listeners' callbacks).
+    next_loopback: Rc<Cell<u64>>,
 }
 
 impl<R: CryptoRng> Driver<R> {
@@ -129,10 +161,21 @@ impl<R: CryptoRng> Driver<R> {
         audit: Arc<AuditLog>,
         events: Sender<Event>,
     ) -> Driver<R> {
+        Driver::with_executor(engine, Executor::new(store), audit, events)
+    }
+
+    /// A driver whose effects run on `executor` (e.g. to share its lock
+    /// table with the caller).
+    pub fn with_executor(
+        engine: Engine<R>,
+        executor: Executor,
+        audit: Arc<AuditLog>,
+        events: Sender<Event>,
+    ) -> Driver<R> {
         let (writers_alive, writers_done) = bounded(1);
         Driver {
             engine,
-            store,
+            executor,
             audit,
             clock: Clock::start(),
             conns: BTreeMap::new(),
@@ -140,6 +183,9 @@ impl<R: CryptoRng> Driver<R> {
             served_one: false,
             writers_alive,
             writers_done,
+            listeners: BTreeMap::new(),
+            loopback_replies: BTreeMap::new(),
+            next_loopback: Rc::new(Cell::new(1)),
         }
     }
 
@@ -163,6 +209,11 @@ impl<R: CryptoRng> Driver<R> {
             }
         }
         self.close_all();
+        // Stop listening and let go of every store lock (a lock held for
+        // work that will never finish would block other processes).
+        self.listeners.clear();
+        self.loopback_replies.clear();
+        self.executor.locks().shutdown();
         // The executor stops when this future returns: let the writers put
         // the last replies on the wire first (stdio EOF, shutdown).
         let Driver {
@@ -233,6 +284,16 @@ impl<R: CryptoRng> Driver<R> {
                 }
             }
             Event::EffectDone(id, result) => self.engine.handle_effect_result(id, result, now),
+            Event::Loopback {
+                request,
+                port,
+                target,
+                reply,
+            } => {
+                self.loopback_replies.insert(request, reply);
+                self.engine
+                    .handle_loopback_request(request, port, &target, now);
+            }
             Event::Shutdown => {}
         }
     }
@@ -295,21 +356,78 @@ impl<R: CryptoRng> Driver<R> {
                     }
                 }
                 Output::Audit(event) => self.audit.write(&event),
-                Output::Effect { id, effect } => {
-                    if let Some(result) = effects::try_inline(&self.store, &effect) {
-                        self.engine
-                            .handle_effect_result(id, result, self.clock.now());
-                        continue;
+                Output::Effect { id, effect } => self.effect(ex, id, effect),
+                Output::LoopbackReply {
+                    request,
+                    status,
+                    body,
+                } => {
+                    if let Some(reply) = self.loopback_replies.remove(&request) {
+                        // The connection may have timed out meanwhile.
+                        let _ = reply.try_send((status, body));
                     }
-                    let store = self.store.clone();
-                    let events = self.events.clone();
-                    ex.spawn(async move {
-                        let result = smol::unblock(move || effects::execute(&store, effect)).await;
-                        let _ = events.send(Event::EffectDone(id, result)).await;
-                    })
-                    .detach();
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Executes an effect: inline when it cannot block, listeners on the
+    /// event loop, everything else on the blocking pool.
+    fn effect(&mut self, ex: &LocalExecutor<'_>, id: EffectId, effect: Effect) {
+        let inline = match &effect {
+            Effect::StartListener { port, .. } => Some(self.start_listener(ex, *port)),
+            Effect::StopListener { port } => {
+                self.listeners.remove(port);
+                Some(EffectResult::Done)
+            }
+            other => self.executor.try_inline(other),
+        };
+        if let Some(result) = inline {
+            self.engine
+                .handle_effect_result(id, result, self.clock.now());
+            return;
+        }
+        let executor = self.executor.clone();
+        let events = self.events.clone();
+        ex.spawn(async move {
+            let result = smol::unblock(move || executor.execute(effect)).await;
+            let _ = events.send(Event::EffectDone(id, result)).await;
+        })
+        .detach();
+    }
+
+    /// Binds the loopback listener on `port` unless one runs there.
+    fn start_listener(&mut self, ex: &LocalExecutor<'_>, port: u16) -> EffectResult {
+        if self.listeners.contains_key(&port) {
+            return EffectResult::Listening(true);
+        }
+        // Port 0 would pick a port the engine cannot learn.
+        if port == 0 {
+            return EffectResult::Listening(false);
+        }
+        let events = self.events.clone();
+        let next = self.next_loopback.clone();
+        let submit = move |incoming: Incoming| {
+            let request = next.get();
+            next.set(request + 1);
+            // Unbounded channel: only fails when the driver is gone, which
+            // drops `reply` and answers 503.
+            let _ = events.try_send(Event::Loopback {
+                request,
+                port: incoming.port,
+                target: incoming.target,
+                reply: incoming.reply,
+            });
+        };
+        match Listener::bind(ex, port, submit) {
+            Ok(listener) => {
+                self.listeners.insert(port, listener);
+                EffectResult::Listening(true)
+            }
+            Err(e) => {
+                log_listener_error(port, &e);
+                EffectResult::Listening(false)
             }
         }
     }
@@ -330,6 +448,22 @@ impl<R: CryptoRng> Driver<R> {
             let _ = io.writer.try_send(WriterMsg::Close);
         }
     }
+}
+
+/// Reports on stderr a listener that could not start (the port and the
+/// OS reason only), like the store's errors.
+fn log_listener_error(port: u16, error: &std::io::Error) {
+    use std::io::Write as _;
+    let line = serde_json::json!({
+        "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "component": "credproxy",
+        "level": "ERROR",
+        "op": "loopback_listener",
+        "outcome": "failed",
+        "port": port,
+        "detail": error.to_string(),
+    });
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 async fn read_loop(

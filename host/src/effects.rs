@@ -1,60 +1,146 @@
-//! Executes the engine's effects against the embedded store.
+//! Executes the engine's effects: the embedded store, the store locks and
+//! HTTP.
 //!
-//! [`try_inline`] answers what can be answered without blocking — a cached,
-//! non-fresh token read validated by one `stat` — so the `get_token` hot
-//! path needs no thread hop. Everything else runs through [`execute`] on
-//! smol's blocking pool.
+//! [`Executor::try_inline`] answers what can be answered without blocking —
+//! a cached, non-fresh token read validated by one `stat`, and a lock
+//! release (which only drops a guard) — so the `get_token` hot path needs no
+//! thread hop and a release is performed in the order the engine emitted
+//! it. Everything else runs through [`Executor::execute`] on smol's blocking
+//! pool. The loopback listener effects (`StartListener`, `StopListener`)
+//! need the event loop and are the driver's (see [`crate::driver`]).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use credproxy_core::{Effect, EffectResult};
 
 use crate::audit_log::log_store_error;
-use crate::store::FileStore;
+use crate::http_client::HttpClient;
+use crate::locks::Locks;
+use crate::store::{FileStore, KeyMeta};
 
-/// The result of `effect` if it can be produced without blocking I/O.
-#[must_use]
-pub fn try_inline(store: &FileStore, effect: &Effect) -> Option<EffectResult> {
-    match effect {
-        Effect::TokenGet {
-            provider,
-            bucket,
-            fresh: false,
-        } => store
-            .get_token_cached(provider, bucket)
-            .map(EffectResult::Token),
-        _ => None,
-    }
+/// Everything effects run against. Cheap to clone (shared parts).
+#[derive(Debug, Clone)]
+pub struct Executor {
+    store: Arc<FileStore>,
+    locks: Locks,
+    http: HttpClient,
 }
 
-/// Performs `effect` (may block on the file system).
-#[must_use]
-pub fn execute(store: &FileStore, effect: Effect) -> EffectResult {
-    let result = match effect {
-        Effect::TokenGet {
-            provider,
-            bucket,
-            fresh,
-        } => store
-            .get_token(&provider, &bucket, fresh)
-            .map(EffectResult::Token),
-        Effect::TokenPut {
-            provider,
-            bucket,
-            token,
-        } => store
-            .put_token(&provider, &bucket, &token)
-            .map(|()| EffectResult::Done),
-        Effect::TokenDelete { provider, bucket } => store
-            .delete_token(&provider, &bucket)
-            .map(|()| EffectResult::Done),
-        Effect::ListProviders => store.list_providers().map(EffectResult::Names),
-        Effect::ListBuckets { provider } => store.list_buckets(&provider).map(EffectResult::Names),
-        Effect::ApiKeyGet { name } => store.get_api_key(&name).map(EffectResult::ApiKey),
-        Effect::ApiKeyList => store.list_api_keys().map(EffectResult::Names),
-        Effect::ApiKeyHas { name } => store.has_api_key(&name).map(EffectResult::Exists),
-        _ => return EffectResult::Failed,
-    };
-    result.unwrap_or_else(|e| {
-        log_store_error(&e);
-        EffectResult::Failed
-    })
+impl Executor {
+    /// An executor over `store` with a fresh lock table and HTTP client.
+    #[must_use]
+    pub fn new(store: Arc<FileStore>) -> Executor {
+        Executor::with_parts(store, Locks::new(), HttpClient::new())
+    }
+
+    /// An executor from its parts.
+    #[must_use]
+    pub fn with_parts(store: Arc<FileStore>, locks: Locks, http: HttpClient) -> Executor {
+        Executor { store, locks, http }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<FileStore> {
+        &self.store
+    }
+
+    /// The store locks held for the engine.
+    #[must_use]
+    pub fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
+    /// The result of `effect` if it can be produced without blocking I/O.
+    #[must_use]
+    pub fn try_inline(&self, effect: &Effect) -> Option<EffectResult> {
+        match effect {
+            Effect::TokenGet {
+                provider,
+                bucket,
+                fresh: false,
+            } => self
+                .store
+                .get_token_cached(provider, bucket)
+                .map(EffectResult::Token),
+            Effect::LockRelease { provider, bucket } => {
+                self.locks.release(provider, bucket);
+                Some(EffectResult::Done)
+            }
+            _ => None,
+        }
+    }
+
+    /// Performs `effect` (may block on the file system, a lock or the
+    /// network: run it on the blocking pool). Listener effects are not
+    /// executed here and answer `Failed`.
+    #[must_use]
+    pub fn execute(&self, effect: Effect) -> EffectResult {
+        let store = &*self.store;
+        let result = match effect {
+            Effect::TokenGet {
+                provider,
+                bucket,
+                fresh,
+            } => store
+                .get_token(&provider, &bucket, fresh)
+                .map(EffectResult::Token),
+            Effect::TokenPut {
+                provider,
+                bucket,
+                token,
+            } => store
+                .put_token(&provider, &bucket, &token)
+                .map(|()| EffectResult::Done),
+            Effect::TokenDelete { provider, bucket } => store
+                .delete_token(&provider, &bucket)
+                .map(|()| EffectResult::Done),
+            Effect::ListProviders => store.list_providers().map(EffectResult::Names),
+            Effect::ListBuckets { provider } => {
+                store.list_buckets(&provider).map(EffectResult::Names)
+            }
+            Effect::ApiKeyGet { name } => store.get_api_key(&name).map(EffectResult::ApiKey),
+            Effect::ApiKeyList => store.list_api_keys().map(EffectResult::Names),
+            Effect::ApiKeyHas { name } => store.has_api_key(&name).map(EffectResult::Exists),
+            Effect::MetaGet { provider, bucket } => {
+                store
+                    .get_meta(&provider, &bucket)
+                    .map(|meta| EffectResult::Meta {
+                        refresh_unusable: meta.refresh_unusable,
+                    })
+            }
+            Effect::MetaPut {
+                provider,
+                bucket,
+                refresh_unusable,
+            } => store
+                .put_meta(&provider, &bucket, &KeyMeta { refresh_unusable })
+                .map(|()| EffectResult::Done),
+            Effect::LockAcquire {
+                provider,
+                bucket,
+                wait_ms,
+            } => {
+                return self.locks.acquire(
+                    store,
+                    &provider,
+                    &bucket,
+                    Duration::from_millis(wait_ms),
+                );
+            }
+            Effect::LockRelease { provider, bucket } => {
+                self.locks.release(&provider, &bucket);
+                return EffectResult::Done;
+            }
+            Effect::Http(request) => return EffectResult::Http(self.http.execute(&request)),
+            // StartListener / StopListener belong to the driver; anything
+            // newer than this host is refused.
+            _ => return EffectResult::Failed,
+        };
+        result.unwrap_or_else(|e| {
+            log_store_error(&e);
+            EffectResult::Failed
+        })
+    }
 }

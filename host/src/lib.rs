@@ -2,8 +2,9 @@
 //!
 //! The host side of credproxy: it runs the pure engine of `credproxy-core`
 //! on smol ([`driver`]), executes its effects against the embedded file
-//! store ([`store`], [`effects`]), writes the audit log ([`audit_log`]),
-//! hardens the process ([`harden`]) and provides the `credproxy` command
+//! store ([`store`], [`effects`], [`locks`]), over HTTP ([`http_client`])
+//! and with a loopback redirect listener ([`loopback`]), writes the audit
+//! log ([`audit_log`]), hardens the process ([`harden`]) and provides the `credproxy` command
 //! line ([`cli`]).
 
 pub mod audit_log;
@@ -12,5 +13,8 @@ pub mod clock;
 pub mod driver;
 pub mod effects;
 pub mod harden;
+pub mod http_client;
+pub mod locks;
+pub mod loopback;
 pub mod serve;
 pub mod store;

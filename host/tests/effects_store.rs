@@ -1,0 +1,157 @@
+//! Metadata and store-lock effects through the executor.
+
+use std::sync::Arc;
+
+use credproxy::effects::Executor;
+use credproxy::store::FileStore;
+use credproxy_core::{Effect, EffectResult};
+
+fn executor(root: &std::path::Path) -> Executor {
+    Executor::new(Arc::new(FileStore::open(root).unwrap()))
+}
+
+fn acquire(provider: &str, bucket: &str, wait_ms: u64) -> Effect {
+    Effect::LockAcquire {
+        provider: provider.into(),
+        bucket: bucket.into(),
+        wait_ms,
+    }
+}
+
+fn release(provider: &str, bucket: &str) -> Effect {
+    Effect::LockRelease {
+        provider: provider.into(),
+        bucket: bucket.into(),
+    }
+}
+
+#[test]
+fn meta_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(&dir.path().join("store"));
+    let get = Effect::MetaGet {
+        provider: "qwen".into(),
+        bucket: "default".into(),
+    };
+    let put = |v| Effect::MetaPut {
+        provider: "qwen".into(),
+        bucket: "default".into(),
+        refresh_unusable: v,
+    };
+    assert_eq!(ex.try_inline(&get), None);
+    assert_eq!(
+        ex.execute(get.clone()),
+        EffectResult::Meta {
+            refresh_unusable: false
+        }
+    );
+    assert_eq!(ex.execute(put(true)), EffectResult::Done);
+    assert_eq!(
+        ex.execute(get.clone()),
+        EffectResult::Meta {
+            refresh_unusable: true
+        }
+    );
+    // Another instance on the same root sees it.
+    let other = executor(&dir.path().join("store"));
+    assert_eq!(
+        other.execute(get.clone()),
+        EffectResult::Meta {
+            refresh_unusable: true
+        }
+    );
+    assert_eq!(ex.execute(put(false)), EffectResult::Done);
+    assert_eq!(
+        ex.execute(get),
+        EffectResult::Meta {
+            refresh_unusable: false
+        }
+    );
+    // Names are checked before the disk is touched.
+    let bad = Effect::MetaGet {
+        provider: "../x".into(),
+        bucket: "default".into(),
+    };
+    assert_eq!(ex.execute(bad), EffectResult::Failed);
+}
+
+#[test]
+fn lock_excludes_another_store_instance_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let ours = executor(&root);
+    let theirs = executor(&root);
+
+    assert_eq!(
+        ours.execute(acquire("codex", "default", 0)),
+        EffectResult::Locked(true)
+    );
+    assert!(ours.locks().is_held("codex", "default"));
+    // Held: another instance (another process, as far as flock is
+    // concerned) times out after its wait.
+    assert_eq!(
+        theirs.execute(acquire("codex", "default", 50)),
+        EffectResult::Locked(false)
+    );
+    // Another key is independent.
+    assert_eq!(
+        theirs.execute(acquire("codex", "work", 0)),
+        EffectResult::Locked(true)
+    );
+
+    // A release is performed inline, never on the pool.
+    assert_eq!(
+        ours.try_inline(&release("codex", "default")),
+        Some(EffectResult::Done)
+    );
+    assert!(ours.locks().is_empty());
+    assert_eq!(
+        theirs.execute(acquire("codex", "default", 0)),
+        EffectResult::Locked(true)
+    );
+    // Releasing what is not held is harmless.
+    assert_eq!(
+        ours.execute(release("codex", "default")),
+        EffectResult::Done
+    );
+    assert!(theirs.locks().is_held("codex", "default"));
+
+    // Shutdown releases everything.
+    theirs.locks().shutdown();
+    assert!(theirs.locks().is_empty());
+    assert_eq!(
+        ours.execute(acquire("codex", "default", 0)),
+        EffectResult::Locked(true)
+    );
+    assert_eq!(
+        ours.execute(acquire("codex", "work", 0)),
+        EffectResult::Locked(true)
+    );
+}
+
+#[test]
+fn waiting_acquire_gets_the_lock_once_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let ours = executor(&root);
+    let theirs = executor(&root);
+    assert_eq!(
+        ours.execute(acquire("p", "b", 0)),
+        EffectResult::Locked(true)
+    );
+    let waiter = std::thread::spawn(move || theirs.execute(acquire("p", "b", 10_000)));
+    ours.locks().release("p", "b");
+    assert_eq!(waiter.join().unwrap(), EffectResult::Locked(true));
+}
+
+#[test]
+fn listener_effects_are_not_executed_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor(&dir.path().join("store"));
+    let start = Effect::StartListener {
+        port: 1,
+        path: "/cb".into(),
+    };
+    assert_eq!(ex.try_inline(&start), None);
+    assert_eq!(ex.execute(start), EffectResult::Failed);
+}
