@@ -4,12 +4,14 @@
 //! on smol ([`driver`]), executes its effects against the embedded file
 //! store ([`store`], [`effects`], [`locks`]), over HTTP ([`http_client`])
 //! and with a loopback redirect listener ([`loopback`]), writes the audit
-//! log ([`audit_log`]), hardens the process ([`harden`]) and provides the `credproxy` command
+//! log ([`audit_log`]), hardens the process ([`harden`]), reads the
+//! configuration file ([`config`]) and provides the `credproxy` command
 //! line ([`cli`]).
 
 pub mod audit_log;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod driver;
 pub mod effects;
 pub mod harden;
