@@ -48,8 +48,9 @@ pub use names::MAX_NAME_LEN;
 
 /// Largest token or metadata file we will read (tokens are a few KiB).
 const MAX_JSON_BYTES: u64 = 1024 * 1024;
-/// Largest API key file we will read.
-const MAX_KEY_BYTES: u64 = 64 * 1024;
+/// Largest API key we will store or read: what a protocol v2 reply can
+/// carry (4 MiB); a larger v1 reply becomes `RESPONSE_TOO_LARGE`.
+const MAX_KEY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Subdirectory names under the root.
 const TOKENS: &str = "tokens";
@@ -267,6 +268,16 @@ impl FileStore {
     /// written byte for byte, without a trailing newline.
     pub fn set_api_key(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
         check_api_key_name(name)?;
+        if value.expose().len() as u64 > MAX_KEY_BYTES {
+            return Err(StoreError::io(
+                "store",
+                self.keys.join(api_key_file_name(name)),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("the value is larger than {MAX_KEY_BYTES} bytes"),
+                ),
+            ));
+        }
         atomic::write_atomic(
             &self.keys,
             &api_key_file_name(name),
