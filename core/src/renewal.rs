@@ -62,6 +62,18 @@ pub fn fire_at(
 }
 
 impl<R: CryptoRng> Engine<R> {
+    /// Whether `token` calls for a (new) renewal schedule: it can be
+    /// refreshed and its expiry is not the one already scheduled. Cheap, so
+    /// the `get_token` hot path can ask it on every served token.
+    pub(crate) fn renewal_wanted(&self, key: &Key, token: &Token) -> bool {
+        let scheduled = self.renewals.get(key).map(|r| r.expiry_ms);
+        let expiry = token.expiry_secs().filter(|e| e.is_finite() && *e > 0.0);
+        match (expiry, token.refresh_token()) {
+            (Some(e), Some(_)) => scheduled != Some((e * 1000.0) as u64),
+            _ => scheduled.is_some(),
+        }
+    }
+
     /// Schedules the renewal of `key` for this token's expiry, once.
     /// A token without a refresh token or a usable expiry cancels the
     /// schedule made for an earlier token of the key.

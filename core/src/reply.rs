@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Limits;
 use crate::error::ErrorCode;
-use crate::frame::{HEADER_LEN, encode_payload};
+use crate::frame::HEADER_LEN;
 
 /// An error answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,18 +70,30 @@ struct ErrReply<'a> {
     retry_after: Option<u64>,
 }
 
-fn json_of(id: &str, answer: &Answer) -> Vec<u8> {
-    let bytes = match answer {
-        Ok(data) => serde_json::to_vec(&OkReply { id, ok: true, data }),
-        Err(f) => serde_json::to_vec(&ErrReply {
-            id,
-            ok: false,
-            code: f.code.into(),
-            error: &f.message,
-            retry_after: f.retry_after,
-        }),
+/// The reply frame: a 4-byte length placeholder followed by the JSON,
+/// serialized in place (no second copy to prepend the header).
+fn frame_of(id: &str, answer: &Answer) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let written = match answer {
+        Ok(data) => serde_json::to_writer(&mut out, &OkReply { id, ok: true, data }),
+        Err(f) => serde_json::to_writer(
+            &mut out,
+            &ErrReply {
+                id,
+                ok: false,
+                code: f.code.into(),
+                error: &f.message,
+                retry_after: f.retry_after,
+            },
+        ),
     };
-    bytes.unwrap_or_default()
+    if written.is_err() {
+        out.truncate(HEADER_LEN);
+    }
+    let len = u32::try_from(out.len() - HEADER_LEN).unwrap_or(u32::MAX);
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    out
 }
 
 /// Whether a payload of `len` bytes fits the negotiated version's bound.
@@ -98,15 +110,15 @@ fn fits(version: u8, len: usize, limits: &Limits) -> bool {
 /// replacement happened.
 #[must_use]
 pub fn encode_reply(id: &str, answer: &Answer, version: u8, limits: &Limits) -> (Vec<u8>, bool) {
-    let json = json_of(id, answer);
-    if fits(version, json.len(), limits) {
-        return (encode_payload(&json), false);
+    let frame = frame_of(id, answer);
+    if fits(version, frame.len() - HEADER_LEN, limits) {
+        return (frame, false);
     }
     let too_large = Failure::new(
         ErrorCode::ResponseTooLarge,
         format!("Response exceeds maximum frame size for protocol version {version}"),
     );
-    (encode_payload(&json_of(id, &Err(too_large))), true)
+    (frame_of(id, &Err(too_large)), true)
 }
 
 #[cfg(test)]
@@ -143,7 +155,7 @@ mod tests {
     #[test]
     fn v1_bound_counts_the_header() {
         let l = Limits::default();
-        let overhead = json_of("i", &Ok(map(json!({"k":""})))).len();
+        let overhead = frame_of("i", &Ok(map(json!({"k":""})))).len() - HEADER_LEN;
         let exact = "x".repeat(65_536 - 4 - overhead);
         let (bytes, replaced) = encode_reply("i", &Ok(map(json!({ "k": exact }))), 1, &l);
         assert!(!replaced);

@@ -21,7 +21,10 @@ pub(crate) struct Stats {
 impl Stats {
     /// Records one `get_token` served for `key` at `unix_ms`.
     pub(crate) fn record(&mut self, key: &Key, unix_ms: u64) {
-        let c = self.counts.entry(key.clone()).or_default();
+        let c = match self.counts.get_mut(key) {
+            Some(c) => c,
+            None => self.counts.entry(key.clone()).or_default(),
+        };
         c.served += 1;
         c.last_used_ms = unix_ms;
     }

@@ -61,6 +61,13 @@ impl Token {
         map
     }
 
+    /// The token as it may leave the host, consuming it (no copy).
+    #[must_use]
+    pub fn into_sanitized(mut self) -> Map<String, Value> {
+        self.0.remove(REFRESH_TOKEN);
+        self.0
+    }
+
     /// This token with `refresh_token` removed (what `save_token` does to the
     /// incoming token before merging it).
     #[must_use]

@@ -140,9 +140,11 @@ impl<R: CryptoRng> Engine<R> {
             }
             Work::AwaitRefresh { .. } => return,
             Work::GetToken { key, .. } => {
-                if let EffectResult::Token(Some(token)) = &result {
-                    let (key, token) = (key.clone(), token.clone());
-                    self.schedule_renewal(&key, &token);
+                if let EffectResult::Token(Some(token)) = &result
+                    && self.renewal_wanted(key, token)
+                {
+                    let key = key.clone();
+                    self.schedule_renewal(&key, token);
                 }
             }
             _ => {}
@@ -266,7 +268,7 @@ fn save_step(key: &Key, incoming: &Token, step: &mut WriteStep, result: EffectRe
 fn read_answer(work: &Work, result: EffectResult, policy: &crate::config::Policy) -> Answer {
     let denied = || Failure::new(ErrorCode::Forbidden, "Access denied");
     match (work, result) {
-        (Work::GetToken { .. }, EffectResult::Token(Some(token))) => Ok(token.sanitized()),
+        (Work::GetToken { .. }, EffectResult::Token(Some(token))) => Ok(token.into_sanitized()),
         (Work::GetToken { sandbox: true, .. }, EffectResult::Token(None)) => Err(denied()),
         (Work::GetToken { key, .. }, EffectResult::Token(None)) => Err(Failure::new(
             ErrorCode::NotFound,
