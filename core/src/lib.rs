@@ -110,6 +110,15 @@
 //! - `testkit`: the `testkit` module, a `Harness` pairing the engine with
 //!   a virtual clock and an in-memory store, for tests of this crate and of
 //!   the transports.
+//! - `fuzzing` (implies `testkit`): the `fuzzing` module with the bodies of
+//!   the cargo-fuzz targets in `fuzz/` — `fuzz_frame_decoder`,
+//!   `fuzz_handshake_and_request` and `fuzz_engine`, the last driven by
+//!   `arbitrary`-derived `EngineOp` sequences with the engine's invariants
+//!   checked after every step. The targets are one-line wrappers, so the
+//!   same bodies run under `cargo test`: this crate's own tests enable the
+//!   feature and `tests/fuzz_corpus.rs` replays every file of
+//!   `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` on stable,
+//!   without libFuzzer. See `fuzz/README.md` for running the fuzzers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -150,6 +159,9 @@ mod work;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 
 pub use audit::{AuditEvent, ConnId, Level};
 pub use config::{Config, Limits, Policy};

@@ -452,7 +452,7 @@ impl<R: CryptoRng> Engine<R> {
         let interval_ms = grant
             .interval_s
             .filter(|i| *i > 0)
-            .map_or(limits.device_poll_ms, |i| i * 1000);
+            .map_or(limits.device_poll_ms, |i| i.saturating_mul(1000));
         let lifetime_ms = grant
             .expires_in_s
             .unwrap_or(spec.default_device_lifetime_s)
