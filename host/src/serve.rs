@@ -146,6 +146,34 @@ async fn accept_loop(listener: Listener, events: Sender<Event>) {
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort), so
+/// the connection limit (`--max-connections`) rather than the usual soft
+/// default of 1024 descriptors bounds the connections a server can hold.
+/// The event loop uses epoll, so descriptors above 1024 are fine. An
+/// unlimited hard limit is taken as the kernel's usual `nr_open` (2^20).
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return;
+    }
+    let target = if lim.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        lim.rlim_max
+    };
+    if lim.rlim_cur >= target {
+        return;
+    }
+    lim.rlim_cur = target;
+    // SAFETY: setrlimit reads the struct we own; failure leaves the limit
+    // as it was.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+}
+
 /// Serves `bound` until a shutdown signal or until `until` completes;
 /// returns the signal, if one ended it.
 pub fn run_socket<F>(
@@ -158,6 +186,7 @@ pub fn run_socket<F>(
 where
     F: std::future::Future<Output = ()> + 'static,
 {
+    raise_nofile_limit();
     let mut config = opts.config;
     config.capability_token = bound.instance.token().cloned();
     let engine = engine(config)?;
