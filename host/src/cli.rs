@@ -118,6 +118,10 @@ enum Cmd {
     /// Show stored tokens and their expiry (never secrets).
     #[command(after_help = EXIT_HELP)]
     Status(StatusArgs),
+    /// Load-test a proxy socket (requests/s, p50/p99/p99.9 latency), with
+    /// an echo baseline; or measure memory (--memory) or start-up
+    /// (--startup). See BENCHMARKS.md.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -307,6 +311,9 @@ pub fn main() -> ExitCode {
         Cmd::Key(k) => cmd_key(k),
         Cmd::Logout(a) => cmd_logout(a),
         Cmd::Status(a) => cmd_status(a),
+        Cmd::Bench(a) => crate::bench::run(&a)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(failed),
     };
     match result {
         Ok(code) => code,

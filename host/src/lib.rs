@@ -6,9 +6,10 @@
 //! and with a loopback redirect listener ([`loopback`]), writes the audit
 //! log ([`audit_log`]), hardens the process ([`harden`]), reads the
 //! configuration file ([`config`]) and provides the `credproxy` command
-//! line ([`cli`]).
+//! line ([`cli`]) with its load generator ([`bench`]).
 
 pub mod audit_log;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
