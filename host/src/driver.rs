@@ -136,10 +136,10 @@ enum WriterMsg {
 struct ConnIo {
     writer: Sender<WriterMsg>,
     shared: Arc<Shared>,
-    /// Wakes a reader paused by back-pressure.
-    resume: Sender<()>,
-    /// Tells the reader its last chunk was taken: it may read again.
-    taken: Sender<()>,
+    /// Wakes the reader: its last chunk was taken, or reading resumed
+    /// after back-pressure. One channel serves both, which keeps an idle
+    /// connection small (see BENCHMARKS.md, "Memory").
+    wake: Sender<()>,
 }
 
 /// When the loop should end on its own.
@@ -290,7 +290,7 @@ impl<R: CryptoRng> Driver<R> {
             Event::Bytes(conn, bytes) => {
                 self.engine.handle_bytes(conn, &bytes, now);
                 if let Some(io) = self.conns.get(&conn) {
-                    let _ = io.taken.try_send(());
+                    let _ = io.wake.try_send(());
                 }
             }
             Event::ReadClosed(conn) => self.engine.handle_read_closed(conn, now),
@@ -304,7 +304,7 @@ impl<R: CryptoRng> Driver<R> {
                 if let Some(io) = self.conns.get(&conn)
                     && io.shared.paused.swap(false, Ordering::SeqCst)
                 {
-                    let _ = io.resume.try_send(());
+                    let _ = io.wake.try_send(());
                     self.engine.handle_resume_reading(conn, now);
                 }
             }
@@ -336,8 +336,7 @@ impl<R: CryptoRng> Driver<R> {
             return;
         };
         self.served_one = true;
-        let (resume_tx, resume_rx) = bounded(1);
-        let (taken_tx, taken_rx) = bounded(1);
+        let (wake_tx, wake_rx) = bounded(1);
         let shared = Arc::new(Shared {
             unsent: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
@@ -348,8 +347,7 @@ impl<R: CryptoRng> Driver<R> {
             reader,
             self.events.clone(),
             shared.clone(),
-            resume_rx,
-            taken_rx,
+            wake_rx,
         ))
         .detach();
         ex.spawn(write_loop(
@@ -367,8 +365,7 @@ impl<R: CryptoRng> Driver<R> {
             ConnIo {
                 writer: wtx,
                 shared,
-                resume: resume_tx,
-                taken: taken_tx,
+                wake: wake_tx,
             },
         );
     }
@@ -495,21 +492,21 @@ fn log_listener_error(port: u16, error: &std::io::Error) {
 }
 
 /// Reads a connection into events, one chunk at a time: after each chunk
-/// it waits until the engine has taken it (`taken`), and while reading is
-/// paused until `resume`. Ends at EOF, on an error, or when the driver
+/// it waits until the engine has taken it, and while reading is paused
+/// until it resumes (both signalled on `wake`; a stale signal only makes it
+/// check the pause flag again). Ends at EOF, on an error, or when the driver
 /// drops the connection (its channels close).
 async fn read_loop(
     conn: ConnId,
     mut reader: Reader,
     events: Sender<Event>,
     shared: Arc<Shared>,
-    resume: Receiver<()>,
-    taken: Receiver<()>,
+    wake: Receiver<()>,
 ) {
     let mut buf = vec![0u8; READ_FIRST.min(READ_CHUNK)];
     loop {
         while shared.paused.load(Ordering::SeqCst) {
-            if resume.recv().await.is_err() {
+            if wake.recv().await.is_err() {
                 return;
             }
         }
@@ -528,7 +525,7 @@ async fn read_loop(
         if events.send(event).await.is_err() || last {
             return;
         }
-        if taken.recv().await.is_err() {
+        if wake.recv().await.is_err() {
             return;
         }
     }
