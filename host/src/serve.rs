@@ -1,6 +1,5 @@
 //! Running the proxy: on a Unix socket (`serve`, `exec`) or on stdio.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -235,10 +234,4 @@ pub fn run_stdio(opts: ServeOptions, store: Arc<FileStore>) -> Result<(), StartE
         driver.run(&ex, rx, Lifetime::SingleConnection).await;
     }));
     Ok(())
-}
-
-/// A name set from repeated flags; `None` when the flag was not given.
-#[must_use]
-pub fn allow_list(values: &[String]) -> Option<BTreeSet<String>> {
-    (!values.is_empty()).then(|| values.iter().cloned().collect())
 }
