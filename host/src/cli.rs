@@ -556,6 +556,13 @@ fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
 
 fn cmd_logout(a: LogoutArgs) -> Result<ExitCode, Failure> {
     let store = open_store_cli(&a.store)?;
+    // Take the key's cross-process lock, as every write does: a refresh
+    // running in a proxy finishes (and persists) first, then this removal
+    // wins.
+    let _lock = store
+        .lock_key(&a.provider, &a.bucket, std::time::Duration::from_secs(10))
+        .map_err(failed)?
+        .ok_or_else(|| failed("the credential store is busy (a refresh is running); try again"))?;
     if store
         .get_token(&a.provider, &a.bucket, true)
         .map_err(failed)?
