@@ -45,22 +45,44 @@ impl AuditLog {
     /// Writes one event as a JSON line. Failures to log are ignored: the
     /// proxy keeps serving.
     pub fn write(&self, event: &AuditEvent) {
+        let mut line = Vec::new();
+        self.encode_into(event, &mut line);
+        self.write_bytes(&line);
+    }
+
+    /// Appends one event as a JSON line to `buf` (nothing when the log is
+    /// off). The driver collects a loop turn's lines and writes them with
+    /// one [`AuditLog::write_bytes`], one system call instead of one per
+    /// event.
+    pub fn encode_into(&self, event: &AuditEvent, buf: &mut Vec<u8>) {
+        if matches!(self, AuditLog::Off) {
+            return;
+        }
         let line = Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             component: "credproxy",
             event,
         };
-        let Ok(mut json) = serde_json::to_vec(&line) else {
+        let start = buf.len();
+        if serde_json::to_writer(&mut *buf, &line).is_err() {
+            buf.truncate(start);
             return;
-        };
-        json.push(b'\n');
+        }
+        buf.push(b'\n');
+    }
+
+    /// Writes whole lines produced by [`AuditLog::encode_into`].
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         match self {
             AuditLog::Stderr => {
-                let _ = std::io::stderr().lock().write_all(&json);
+                let _ = std::io::stderr().lock().write_all(bytes);
             }
             AuditLog::File(f) => {
                 if let Ok(mut f) = f.lock() {
-                    let _ = f.write_all(&json);
+                    let _ = f.write_all(bytes);
                 }
             }
             AuditLog::Off => {}

@@ -160,6 +160,9 @@ pub struct Driver<R> {
     conns: BTreeMap<ConnId, ConnIo>,
     events: Sender<Event>,
     served_one: bool,
+    /// Audit lines of the current loop turn, written at the end of
+    /// [`Driver::drain`] with one system call.
+    audit_lines: Vec<u8>,
     /// Cloned into every writer task and dropped when it ends, so the
     /// receiver sees the channel close once every writer has flushed.
     writers_alive: Sender<()>,
@@ -201,6 +204,7 @@ impl<R: CryptoRng> Driver<R> {
             conns: BTreeMap::new(),
             events,
             served_one: false,
+            audit_lines: Vec::new(),
             writers_alive,
             writers_done,
             listeners: BTreeMap::new(),
@@ -380,7 +384,7 @@ impl<R: CryptoRng> Driver<R> {
                         let _ = io.writer.try_send(WriterMsg::Close);
                     }
                 }
-                Output::Audit(event) => self.audit.write(&event),
+                Output::Audit(event) => self.audit.encode_into(&event, &mut self.audit_lines),
                 Output::Effect { id, effect } => self.effect(ex, id, effect),
                 Output::LoopbackReply {
                     request,
@@ -395,6 +399,8 @@ impl<R: CryptoRng> Driver<R> {
                 _ => {}
             }
         }
+        self.audit.write_bytes(&self.audit_lines);
+        self.audit_lines.clear();
     }
 
     /// Executes an effect: inline when it cannot block, listeners on the
