@@ -107,6 +107,15 @@ pub struct BenchArgs {
     /// audit log is on, written to a file in the temporary directory].
     #[arg(long)]
     pub no_audit: bool,
+    /// One more flag for the bench's own server, e.g. --server-arg=--io-threads=1
+    /// (repeatable).
+    #[arg(
+        long,
+        value_name = "FLAG",
+        allow_hyphen_values = true,
+        conflicts_with = "socket"
+    )]
+    pub server_arg: Vec<String>,
 }
 
 /// Runs `credproxy bench`.
@@ -223,7 +232,7 @@ fn run_load(a: &BenchArgs) -> Result<(), String> {
             let spec = server::ServerSpec {
                 with_token: false,
                 audit: !a.no_audit,
-                extra: Vec::new(),
+                extra: a.server_arg.clone(),
             };
             let srv = server::Server::spawn(&scratch, "serve", &spec)?;
             server::seed_token(&srv.socket, None)?;

@@ -16,6 +16,7 @@
 //! (configuration included) and `2` on bad usage.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
@@ -145,6 +146,10 @@ struct CommonArgs {
     /// `audit_log`, else stderr]
     #[arg(long, value_name = "PATH")]
     audit_log: Option<String>,
+    /// Threads doing socket I/O [default: the file's `io_threads`, else one
+    /// per core, at most 4]
+    #[arg(long, value_name = "N")]
+    io_threads: Option<NonZeroUsize>,
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
@@ -362,6 +367,9 @@ fn settings(c: &CommonArgs) -> Result<Settings, Failure> {
     if let Some(audit) = &c.audit_log {
         s.audit_log = Some(audit.clone());
     }
+    if let Some(n) = c.io_threads {
+        s.io_threads = Some(n);
+    }
     s.validate()?;
     Ok(s)
 }
@@ -383,6 +391,7 @@ fn options(c: &CommonArgs) -> Result<ServeOptions, Failure> {
         store_root: store_root(s.store)?,
         audit,
         allowed_uids: s.allowed_uids,
+        io_threads: s.io_threads.unwrap_or_else(crate::driver::default_threads),
     })
 }
 

@@ -25,6 +25,8 @@
 //! store = "/home/me/.local/share/credproxy"
 //! # Audit log: a file path, "stderr" (default) or "off".
 //! audit_log = "stderr"
+//! # Threads doing socket I/O (default: one per core, at most 4).
+//! io_threads = 2
 //!
 //! [policy]
 //! strict_sandbox = false           # refuse login and refresh to sandbox connections
@@ -107,6 +109,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -618,6 +621,8 @@ pub struct FileConfig {
     pub store: Option<PathBuf>,
     /// Audit log: a file path, `stderr` or `off`.
     pub audit_log: Option<String>,
+    /// Threads doing socket I/O.
+    pub io_threads: Option<NonZeroUsize>,
     /// Limits and timings.
     #[serde(default)]
     pub limits: LimitsFile,
@@ -710,6 +715,9 @@ pub struct Settings {
     pub store: Option<PathBuf>,
     /// Audit log, when configured (else `stderr`).
     pub audit_log: Option<String>,
+    /// Threads doing socket I/O, when configured (else one per core, at
+    /// most 4).
+    pub io_threads: Option<NonZeroUsize>,
     /// Peer uids allowed on the socket besides ours and root.
     pub allowed_uids: Vec<u32>,
     /// The configuration file that was read, if any.
@@ -779,6 +787,9 @@ impl Settings {
                 "stderr" | "off" => audit,
                 other => base.join(other).display().to_string(),
             });
+        }
+        if let Some(n) = file.io_threads {
+            self.io_threads = Some(n);
         }
         file.limits.apply(&mut self.config.limits);
         let p = file.policy;

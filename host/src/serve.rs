@@ -1,5 +1,6 @@
 //! Running the proxy: on a Unix socket (`serve`, `exec`) or on stdio.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub struct ServeOptions {
     pub audit: AuditLog,
     /// Extra peer uids allowed on the socket besides ours and root.
     pub allowed_uids: Vec<u32>,
+    /// Threads doing socket I/O.
+    pub io_threads: NonZeroUsize,
 }
 
 /// Where to put the socket.
@@ -192,7 +195,7 @@ where
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();
     let audit = Arc::new(opts.audit);
-    let driver = Driver::new(engine, store, audit, tx.clone());
+    let driver = Driver::new(engine, store, audit, tx.clone()).io_threads(opts.io_threads);
     let signal_slot = std::rc::Rc::new(std::cell::Cell::new(None));
     let Bound { instance, listener } = bound;
     ex.spawn(accept_loop(listener, tx.clone())).detach();
@@ -211,8 +214,9 @@ where
         let _ = tx.send(Event::Shutdown).await;
     })
     .detach();
-    smol::block_on(ex.run(driver.run(&ex, rx, Lifetime::UntilShutdown)));
+    let served = smol::block_on(ex.run(driver.run(&ex, rx, Lifetime::UntilShutdown)));
     instance.cleanup().map_err(err)?;
+    served.map_err(err)?;
     Ok(signal_slot.get())
 }
 
@@ -221,7 +225,9 @@ pub fn run_stdio(opts: ServeOptions, store: Arc<FileStore>) -> Result<(), StartE
     let engine = engine(opts.config)?;
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();
-    let driver = Driver::new(engine, store, Arc::new(opts.audit), tx.clone());
+    // One connection: one I/O thread is plenty.
+    let driver = Driver::new(engine, store, Arc::new(opts.audit), tx.clone())
+        .io_threads(NonZeroUsize::MIN);
     let (reader, writer) = credproxy_stdio::streams();
     let open = Event::Open {
         reader: Box::pin(reader),
@@ -231,7 +237,7 @@ pub fn run_stdio(opts: ServeOptions, store: Arc<FileStore>) -> Result<(), StartE
     };
     smol::block_on(ex.run(async {
         let _ = tx.send(open).await;
-        driver.run(&ex, rx, Lifetime::SingleConnection).await;
-    }));
-    Ok(())
+        driver.run(&ex, rx, Lifetime::SingleConnection).await
+    }))
+    .map_err(err)
 }

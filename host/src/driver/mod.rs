@@ -1,0 +1,439 @@
+//! The driver: runs the engine on smol and executes its outputs.
+//!
+//! The [`Engine`] lives behind one lock ([`state`]). Each connection has a
+//! task on the I/O threads ([`workers`]) that reads its socket, hands what
+//! it read to the engine under the lock, and writes its replies
+//! ([`connection`]): the `get_token` hot path — read, decode, a store cache
+//! hit answered inline, encode, write — runs on one thread with no hand-off,
+//! and several connections are served on several cores at once while the
+//! engine itself stays single-owner.
+//!
+//! The loop task ([`Driver::run`], on the caller's [`LocalExecutor`]) does
+//! the rest: it accepts new connections from the transports, sleeps until
+//! the engine's next deadline (woken early when a connection's handler
+//! moves it), and executes the effects that cannot be answered inline.
+//! Those that may block (store reads and writes, lock waits, HTTP) run on
+//! smol's blocking pool through [`Executor::execute`], their results coming
+//! back as [`Event::EffectDone`]. The loopback listener effects run on the
+//! [`LocalExecutor`]: `StartListener` binds at once (a local bind does not
+//! wait) and answers `Listening(true|false)`; the driver keeps the running
+//! listeners by port and `StopListener` drops one. Each loopback `GET`
+//! comes back as [`Event::Loopback`]; the engine's `Output::LoopbackReply`
+//! is routed to the waiting connection by request id. On shutdown the
+//! listeners stop, every held store lock is released, and the connections
+//! get a bounded time to flush the replies already produced.
+//!
+//! Back-pressure and fairness are per connection: see [`connection`].
+
+mod connection;
+mod state;
+mod workers;
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use credproxy_core::{ConnId, Effect, EffectId, EffectResult, Engine, Peer};
+use rand_core::CryptoRng;
+use smol::channel::{Receiver, Sender, bounded, unbounded};
+use smol::io::{AsyncRead, AsyncWrite};
+use smol::{LocalExecutor, Timer};
+
+use self::connection::{Connection, lock};
+use self::state::{ConnIo, Flow, State};
+use self::workers::Workers;
+pub use self::workers::default_threads;
+use crate::audit_log::AuditLog;
+use crate::effects::Executor;
+use crate::loopback::{self, Incoming, Listener};
+use crate::store::FileStore;
+
+/// Unsent output per connection above which reading pauses (1 MiB).
+pub const MAX_UNSENT: usize = 1024 * 1024;
+
+/// How long [`Driver::run`] waits, after the loop has ended, for the
+/// connections to flush the replies already produced (a peer that stops
+/// reading cannot hold the process forever).
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A boxed reading half.
+pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
+/// A boxed writing half.
+pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+/// Called once the writer has flushed its last bytes for a closed
+/// connection (e.g. to shut the socket down so the reader stops).
+pub type OnClose = Box<dyn FnOnce() + Send>;
+
+/// Something for the loop task.
+pub enum Event {
+    /// A transport accepted a connection.
+    Open {
+        /// Reading half.
+        reader: Reader,
+        /// Writing half.
+        writer: Writer,
+        /// Run after the final flush.
+        on_close: OnClose,
+        /// Who is connected.
+        peer: Peer,
+    },
+    /// A transport refused a connection before it reached the engine.
+    Refused {
+        /// Short reason (audit outcome).
+        reason: &'static str,
+    },
+    /// An effect the engine emitted that cannot be answered inline.
+    Effect(EffectId, Effect),
+    /// An effect finished on the blocking pool.
+    EffectDone(EffectId, EffectResult),
+    /// The engine's next deadline moved earlier than the loop's timer.
+    Rearm,
+    /// A connection's task ended.
+    ConnectionEnded,
+    /// A loopback listener received a `GET`. The `target` (path and query)
+    /// holds an authorization code and `state`: never log it.
+    Loopback {
+        /// Id the engine answers under.
+        request: u64,
+        /// The listener's port.
+        port: u16,
+        /// Request target (path and query).
+        target: String,
+        /// Where the engine's `(status, body)` goes.
+        reply: Sender<loopback::Reply>,
+    },
+    /// Stop serving.
+    Shutdown,
+}
+
+/// When the loop should end on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Until [`Event::Shutdown`].
+    UntilShutdown,
+    /// Until the first connection has come and gone (stdio).
+    SingleConnection,
+}
+
+/// The engine with its connections, and the loop task's own state.
+pub struct Driver<R> {
+    state: Arc<Mutex<State<R>>>,
+    /// For effects on the blocking pool (a clone of the state's).
+    executor: Executor,
+    events: Sender<Event>,
+    io_threads: NonZeroUsize,
+    /// Cloned into every connection task and dropped when it ends, so the
+    /// receiver sees the channel close once every connection has flushed.
+    writers_alive: Sender<()>,
+    writers_done: Receiver<()>,
+    /// Running loopback listeners by port.
+    listeners: BTreeMap<u16, Listener>,
+    /// The next loopback request id (shared with the listeners' callbacks).
+    next_loopback: Rc<Cell<u64>>,
+    /// The loop's timer and the instant it is set to.
+    timer: Timer,
+    timer_at: Option<Instant>,
+}
+
+impl<R: CryptoRng + Send + 'static> Driver<R> {
+    /// A driver for `engine`; `events` is the sender half of the channel
+    /// whose receiver is passed to [`Driver::run`].
+    pub fn new(
+        engine: Engine<R>,
+        store: Arc<FileStore>,
+        audit: Arc<AuditLog>,
+        events: Sender<Event>,
+    ) -> Driver<R> {
+        Driver::with_executor(engine, Executor::new(store), audit, events)
+    }
+
+    /// A driver whose effects run on `executor` (e.g. to share its lock
+    /// table with the caller).
+    pub fn with_executor(
+        engine: Engine<R>,
+        executor: Executor,
+        audit: Arc<AuditLog>,
+        events: Sender<Event>,
+    ) -> Driver<R> {
+        let (writers_alive, writers_done) = bounded(1);
+        let state = State::new(engine, executor.clone(), audit, events.clone());
+        Driver {
+            state: Arc::new(Mutex::new(state)),
+            executor,
+            events,
+            io_threads: default_threads(),
+            writers_alive,
+            writers_done,
+            listeners: BTreeMap::new(),
+            next_loopback: Rc::new(Cell::new(1)),
+            timer: Timer::never(),
+            timer_at: None,
+        }
+    }
+
+    /// Sets the number of I/O threads (default: [`default_threads`]).
+    #[must_use]
+    pub fn io_threads(mut self, threads: NonZeroUsize) -> Driver<R> {
+        self.io_threads = threads;
+        self
+    }
+
+    /// Runs until shutdown (or, for [`Lifetime::SingleConnection`], until
+    /// the connection is closed). Fails only when the I/O threads cannot
+    /// be started.
+    pub async fn run(
+        mut self,
+        ex: &LocalExecutor<'_>,
+        rx: Receiver<Event>,
+        lifetime: Lifetime,
+    ) -> std::io::Result<()> {
+        let workers = Workers::start(self.io_threads)?;
+        loop {
+            let deadline = self.arm();
+            let Some(event) = next_event(&rx, &mut self.timer, &mut self.timer_at, deadline).await
+            else {
+                self.with_state(|s, now| s.engine.handle_timeout(now));
+                continue;
+            };
+            if matches!(event, Event::Shutdown) {
+                break;
+            }
+            self.handle(ex, &workers, event);
+            if lifetime == Lifetime::SingleConnection {
+                let state = lock(&self.state);
+                if state.served_one && state.conns.is_empty() {
+                    break;
+                }
+            }
+        }
+        lock(&self.state).close_all();
+        // Stop listening and let go of every store lock (a lock held for
+        // work that will never finish would block other processes).
+        self.listeners.clear();
+        lock(&self.state).loopback_replies.clear();
+        self.executor.locks().shutdown();
+        // Let the connections put the last replies on the wire first
+        // (stdio EOF, shutdown); the I/O threads stop after.
+        let Driver {
+            writers_alive,
+            writers_done,
+            ..
+        } = self;
+        drop(writers_alive);
+        smol::future::or(
+            async {
+                let _ = writers_done.recv().await;
+            },
+            async {
+                Timer::after(FINAL_FLUSH).await;
+            },
+        )
+        .await;
+        drop(workers);
+        Ok(())
+    }
+
+    /// Records the engine's next deadline as the one the loop sleeps
+    /// until, and returns it as an OS instant.
+    fn arm(&self) -> Option<Instant> {
+        let mut state = lock(&self.state);
+        state.armed = state.engine.poll_timeout();
+        state.armed.map(|at| state.clock.instant_of(at))
+    }
+
+    /// Runs `f` on the engine under the lock, then drains it.
+    fn with_state(&self, f: impl FnOnce(&mut State<R>, credproxy_core::Now)) {
+        let mut state = lock(&self.state);
+        let now = state.now();
+        f(&mut state, now);
+        state.drain_outputs();
+    }
+
+    fn handle(&mut self, ex: &LocalExecutor<'_>, workers: &Workers, event: Event) {
+        match event {
+            Event::Open {
+                reader,
+                writer,
+                on_close,
+                peer,
+            } => self.open(workers, reader, writer, on_close, peer),
+            Event::Refused { reason } => {
+                let ev = credproxy_core::AuditEvent::new(
+                    credproxy_core::Level::Warn,
+                    None,
+                    "connection_refused",
+                    reason,
+                );
+                lock(&self.state).audit.write(&ev);
+            }
+            Event::Effect(id, effect) => self.effect(ex, id, effect),
+            Event::EffectDone(id, result) => {
+                self.with_state(|s, now| s.engine.handle_effect_result(id, result, now));
+            }
+            Event::Loopback {
+                request,
+                port,
+                target,
+                reply,
+            } => self.with_state(|s, now| {
+                s.loopback_replies.insert(request, reply);
+                s.engine.handle_loopback_request(request, port, &target, now);
+            }),
+            Event::Rearm | Event::ConnectionEnded | Event::Shutdown => {}
+        }
+    }
+
+    /// Registers a connection with the engine and starts its task.
+    fn open(&mut self, workers: &Workers, reader: Reader, writer: Writer, on_close: OnClose, peer: Peer) {
+        let (outbox_tx, outbox) = unbounded();
+        let flow = Arc::new(Flow {
+            unsent: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+        });
+        let conn: Option<ConnId> = {
+            let mut state = lock(&self.state);
+            let now = state.now();
+            match state.engine.handle_open(peer, now) {
+                Ok(conn) => {
+                    state.served_one = true;
+                    state.conns.insert(
+                        conn,
+                        ConnIo {
+                            outbox: outbox_tx,
+                            flow: flow.clone(),
+                        },
+                    );
+                    state.drain_outputs();
+                    Some(conn)
+                }
+                Err(_) => None,
+            }
+        };
+        let Some(conn) = conn else {
+            on_close();
+            return;
+        };
+        let task = Connection {
+            conn,
+            reader,
+            writer,
+            on_close,
+            state: self.state.clone(),
+            outbox,
+            flow,
+            events: self.events.clone(),
+            alive: self.writers_alive.clone(),
+        };
+        workers.executor().spawn(task.run()).detach();
+    }
+
+    /// Executes an effect the engine could not have answered inline:
+    /// listeners on the event loop, everything else on the blocking pool.
+    fn effect(&mut self, ex: &LocalExecutor<'_>, id: EffectId, effect: Effect) {
+        let result = match &effect {
+            Effect::StartListener { port, .. } => self.start_listener(ex, *port),
+            Effect::StopListener { port } => {
+                self.listeners.remove(port);
+                EffectResult::Done
+            }
+            _ => {
+                let executor = self.executor.clone();
+                let events = self.events.clone();
+                ex.spawn(async move {
+                    let result = smol::unblock(move || executor.execute(effect)).await;
+                    let _ = events.send(Event::EffectDone(id, result)).await;
+                })
+                .detach();
+                return;
+            }
+        };
+        self.with_state(|s, now| s.engine.handle_effect_result(id, result, now));
+    }
+    /// Binds the loopback listener on `port` unless one runs there.
+    fn start_listener(&mut self, ex: &LocalExecutor<'_>, port: u16) -> EffectResult {
+        if self.listeners.contains_key(&port) {
+            return EffectResult::Listening(true);
+        }
+        // Port 0 would pick a port the engine cannot learn.
+        if port == 0 {
+            return EffectResult::Listening(false);
+        }
+        let events = self.events.clone();
+        let next = self.next_loopback.clone();
+        let submit = move |incoming: Incoming| {
+            let request = next.get();
+            next.set(request + 1);
+            // Unbounded channel: only fails when the driver is gone, which
+            // drops `reply` and answers 503.
+            let _ = events.try_send(Event::Loopback {
+                request,
+                port: incoming.port,
+                target: incoming.target,
+                reply: incoming.reply,
+            });
+        };
+        match Listener::bind(ex, port, submit) {
+            Ok(listener) => {
+                self.listeners.insert(port, listener);
+                EffectResult::Listening(true)
+            }
+            Err(e) => {
+                log_listener_error(port, &e);
+                EffectResult::Listening(false)
+            }
+        }
+    }
+
+}
+
+/// Reports on stderr a listener that could not start (the port and the
+/// OS reason only), like the store's errors.
+fn log_listener_error(port: u16, error: &std::io::Error) {
+    use std::io::Write as _;
+    let line = serde_json::json!({
+        "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "component": "credproxy",
+        "level": "ERROR",
+        "op": "loopback_listener",
+        "outcome": "failed",
+        "port": port,
+        "detail": error.to_string(),
+    });
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+
+/// Waits for an event, or returns `None` when the timer fires. The timer
+/// is re-armed only when the deadline changed: setting a timer registers
+/// it with the reactor, which costs system calls on every loop turn
+/// otherwise.
+async fn next_event(
+    rx: &Receiver<Event>,
+    timer: &mut Timer,
+    timer_at: &mut Option<Instant>,
+    deadline: Option<Instant>,
+) -> Option<Event> {
+    let recv = async { Some(rx.recv().await.unwrap_or(Event::Shutdown)) };
+    let Some(at) = deadline else {
+        return recv.await;
+    };
+    if *timer_at != Some(at) {
+        timer.set_at(at);
+        *timer_at = Some(at);
+    }
+    let event = smol::future::or(recv, async {
+        (&mut *timer).await;
+        None
+    })
+    .await;
+    if event.is_none() {
+        // A fired timer stays silent until it is set again.
+        *timer_at = None;
+    }
+    event
+}
