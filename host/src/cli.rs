@@ -420,14 +420,22 @@ fn cmd_serve(a: ServeArgs) -> Result<ExitCode, Failure> {
         !a.socket.insecure_no_token,
         opts.allowed_uids.clone(),
     )?;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", bound.instance.socket_path().display());
-    for (k, v) in bound.exports() {
-        let _ = writeln!(out, "{k}={v}");
-    }
-    let _ = out.flush();
-    drop(out);
-    let signal = serve::run_socket(opts, store, bound, signals, std::future::pending())?;
+    let announce = |bound: &serve::Bound| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", bound.instance.socket_path().display());
+        for (k, v) in bound.exports() {
+            let _ = writeln!(out, "{k}={v}");
+        }
+        let _ = out.flush();
+    };
+    let signal = serve::run_socket(
+        opts,
+        store,
+        bound,
+        signals,
+        announce,
+        std::future::pending(),
+    )?;
     Ok(match signal {
         Some(_) | None => ExitCode::SUCCESS,
     })
@@ -465,7 +473,7 @@ fn cmd_exec(a: ExecArgs) -> Result<ExitCode, Failure> {
         let st = smol::unblock(move || child.wait()).await;
         slot.set(Some(st));
     };
-    let signal = serve::run_socket(opts, store, bound, signals, wait)?;
+    let signal = serve::run_socket(opts, store, bound, signals, |_| {}, wait)?;
     if let Some(sig) = signal {
         return Ok(ExitCode::from(
             u8::try_from(sig.exit_status()).unwrap_or(EXIT_FAILED),

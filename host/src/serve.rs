@@ -125,18 +125,10 @@ pub fn open_store(root: &std::path::Path) -> Result<Arc<FileStore>, StartError> 
 async fn accept_loop(listener: Listener, events: Sender<Event>) {
     loop {
         let event = match listener.accept().await {
-            Ok(Accepted::Allowed(stream, peer)) => {
-                let reader = stream.clone();
-                let closer = stream.clone();
-                Event::Open {
-                    reader: Box::pin(reader),
-                    writer: Box::pin(stream),
-                    on_close: Box::new(move || {
-                        let _ = closer.shutdown(std::net::Shutdown::Both);
-                    }),
-                    peer,
-                }
-            }
+            Ok(Accepted::Allowed(stream, peer)) => match into_std(stream) {
+                Ok(stream) => Event::OpenSocket { stream, peer },
+                Err(_) => continue,
+            },
             Ok(Accepted::Refused { reason, .. }) => Event::Refused {
                 reason: reason.code(),
             },
@@ -145,6 +137,18 @@ async fn accept_loop(listener: Listener, events: Sender<Event>) {
         if events.send(event).await.is_err() {
             return;
         }
+    }
+}
+
+/// Takes an accepted stream off the async reactor: the driver's I/O
+/// threads poll it themselves.
+fn into_std(
+    stream: async_net::unix::UnixStream,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let shared: Arc<smol::Async<std::os::unix::net::UnixStream>> = stream.into();
+    match Arc::try_unwrap(shared) {
+        Ok(stream) => stream.into_inner(),
+        Err(_) => Err(std::io::Error::other("the accepted stream is shared")),
     }
 }
 
@@ -177,12 +181,14 @@ pub fn raise_nofile_limit() {
 }
 
 /// Serves `bound` until a shutdown signal or until `until` completes;
-/// returns the signal, if one ended it.
+/// returns the signal, if one ended it. `ready` runs once everything is
+/// in place, just before serving (e.g. to print the socket's path).
 pub fn run_socket<F>(
     opts: ServeOptions,
     store: Arc<FileStore>,
     bound: Bound,
     signals: ShutdownSignals,
+    ready: impl FnOnce(&Bound),
     until: F,
 ) -> Result<Option<ShutdownSignal>, StartError>
 where
@@ -195,7 +201,9 @@ where
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();
     let audit = Arc::new(opts.audit);
-    let driver = Driver::new(engine, store, audit, tx.clone()).io_threads(opts.io_threads);
+    let mut driver = Driver::new(engine, store, audit, tx.clone()).io_threads(opts.io_threads);
+    driver.start_io().map_err(err)?;
+    ready(&bound);
     let signal_slot = std::rc::Rc::new(std::cell::Cell::new(None));
     let Bound { instance, listener } = bound;
     ex.spawn(accept_loop(listener, tx.clone())).detach();
@@ -226,8 +234,8 @@ pub fn run_stdio(opts: ServeOptions, store: Arc<FileStore>) -> Result<(), StartE
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();
     // One connection: one I/O thread is plenty.
-    let driver = Driver::new(engine, store, Arc::new(opts.audit), tx.clone())
-        .io_threads(NonZeroUsize::MIN);
+    let driver =
+        Driver::new(engine, store, Arc::new(opts.audit), tx.clone()).io_threads(NonZeroUsize::MIN);
     let (reader, writer) = credproxy_stdio::streams();
     let open = Event::Open {
         reader: Box::pin(reader),

@@ -43,7 +43,7 @@ impl Running {
             let engine = Engine::new(config, rand_core::UnwrapErr(getrandom::SysRng)).unwrap();
             let driver = Driver::new(engine, store, Arc::new(AuditLog::Off), tx);
             let ex = LocalExecutor::new();
-            smol::block_on(ex.run(driver.run(&ex, rx, Lifetime::UntilShutdown)));
+            smol::block_on(ex.run(driver.run(&ex, rx, Lifetime::UntilShutdown))).unwrap();
         });
         let (ours, theirs) = UnixStream::pair().unwrap();
         ours.set_read_timeout(Some(TIMEOUT)).unwrap();

@@ -1,61 +1,39 @@
-//! A connection's task: reads the socket, drives the engine with what it
-//! read (under the engine lock), and writes the connection's replies.
-//!
-//! One task per connection does all three, on the I/O threads: a request
-//! answered from the store's cache is read, handled and written by the
-//! same task on the same thread, with no hand-off to another task. Replies
-//! produced elsewhere (an effect finishing, a timer) reach the task through
-//! its outbox; so do its own, which keeps every reply in the order the
-//! engine produced it.
+//! A connection over boxed async streams (stdio, embedders): a task on the
+//! loop's executor reads, drives the engine with what it read (under the
+//! engine lock), and writes the connection's replies. Replies produced
+//! elsewhere (an effect finishing, a timer) reach the task through its
+//! outbox; so do its own, which keeps every reply in the order the engine
+//! produced it.
 //!
 //! Fairness: a task hands the engine one read (at most [`READ_CHUNK`]
-//! bytes) at a time and yields to the other tasks of its thread after a
-//! read that filled its buffer, so a client that floods its socket cannot
-//! keep a thread to itself.
+//! bytes) at a time and yields to the other tasks after a read that filled
+//! its buffer, so a client that floods its stream cannot keep the
+//! executor to itself.
 //!
 //! Back-pressure: while more than [`MAX_UNSENT`] bytes wait to be written,
 //! the task stops reading (the engine, told when the limit was crossed,
 //! suspends the partial-frame deadline) and resumes once it has written
 //! them down below the limit.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use credproxy_core::{ConnId, Now};
 use rand_core::CryptoRng;
 use smol::channel::{Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::state::{Flow, Outgoing, State};
+use super::socket_conn::{READ_CHUNK, READ_FIRST};
+use super::state::{Driver, Flow, Outgoing, Shared, State, drive};
 use super::{Event, MAX_UNSENT, OnClose, Reader, Writer};
 
-/// The most a connection hands the engine at once.
-const READ_CHUNK: usize = 16 * 1024;
-
-/// A connection's first read buffer, doubled (up to [`READ_CHUNK`]) after
-/// each read that fills it: an idle connection holds 512 bytes instead of
-/// a whole chunk (see BENCHMARKS.md, "Memory").
-const READ_FIRST: usize = 512;
-
-/// Locks the engine. A panic while it was held leaves the engine in an
-/// unknown state: the process stops rather than serve from it.
-pub(super) fn lock<R>(state: &Mutex<State<R>>) -> MutexGuard<'_, State<R>> {
-    match state.lock() {
-        Ok(guard) => guard,
-        Err(_) => {
-            eprintln!("credproxy: the engine lock was poisoned by a panic; aborting");
-            std::process::abort()
-        }
-    }
-}
-
 /// The parts of a running connection.
-pub(super) struct Connection<R> {
+pub(super) struct AsyncConn<R> {
     pub conn: ConnId,
     pub reader: Reader,
     pub writer: Writer,
     pub on_close: OnClose,
-    pub state: Arc<Mutex<State<R>>>,
+    pub shared: Arc<Shared<R>>,
     pub outbox: Receiver<Outgoing>,
     pub flow: Arc<Flow>,
     /// Tells the loop task the connection's task has ended.
@@ -77,7 +55,7 @@ enum Go {
     Stop,
 }
 
-impl<R: CryptoRng> Connection<R> {
+impl<R: CryptoRng> AsyncConn<R> {
     /// Runs the connection until it is closed, fails or is forgotten.
     pub async fn run(mut self) {
         let mut buf = vec![0u8; READ_FIRST];
@@ -86,10 +64,9 @@ impl<R: CryptoRng> Connection<R> {
             let step = {
                 let (outbox, reader) = (&self.outbox, &mut self.reader);
                 if reading && !self.flow.paused.load(Ordering::SeqCst) {
-                    smol::future::or(
-                        async { Step::Outgoing(outbox.recv().await.ok()) },
-                        async { Step::Read(reader.read(&mut buf).await) },
-                    )
+                    smol::future::or(async { Step::Outgoing(outbox.recv().await.ok()) }, async {
+                        Step::Read(reader.read(&mut buf).await)
+                    })
                     .await
                 } else {
                     Step::Outgoing(outbox.recv().await.ok())
@@ -130,12 +107,10 @@ impl<R: CryptoRng> Connection<R> {
         let _ = self.events.try_send(Event::ConnectionEnded);
     }
 
-    /// Runs `f` on the engine under the lock, then drains it.
+    /// Runs `f` on the engine (see [`drive`]).
     fn engine(&self, f: impl FnOnce(&mut State<R>, Now)) {
-        let mut state = lock(&self.state);
-        let now = state.now();
-        f(&mut state, now);
-        state.drain();
+        drive(&self.shared, Driver::Connection, f);
+        self.shared.audit.flush();
     }
 
     /// The connection failed: the engine forgets it.
@@ -165,8 +140,7 @@ impl<R: CryptoRng> Connection<R> {
             next = self.outbox.try_recv().ok();
         }
         if !batch.is_empty() {
-            if self.writer.write_all(&batch).await.is_err() || self.writer.flush().await.is_err()
-            {
+            if self.writer.write_all(&batch).await.is_err() || self.writer.flush().await.is_err() {
                 self.gone();
                 return Go::Stop;
             }

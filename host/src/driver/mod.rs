@@ -1,20 +1,23 @@
-//! The driver: runs the engine on smol and executes its outputs.
+//! The driver: runs the engine and executes its outputs.
 //!
-//! The [`Engine`] lives behind one lock ([`state`]). Each connection has a
-//! task on the I/O threads ([`workers`]) that reads its socket, hands what
-//! it read to the engine under the lock, and writes its replies
-//! ([`connection`]): the `get_token` hot path — read, decode, a store cache
-//! hit answered inline, encode, write — runs on one thread with no hand-off,
-//! and several connections are served on several cores at once while the
-//! engine itself stays single-owner.
+//! The [`Engine`] lives behind one lock ([`state`]); whoever holds it drives
+//! the engine and routes its outputs. Unix socket connections are served by
+//! the I/O threads ([`io_thread`], [`socket_conn`]): each owns its
+//! connections and its own poller, reads, drives the engine with what it
+//! read, and writes the replies itself — the `get_token` hot path (read,
+//! decode, a store cache hit, encode, write) runs on one thread without
+//! waking another, and connections on different threads are served on
+//! different cores at once. Other streams (stdio, embedders' boxed
+//! `AsyncRead`/`AsyncWrite` halves) get a task on the loop's executor
+//! ([`async_conn`]) that does the same with async I/O.
 //!
 //! The loop task ([`Driver::run`], on the caller's [`LocalExecutor`]) does
-//! the rest: it accepts new connections from the transports, sleeps until
-//! the engine's next deadline (woken early when a connection's handler
-//! moves it), and executes the effects that cannot be answered inline.
-//! Those that may block (store reads and writes, lock waits, HTTP) run on
-//! smol's blocking pool through [`Executor::execute`], their results coming
-//! back as [`Event::EffectDone`]. The loopback listener effects run on the
+//! the rest: it registers new connections, sleeps until the engine's next
+//! deadline (woken early when a connection's handler moves it), and
+//! executes the effects that cannot be answered inline. Those that may
+//! block (store reads and writes, lock waits, HTTP) run on smol's blocking
+//! pool through [`Executor::execute`], their results coming back as
+//! [`Event::EffectDone`]. The loopback listener effects run on the
 //! [`LocalExecutor`]: `StartListener` binds at once (a local bind does not
 //! wait) and answers `Listening(true|false)`; the driver keeps the running
 //! listeners by port and `StopListener` drops one. Each loopback `GET`
@@ -23,11 +26,15 @@
 //! listeners stop, every held store lock is released, and the connections
 //! get a bounded time to flush the replies already produced.
 //!
-//! Back-pressure and fairness are per connection: see [`connection`].
+//! Back-pressure and fairness are per connection: see [`socket_conn`] and
+//! [`async_conn`].
 
-mod connection;
+mod async_conn;
+mod audit_queue;
+mod io_thread;
+mod poller;
+mod socket_conn;
 mod state;
-mod workers;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -36,6 +43,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
+
+use self::audit_queue::AuditQueue;
 use std::time::Instant;
 
 use credproxy_core::{ConnId, Effect, EffectId, EffectResult, Engine, Peer};
@@ -44,10 +53,11 @@ use smol::channel::{Receiver, Sender, bounded, unbounded};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{LocalExecutor, Timer};
 
-use self::connection::{Connection, lock};
-use self::state::{ConnIo, Flow, State};
-use self::workers::Workers;
-pub use self::workers::default_threads;
+use self::async_conn::AsyncConn;
+use self::io_thread::IoThreads;
+pub use self::io_thread::default_threads;
+use self::socket_conn::SocketConn;
+use self::state::{ConnIo, Flow, Shared, State, drive, lock};
 use crate::audit_log::AuditLog;
 use crate::effects::Executor;
 use crate::loopback::{self, Incoming, Listener};
@@ -82,6 +92,14 @@ pub enum Event {
         /// Who is connected.
         peer: Peer,
     },
+    /// A transport accepted a Unix socket connection (served by the I/O
+    /// threads).
+    OpenSocket {
+        /// The connection.
+        stream: std::os::unix::net::UnixStream,
+        /// Who is connected.
+        peer: Peer,
+    },
     /// A transport refused a connection before it reached the engine.
     Refused {
         /// Short reason (audit outcome).
@@ -111,6 +129,13 @@ pub enum Event {
     Shutdown,
 }
 
+/// A connection the engine accepted.
+struct Registered {
+    conn: ConnId,
+    outbox: Receiver<state::Outgoing>,
+    flow: Arc<Flow>,
+}
+
 /// When the loop should end on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {
@@ -122,11 +147,11 @@ pub enum Lifetime {
 
 /// The engine with its connections, and the loop task's own state.
 pub struct Driver<R> {
-    state: Arc<Mutex<State<R>>>,
-    /// For effects on the blocking pool (a clone of the state's).
-    executor: Executor,
+    shared: Arc<Shared<R>>,
     events: Sender<Event>,
     io_threads: NonZeroUsize,
+    /// The I/O threads, once started.
+    io: Option<IoThreads>,
     /// Cloned into every connection task and dropped when it ends, so the
     /// receiver sees the channel close once every connection has flushed.
     writers_alive: Sender<()>,
@@ -161,12 +186,16 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         events: Sender<Event>,
     ) -> Driver<R> {
         let (writers_alive, writers_done) = bounded(1);
-        let state = State::new(engine, executor.clone(), audit, events.clone());
+        let state = State::new(engine, executor.clone(), events.clone());
         Driver {
-            state: Arc::new(Mutex::new(state)),
-            executor,
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                audit: AuditQueue::new(audit),
+                executor,
+            }),
             events,
             io_threads: default_threads(),
+            io: None,
             writers_alive,
             writers_done,
             listeners: BTreeMap::new(),
@@ -183,6 +212,19 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         self
     }
 
+    /// Starts the I/O threads now rather than in [`Driver::run`] (so that a
+    /// server announces its socket with all its resources in place).
+    ///
+    /// # Errors
+    ///
+    /// When a thread or its poller cannot be created.
+    pub fn start_io(&mut self) -> std::io::Result<()> {
+        if self.io.is_none() {
+            self.io = Some(IoThreads::start(self.io_threads, &self.shared)?);
+        }
+        Ok(())
+    }
+
     /// Runs until shutdown (or, for [`Lifetime::SingleConnection`], until
     /// the connection is closed). Fails only when the I/O threads cannot
     /// be started.
@@ -192,7 +234,10 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         rx: Receiver<Event>,
         lifetime: Lifetime,
     ) -> std::io::Result<()> {
-        let workers = Workers::start(self.io_threads)?;
+        self.start_io()?;
+        let Some(io) = self.io.take() else {
+            return Ok(());
+        };
         loop {
             let deadline = self.arm();
             let Some(event) = next_event(&rx, &mut self.timer, &mut self.timer_at, deadline).await
@@ -203,20 +248,20 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             if matches!(event, Event::Shutdown) {
                 break;
             }
-            self.handle(ex, &workers, event);
+            self.handle(ex, &io, event);
             if lifetime == Lifetime::SingleConnection {
-                let state = lock(&self.state);
+                let state = lock(&self.shared.state);
                 if state.served_one && state.conns.is_empty() {
                     break;
                 }
             }
         }
-        lock(&self.state).close_all();
+        lock(&self.shared.state).close_all();
         // Stop listening and let go of every store lock (a lock held for
         // work that will never finish would block other processes).
         self.listeners.clear();
-        lock(&self.state).loopback_replies.clear();
-        self.executor.locks().shutdown();
+        lock(&self.shared.state).loopback_replies.clear();
+        self.shared.executor.locks().shutdown();
         // Let the connections put the last replies on the wire first
         // (stdio EOF, shutdown); the I/O threads stop after.
         let Driver {
@@ -234,34 +279,33 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             },
         )
         .await;
-        drop(workers);
+        drop(io);
         Ok(())
     }
 
     /// Records the engine's next deadline as the one the loop sleeps
     /// until, and returns it as an OS instant.
     fn arm(&self) -> Option<Instant> {
-        let mut state = lock(&self.state);
+        let mut state = lock(&self.shared.state);
         state.armed = state.engine.poll_timeout();
         state.armed.map(|at| state.clock.instant_of(at))
     }
 
-    /// Runs `f` on the engine under the lock, then drains it.
+    /// Runs `f` on the engine (see [`drive`]).
     fn with_state(&self, f: impl FnOnce(&mut State<R>, credproxy_core::Now)) {
-        let mut state = lock(&self.state);
-        let now = state.now();
-        f(&mut state, now);
-        state.drain_outputs();
+        drive(&self.shared, state::Driver::Loop, f);
+        self.shared.audit.flush();
     }
 
-    fn handle(&mut self, ex: &LocalExecutor<'_>, workers: &Workers, event: Event) {
+    fn handle(&mut self, ex: &LocalExecutor<'_>, io: &IoThreads, event: Event) {
         match event {
             Event::Open {
                 reader,
                 writer,
                 on_close,
                 peer,
-            } => self.open(workers, reader, writer, on_close, peer),
+            } => self.open(ex, reader, writer, on_close, peer),
+            Event::OpenSocket { stream, peer } => self.open_socket(io, stream, peer),
             Event::Refused { reason } => {
                 let ev = credproxy_core::AuditEvent::new(
                     credproxy_core::Level::Warn,
@@ -269,7 +313,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                     "connection_refused",
                     reason,
                 );
-                lock(&self.state).audit.write(&ev);
+                self.shared.audit.log().write(&ev);
             }
             Event::Effect(id, effect) => self.effect(ex, id, effect),
             Event::EffectDone(id, result) => {
@@ -282,54 +326,78 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 reply,
             } => self.with_state(|s, now| {
                 s.loopback_replies.insert(request, reply);
-                s.engine.handle_loopback_request(request, port, &target, now);
+                s.engine
+                    .handle_loopback_request(request, port, &target, now);
             }),
             Event::Rearm | Event::ConnectionEnded | Event::Shutdown => {}
         }
     }
 
-    /// Registers a connection with the engine and starts its task.
-    fn open(&mut self, workers: &Workers, reader: Reader, writer: Writer, on_close: OnClose, peer: Peer) {
+    /// Registers a connection with the engine; `None` when it refused it.
+    fn register(&self, peer: Peer, owner: Option<Arc<io_thread::Handle>>) -> Option<Registered> {
         let (outbox_tx, outbox) = unbounded();
         let flow = Arc::new(Flow {
             unsent: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
         });
-        let conn: Option<ConnId> = {
-            let mut state = lock(&self.state);
-            let now = state.now();
-            match state.engine.handle_open(peer, now) {
-                Ok(conn) => {
-                    state.served_one = true;
-                    state.conns.insert(
-                        conn,
-                        ConnIo {
-                            outbox: outbox_tx,
-                            flow: flow.clone(),
-                        },
-                    );
-                    state.drain_outputs();
-                    Some(conn)
-                }
-                Err(_) => None,
-            }
+        let io = ConnIo {
+            outbox: outbox_tx,
+            flow: flow.clone(),
+            owner,
         };
-        let Some(conn) = conn else {
+        let mut opened: Option<ConnId> = None;
+        self.with_state(|state, now| {
+            if let Ok(conn) = state.engine.handle_open(peer, now) {
+                state.served_one = true;
+                state.conns.insert(conn, io);
+                opened = Some(conn);
+            }
+        });
+        opened.map(|conn| Registered { conn, outbox, flow })
+    }
+
+    /// Registers a stream connection and starts its task on `ex`.
+    fn open(
+        &mut self,
+        ex: &LocalExecutor<'_>,
+        reader: Reader,
+        writer: Writer,
+        on_close: OnClose,
+        peer: Peer,
+    ) {
+        let Some(Registered { conn, outbox, flow }) = self.register(peer, None) else {
             on_close();
             return;
         };
-        let task = Connection {
+        let task = AsyncConn {
             conn,
             reader,
             writer,
             on_close,
-            state: self.state.clone(),
+            shared: self.shared.clone(),
             outbox,
             flow,
             events: self.events.clone(),
             alive: self.writers_alive.clone(),
         };
-        workers.executor().spawn(task.run()).detach();
+        ex.spawn(task.run()).detach();
+    }
+
+    /// Registers a socket connection and hands it to an I/O thread.
+    fn open_socket(&mut self, io: &IoThreads, stream: std::os::unix::net::UnixStream, peer: Peer) {
+        let owner = io.pick();
+        let Some(Registered { conn, outbox, flow }) = self.register(peer, Some(owner.clone()))
+        else {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        };
+        match SocketConn::new(conn, stream, outbox, flow, self.writers_alive.clone()) {
+            Ok(socket) => IoThreads::adopt(&owner, socket),
+            Err(_) => self.with_state(|s, now| {
+                s.engine.handle_connection_gone(conn, now);
+                s.conns.remove(&conn);
+            }),
+        }
     }
 
     /// Executes an effect the engine could not have answered inline:
@@ -342,7 +410,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 EffectResult::Done
             }
             _ => {
-                let executor = self.executor.clone();
+                let executor = self.shared.executor.clone();
                 let events = self.events.clone();
                 ex.spawn(async move {
                     let result = smol::unblock(move || executor.execute(effect)).await;
@@ -388,7 +456,6 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             }
         }
     }
-
 }
 
 /// Reports on stderr a listener that could not start (the port and the
@@ -406,7 +473,6 @@ fn log_listener_error(port: u16, error: &std::io::Error) {
     });
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
-
 
 /// Waits for an event, or returns `None` when the timer fires. The timer
 /// is re-armed only when the deadline changed: setting a timer registers

@@ -8,20 +8,25 @@
 //! engine's output queue is empty whenever the lock is free. Outputs are
 //! routed under the lock — bytes into the target connection's outbox (a
 //! FIFO channel, so replies keep the engine's order whichever thread writes
-//! them), effects executed inline when they cannot block and otherwise
-//! forwarded to the loop task — and written to sockets after it is
-//! released.
+//! them), audit lines into the [`AuditQueue`], store cache lookups set
+//! aside, other effects that cannot block executed, the rest forwarded to
+//! the loop task. After the lock is released ([`drive`]) the audit lines
+//! are written and the cache lookups done (each costs a system call that
+//! would otherwise hold up every other connection), their results handed
+//! to the engine under the lock again; sockets are written by the
+//! connections' tasks.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use credproxy_core::{ConnId, Effect, Engine, Mono, Now, Output};
+use credproxy_core::{ConnId, Effect, EffectId, Engine, Mono, Now, Output};
 use rand_core::CryptoRng;
 use smol::channel::Sender;
 
+use super::audit_queue::AuditQueue;
+use super::io_thread::Handle;
 use super::{Event, MAX_UNSENT};
-use crate::audit_log::AuditLog;
 use crate::clock::Clock;
 use crate::effects::Executor;
 use crate::loopback;
@@ -43,25 +48,105 @@ pub(super) struct Flow {
 }
 
 /// The engine's side of a connection. Dropping it closes the outbox,
-/// which ends the connection's task.
+/// which ends an async connection's task.
 pub(super) struct ConnIo {
     pub outbox: Sender<Outgoing>,
     pub flow: Arc<Flow>,
+    /// The I/O thread serving a socket connection, told when the outbox
+    /// has something (an async connection's task waits on the outbox).
+    pub owner: Option<Arc<Handle>>,
+}
+
+impl ConnIo {
+    fn push(&self, conn: ConnId, item: Outgoing) {
+        let _ = self.outbox.try_send(item);
+        if let Some(owner) = &self.owner {
+            owner.mark_dirty(conn);
+        }
+    }
+}
+
+/// What the loop task and the connections' tasks share.
+pub(super) struct Shared<R> {
+    /// The engine lock.
+    pub state: Mutex<State<R>>,
+    pub audit: AuditQueue,
+    pub executor: Executor,
+}
+
+/// Locks the engine. A panic while it was held leaves the engine in an
+/// unknown state: the process stops rather than serve from it.
+pub(super) fn lock<R>(state: &Mutex<State<R>>) -> MutexGuard<'_, State<R>> {
+    match state.lock() {
+        Ok(guard) => guard,
+        Err(_) => {
+            eprintln!("credproxy: the engine lock was poisoned by a panic; aborting");
+            std::process::abort()
+        }
+    }
+}
+
+/// Who is driving the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Driver {
+    /// The loop task, which re-arms its timer itself.
+    Loop,
+    /// A connection's task: the loop task is woken if its timer must fire
+    /// earlier.
+    Connection,
+}
+
+/// Runs `f` on the engine under the lock and drains it; then, with the
+/// lock released, performs the cache lookups the engine asked for, handing
+/// their results back under the lock, until nothing is left. The audit
+/// lines are staged, not written: the caller calls [`AuditQueue::flush`]
+/// once it has no more work at hand (one write for a batch of requests).
+pub(super) fn drive<R: CryptoRng>(
+    shared: &Shared<R>,
+    by: Driver,
+    f: impl FnOnce(&mut State<R>, Now),
+) {
+    let mut lookups = {
+        let mut state = lock(&shared.state);
+        let now = state.now();
+        f(&mut state, now);
+        state.drain(&shared.audit, by)
+    };
+    while !lookups.is_empty() {
+        let results: Vec<_> = lookups
+            .drain(..)
+            .map(|(id, effect)| (id, shared.executor.try_inline(&effect).ok_or(effect)))
+            .collect();
+        lookups = {
+            let mut state = lock(&shared.state);
+            let now = state.now();
+            for (id, result) in results {
+                match result {
+                    Ok(result) => state.engine.handle_effect_result(id, result, now),
+                    // Not in the cache: the loop task reads the store.
+                    Err(effect) => state.forward(id, effect),
+                }
+            }
+            state.drain(&shared.audit, by)
+        };
+    }
 }
 
 /// Everything the engine lock protects.
 pub(super) struct State<R> {
     pub engine: Engine<R>,
     pub executor: Executor,
-    pub audit: Arc<AuditLog>,
     pub clock: Clock,
     pub conns: BTreeMap<ConnId, ConnIo>,
     /// The loop task's channel: forwarded effects and deadline changes.
     pub events: Sender<Event>,
     /// A connection has been opened (for [`super::Lifetime::SingleConnection`]).
     pub served_one: bool,
-    /// Audit lines of the current drain, written with one system call.
+    /// Audit lines of the current drain.
     audit_lines: Vec<u8>,
+    /// Store cache lookups of the current drain, done after the lock is
+    /// released.
+    lookups: Vec<(EffectId, Effect)>,
     /// Loopback requests waiting for the engine's reply, by request id.
     pub loopback_replies: BTreeMap<u64, Sender<loopback::Reply>>,
     /// The deadline the loop task sleeps until (`None`: no deadline). A
@@ -70,16 +155,16 @@ pub(super) struct State<R> {
 }
 
 impl<R: CryptoRng> State<R> {
-    pub fn new(engine: Engine<R>, executor: Executor, audit: Arc<AuditLog>, events: Sender<Event>) -> State<R> {
+    pub fn new(engine: Engine<R>, executor: Executor, events: Sender<Event>) -> State<R> {
         State {
             engine,
             executor,
-            audit,
             clock: Clock::start(),
             conns: BTreeMap::new(),
             events,
             served_one: false,
             audit_lines: Vec::new(),
+            lookups: Vec::new(),
             loopback_replies: BTreeMap::new(),
             armed: None,
         }
@@ -91,20 +176,15 @@ impl<R: CryptoRng> State<R> {
         self.clock.now()
     }
 
-    /// Drains the engine's outputs and wakes the loop task if its timer
-    /// must fire earlier (for handlers run outside the loop task).
-    pub fn drain(&mut self) {
-        self.drain_outputs();
-        self.wake_loop_if_earlier();
-    }
-
-    /// Drains the engine's outputs.
-    pub fn drain_outputs(&mut self) {
+    /// Drains the engine's outputs, stages the audit lines, wakes the loop
+    /// task if its timer must fire earlier (when not driven by it), and
+    /// returns the cache lookups to do once the lock is released.
+    pub fn drain(&mut self, audit: &AuditQueue, by: Driver) -> Vec<(EffectId, Effect)> {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Send { conn, bytes } => self.send(conn, bytes),
                 Output::Close { conn } => self.forget(conn),
-                Output::Audit(event) => self.audit.encode_into(&event, &mut self.audit_lines),
+                Output::Audit(event) => audit.log().encode_into(&event, &mut self.audit_lines),
                 Output::Effect { id, effect } => self.effect(id, effect),
                 Output::LoopbackReply {
                     request,
@@ -119,36 +199,47 @@ impl<R: CryptoRng> State<R> {
                 _ => {}
             }
         }
-        self.audit.write_bytes(&self.audit_lines);
-        self.audit_lines.clear();
+        audit.stage(&mut self.audit_lines);
+        if by == Driver::Connection {
+            self.wake_loop_if_earlier();
+        }
+        std::mem::take(&mut self.lookups)
     }
 
     /// Drops the connection's outbox after queueing a close: its task
     /// writes what is queued, closes, and ends.
     pub fn forget(&mut self, conn: ConnId) {
         if let Some(io) = self.conns.remove(&conn) {
-            let _ = io.outbox.try_send(Outgoing::Close);
+            io.push(conn, Outgoing::Close);
         }
     }
 
     /// Queues a close on every connection.
     pub fn close_all(&mut self) {
-        for (_, io) in std::mem::take(&mut self.conns) {
-            let _ = io.outbox.try_send(Outgoing::Close);
+        for (conn, io) in std::mem::take(&mut self.conns) {
+            io.push(conn, Outgoing::Close);
         }
     }
 
-    /// Executes an effect inline when it cannot block; forwards it to the
-    /// loop task otherwise (which owns the listeners and spawns the rest on
-    /// the blocking pool).
-    fn effect(&mut self, id: credproxy_core::EffectId, effect: Effect) {
-        if let Some(result) = self.executor.try_inline(&effect) {
+    /// Sets a store cache lookup aside for after the lock; executes the
+    /// other effects that cannot block (a lock release, in emission order);
+    /// forwards the rest to the loop task (which owns the listeners and
+    /// spawns the rest on the blocking pool).
+    fn effect(&mut self, id: EffectId, effect: Effect) {
+        if matches!(effect, Effect::TokenGet { fresh: false, .. }) {
+            self.lookups.push((id, effect));
+        } else if let Some(result) = self.executor.try_inline(&effect) {
             let now = self.now();
             self.engine.handle_effect_result(id, result, now);
         } else {
-            // Unbounded: fails only once the loop task is gone.
-            let _ = self.events.try_send(Event::Effect(id, effect));
+            self.forward(id, effect);
         }
+    }
+
+    /// Hands an effect to the loop task.
+    pub fn forward(&mut self, id: EffectId, effect: Effect) {
+        // Unbounded: fails only once the loop task is gone.
+        let _ = self.events.try_send(Event::Effect(id, effect));
     }
 
     /// Queues `bytes` for `conn`; pauses its reading above [`MAX_UNSENT`].
@@ -158,7 +249,7 @@ impl<R: CryptoRng> State<R> {
         };
         let len = bytes.len();
         let unsent = io.flow.unsent.fetch_add(len, Ordering::SeqCst) + len;
-        let _ = io.outbox.try_send(Outgoing::Bytes(bytes));
+        io.push(conn, Outgoing::Bytes(bytes));
         if unsent > MAX_UNSENT && !io.flow.paused.swap(true, Ordering::SeqCst) {
             let now = self.now();
             self.engine.handle_pause_reading(conn, now);

@@ -136,6 +136,24 @@ pub fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// What the server's descriptors point at (for failure messages).
+#[must_use]
+pub fn fd_targets(pid: u32) -> Vec<String> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut targets: Vec<String> = dir
+        .filter_map(Result::ok)
+        .map(|e| {
+            let target =
+                fs::read_link(e.path()).map_or_else(|_| "?".into(), |t| t.display().to_string());
+            format!("{}={target}", e.file_name().to_string_lossy())
+        })
+        .collect();
+    targets.sort();
+    targets
+}
+
 /// `hex(s)`, as the store names its files.
 #[must_use]
 pub fn hex(s: &str) -> String {
@@ -312,8 +330,9 @@ impl Target {
             assert!(
                 Instant::now() < deadline,
                 "{}: the server still holds {last} descriptors {LIMIT:?} after the \
-                 clients left (baseline {base})",
-                self.name
+                 clients left (baseline {base}): {:?}",
+                self.name,
+                fd_targets(pid)
             );
             thread::sleep(Duration::from_millis(10));
         }
