@@ -3,6 +3,7 @@
 //! and encode the reply.
 
 use credproxy_core::frame::{self, FrameDecoder};
+use credproxy_core::request;
 use credproxy_core::{Config, ConnId, EffectResult, Engine, Now, Output, Peer, Token, Transport};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -66,7 +67,8 @@ fn get_token_round_trip(bencher: divan::Bencher) {
     });
 }
 
-/// Decoding alone: one `get_token` frame.
+/// Decoding alone: one `get_token` frame, parsed into a `serde_json` map
+/// (what clients do with replies).
 #[divan::bench]
 fn decode_get_token_frame(bencher: divan::Bencher) {
     let request = frame::encode(
@@ -76,6 +78,21 @@ fn decode_get_token_frame(bencher: divan::Bencher) {
     bencher.bench_local(|| {
         let mut input = divan::black_box(&request[..]);
         dec.decode(&mut input).ok().flatten().map(|m| m.len())
+    });
+}
+
+/// What the engine does with the same frame: the payload bytes, decoded
+/// borrowed into a `Request` (no `serde_json::Value`).
+#[divan::bench]
+fn parse_get_token_request(bencher: divan::Bencher) {
+    let request = frame::encode(
+        &json!({"v":2,"id":"6f1c9b1e-5b7a-4d0e-9a39-1c2f3e4d5a6b","op":"get_token","payload":{"provider":"anthropic"}}),
+    );
+    let mut dec = FrameDecoder::new(65_536);
+    bencher.bench_local(|| {
+        let mut input = divan::black_box(&request[..]);
+        let payload = dec.decode_payload(&mut input).ok().flatten()?;
+        request::parse(&payload).ok().map(|r| r.id.is_some())
     });
 }
 

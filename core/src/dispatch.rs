@@ -21,19 +21,21 @@ use crate::op::Op;
 use crate::ops::{self, Start};
 use crate::payload;
 use crate::reply::{Answer, Failure, encode_reply};
+use crate::request::{Field, PayloadField, Request};
 
 impl<R: CryptoRng> Engine<R> {
     /// Handles one request frame on an open connection.
-    pub(crate) fn dispatch(&mut self, conn: ConnId, accepted: Accepted, frame: Map<String, Value>) {
-        let id = frame.get("id").and_then(payload::id_string);
-        let op_name = frame
-            .get("op")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
+    pub(crate) fn dispatch(&mut self, conn: ConnId, accepted: Accepted, frame: Request<'_>) {
+        let id = frame.id.as_ref().and_then(payload::field_id);
+        let op_name = match &frame.op {
+            Some(Field::Str(s)) if !s.is_empty() => Some(&**s),
+            _ => None,
+        };
         let (Some(id), Some(op_name)) = (id, op_name) else {
             let echo = frame
-                .get("id")
-                .and_then(payload::id_string)
+                .id
+                .as_ref()
+                .and_then(payload::field_id)
                 .unwrap_or_else(|| "unknown".into());
             let f = Failure::new(ErrorCode::InvalidRequest, "Missing request id or op");
             return self.send_answer(conn, accepted.version, &echo, "invalid", &Err(f));
@@ -57,7 +59,7 @@ impl<R: CryptoRng> Engine<R> {
             let f = Failure::rate_limited("Too many requests", secs);
             return self.send_answer(conn, accepted.version, &id, op.into(), &Err(f));
         }
-        let payload = frame.get("payload");
+        let payload = frame.payload.as_ref();
         if op == Op::Cancel {
             return self.cancel(conn, accepted.version, &id, payload);
         }
@@ -70,9 +72,8 @@ impl<R: CryptoRng> Engine<R> {
         let answer = match ops::start(op, sandbox, &self.config.policy, payload) {
             Start::Answer(answer) => Some(answer),
             Start::Work(work) => {
-                let task = self.attach_task(conn, id.clone(), op, work);
-                self.begin(task);
-                None
+                let task = self.attach_task(conn, id, op, work);
+                return self.begin(task);
             }
             Start::Initiate(key) => self.oauth_initiate(conn, id.clone(), owner, key),
             Start::Exchange { sid, code } => {
@@ -109,7 +110,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// `cancel {targetId}`: detaches the target, which gets its single
     /// `CANCELLED` reply before the cancel's own reply.
-    fn cancel(&mut self, conn: ConnId, version: u8, id: &str, raw: Option<&Value>) {
+    fn cancel(&mut self, conn: ConnId, version: u8, id: &str, raw: Option<&PayloadField<'_>>) {
         let target = payload::as_object(raw).and_then(payload::target_id);
         let target = match target {
             Ok(t) => t,
@@ -128,7 +129,7 @@ impl<R: CryptoRng> Engine<R> {
         }
         let mut data = Map::new();
         data.insert("cancelled".into(), Value::Bool(cancelled));
-        self.send_answer(conn, version, id, "cancel", &Ok(data));
+        self.send_answer(conn, version, id, "cancel", &Ok(data.into()));
     }
 
     /// Encodes and queues one reply, with an audit event naming `op`.

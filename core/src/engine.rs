@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{Connection, Phase};
 use crate::discovery::Endpoints;
 use crate::effect::{Effect, EffectId, EffectResult};
-use crate::frame::{FrameDecoder, encode_payload};
+use crate::frame::{self, DecodeError, FrameDecoder, encode_payload};
 use crate::handshake::{self, TokenDigest};
 use crate::keylock::{Key, KeyLocks};
 use crate::login::LoopbackListener;
@@ -21,6 +21,7 @@ use crate::peer::Peer;
 use crate::rate::TokenBucket;
 use crate::refresh::Refreshing;
 use crate::renewal::Renewal;
+use crate::request;
 use crate::session::{Owner, Session};
 use crate::stats::Stats;
 use crate::task::{Task, TaskId};
@@ -293,27 +294,52 @@ impl<R: CryptoRng> Engine<R> {
             if c.read_closed {
                 return;
             }
-            match c.decoder.decode(&mut input) {
-                Ok(Some(frame)) => {
-                    // The frame whose deadline ran (or was suspended) is done.
-                    c.partial_left_ms = None;
-                    self.timers.cancel(TimerKey::PartialFrame(conn));
-                    self.on_frame(conn, frame);
-                }
+            let handled = match c.decoder.decode_payload(&mut input) {
+                Ok(Some(payload)) => self.on_payload(conn, &payload),
                 Ok(None) => break,
-                Err(e) => {
-                    self.audit(AuditEvent::new(
-                        Level::Warn,
-                        Some(conn),
-                        "frame_decode_error",
-                        e.reason(),
-                    ));
-                    self.close(conn);
-                    return;
-                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = handled {
+                self.audit(AuditEvent::new(
+                    Level::Warn,
+                    Some(conn),
+                    "frame_decode_error",
+                    e.reason(),
+                ));
+                self.close(conn);
+                return;
             }
         }
         self.arm_partial_deadline(conn);
+    }
+
+    /// Parses a complete frame as its connection's phase expects (the
+    /// handshake as an object, requests borrowed) and handles it.
+    fn on_payload(&mut self, conn: ConnId, payload: &[u8]) -> Result<(), DecodeError> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        match c.phase {
+            Phase::AwaitingHandshake => {
+                let frame = frame::parse_object(payload)?;
+                self.frame_done(conn);
+                self.on_handshake(conn, &frame);
+            }
+            Phase::Open(accepted) => {
+                let request = request::parse(payload)?;
+                self.frame_done(conn);
+                self.dispatch(conn, accepted, request);
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame whose deadline ran (or was suspended) is done.
+    fn frame_done(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.partial_left_ms = None;
+        }
+        self.timers.cancel(TimerKey::PartialFrame(conn));
     }
 
     /// Starts the partial-frame deadline when a frame has started. While
@@ -333,16 +359,6 @@ impl<R: CryptoRng> Engine<R> {
         } else if self.timers.get(key).is_none() {
             let at = self.now.mono.plus(self.config.limits.partial_frame_ms);
             self.timers.set(key, at);
-        }
-    }
-
-    fn on_frame(&mut self, conn: ConnId, frame: serde_json::Map<String, serde_json::Value>) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        match c.phase {
-            Phase::AwaitingHandshake => self.on_handshake(conn, &frame),
-            Phase::Open(accepted) => self.dispatch(conn, accepted, frame),
         }
     }
 

@@ -14,6 +14,8 @@
 //! - a frame that is wholly contained in one input chunk is parsed straight
 //!   from that chunk without copying.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 /// Size of the length prefix.
@@ -89,6 +91,20 @@ impl FrameDecoder {
     /// once `input` is exhausted without completing a frame. Call it again
     /// with the remaining input to get further frames.
     pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Map<String, Value>>, DecodeError> {
+        match self.decode_payload(input)? {
+            Some(payload) => parse_object(&payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`FrameDecoder::decode`] without the parse: the payload bytes of the
+    /// next complete frame, borrowed from `input` when the frame is wholly
+    /// in it. For callers that parse frames into their own types (the
+    /// engine decodes requests borrowed, see `request`).
+    pub fn decode_payload<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+    ) -> Result<Option<Cow<'a, [u8]>>, DecodeError> {
         let Some(len) = self.read_header(input)? else {
             return Ok(None);
         };
@@ -96,7 +112,7 @@ impl FrameDecoder {
             let (payload, rest) = input.split_at(len);
             *input = rest;
             self.reset();
-            return parse_object(payload).map(Some);
+            return Ok(Some(Cow::Borrowed(payload)));
         }
         let take = (len - self.body.len()).min(input.len());
         self.grow_body(len, take);
@@ -107,7 +123,7 @@ impl FrameDecoder {
         }
         let body = std::mem::take(&mut self.body);
         self.reset();
-        parse_object(&body).map(Some)
+        Ok(Some(Cow::Owned(body)))
     }
 
     /// Completes the header from `input`; returns the body length once known.
@@ -152,7 +168,8 @@ impl FrameDecoder {
     }
 }
 
-fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
+/// Parses a frame's payload as a JSON object.
+pub fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(DecodeError::NotObject),

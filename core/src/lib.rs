@@ -98,10 +98,10 @@
 //!
 //! ## Layout
 //!
-//! One concern per module: [`frame`] (framing), [`handshake`], [`payload`]
-//! (schemas), [`reply`] (envelopes and the size guard), `dispatch`
-//! (envelope checks and `cancel`), `ops` (per-operation policy and
-//! validation), `work` (requests waiting on effects), [`keylock`] (write
+//! One concern per module: [`frame`] (framing), [`handshake`], [`request`]
+//! (borrowed decoding of request frames), [`payload`] (schemas), [`reply`]
+//! (envelopes and the size guard), `dispatch` (envelope checks and
+//! `cancel`), `ops` (per-operation policy and validation), `work` (requests waiting on effects), [`keylock`] (write
 //! serialization per key), [`rate`], [`timer`], [`token`] (sanitize and
 //! merge), [`audit`], [`effect`], [`config`].
 //!
@@ -148,6 +148,7 @@ pub mod rate;
 mod refresh;
 pub mod renewal;
 pub mod reply;
+pub mod request;
 pub mod secret;
 pub mod session;
 mod stats;

@@ -22,7 +22,7 @@ use crate::oauth_reply::{DeviceGrant, Pasted, with_codex_account};
 use crate::op::Op;
 use crate::pkce;
 use crate::provider::{BodyEncoding, Dialect, FlowType, ProviderSpec};
-use crate::reply::{Answer, Failure};
+use crate::reply::{Answer, Data, Failure};
 use crate::secret::Secret;
 use crate::session::{Outcome, Owner, Session, Step, TransitionError};
 use crate::task::{ReplyTo, Task, TaskId, Work};
@@ -396,7 +396,7 @@ impl<R: CryptoRng> Engine<R> {
                 }
             },
         }
-        self.finish(task, Ok(data));
+        self.finish(task, Ok(data.into()));
     }
 
     fn device_authorization(&self, spec: &ProviderSpec, sid: &str) -> http::HttpRequest {
@@ -856,7 +856,7 @@ impl<R: CryptoRng> Engine<R> {
         if attached {
             self.drop_session(sid);
             let answer = match outcome {
-                Outcome::Token(t) => Ok(t.sanitized()),
+                Outcome::Token(t) => Ok(Data::Token(t)),
                 Outcome::Failed(f) => Err(f),
             };
             return self.finish(task, answer);
@@ -867,7 +867,7 @@ impl<R: CryptoRng> Engine<R> {
             self.timers.cancel(TimerKey::DevicePoll(serial));
         }
         self.release_listener_if_unused(sid);
-        self.finish(task, Ok(Map::new()));
+        self.finish(task, Ok(Map::new().into()));
     }
 
     /// `oauth_poll {session_id}`: reads the session, never waits.
@@ -893,15 +893,16 @@ impl<R: CryptoRng> Engine<R> {
             if slowed {
                 data.insert("interval".into(), Value::from(interval.div_ceil(1000)));
             }
-            return Ok(data);
+            return Ok(data.into());
         }
         let outcome = session.collect().map_err(|_| not_found())?;
         self.drop_session(sid);
         match outcome {
             Outcome::Token(t) => Ok(object(vec![
                 ("status", Value::from("complete")),
-                ("token", Value::Object(t.sanitized())),
-            ])),
+                ("token", Value::Object(t.into_sanitized())),
+            ])
+            .into()),
             Outcome::Failed(f) => Err(f),
         }
     }
@@ -914,7 +915,7 @@ impl<R: CryptoRng> Engine<R> {
         if self.sessions.get(sid).is_some_and(|s| s.owner == owner) {
             self.drop_session(sid);
         }
-        Ok(Map::new())
+        Ok(Map::new().into())
     }
 
     /// Checks that `sid` names a live session of `owner`; an expired one is

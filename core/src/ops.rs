@@ -14,7 +14,8 @@ use crate::error::ErrorCode;
 use crate::keylock::Key;
 use crate::op::Op;
 use crate::payload::{self, DEFAULT_BUCKET, FieldError};
-use crate::reply::{Answer, Failure};
+use crate::reply::{Answer, Data, Failure};
+use crate::request::{Field, Payload, PayloadField};
 use crate::task::{Work, WriteStep};
 
 /// How a request proceeds.
@@ -92,7 +93,7 @@ pub(crate) fn filter_allowed(
 }
 
 /// Validated `provider` + `bucket`, allow-listed.
-fn key_of(policy: &Policy, p: Option<&Map<String, Value>>) -> Result<Key, Failure> {
+fn key_of(policy: &Policy, p: Option<&Payload<'_>>) -> Result<Key, Failure> {
     let key = Key::new(payload::provider(p)?, payload::bucket(p)?);
     allowed(policy, &key)?;
     Ok(key)
@@ -121,7 +122,7 @@ fn strict_refusal(op: Op) -> Option<&'static str> {
 }
 
 /// The answers a sandbox gets before validation (SPEC §3.5).
-fn sandbox_answer(op: Op, policy: &Policy, raw: Option<&Value>) -> Option<Answer> {
+fn sandbox_answer(op: Op, policy: &Policy, raw: Option<&PayloadField<'_>>) -> Option<Answer> {
     if let Some(msg) = sandbox_refusal(op) {
         return Some(Err(Failure::new(ErrorCode::Forbidden, msg)));
     }
@@ -130,24 +131,31 @@ fn sandbox_answer(op: Op, policy: &Policy, raw: Option<&Value>) -> Option<Answer
     {
         return Some(Err(Failure::new(ErrorCode::Forbidden, msg)));
     }
-    Some(Ok(match op {
+    Some(Ok(Data::Object(match op {
         Op::ListProviders => names("providers", Vec::new()),
         Op::ListBuckets => names("buckets", Vec::new()),
         Op::ListApiKeys => names("keys", Vec::new()),
         Op::GetBucketStats => {
-            let bucket = raw
-                .and_then(|p| p.get("bucket"))
-                .and_then(Value::as_str)
-                .filter(|b| !b.is_empty())
-                .unwrap_or(DEFAULT_BUCKET);
+            let bucket = match raw {
+                Some(PayloadField::Object(p)) => match p.get("bucket") {
+                    Some(Field::Str(b)) if !b.is_empty() => b,
+                    _ => DEFAULT_BUCKET,
+                },
+                _ => DEFAULT_BUCKET,
+            };
             object(json!({"bucket": bucket, "requestCount": 0, "percentage": 0}))
         }
         _ => return None,
-    }))
+    })))
 }
 
 /// Decides how a request for `op` (never `cancel`) proceeds.
-pub(crate) fn start(op: Op, sandbox: bool, policy: &Policy, raw_payload: Option<&Value>) -> Start {
+pub(crate) fn start(
+    op: Op,
+    sandbox: bool,
+    policy: &Policy,
+    raw_payload: Option<&PayloadField<'_>>,
+) -> Start {
     if sandbox && let Some(answer) = sandbox_answer(op, policy, raw_payload) {
         return Start::Answer(answer);
     }
@@ -157,7 +165,12 @@ pub(crate) fn start(op: Op, sandbox: bool, policy: &Policy, raw_payload: Option<
     }
 }
 
-fn validate(op: Op, sandbox: bool, policy: &Policy, raw: Option<&Value>) -> Result<Start, Failure> {
+fn validate(
+    op: Op,
+    sandbox: bool,
+    policy: &Policy,
+    raw: Option<&PayloadField<'_>>,
+) -> Result<Start, Failure> {
     let p = payload::as_object(raw)?;
     let work = match op {
         Op::GetToken => Work::GetToken {

@@ -7,9 +7,13 @@
 //!   invalid (`Invalid <field>`);
 //! - an absent or empty `bucket` is `"default"`;
 //! - unknown fields are ignored.
+//!
+//! The rules read a request's [`Payload`], decoded borrowed from the frame
+//! (see [`crate::request`]).
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::request::{Field, Payload, PayloadField};
 use crate::token::Token;
 
 /// The bucket used when a request names none.
@@ -45,29 +49,42 @@ pub fn is_falsy(v: &Value) -> bool {
     }
 }
 
-/// The payload as an object: absent or `null` is `{}`, any other non-object
-/// is `Invalid payload`.
-pub fn as_object(payload: Option<&Value>) -> Result<Option<&Map<String, Value>>, FieldError> {
-    match payload {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(map)) => Ok(Some(map)),
-        Some(_) => Err(FieldError::Invalid("payload")),
+/// [`is_falsy`] for a decoded field.
+#[must_use]
+pub fn is_falsy_field(f: &Field<'_>) -> bool {
+    match f {
+        Field::Str(s) => s.is_empty(),
+        Field::Other(v) => is_falsy(v),
     }
 }
 
-fn field<'a>(payload: Option<&'a Map<String, Value>>, name: &str) -> Option<&'a Value> {
-    payload.and_then(|p| p.get(name)).filter(|v| !is_falsy(v))
+/// The payload as an object: absent or `null` is `{}`, any other non-object
+/// is `Invalid payload`.
+pub fn as_object<'p, 'a>(
+    payload: Option<&'p PayloadField<'a>>,
+) -> Result<Option<&'p Payload<'a>>, FieldError> {
+    match payload {
+        None | Some(PayloadField::Other(Value::Null)) => Ok(None),
+        Some(PayloadField::Object(p)) => Ok(Some(p)),
+        Some(PayloadField::Other(_)) => Err(FieldError::Invalid("payload")),
+    }
+}
+
+fn field<'p, 'a>(payload: Option<&'p Payload<'a>>, name: &str) -> Option<&'p Field<'a>> {
+    payload
+        .and_then(|p| p.get(name))
+        .filter(|f| !is_falsy_field(f))
 }
 
 /// A required string field.
-pub fn required_str<'a>(
-    payload: Option<&'a Map<String, Value>>,
+pub fn required_str<'p>(
+    payload: Option<&'p Payload<'_>>,
     name: &'static str,
-) -> Result<&'a str, FieldError> {
+) -> Result<&'p str, FieldError> {
     match field(payload, name) {
         None => Err(FieldError::Missing(name)),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(FieldError::Invalid(name)),
+        Some(Field::Str(s)) => Ok(s),
+        Some(Field::Other(_)) => Err(FieldError::Invalid(name)),
     }
 }
 
@@ -90,7 +107,7 @@ pub fn is_key_name(s: &str) -> bool {
 }
 
 /// The required `provider` field, validated as a store name.
-pub fn provider(payload: Option<&Map<String, Value>>) -> Result<String, FieldError> {
+pub fn provider(payload: Option<&Payload<'_>>) -> Result<String, FieldError> {
     let p = required_str(payload, "provider")?;
     if is_store_name(p) {
         Ok(p.to_owned())
@@ -100,16 +117,16 @@ pub fn provider(payload: Option<&Map<String, Value>>) -> Result<String, FieldErr
 }
 
 /// The optional `bucket` field; absent or empty means [`DEFAULT_BUCKET`].
-pub fn bucket(payload: Option<&Map<String, Value>>) -> Result<String, FieldError> {
+pub fn bucket(payload: Option<&Payload<'_>>) -> Result<String, FieldError> {
     match field(payload, "bucket") {
         None => Ok(DEFAULT_BUCKET.to_owned()),
-        Some(Value::String(b)) if is_store_name(b) => Ok(b.clone()),
+        Some(Field::Str(b)) if is_store_name(b) => Ok(b.to_string()),
         Some(_) => Err(FieldError::Invalid("bucket")),
     }
 }
 
 /// The required API key `name` field.
-pub fn key_name(payload: Option<&Map<String, Value>>) -> Result<String, FieldError> {
+pub fn key_name(payload: Option<&Payload<'_>>) -> Result<String, FieldError> {
     let n = required_str(payload, "name")?;
     if is_key_name(n) {
         Ok(n.to_owned())
@@ -137,11 +154,21 @@ pub fn id_string(v: &Value) -> Option<String> {
     }
 }
 
+/// [`id_string`] for a decoded field.
+#[must_use]
+pub fn field_id(f: &Field<'_>) -> Option<String> {
+    match f {
+        Field::Str(s) if s.is_empty() => None,
+        Field::Str(s) => Some(s.to_string()),
+        Field::Other(v) => id_string(v),
+    }
+}
+
 /// The required `targetId` of `cancel`.
-pub fn target_id(payload: Option<&Map<String, Value>>) -> Result<String, FieldError> {
+pub fn target_id(payload: Option<&Payload<'_>>) -> Result<String, FieldError> {
     match field(payload, "targetId") {
         None => Err(FieldError::Missing("targetId")),
-        Some(v) => id_string(v).ok_or(FieldError::Invalid("targetId")),
+        Some(f) => field_id(f).ok_or(FieldError::Invalid("targetId")),
     }
 }
 
@@ -170,28 +197,34 @@ pub fn token(value: &Value) -> Result<Token, FieldError> {
 }
 
 /// `save_token {provider, token, bucket?}`.
-pub fn save_token(
-    payload: Option<&Map<String, Value>>,
-) -> Result<(String, String, Token), FieldError> {
+pub fn save_token(payload: Option<&Payload<'_>>) -> Result<(String, String, Token), FieldError> {
     let missing = FieldError::Missing("provider or token");
     let (Some(p), Some(t)) = (field(payload, "provider"), field(payload, "token")) else {
         return Err(missing);
     };
     let provider = match p {
-        Value::String(s) if is_store_name(s) => s.clone(),
+        Field::Str(s) if is_store_name(s) => s.to_string(),
         _ => return Err(FieldError::Invalid("provider")),
     };
-    let token = token(t)?;
+    let token = match t {
+        Field::Other(v) => token(v)?,
+        Field::Str(_) => return Err(FieldError::Invalid("token")),
+    };
     Ok((provider, bucket(payload)?, token))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
     use serde_json::json;
 
-    fn p(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
+    fn p(v: Value) -> Payload<'static> {
+        Payload::deserialize(v).unwrap()
+    }
+
+    fn raw(v: Value) -> PayloadField<'static> {
+        PayloadField::deserialize(v).unwrap()
     }
 
     #[test]
@@ -240,14 +273,18 @@ mod tests {
     #[test]
     fn payload_shapes() {
         assert_eq!(as_object(None), Ok(None));
-        assert_eq!(as_object(Some(&json!(null))), Ok(None));
+        assert_eq!(as_object(Some(&raw(json!(null)))), Ok(None));
         assert_eq!(
-            as_object(Some(&json!([1]))),
+            as_object(Some(&raw(json!([1])))),
             Err(FieldError::Invalid("payload"))
         );
         assert_eq!(
-            as_object(Some(&json!("x"))).unwrap_err().to_string(),
+            as_object(Some(&raw(json!("x")))).unwrap_err().to_string(),
             "Invalid payload"
+        );
+        assert_eq!(
+            as_object(Some(&raw(json!({"provider":"a"})))),
+            Ok(Some(&p(json!({"provider":"a"}))))
         );
     }
 
@@ -261,6 +298,18 @@ mod tests {
         assert_eq!(id_string(&json!("")), None);
         assert_eq!(id_string(&json!(true)), None);
         assert_eq!(id_string(&json!({})), None);
+        for v in [
+            json!("a"),
+            json!(""),
+            json!(7.0),
+            json!(0),
+            json!(null),
+            json!([]),
+        ] {
+            let f = Field::deserialize(v.clone()).unwrap();
+            assert_eq!(field_id(&f), id_string(&v), "{v}");
+            assert_eq!(is_falsy_field(&f), is_falsy(&v), "{v}");
+        }
     }
 
     #[test]

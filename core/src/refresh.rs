@@ -29,7 +29,7 @@ use crate::login::{provider_failure, still_valid};
 use crate::oauth_reply::with_codex_account;
 use crate::op::Op;
 use crate::provider::{BodyEncoding, Dialect};
-use crate::reply::{Answer, Failure};
+use crate::reply::{Answer, Data, Failure};
 use crate::task::{TaskId, Work};
 use crate::timer::TimerKey;
 use crate::token::Token;
@@ -183,7 +183,7 @@ impl<R: CryptoRng> Engine<R> {
             let until = last.plus(self.config.limits.refresh_cooldown_ms);
             if until > self.now.mono {
                 if still_valid(token, self.now.unix_ms, self.config.limits.valid_margin_ms) {
-                    return self.finish(task, Ok(token.sanitized()));
+                    return self.finish(task, Ok(Data::Token(token.clone())));
                 }
                 let secs = until.since(self.now.mono).div_ceil(1000);
                 return self.finish(
@@ -481,13 +481,16 @@ impl<R: CryptoRng> Engine<R> {
         if attempts > 0 {
             self.cooldowns.insert(key.clone(), self.now.mono);
         }
-        self.finish(task, Ok(Map::new()));
+        self.finish(task, Ok(Map::new().into()));
         let waiters = self
             .refreshing
             .remove(&key)
             .map(|r| r.waiters)
             .unwrap_or_default();
-        let answer: Answer = result.as_ref().map(Token::sanitized).map_err(Clone::clone);
+        let answer: Answer = result
+            .as_ref()
+            .map(|t| Data::Token(t.clone()))
+            .map_err(Clone::clone);
         for w in waiters {
             self.finish(w, answer.clone());
         }

@@ -4,12 +4,13 @@
 //! `{"id","ok":false,"code","error"}` plus `retryAfter` with `RATE_LIMITED`.
 //! `data` is always an object.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::config::Limits;
 use crate::error::ErrorCode;
 use crate::frame::HEADER_LEN;
+use crate::token::Token;
 
 /// An error answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +51,41 @@ impl Failure {
     }
 }
 
+/// The `data` object of a successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    /// An object built for this answer.
+    Object(Map<String, Value>),
+    /// A token, sent sanitized: reply frames copy its cached
+    /// [`Token::sanitized_json`], so serving a token builds no sanitized
+    /// copy and, after the first serve of a stored version, does not
+    /// serialize it again.
+    Token(Token),
+}
+
+impl From<Map<String, Value>> for Data {
+    fn from(map: Map<String, Value>) -> Data {
+        Data::Object(map)
+    }
+}
+
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Object(map) => map.serialize(serializer),
+            Data::Token(token) => token.sanitized_view().serialize(serializer),
+        }
+    }
+}
+
 /// The answer to a request.
-pub type Answer = Result<Map<String, Value>, Failure>;
+pub type Answer = Result<Data, Failure>;
 
 #[derive(Serialize)]
 struct OkReply<'a> {
     id: &'a str,
     ok: bool,
-    data: &'a Map<String, Value>,
+    data: &'a Data,
 }
 
 #[derive(Serialize)]
@@ -73,11 +101,20 @@ struct ErrReply<'a> {
 /// The reply frame: a 4-byte length placeholder followed by the JSON,
 /// serialized in place (no second copy to prepend the header).
 fn frame_of(id: &str, answer: &Answer) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    // Room for the envelope and an id needing no escapes, so the common
+    // reply is written without growing the buffer.
+    const ENVELOPE: usize = 64;
+    let data = match answer {
+        Ok(Data::Token(token)) => Some(token.sanitized_json()),
+        _ => None,
+    };
+    let hint = data.map_or(128, str::len);
+    let mut out = Vec::with_capacity(HEADER_LEN + ENVELOPE + id.len() + hint);
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let written = match answer {
-        Ok(data) => serde_json::to_writer(&mut out, &OkReply { id, ok: true, data }),
-        Err(f) => serde_json::to_writer(
+    let written = match (answer, data) {
+        (_, Some(json)) => write_ok_raw(&mut out, id, json),
+        (Ok(data), None) => serde_json::to_writer(&mut out, &OkReply { id, ok: true, data }),
+        (Err(f), None) => serde_json::to_writer(
             &mut out,
             &ErrReply {
                 id,
@@ -94,6 +131,36 @@ fn frame_of(id: &str, answer: &Answer) -> Vec<u8> {
     let len = u32::try_from(out.len() - HEADER_LEN).unwrap_or(u32::MAX);
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     out
+}
+
+/// Writes `{"id":…,"ok":true,"data":…}` around `data`, JSON already
+/// serialized: the bytes `OkReply` gives for the same data.
+fn write_ok_raw(out: &mut Vec<u8>, id: &str, data: &str) -> serde_json::Result<()> {
+    out.extend_from_slice(br#"{"id":"#);
+    write_json_str(out, id)?;
+    out.extend_from_slice(br#","ok":true,"data":"#);
+    out.extend_from_slice(data.as_bytes());
+    out.push(b'}');
+    Ok(())
+}
+
+/// Writes `s` as a JSON string, as serde_json does. Request ids almost
+/// never need an escape, and serde_json escapes byte by byte; so a string
+/// without the bytes it escapes (`"`, `\`, controls) is copied between
+/// quotes at once, and any other goes through serde_json.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    // No short-circuit: a fold over every byte is vectorized.
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if !plain {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
 /// Whether a payload of `len` bytes fits the negotiated version's bound.
@@ -126,8 +193,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
+    fn map(v: Value) -> Data {
+        Data::Object(v.as_object().cloned().unwrap())
     }
 
     #[test]
@@ -150,6 +217,41 @@ mod tests {
             &rl[4..],
             br#"{"id":"a","ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":1}"#
         );
+    }
+
+    #[test]
+    fn token_data_is_sent_sanitized() {
+        let l = Limits::default();
+        let full = json!({"access_token":"a","refresh_token":"SECRET","expiry":1});
+        let token = Token::from_map(full.as_object().cloned().unwrap());
+        let (bytes, _) = encode_reply("t", &Ok(Data::Token(token.clone())), 2, &l);
+        assert_eq!(
+            &bytes[4..],
+            br#"{"id":"t","ok":true,"data":{"access_token":"a","expiry":1}}"#
+        );
+        assert_eq!(&bytes[..4], &(bytes.len() as u32 - 4).to_be_bytes());
+        let (copy, _) = encode_reply("t", &Ok(Data::Object(token.sanitized())), 2, &l);
+        assert_eq!(bytes, copy, "same bytes as the sanitized copy");
+        let id = "quote\"\\ \u{7}é";
+        let (raw, _) = encode_reply(id, &Ok(Data::Token(token.clone())), 2, &l);
+        let via_serde = serde_json::to_vec(&OkReply {
+            id,
+            ok: true,
+            data: &Data::Token(token),
+        })
+        .unwrap();
+        assert_eq!(&raw[4..], &via_serde[..], "ids are escaped as serde does");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(
+            s in proptest::prop_oneof![r"(?s:.){0,40}", r#"[a-f0-9"\\\x00-\x1f\x7f-]{0,20}"#]
+        ) {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s).unwrap();
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&s).unwrap());
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::error::ErrorCode;
 use crate::handshake::Accepted;
 use crate::keylock::Key;
 use crate::ops::{filter_allowed, names};
-use crate::reply::{Answer, Failure};
+use crate::reply::{Answer, Data, Failure};
 use crate::task::{TaskId, Work, WriteStep};
 use crate::token::Token;
 
@@ -159,7 +159,7 @@ impl<R: CryptoRng> Engine<R> {
                 step,
             } => save_step(key, incoming, step, result),
             Work::BucketStats { key } if matches!(result, EffectResult::Token(Some(_))) => {
-                Next::Answer(Ok(self.stats.report(key)))
+                Next::Answer(Ok(self.stats.report(key).into()))
             }
             work => Next::Answer(read_answer(work, result, &self.config.policy)),
         };
@@ -207,7 +207,7 @@ impl<R: CryptoRng> Engine<R> {
             return;
         };
         let mut event = AuditEvent::new(Level::Info, Some(reply.conn), t.op.into(), "ok");
-        describe(&t.work, &mut event);
+        describe(t.work, &mut event);
         self.send_answer_audited(reply.conn, version, &reply.id, &answer, event);
         self.maybe_finish_half_close(reply.conn);
     }
@@ -225,30 +225,30 @@ impl<R: CryptoRng> Engine<R> {
     }
 }
 
-/// Names the provider, bucket or key of a request in its audit event.
-fn describe(work: &Work, event: &mut AuditEvent) {
-    match work {
+/// Names the provider, bucket or key of a request in its audit event. The
+/// task is finished, so its names move into the event (no copies).
+fn describe(work: Work, event: &mut AuditEvent) {
+    let key = match work {
         Work::GetToken { key, .. }
         | Work::BucketStats { key }
         | Work::SaveToken { key, .. }
-        | Work::RemoveToken { key, .. } => {
-            event.provider = Some(key.provider.clone());
-            event.bucket = Some(key.bucket.clone());
-        }
-        Work::ListBuckets { provider } => event.provider = Some(provider.clone()),
-        Work::GetApiKey { name, .. } | Work::HasApiKey { name } => event.name = Some(name.clone()),
-        Work::RefreshCheck(crate::refresh::RefreshCheck { key, .. })
+        | Work::RemoveToken { key, .. }
+        | Work::RefreshCheck(crate::refresh::RefreshCheck { key, .. })
         | Work::AwaitRefresh { key }
-        | Work::WriteBack { key } => {
-            event.provider = Some(key.provider.clone());
-            event.bucket = Some(key.bucket.clone());
+        | Work::WriteBack { key } => key,
+        Work::Refresh(job) => job.key,
+        Work::ListBuckets { provider } => {
+            event.provider = Some(provider);
+            return;
         }
-        Work::Refresh(job) => {
-            event.provider = Some(job.key.provider.clone());
-            event.bucket = Some(job.key.bucket.clone());
+        Work::GetApiKey { name, .. } | Work::HasApiKey { name } => {
+            event.name = Some(name);
+            return;
         }
-        Work::ListProviders | Work::ListApiKeys | Work::Login(_) => {}
-    }
+        Work::ListProviders | Work::ListApiKeys | Work::Login(_) => return,
+    };
+    event.provider = Some(key.provider);
+    event.bucket = Some(key.bucket);
 }
 
 /// `save_token` under its key: fresh read, merge, write.
@@ -259,7 +259,7 @@ fn save_step(key: &Key, incoming: &Token, step: &mut WriteStep, result: EffectRe
             let merged = existing.unwrap_or_default().merged_with(incoming);
             Next::Effect(Effect::token_put(key, merged))
         }
-        (WriteStep::Writing, EffectResult::Done) => Next::Answer(Ok(Map::new())),
+        (WriteStep::Writing, EffectResult::Done) => Next::Answer(Ok(Map::new().into())),
         _ => Next::Answer(Err(Failure::internal())),
     }
 }
@@ -268,7 +268,7 @@ fn save_step(key: &Key, incoming: &Token, step: &mut WriteStep, result: EffectRe
 fn read_answer(work: &Work, result: EffectResult, policy: &crate::config::Policy) -> Answer {
     let denied = || Failure::new(ErrorCode::Forbidden, "Access denied");
     match (work, result) {
-        (Work::GetToken { .. }, EffectResult::Token(Some(token))) => Ok(token.into_sanitized()),
+        (Work::GetToken { .. }, EffectResult::Token(Some(token))) => Ok(Data::Token(token)),
         (Work::GetToken { sandbox: true, .. }, EffectResult::Token(None)) => Err(denied()),
         (Work::GetToken { key, .. }, EffectResult::Token(None)) => Err(Failure::new(
             ErrorCode::NotFound,
@@ -278,23 +278,24 @@ fn read_answer(work: &Work, result: EffectResult, policy: &crate::config::Policy
             ErrorCode::NotFound,
             format!("No stats found for {}/{}", key.provider, key.bucket),
         )),
-        (Work::RemoveToken { .. }, EffectResult::Done) => Ok(Map::new()),
+        (Work::RemoveToken { .. }, EffectResult::Done) => Ok(Map::new().into()),
         (Work::ListProviders, EffectResult::Names(list)) => Ok(names(
             "providers",
             filter_allowed(policy.allowed_providers.as_ref(), list),
-        )),
+        )
+        .into()),
         (Work::ListBuckets { .. }, EffectResult::Names(list)) => Ok(names(
             "buckets",
             filter_allowed(policy.allowed_buckets.as_ref(), list),
-        )),
-        (Work::ListApiKeys, EffectResult::Names(list)) => Ok(names(
-            "keys",
-            filter_allowed(policy.allowed_keys.as_ref(), list),
-        )),
+        )
+        .into()),
+        (Work::ListApiKeys, EffectResult::Names(list)) => {
+            Ok(names("keys", filter_allowed(policy.allowed_keys.as_ref(), list)).into())
+        }
         (Work::GetApiKey { .. }, EffectResult::ApiKey(Some(secret))) => {
             let mut m = Map::new();
             m.insert("key".into(), Value::from(secret.into_inner()));
-            Ok(m)
+            Ok(m.into())
         }
         (Work::GetApiKey { sandbox: true, .. }, EffectResult::ApiKey(None)) => Err(denied()),
         (Work::GetApiKey { name, .. }, EffectResult::ApiKey(None)) => Err(Failure::new(
@@ -304,7 +305,7 @@ fn read_answer(work: &Work, result: EffectResult, policy: &crate::config::Policy
         (Work::HasApiKey { .. }, EffectResult::Exists(exists)) => {
             let mut m = Map::new();
             m.insert("exists".into(), Value::Bool(exists));
-            Ok(m)
+            Ok(m.into())
         }
         _ => Err(Failure::internal()),
     }
