@@ -25,7 +25,7 @@ pub enum AuditLog {
 
 #[derive(Serialize)]
 struct Line<'a> {
-    ts: String,
+    ts: &'a str,
     component: &'static str,
     #[serde(flatten)]
     event: &'a AuditEvent,
@@ -55,11 +55,18 @@ impl AuditLog {
     /// one [`AuditLog::write_bytes`], one system call instead of one per
     /// event.
     pub fn encode_into(&self, event: &AuditEvent, buf: &mut Vec<u8>) {
+        self.encode_with(event, &mut Timestamps::default(), buf);
+    }
+
+    /// As [`AuditLog::encode_into`], taking the time from `clock`, which
+    /// formats each millisecond once (a busy proxy logs many events per
+    /// millisecond).
+    pub fn encode_with(&self, event: &AuditEvent, clock: &mut Timestamps, buf: &mut Vec<u8>) {
         if matches!(self, AuditLog::Off) {
             return;
         }
         let line = Line {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            ts: clock.now(),
             component: "credproxy",
             event,
         };
@@ -90,6 +97,35 @@ impl AuditLog {
     }
 }
 
+/// The current time as an RFC 3339 timestamp with milliseconds, formatted
+/// again only when the millisecond changed.
+#[derive(Debug, Default)]
+pub struct Timestamps {
+    millis: u128,
+    text: String,
+}
+
+impl Timestamps {
+    /// Now, formatted.
+    pub fn now(&mut self) -> &str {
+        self.at(SystemTime::now())
+    }
+
+    /// `now`, formatted.
+    fn at(&mut self, now: SystemTime) -> &str {
+        let millis = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if millis != self.millis || self.text.is_empty() {
+            use std::fmt::Write as _;
+            self.text.clear();
+            let _ = write!(self.text, "{}", humantime::format_rfc3339_millis(now));
+            self.millis = millis;
+        }
+        &self.text
+    }
+}
+
 /// Reports a store failure on stderr. The store's errors name paths and
 /// reasons, never token or key values.
 pub fn log_store_error(error: &crate::store::StoreError) {
@@ -102,4 +138,28 @@ pub fn log_store_error(error: &crate::store::StoreError) {
         "detail": error.to_string(),
     });
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_formatted_once_per_millisecond() {
+        let mut clock = Timestamps::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_837_160_992);
+        assert_eq!(clock.at(t0), "2026-11-28T03:39:20.992Z");
+        assert_eq!(
+            clock.at(t0 + Duration::from_micros(900)),
+            "2026-11-28T03:39:20.992Z"
+        );
+        assert_eq!(
+            clock.at(t0 + Duration::from_millis(1)),
+            "2026-11-28T03:39:20.993Z"
+        );
+        assert_eq!(clock.at(t0), "2026-11-28T03:39:20.992Z", "and back");
+        let now = clock.now().to_owned();
+        assert!(humantime::parse_rfc3339(&now).is_ok(), "{now}");
+    }
 }

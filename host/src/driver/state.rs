@@ -27,6 +27,7 @@ use smol::channel::Sender;
 use super::audit_queue::AuditQueue;
 use super::io_thread::Handle;
 use super::{Event, MAX_UNSENT};
+use crate::audit_log::Timestamps;
 use crate::clock::Clock;
 use crate::effects::Executor;
 use crate::loopback;
@@ -144,6 +145,8 @@ pub(super) struct State<R> {
     pub served_one: bool,
     /// Audit lines of the current drain.
     audit_lines: Vec<u8>,
+    /// Their timestamps, formatted once per millisecond.
+    timestamps: Timestamps,
     /// Store cache lookups of the current drain, done after the lock is
     /// released.
     lookups: Vec<(EffectId, Effect)>,
@@ -164,6 +167,7 @@ impl<R: CryptoRng> State<R> {
             events,
             served_one: false,
             audit_lines: Vec::new(),
+            timestamps: Timestamps::default(),
             lookups: Vec::new(),
             loopback_replies: BTreeMap::new(),
             armed: None,
@@ -184,7 +188,11 @@ impl<R: CryptoRng> State<R> {
             match output {
                 Output::Send { conn, bytes } => self.send(conn, bytes),
                 Output::Close { conn } => self.forget(conn),
-                Output::Audit(event) => audit.log().encode_into(&event, &mut self.audit_lines),
+                Output::Audit(event) => {
+                    audit
+                        .log()
+                        .encode_with(&event, &mut self.timestamps, &mut self.audit_lines);
+                }
                 Output::Effect { id, effect } => self.effect(id, effect),
                 Output::LoopbackReply {
                     request,

@@ -8,10 +8,11 @@
 //! the file a new inode, so even a rewrite within the mtime granularity is
 //! seen.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use credproxy_core::Token;
 
@@ -44,40 +45,88 @@ enum Entry {
     Absent,
 }
 
+/// A key's entry and its file's path (kept so that a cache hit does not
+/// build the name again: hex-encoding, formatting and joining cost more
+/// than the rest of the hit).
+struct Slot {
+    path: Arc<Path>,
+    entry: Entry,
+}
+
 /// Per-(provider, bucket) cache, shared by all threads of one `FileStore`.
+/// Indexed provider first, so a lookup borrows the names instead of
+/// building a key; ordered maps, because comparing a few short names costs
+/// less than hashing them.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<BTreeMap<String, BTreeMap<String, Slot>>>,
 }
 
 impl TokenCache {
-    /// The cached answer for `key` if it is still valid for `current` (the
-    /// file's identity now, `None` if the file is absent); `None` when the
-    /// file must be read.
-    pub fn lookup(&self, key: &(String, String), current: Option<FileId>) -> Option<Option<Token>> {
-        match (self.lock().get(key)?, current) {
+    /// The path of a key with an entry: only keys that were read or written
+    /// (so already validated) have one.
+    pub fn path(&self, provider: &str, bucket: &str) -> Option<Arc<Path>> {
+        let entries = self.lock();
+        Some(entries.get(provider)?.get(bucket)?.path.clone())
+    }
+
+    /// The cached answer for the key if it is still valid for `current`
+    /// (the file's identity now, `None` if the file is absent); `None` when
+    /// the file must be read.
+    pub fn lookup(
+        &self,
+        provider: &str,
+        bucket: &str,
+        current: Option<FileId>,
+    ) -> Option<Option<Token>> {
+        let entries = self.lock();
+        match (&entries.get(provider)?.get(bucket)?.entry, current) {
             (Entry::Present(token, id), Some(now)) if *id == now => Some(Some(token.clone())),
             (Entry::Absent, None) => Some(None),
             _ => None,
         }
     }
 
-    /// Records that `key`'s file with identity `id` holds `token`.
-    pub fn set_present(&self, key: (String, String), token: Token, id: FileId) {
-        self.lock().insert(key, Entry::Present(token, id));
+    /// Records that the key's file at `path`, with identity `id`, holds
+    /// `token`.
+    pub fn set_present(&self, provider: &str, bucket: &str, path: &Path, token: Token, id: FileId) {
+        self.set(provider, bucket, path, Entry::Present(token, id));
     }
 
-    /// Records that `key` has no file.
-    pub fn set_absent(&self, key: (String, String)) {
-        self.lock().insert(key, Entry::Absent);
+    /// Records that the key has no file at `path`.
+    pub fn set_absent(&self, provider: &str, bucket: &str, path: &Path) {
+        self.set(provider, bucket, path, Entry::Absent);
     }
 
-    /// Forgets `key` (the next read goes to the file).
-    pub fn forget(&self, key: &(String, String)) {
-        self.lock().remove(key);
+    /// Forgets the key (the next read goes to the file).
+    pub fn forget(&self, provider: &str, bucket: &str) {
+        let mut entries = self.lock();
+        if let Some(buckets) = entries.get_mut(provider) {
+            buckets.remove(bucket);
+            if buckets.is_empty() {
+                entries.remove(provider);
+            }
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Entry>> {
+    fn set(&self, provider: &str, bucket: &str, path: &Path, entry: Entry) {
+        let mut entries = self.lock();
+        let buckets = entries.entry(provider.to_owned()).or_default();
+        match buckets.get_mut(bucket) {
+            Some(slot) if *slot.path == *path => slot.entry = entry,
+            _ => {
+                buckets.insert(
+                    bucket.to_owned(),
+                    Slot {
+                        path: Arc::from(path),
+                        entry,
+                    },
+                );
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, BTreeMap<String, Slot>>> {
         // A panic while holding the lock cannot leave an entry half-written
         // (inserts are single calls), and every entry is revalidated anyway.
         self.entries

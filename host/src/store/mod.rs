@@ -157,7 +157,7 @@ impl FileStore {
     /// size and mtime, or is still absent), `None` when a real read is needed
     /// (including for invalid names, so the read reports the error).
     pub fn get_token_cached(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
-        check_key(provider, bucket).ok()?;
+        // Only validated keys have an entry, so no check is needed here.
         self.cached(provider, bucket)
     }
 
@@ -166,17 +166,17 @@ impl FileStore {
     pub fn put_token(&self, provider: &str, bucket: &str, token: &Token) -> Result<(), StoreError> {
         check_key(provider, bucket)?;
         let name = json_file_name(provider, bucket);
-        let bytes = to_json(token, &self.tokens.join(&name))?;
-        let key = cache_key(provider, bucket);
+        let path = self.tokens.join(&name);
+        let bytes = to_json(token, &path)?;
         match atomic::write_atomic(&self.tokens, &name, &bytes) {
             Ok(meta) => {
                 self.cache
-                    .set_present(key, token.clone(), FileId::of(&meta));
+                    .set_present(provider, bucket, &path, token.clone(), FileId::of(&meta));
                 Ok(())
             }
             Err(e) => {
                 // The rename may or may not have happened: read next time.
-                self.cache.forget(&key);
+                self.cache.forget(provider, bucket);
                 Err(e)
             }
         }
@@ -186,14 +186,15 @@ impl FileStore {
     /// succeeds (removal is idempotent for the CLI and `remove_token`).
     pub fn delete_token(&self, provider: &str, bucket: &str) -> Result<(), StoreError> {
         check_key(provider, bucket)?;
-        let key = cache_key(provider, bucket);
-        match atomic::remove_durably(&self.tokens, &json_file_name(provider, bucket)) {
+        let name = json_file_name(provider, bucket);
+        match atomic::remove_durably(&self.tokens, &name) {
             Ok(_) => {
-                self.cache.set_absent(key);
+                self.cache
+                    .set_absent(provider, bucket, &self.tokens.join(&name));
                 Ok(())
             }
             Err(e) => {
-                self.cache.forget(&key);
+                self.cache.forget(provider, bucket);
                 Err(e)
             }
         }
@@ -330,34 +331,38 @@ impl FileStore {
 
     /// The cached answer if one lstat shows it still valid.
     fn cached(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
-        let path = self.tokens.join(json_file_name(provider, bucket));
+        let path = self.cache.path(provider, bucket)?;
         let current = match fs::symlink_metadata(&path) {
             Ok(meta) => Some(FileId::of(&meta)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             // Let the real read report the problem.
             Err(_) => return None,
         };
-        self.cache.lookup(&cache_key(provider, bucket), current)
+        self.cache.lookup(provider, bucket, current)
     }
 
     /// Reads and parses the token file, updating the cache.
     fn read_token(&self, provider: &str, bucket: &str) -> Result<Option<Token>, StoreError> {
         let path = self.tokens.join(json_file_name(provider, bucket));
-        let key = cache_key(provider, bucket);
         let Some(contents) = read::read_private(&path, MAX_JSON_BYTES)? else {
-            self.cache.set_absent(key);
+            self.cache.set_absent(provider, bucket, &path);
             return Ok(None);
         };
         let map: Map<String, Value> = match serde_json::from_slice(&contents.bytes) {
             Ok(map) => map,
             Err(e) => {
-                self.cache.forget(&key);
+                self.cache.forget(provider, bucket);
                 return Err(StoreError::corrupt_json(&path, &e));
             }
         };
         let token = Token::from_map(map);
-        self.cache
-            .set_present(key, token.clone(), FileId::of(&contents.meta));
+        self.cache.set_present(
+            provider,
+            bucket,
+            &path,
+            token.clone(),
+            FileId::of(&contents.meta),
+        );
         Ok(Some(token))
     }
 }
@@ -365,10 +370,6 @@ impl FileStore {
 fn check_key(provider: &str, bucket: &str) -> Result<(), StoreError> {
     check_key_part(NameKind::Provider, provider)?;
     check_key_part(NameKind::Bucket, bucket)
-}
-
-fn cache_key(provider: &str, bucket: &str) -> (String, String) {
-    (provider.to_owned(), bucket.to_owned())
 }
 
 /// Pretty JSON with a final newline, so a person inspecting the store can
