@@ -233,6 +233,19 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
+    /// When a refresh of `key` is running, makes it carry the key's due
+    /// renewal (its end then reschedules, backs off or stops the renewal)
+    /// and returns true.
+    pub(crate) fn refresh_carries_renewal(&mut self, key: &Key) -> bool {
+        let Some(task) = self.refreshing.get(key).map(|r| r.job) else {
+            return false;
+        };
+        if let Some(job) = self.job(task) {
+            job.renewal = true;
+        }
+        true
+    }
+
     fn job(&mut self, task: TaskId) -> Option<&mut RefreshJob> {
         match self.tasks.get_mut(&task).map(|t| &mut t.work) {
             Some(Work::Refresh(j)) => Some(j),
@@ -496,7 +509,20 @@ impl<R: CryptoRng> Engine<R> {
         }
         match &result {
             Ok(token) => {
-                if let Some(r) = self.renewals.get_mut(&key) {
+                if renewal {
+                    // The renewal's timer has fired: its schedule is spent.
+                    // Forget it so the token is scheduled anew even when its
+                    // expiry is the one already recorded (a re-read token
+                    // swapped by another process, a provider answering the
+                    // same expiry); `schedule_renewal` would keep the spent
+                    // one. (Its tries start over, as on any success.) No
+                    // tight loop: `fire_at` answers strictly after now (lead
+                    // + jitter < the remaining lifetime) and not before the
+                    // cooldown of an attempt; the next fire re-reads the
+                    // token recorded here, so it calls the provider unless
+                    // someone changed the token again.
+                    self.renewals.remove(&key);
+                } else if let Some(r) = self.renewals.get_mut(&key) {
                     r.tries = 0;
                 }
                 self.schedule_renewal(&key, token);

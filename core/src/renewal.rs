@@ -123,9 +123,10 @@ impl<R: CryptoRng> Engine<R> {
         self.timers.set(TimerKey::Renewal(serial), when);
     }
 
-    /// A renewal is due: refresh through the coordinator, unless an
-    /// attempt since it was scheduled put the key in its cooldown; then
-    /// wait for the cooldown's end, or give up if that is past the expiry.
+    /// A renewal is due: refresh through the coordinator (joining the
+    /// key's running refresh, if any), unless an attempt since it was
+    /// scheduled put the key in its cooldown; then wait for the cooldown's
+    /// end, or give up if that is past the expiry.
     pub(crate) fn renewal_due(&mut self, serial: u64) {
         let Some(key) = self.key_by_serial.get(&serial).cloned() else {
             return;
@@ -133,7 +134,13 @@ impl<R: CryptoRng> Engine<R> {
         let Some((seen, expiry_ms)) = self.renewals.get(&key).map(|r| (r.seen, r.expiry_ms)) else {
             return;
         };
-        if self.refreshing.contains_key(&key) {
+        // A refresh of the key is running (a `refresh_token` request's):
+        // single flight, so the renewal rides on it instead of starting a
+        // second one, and its outcome reschedules, backs off or stops the
+        // renewal as a renewal's own would. Without this the fired timer
+        // was simply spent, and a failure of that refresh left the key
+        // with no renewal at all.
+        if self.refresh_carries_renewal(&key) {
             return;
         }
         if let Some(last) = self.cooldowns.get(&key).copied() {
@@ -209,6 +216,9 @@ mod tests {
             let earliest = now + earliest_off;
             if let Some(t) = fire_at(now, expiry, 300_000, 30_000, random, earliest) {
                 prop_assert!(now <= t && t < expiry);
+                // Strictly later: a renewal rescheduled when it ends (same
+                // expiry included) never fires again at the same instant.
+                prop_assert!(now < t);
                 prop_assert!(t >= earliest);
             } else {
                 prop_assert!(earliest >= expiry || life <= 1);

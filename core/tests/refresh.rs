@@ -462,6 +462,192 @@ fn remove_token_cancels_renewal() {
     assert!(h.http_log.is_empty());
 }
 
+/// Single flight is per key, not global: a device login's token (Qwen)
+/// is renewed while a `refresh_token` of another key (Anthropic) is still
+/// waiting for its provider, so two refresh requests are in flight, one per
+/// key. Each key still has one: later callers of either key join its job.
+/// (The sequence the model test's regression seed `ef9cc8c7…` replays,
+/// where the model counted refresh requests across keys.)
+#[test]
+fn refreshes_of_two_keys_run_side_by_side_each_single_flight() {
+    const QWEN_DEVICE: &str = "https://chat.qwen.ai/api/v1/oauth2/device/code";
+    const QWEN_TOKEN: &str = "https://chat.qwen.ai/api/v1/oauth2/token";
+    let mut h = seeded(-10);
+    h.script(
+        QWEN_DEVICE,
+        200,
+        json!({"device_code":"DEV","user_code":"U-1","verification_uri":"https://chat.qwen.ai/a","interval":1}),
+    );
+    let conn = h.connect();
+    let r = h.call(conn, "oauth_initiate", json!({"provider":"qwen"}));
+    assert_eq!(r["data"]["flow_type"], json!("device_code"), "{r}");
+    // The background poll gets a two-minute token: its renewal is scheduled
+    // 30-60 s ahead (lead = half the lifetime, jitter below 30 s).
+    h.advance_to_next(10_000);
+    assert_eq!(h.http_pending.len(), 1);
+    assert_eq!(h.http_pending[0].1.url, QWEN_TOKEN);
+    h.respond(
+        200,
+        json!({"access_token":"Q-1","refresh_token":"QRT-1","expires_in":120}),
+    );
+    let renew_at = h
+        .engine
+        .renewal_scheduled("qwen", "default")
+        .expect("login schedules renewal");
+    // Anthropic's refresh goes out and is held by the provider...
+    refresh(&mut h, conn, "a1");
+    assert_eq!(h.http_pending.len(), 1);
+    assert_eq!(h.http_pending[0].1.url, TOKEN_URL);
+    // ... when Qwen's renewal fires.
+    h.advance(renew_at - h.now.mono.0);
+    let urls: Vec<&str> = h.http_pending.iter().map(|(_, r)| r.url.as_str()).collect();
+    assert_eq!(urls, [TOKEN_URL, QWEN_TOKEN]);
+    // More callers of either key join the running job: no new request.
+    refresh(&mut h, conn, "a2");
+    h.request(conn, "q1", "refresh_token", json!({"provider":"qwen"}));
+    assert_eq!(h.http_pending.len(), 2);
+    let refreshes = h
+        .http_log
+        .iter()
+        .filter(|r| {
+            r.body
+                .as_ref()
+                .unwrap()
+                .expose()
+                .contains("grant_type=refresh_token")
+        })
+        .count();
+    assert_eq!(refreshes, 2, "one refresh per key");
+    h.respond(200, json!({"access_token":"AT-1"}));
+    h.respond(200, json!({"access_token":"Q-2","expires_in":3600}));
+    let replies = h.take_replies(conn);
+    let token = |id: &str| {
+        replies
+            .iter()
+            .find(|r| r["id"] == json!(id))
+            .map(|r| r["data"]["access_token"].clone())
+    };
+    assert_eq!(token("a1"), Some(json!("AT-1")), "{replies:?}");
+    assert_eq!(token("a2"), Some(json!("AT-1")), "{replies:?}");
+    assert_eq!(token("q1"), Some(json!("Q-2")), "{replies:?}");
+    assert_eq!(
+        h.store.token("qwen", "default").unwrap()["refresh_token"],
+        json!("QRT-1")
+    );
+}
+
+/// A renewal that falls due while a `refresh_token` of the same key is at
+/// the provider does not start a second refresh; it rides on the running
+/// one, so when that one fails transiently the renewal backs off and tries
+/// again (before, the fired timer was spent and the key, its expiry
+/// unchanged, was never renewed).
+#[test]
+fn a_renewal_due_during_a_refresh_joins_it_and_backs_off_when_it_fails() {
+    let mut h = seeded(120);
+    let conn = h.connect();
+    h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    let at = h.engine.renewal_scheduled("anthropic", "default").unwrap();
+    h.advance(at - 1);
+    refresh(&mut h, conn, "r");
+    assert_eq!(h.http_pending.len(), 1);
+    h.advance(1);
+    assert_eq!(h.http_pending.len(), 1, "single flight: the renewal joins");
+    for _ in 0..2 {
+        h.respond_failure(TransportError::Connect);
+        h.advance_to_next(10_000);
+    }
+    h.respond(503, json!({}));
+    assert_eq!(reply(&mut h, conn, "r")["code"], json!("REFRESH_FAILED"));
+    assert_eq!(h.http_log.len(), 3);
+    let again = h
+        .engine
+        .renewal_scheduled("anthropic", "default")
+        .expect("the renewal backs off instead of being lost");
+    assert!(again >= h.now.mono.0 + 30_000, "backs off at least 30 s");
+    let expiry_mono = 120_000;
+    assert!(again < expiry_mono, "{again}");
+    h.advance(again - h.now.mono.0);
+    assert_eq!(h.http_log.len(), 4, "the renewal tries again");
+    h.respond(
+        200,
+        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
+    );
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["access_token"],
+        json!("AT-R")
+    );
+    assert!(h.engine.renewal_scheduled("anthropic", "default").is_some());
+}
+
+/// A renewal whose refresh ends with the expiry it was scheduled for is
+/// scheduled again: its timer has fired, so the once-per-(key, expiry) rule
+/// must not keep the spent schedule. Twice here: another process swaps the
+/// access token but not the expiry (the renewal's fresh re-read returns it
+/// without a provider call), then the provider answers with that same
+/// expiry. Before, either left the key with no renewal at all.
+#[test]
+fn a_renewal_that_ends_with_the_same_expiry_is_scheduled_again() {
+    let mut h = seeded(3_600);
+    let expiry_s = h.now.unix_secs() + 3_600;
+    let expiry_mono = 3_600_000;
+    let conn = h.connect();
+    h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    let at = h.engine.renewal_scheduled("anthropic", "default").unwrap();
+    // Another process swaps the access token, keeping the expiry.
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"AT-OTHER","refresh_token":"RT-0","expiry":expiry_s,"token_type":"Bearer"}),
+    );
+    h.advance(at);
+    assert!(h.http_log.is_empty(), "the re-read found a new token");
+    let next = h
+        .engine
+        .renewal_scheduled("anthropic", "default")
+        .expect("renewal scheduled again after the re-read");
+    assert!(h.now.mono.0 < next && next < expiry_mono, "{next}");
+    // It fires, finds the token it saw, and asks the provider, which
+    // answers with the same expiry.
+    h.advance(next - h.now.mono.0);
+    assert_eq!(h.http_log.len(), 1, "the renewal refreshes");
+    let same = expiry_s - h.now.unix_secs();
+    h.respond(
+        200,
+        json!({"access_token":"AT-SAME","refresh_token":"RT-1","expires_in":same}),
+    );
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["expiry"],
+        json!(expiry_s)
+    );
+    let again = h
+        .engine
+        .renewal_scheduled("anthropic", "default")
+        .expect("renewal scheduled again after a same-expiry answer");
+    assert!(again >= h.now.mono.0 + 30_000, "not before the cooldown");
+    assert!(again < expiry_mono, "{again}");
+    h.advance(again - h.now.mono.0 - 1);
+    assert_eq!(h.http_log.len(), 1);
+    h.advance(1);
+    assert_eq!(h.http_log.len(), 2, "the renewal tries again");
+    assert_eq!(
+        form(&h, 1)
+            .iter()
+            .find(|(k, _)| k == "refresh_token")
+            .unwrap()
+            .1,
+        "RT-1"
+    );
+    h.respond(
+        200,
+        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
+    );
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["access_token"],
+        json!("AT-R")
+    );
+    assert!(h.engine.renewal_scheduled("anthropic", "default").is_some());
+}
+
 mod short_lived {
     use super::*;
     use proptest::prelude::*;
