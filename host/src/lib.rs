@@ -1,7 +1,8 @@
 //! # credproxy (host)
 //!
 //! The host side of credproxy: it runs the pure engine of `credproxy-core`
-//! on smol ([`driver`]), executes its effects against the embedded file
+//! behind one lock, with socket I/O on a few I/O threads and timers,
+//! effects and listeners on smol ([`driver`]), executes its effects against the embedded file
 //! store ([`store`], [`effects`], [`locks`]), over HTTP ([`http_client`])
 //! and with a loopback redirect listener ([`loopback`]), writes the audit
 //! log ([`audit_log`]), hardens the process ([`harden`]), reads the

@@ -87,7 +87,8 @@ pub(super) struct IoThreads {
 }
 
 impl IoThreads {
-    /// Starts `threads` I/O threads driving `shared`'s engine.
+    /// Starts `threads` I/O threads driving `shared`'s engine; returns
+    /// once every one of them runs (named and about to wait).
     pub fn start<R: CryptoRng + Send + 'static>(
         threads: NonZeroUsize,
         shared: &Arc<Shared<R>>,
@@ -97,6 +98,7 @@ impl IoThreads {
             joins: Vec::with_capacity(threads.get()),
             next: AtomicUsize::new(0),
         };
+        let (running, started) = std::sync::mpsc::channel();
         for index in 0..threads.get() {
             let handle = Arc::new(Handle {
                 index,
@@ -105,12 +107,22 @@ impl IoThreads {
                 incoming: Mutex::new(Vec::new()),
                 stop: AtomicBool::new(false),
             });
-            let (h, s) = (handle.clone(), shared.clone());
+            let (h, s, running) = (handle.clone(), shared.clone(), running.clone());
             let join = std::thread::Builder::new()
                 .name(format!("credproxy-io-{index}"))
-                .spawn(move || run(&h, &s))?;
+                .spawn(move || {
+                    let _ = running.send(());
+                    run(&h, &s);
+                })?;
             io.handles.push(handle);
             io.joins.push(join);
+        }
+        drop(running);
+        for _ in 0..threads.get() {
+            // Fails only if a thread died before it ran.
+            started
+                .recv()
+                .map_err(|_| std::io::Error::other("an I/O thread did not start"))?;
         }
         Ok(io)
     }

@@ -1,15 +1,15 @@
 //! The driver: runs the engine and executes its outputs.
 //!
-//! The [`Engine`] lives behind one lock ([`state`]); whoever holds it drives
+//! The [`Engine`] lives behind one lock (`state.rs`); whoever holds it drives
 //! the engine and routes its outputs. Unix socket connections are served by
-//! the I/O threads ([`io_thread`], [`socket_conn`]): each owns its
+//! the I/O threads (`io_thread.rs`, `socket_conn.rs`): each owns its
 //! connections and its own poller, reads, drives the engine with what it
 //! read, and writes the replies itself — the `get_token` hot path (read,
 //! decode, a store cache hit, encode, write) runs on one thread without
 //! waking another, and connections on different threads are served on
 //! different cores at once. Other streams (stdio, embedders' boxed
 //! `AsyncRead`/`AsyncWrite` halves) get a task on the loop's executor
-//! ([`async_conn`]) that does the same with async I/O.
+//! (`async_conn.rs`) that does the same with async I/O.
 //!
 //! The loop task ([`Driver::run`], on the caller's [`LocalExecutor`]) does
 //! the rest: it registers new connections, sleeps until the engine's next
@@ -26,8 +26,8 @@
 //! listeners stop, every held store lock is released, and the connections
 //! get a bounded time to flush the replies already produced.
 //!
-//! Back-pressure and fairness are per connection: see [`socket_conn`] and
-//! [`async_conn`].
+//! Back-pressure and fairness are per connection: see `socket_conn.rs` and
+//! `async_conn.rs`.
 
 mod async_conn;
 mod audit_queue;

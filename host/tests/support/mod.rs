@@ -648,6 +648,11 @@ impl Client {
         self.stream.write_all(&encode(v))
     }
 
+    /// Sends bytes as they are (e.g. several frames in one write).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     /// Reads one frame (`Ok(None)` at EOF).
     pub fn recv(&mut self) -> io::Result<Option<Value>> {
         read_frame(&mut self.stream)
