@@ -105,10 +105,16 @@ impl Poller {
         };
         for event in &buf[..n] {
             if event.data() == WAKE_KEY {
-                // Reset before draining: a notification after the reset
-                // writes again and the next wait returns at once.
-                self.woken.store(false, Ordering::SeqCst);
+                // Drain, then reset. A notification before the reset finds
+                // the flag set and does not write, which is fine: its
+                // caller's work was queued before it, and this thread looks
+                // at the queues after this wait. Resetting first would let
+                // a notification write between the reset and the drain; the
+                // drain would swallow it and leave the flag set with the
+                // eventfd empty, so no later notification would ever write
+                // (the thread would sleep through every one).
                 let _ = self.wake.read();
+                self.woken.store(false, Ordering::SeqCst);
                 continue;
             }
             let flags = event.events();
@@ -172,6 +178,53 @@ mod tests {
         b.write_all(b"x").unwrap();
         p.wait(&mut buf, &mut ready).unwrap();
         assert_eq!(ready.len(), 1);
+    }
+
+    /// Two threads notify while the owner waits and acknowledges: no
+    /// notification may be lost (a lost one leaves its notifier waiting
+    /// for the acknowledgement until the deadline).
+    #[test]
+    fn concurrent_notifications_are_never_lost() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        use std::time::{Duration, Instant};
+
+        let p = Arc::new(Poller::new().unwrap());
+        let sent = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (p, sent, seen, stop) = (p.clone(), sent.clone(), seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut buf, mut ready) = (events(), Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    p.wait(&mut buf, &mut ready).unwrap();
+                    seen.store(sent.load(Ordering::SeqCst), Ordering::SeqCst);
+                }
+            })
+        };
+        let notifiers: Vec<_> = (0..2)
+            .map(|_| {
+                let (p, sent, seen) = (p.clone(), sent.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50_000 {
+                        let mine = sent.fetch_add(1, Ordering::SeqCst) + 1;
+                        p.notify();
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while seen.load(Ordering::SeqCst) < mine {
+                            assert!(Instant::now() < deadline, "notification {mine} was lost");
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for n in notifiers {
+            n.join().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        p.notify();
+        waiter.join().unwrap();
     }
 
     #[test]
