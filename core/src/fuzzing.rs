@@ -266,6 +266,14 @@ fn handshake_harness(sandbox: bool) -> Harness {
     h
 }
 
+/// The `request` target: the borrowed request decoder (`request::parse`)
+/// must accept exactly what parsing into `serde_json::Value` accepts and
+/// read the same `id`, `op` and payload fields from it (a differential
+/// check: the decoder replaced `Value` parsing on every request).
+pub fn fuzz_request(data: &[u8]) {
+    crate::request::check_against_value(data);
+}
+
 /// Runs `data` as a JSON payload through the handshake and the request path.
 ///
 /// `@CAP@` in the input stands for the capability token when it is used as

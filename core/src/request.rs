@@ -472,11 +472,11 @@ impl<'de> Visitor<'de> for OtherVisitor {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// The differential check of [`parse`] against `serde_json::Value`, for the
+/// tests and the `request` fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+mod differential {
     use super::*;
-    use proptest::prelude::*;
-    use serde_json::json;
 
     /// What parsing into `Value` said about the same bytes.
     fn reference(json: &[u8]) -> Result<Map<String, Value>, DecodeError> {
@@ -515,7 +515,10 @@ mod tests {
         }
     }
 
-    fn agrees(json: &[u8]) {
+    /// Checks [`parse`] against parsing the same bytes into a `Value`: the
+    /// same verdict, and on success the same fields. Panics on a difference
+    /// (the property the tests and the `request` fuzz target check).
+    pub fn check_against_value(json: &[u8]) {
         let got = parse(json);
         match reference(json) {
             Ok(map) => assert_eq!(
@@ -527,6 +530,16 @@ mod tests {
             Err(e) => assert_eq!(got, Err(e), "{:?}", String::from_utf8_lossy(json)),
         }
     }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub use differential::check_against_value;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
 
     #[test]
     fn reads_the_envelope_borrowed() {
@@ -546,7 +559,7 @@ mod tests {
             Some(Field::Str(Cow::Borrowed("b")))
         ));
         assert_eq!(p.get("x"), None);
-        agrees(json);
+        check_against_value(json);
     }
 
     #[test]
@@ -585,14 +598,14 @@ mod tests {
             br#"{"id":"1",}"#,
             br#"{"id"}"#,
         ] {
-            agrees(json);
+            check_against_value(json);
         }
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        agrees(deep.as_bytes());
+        check_against_value(deep.as_bytes());
         let deep = format!(r#"{{"x":{}1{}}}"#, "[".repeat(126), "]".repeat(126));
-        agrees(deep.as_bytes());
+        check_against_value(deep.as_bytes());
         let deep = format!(r#"{{"x":{}1{}}}"#, "[".repeat(127), "]".repeat(127));
-        agrees(deep.as_bytes());
+        check_against_value(deep.as_bytes());
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
@@ -623,7 +636,7 @@ mod tests {
     proptest! {
         #[test]
         fn agrees_with_value_on_any_json(v in json_value()) {
-            agrees(&serde_json::to_vec(&v).unwrap());
+            check_against_value(&serde_json::to_vec(&v).unwrap());
         }
 
         #[test]
@@ -633,7 +646,7 @@ mod tests {
                 0..40,
             )
         ) {
-            agrees(&bytes);
+            check_against_value(&bytes);
         }
 
         #[test]
@@ -641,7 +654,7 @@ mod tests {
             let mut json = br#"{"v":2,"id":"6f1c","op":"get_token","payload":{"provider":"anthropic","bucket":"d"}}"#.to_vec();
             let at = cut.min(json.len() - 1);
             json[at] = byte;
-            agrees(&json);
+            check_against_value(&json);
         }
     }
 

@@ -65,6 +65,11 @@ fn handshake_corpus_replays() {
 }
 
 #[test]
+fn request_corpus_replays() {
+    replay("request", fuzzing::fuzz_request);
+}
+
+#[test]
 fn engine_corpus_replays() {
     replay("engine", fuzzing::fuzz_engine_bytes);
 }
@@ -87,6 +92,7 @@ fn random_inputs_smoke() {
         if round % 3 == 0 {
             fuzzing::fuzz_handshake_and_request(&bytes);
         }
+        fuzzing::fuzz_request(&bytes);
         fuzzing::fuzz_engine_bytes(&bytes);
     }
 }
