@@ -38,14 +38,21 @@ fn seeded() -> Scratch {
 #[test]
 fn the_flag_sets_the_thread_count_and_every_request_gets_one_reply() {
     let s = seeded();
-    let p = s.serve(&["--io-threads", "3"]);
+    // Five: more than any machine's default (one per core, at most 4).
+    let p = s.serve(&["--io-threads", "5"]);
     assert_eq!(
         io_threads_of(p.pid()),
-        ["credproxy-io-0", "credproxy-io-1", "credproxy-io-2"]
+        [
+            "credproxy-io-0",
+            "credproxy-io-1",
+            "credproxy-io-2",
+            "credproxy-io-3",
+            "credproxy-io-4"
+        ]
     );
-    // Seven connections (more than the threads, so each thread has
+    // Eleven connections (more than the threads, so each thread has
     // several), each with 40 requests of two kinds written in one go.
-    let mut clients: Vec<Client> = (0..7).map(|_| p.sandbox_client()).collect();
+    let mut clients: Vec<Client> = (0..11).map(|_| p.sandbox_client()).collect();
     for (c, client) in clients.iter_mut().enumerate() {
         let mut burst = Vec::new();
         for i in 0..40_usize {
@@ -101,10 +108,11 @@ fn the_file_sets_the_count_and_the_flag_wins() {
     let dir = s.root().join("config").join("credproxy");
     fs::create_dir_all(&dir).expect("config dir");
     fs::File::create(dir.join("config.toml"))
-        .and_then(|mut f| f.write_all(b"io_threads = 2\n"))
+        .and_then(|mut f| f.write_all(b"io_threads = 6\n"))
         .expect("write config");
+    // Six is no machine's default, so only the file can have asked for it.
     let p = s.serve(&[]);
-    assert_eq!(io_threads_of(p.pid()).len(), 2);
+    assert_eq!(io_threads_of(p.pid()).len(), 6);
     let q = s.serve(&["--io-threads", "1"]);
     assert_eq!(io_threads_of(q.pid()), ["credproxy-io-0"]);
     let mut c = q.sandbox_client();

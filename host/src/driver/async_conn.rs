@@ -10,7 +10,7 @@
 //! its buffer, so a client that floods its stream cannot keep the
 //! executor to itself.
 //!
-//! Back-pressure: while more than [`MAX_UNSENT`] bytes wait to be written,
+//! Back-pressure: while more than [`MAX_UNSENT`](super::MAX_UNSENT) bytes wait to be written,
 //! the task stops reading (the engine, told when the limit was crossed,
 //! suspends the partial-frame deadline) and resumes once it has written
 //! them down below the limit.
@@ -24,8 +24,8 @@ use smol::channel::{Receiver, Sender};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::socket_conn::{READ_CHUNK, READ_FIRST};
-use super::state::{Driver, Flow, Outgoing, Shared, State, drive};
-use super::{Event, MAX_UNSENT, OnClose, Reader, Writer};
+use super::state::{Caller, Flow, Outgoing, Shared, State, drive, written};
+use super::{Event, OnClose, Reader, Writer};
 
 /// The parts of a running connection.
 pub(super) struct AsyncConn<R> {
@@ -109,17 +109,14 @@ impl<R: CryptoRng> AsyncConn<R> {
 
     /// Runs `f` on the engine (see [`drive`]).
     fn engine(&self, f: impl FnOnce(&mut State<R>, Now)) {
-        drive(&self.shared, Driver::Connection, f);
+        drive(&self.shared, Caller::Connection, f);
         self.shared.audit.flush();
     }
 
     /// The connection failed: the engine forgets it.
     fn gone(&self) {
         let conn = self.conn;
-        self.engine(|s, now| {
-            s.engine.handle_connection_gone(conn, now);
-            s.conns.remove(&conn);
-        });
+        self.engine(|s, now| s.connection_gone(conn, now));
     }
 
     /// Writes `first` and everything queued behind it, in one system call
@@ -144,25 +141,9 @@ impl<R: CryptoRng> AsyncConn<R> {
                 self.gone();
                 return Go::Stop;
             }
-            self.written(batch.len());
+            written(&self.shared, self.conn, &self.flow, batch.len());
+            self.shared.audit.flush();
         }
         if close { Go::Stop } else { Go::On }
-    }
-
-    /// Accounts for `n` written bytes; resumes reading once the backlog is
-    /// below the limit again.
-    fn written(&self, n: usize) {
-        let left = self.flow.unsent.fetch_sub(n, Ordering::SeqCst) - n;
-        if left <= MAX_UNSENT && self.flow.paused.load(Ordering::SeqCst) {
-            // Checked again under the lock, where the pause was decided.
-            let (conn, flow) = (self.conn, &self.flow);
-            self.engine(|s, now| {
-                if flow.unsent.load(Ordering::SeqCst) <= MAX_UNSENT
-                    && flow.paused.swap(false, Ordering::SeqCst)
-                {
-                    s.engine.handle_resume_reading(conn, now);
-                }
-            });
-        }
     }
 }

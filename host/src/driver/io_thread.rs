@@ -174,7 +174,7 @@ fn run<R: CryptoRng>(handle: &Arc<Handle>, shared: &Arc<Shared<R>>) {
         for event in &ready {
             let id = ConnId(event.key);
             if let Some(conn) = conns.get_mut(&id) {
-                let status = conn.on_ready(shared, &handle.poller, event.readable, event.writable);
+                let status = conn.on_ready(shared, &handle.poller, event.readable);
                 if status == Status::Closed {
                     close(&handle.poller, &mut conns, id);
                 }

@@ -186,7 +186,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         events: Sender<Event>,
     ) -> Driver<R> {
         let (writers_alive, writers_done) = bounded(1);
-        let state = State::new(engine, executor.clone(), events.clone());
+        let state = State::new(engine, events.clone());
         Driver {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -293,7 +293,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
 
     /// Runs `f` on the engine (see [`drive`]).
     fn with_state(&self, f: impl FnOnce(&mut State<R>, credproxy_core::Now)) {
-        drive(&self.shared, state::Driver::Loop, f);
+        drive(&self.shared, state::Caller::Loop, f);
         self.shared.audit.flush();
     }
 
@@ -393,10 +393,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         };
         match SocketConn::new(conn, stream, outbox, flow, self.writers_alive.clone()) {
             Ok(socket) => IoThreads::adopt(&owner, socket),
-            Err(_) => self.with_state(|s, now| {
-                s.engine.handle_connection_gone(conn, now);
-                s.conns.remove(&conn);
-            }),
+            Err(_) => self.with_state(|s, now| s.connection_gone(conn, now)),
         }
     }
 

@@ -43,13 +43,13 @@ impl Interest {
     }
 }
 
-/// A readiness event: hang-ups and errors count as both readable and
-/// writable (the next read or write reports them).
+/// A readiness event. Only whether it was readable matters: every event
+/// is followed by writing what is queued. Hang-ups and errors count as
+/// readable (the next read reports them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Ready {
     pub key: u64,
     pub readable: bool,
-    pub writable: bool,
 }
 
 /// Level-triggered epoll plus a wake-up eventfd.
@@ -122,7 +122,6 @@ impl Poller {
             ready.push(Ready {
                 key: event.data(),
                 readable: broken || flags.contains(EpollFlags::EPOLLIN),
-                writable: broken || flags.contains(EpollFlags::EPOLLOUT),
             });
         }
         Ok(())
@@ -158,7 +157,6 @@ mod tests {
                 vec![Ready {
                     key: 7,
                     readable: true,
-                    writable: false
                 }]
             );
         }

@@ -5,7 +5,7 @@
 //! the poller is level-triggered, so a client with more to send is seen
 //! again on the next round, after every other ready connection.
 //!
-//! Back-pressure: while more than [`MAX_UNSENT`] bytes wait to be written
+//! Back-pressure: while more than [`MAX_UNSENT`](super::MAX_UNSENT) bytes wait to be written
 //! the connection is not read (the engine, told when the limit was
 //! crossed, suspends the partial-frame deadline); reading resumes once the
 //! backlog is below the limit again.
@@ -19,9 +19,8 @@ use credproxy_core::ConnId;
 use rand_core::CryptoRng;
 use smol::channel::{Receiver, Sender};
 
-use super::MAX_UNSENT;
 use super::poller::{Interest, Poller};
-use super::state::{Driver, Flow, Outgoing, Shared, drive};
+use super::state::{Caller, Flow, Outgoing, Shared, drive, written};
 
 /// The most a connection hands the engine at once.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -99,22 +98,19 @@ impl SocketConn {
         Ok(())
     }
 
-    /// Handles a readiness event.
+    /// Handles a readiness event: reads once if it was readable and the
+    /// connection reads, then writes what is queued (a writable event, or
+    /// replies to what was read) and brings the interest up to date.
     pub fn on_ready<R: CryptoRng>(
         &mut self,
         shared: &Shared<R>,
         poller: &Poller,
         readable: bool,
-        writable: bool,
     ) -> Status {
         if readable && self.wants_read() && self.read(shared) == Status::Closed {
             return Status::Closed;
         }
-        if writable || readable {
-            return self.flush(shared, poller);
-        }
-        self.update_interest(poller);
-        Status::Open
+        self.flush(shared, poller)
     }
 
     fn wants_read(&self) -> bool {
@@ -127,13 +123,13 @@ impl SocketConn {
         match self.stream.read(&mut self.buf) {
             Ok(0) => {
                 self.reading = false;
-                drive(shared, Driver::Connection, |s, now| {
+                drive(shared, Caller::Connection, |s, now| {
                     s.engine.handle_read_closed(id, now);
                 });
             }
             Ok(n) => {
                 let bytes = &self.buf[..n];
-                drive(shared, Driver::Connection, |s, now| {
+                drive(shared, Caller::Connection, |s, now| {
                     s.engine.handle_bytes(id, bytes, now);
                 });
                 if n == self.buf.len() && n < READ_CHUNK {
@@ -169,7 +165,7 @@ impl SocketConn {
             match self.stream.write(&self.pending[self.written..]) {
                 Ok(n) => {
                     self.written += n;
-                    self.account(shared, n);
+                    written(shared, self.id, &self.flow, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -200,23 +196,6 @@ impl SocketConn {
         }
     }
 
-    /// Accounts for `n` written bytes; resumes reading once the backlog is
-    /// below the limit again.
-    fn account<R: CryptoRng>(&self, shared: &Shared<R>, n: usize) {
-        let left = self.flow.unsent.fetch_sub(n, Ordering::SeqCst) - n;
-        if left <= MAX_UNSENT && self.flow.paused.load(Ordering::SeqCst) {
-            let (id, flow) = (self.id, &self.flow);
-            // Checked again under the lock, where the pause was decided.
-            drive(shared, Driver::Connection, |s, now| {
-                if flow.unsent.load(Ordering::SeqCst) <= MAX_UNSENT
-                    && flow.paused.swap(false, Ordering::SeqCst)
-                {
-                    s.engine.handle_resume_reading(id, now);
-                }
-            });
-        }
-    }
-
     /// Registers the interest the connection now has, if it changed.
     fn update_interest(&mut self, poller: &Poller) {
         let want = Interest {
@@ -235,9 +214,8 @@ impl SocketConn {
     /// The connection failed: the engine forgets it.
     pub fn fail<R: CryptoRng>(&self, shared: &Shared<R>) {
         let id = self.id;
-        drive(shared, Driver::Connection, |s, now| {
-            s.engine.handle_connection_gone(id, now);
-            s.conns.remove(&id);
+        drive(shared, Caller::Connection, |s, now| {
+            s.connection_gone(id, now)
         });
     }
 

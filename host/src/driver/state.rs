@@ -89,7 +89,7 @@ pub(super) fn lock<R>(state: &Mutex<State<R>>) -> MutexGuard<'_, State<R>> {
 
 /// Who is driving the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Driver {
+pub(super) enum Caller {
     /// The loop task, which re-arms its timer itself.
     Loop,
     /// A connection's task: the loop task is woken if its timer must fire
@@ -104,14 +104,14 @@ pub(super) enum Driver {
 /// once it has no more work at hand (one write for a batch of requests).
 pub(super) fn drive<R: CryptoRng>(
     shared: &Shared<R>,
-    by: Driver,
+    by: Caller,
     f: impl FnOnce(&mut State<R>, Now),
 ) {
     let mut lookups = {
         let mut state = lock(&shared.state);
         let now = state.now();
         f(&mut state, now);
-        state.drain(&shared.audit, by)
+        state.drain(shared, by)
     };
     while !lookups.is_empty() {
         let results: Vec<_> = lookups
@@ -128,15 +128,30 @@ pub(super) fn drive<R: CryptoRng>(
                     Err(effect) => state.forward(id, effect),
                 }
             }
-            state.drain(&shared.audit, by)
+            state.drain(shared, by)
         };
+    }
+}
+
+/// Accounts for `n` bytes a connection's task wrote; resumes reading once
+/// the backlog is below the limit again (checked again under the lock,
+/// where the pause was decided).
+pub(super) fn written<R: CryptoRng>(shared: &Shared<R>, conn: ConnId, flow: &Flow, n: usize) {
+    let left = flow.unsent.fetch_sub(n, Ordering::SeqCst) - n;
+    if left <= MAX_UNSENT && flow.paused.load(Ordering::SeqCst) {
+        drive(shared, Caller::Connection, |s, now| {
+            if flow.unsent.load(Ordering::SeqCst) <= MAX_UNSENT
+                && flow.paused.swap(false, Ordering::SeqCst)
+            {
+                s.engine.handle_resume_reading(conn, now);
+            }
+        });
     }
 }
 
 /// Everything the engine lock protects.
 pub(super) struct State<R> {
     pub engine: Engine<R>,
-    pub executor: Executor,
     pub clock: Clock,
     pub conns: BTreeMap<ConnId, ConnIo>,
     /// The loop task's channel: forwarded effects and deadline changes.
@@ -158,10 +173,9 @@ pub(super) struct State<R> {
 }
 
 impl<R: CryptoRng> State<R> {
-    pub fn new(engine: Engine<R>, executor: Executor, events: Sender<Event>) -> State<R> {
+    pub fn new(engine: Engine<R>, events: Sender<Event>) -> State<R> {
         State {
             engine,
-            executor,
             clock: Clock::start(),
             conns: BTreeMap::new(),
             events,
@@ -183,17 +197,21 @@ impl<R: CryptoRng> State<R> {
     /// Drains the engine's outputs, stages the audit lines, wakes the loop
     /// task if its timer must fire earlier (when not driven by it), and
     /// returns the cache lookups to do once the lock is released.
-    pub fn drain(&mut self, audit: &AuditQueue, by: Driver) -> Vec<(EffectId, Effect)> {
+    /// (`shared` is the [`Shared`] this state is locked in: its audit queue
+    /// and executor are used, never its lock.)
+    pub fn drain(&mut self, shared: &Shared<R>, by: Caller) -> Vec<(EffectId, Effect)> {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Send { conn, bytes } => self.send(conn, bytes),
                 Output::Close { conn } => self.forget(conn),
                 Output::Audit(event) => {
-                    audit
-                        .log()
-                        .encode_with(&event, &mut self.timestamps, &mut self.audit_lines);
+                    shared.audit.log().encode_with(
+                        &event,
+                        &mut self.timestamps,
+                        &mut self.audit_lines,
+                    );
                 }
-                Output::Effect { id, effect } => self.effect(id, effect),
+                Output::Effect { id, effect } => self.effect(&shared.executor, id, effect),
                 Output::LoopbackReply {
                     request,
                     status,
@@ -207,8 +225,8 @@ impl<R: CryptoRng> State<R> {
                 _ => {}
             }
         }
-        audit.stage(&mut self.audit_lines);
-        if by == Driver::Connection {
+        shared.audit.stage(&mut self.audit_lines);
+        if by == Caller::Connection {
             self.wake_loop_if_earlier();
         }
         std::mem::take(&mut self.lookups)
@@ -222,6 +240,13 @@ impl<R: CryptoRng> State<R> {
         }
     }
 
+    /// The connection failed (a read or write error): the engine and the
+    /// driver forget it; its task closes it.
+    pub fn connection_gone(&mut self, conn: ConnId, now: Now) {
+        self.engine.handle_connection_gone(conn, now);
+        self.conns.remove(&conn);
+    }
+
     /// Queues a close on every connection.
     pub fn close_all(&mut self) {
         for (conn, io) in std::mem::take(&mut self.conns) {
@@ -233,10 +258,10 @@ impl<R: CryptoRng> State<R> {
     /// other effects that cannot block (a lock release, in emission order);
     /// forwards the rest to the loop task (which owns the listeners and
     /// spawns the rest on the blocking pool).
-    fn effect(&mut self, id: EffectId, effect: Effect) {
+    fn effect(&mut self, executor: &Executor, id: EffectId, effect: Effect) {
         if matches!(effect, Effect::TokenGet { fresh: false, .. }) {
             self.lookups.push((id, effect));
-        } else if let Some(result) = self.executor.try_inline(&effect) {
+        } else if let Some(result) = executor.try_inline(&effect) {
             let now = self.now();
             self.engine.handle_effect_result(id, result, now);
         } else {
