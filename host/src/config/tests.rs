@@ -1,0 +1,121 @@
+use super::*;
+use credproxy_core::config::Limits;
+
+fn no_env(_: &str) -> Option<OsString> {
+    None
+}
+
+#[test]
+fn every_limits_field_has_a_key_and_a_flag() {
+    // `Limits { a: 1, b: [1, 2], … }`: the field names from Debug.
+    let debug = format!("{:?}", Limits::default());
+    let body = debug
+        .trim_start_matches("Limits {")
+        .trim_end_matches('}')
+        .to_owned();
+    let mut depth = 0;
+    let mut fields = Vec::new();
+    let mut current = String::new();
+    for c in body.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                fields.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    fields.push(current);
+    let names: Vec<String> = fields
+        .iter()
+        .filter_map(|f| f.split(':').next())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    for n in &names {
+        assert!(LIMIT_KEYS.contains(&n.as_str()), "no key/flag for {n}");
+    }
+    assert_eq!(names.len(), LIMIT_KEYS.len());
+}
+
+/// The example in the module docs parses, and its `[limits]` are the
+/// defaults.
+#[test]
+fn documented_example_is_valid() {
+    let source = include_str!("mod.rs");
+    let start = source.find("//! ```toml\n").expect("example start") + 12;
+    let len = source[start..].find("//! ```\n").expect("example end");
+    let text: String = source[start..start + len]
+        .lines()
+        .map(|l| {
+            l.strip_prefix("//! ")
+                .unwrap_or(l.trim_start_matches("//!"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let file = FileConfig::parse(&text, Path::new("example.toml")).expect("example parses");
+    let mut limits = Limits {
+        max_frame_bytes: 1,
+        refresh_retry_ms: [0, 0],
+        renewal_max_tries: 0,
+        ..Limits::default()
+    };
+    file.limits.apply(&mut limits);
+    assert_eq!(limits, Limits::default(), "documented defaults");
+    for key in LIMIT_KEYS {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "{key} is not in the example"
+        );
+    }
+    assert_eq!(file.providers.len(), 4);
+}
+
+#[test]
+fn extra_params_in_both_shapes_keep_order() {
+    let f: FileConfig = toml::from_str(
+        "[providers.a]\nflow=\"device_code\"\nextra_auth_params = { z = \"1\", a = \"2\" }\n\
+         [providers.b]\nflow=\"device_code\"\nextra_auth_params = [[\"z\", \"1\"], [\"a\", \"2\"]]\n",
+    )
+    .unwrap();
+    let want = vec![
+        ("z".to_owned(), "1".to_owned()),
+        ("a".to_owned(), "2".to_owned()),
+    ];
+    assert_eq!(f.providers["b"].extra_auth_params.clone().unwrap().0, want);
+    assert_eq!(f.providers["a"].extra_auth_params.clone().unwrap().0, want);
+}
+
+#[test]
+fn bad_enum_value_lists_the_choices() {
+    let e = FileConfig::parse("[providers.x]\nflow = \"implicit\"\n", Path::new("/c.toml"))
+        .unwrap_err();
+    assert!(e.0.contains("/c.toml"), "{e}");
+    assert!(
+        e.0.contains("pkce_redirect, device_code, browser_redirect"),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_session_timeout() {
+    let env = |n: &str| (n == SESSION_TIMEOUT_ENV).then(|| OsString::from("42"));
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.toml");
+    let s = Settings::load_with(None, &|n| {
+        if n == "XDG_CONFIG_HOME" {
+            Some(missing.clone().into_os_string())
+        } else {
+            env(n)
+        }
+    })
+    .unwrap();
+    assert_eq!(s.config.limits.session_ttl_ms, 42_000);
+    let bad = |n: &str| (n == SESSION_TIMEOUT_ENV).then(|| OsString::from("soon"));
+    assert!(Settings::load_with(Some(&missing), &bad).is_err());
+    assert!(Settings::load_with(None, &no_env).is_ok());
+}
