@@ -166,6 +166,19 @@ impl ProviderSpec {
                 )));
             }
         }
+        // Discovery gives endpoints, never the redirect URI: a redirect
+        // flow needs one configured whatever the endpoints come from (an
+        // IdP refuses an authorization request without it).
+        if matches!(
+            self.flow,
+            FlowType::PkceRedirect | FlowType::BrowserRedirect
+        ) && self.redirect_uri.is_none()
+        {
+            return Err(bad(&format!(
+                "redirect_uri is required for the {} flow",
+                self.flow
+            )));
+        }
         if self.issuer.is_some() {
             return Ok(());
         }
@@ -183,11 +196,6 @@ impl ProviderSpec {
                 if self.authorize_url.is_none() =>
             {
                 Err(bad("authorize_url (or issuer) is required"))
-            }
-            (FlowType::PkceRedirect | FlowType::BrowserRedirect, _)
-                if self.redirect_uri.is_none() =>
-            {
-                Err(bad("redirect_uri is required"))
             }
             _ => Ok(()),
         }

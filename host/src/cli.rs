@@ -359,6 +359,9 @@ fn store_root(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
 /// validated.
 fn settings(c: &CommonArgs) -> Result<Settings, Failure> {
     let mut s = Settings::load(c.config.config.as_deref())?;
+    for w in &s.warnings {
+        let _ = writeln!(std::io::stderr(), "credproxy: warning: {w}");
+    }
     s.apply_limits(&c.limits);
     s.apply_policy(&c.policy);
     if let Some(store) = &c.store {

@@ -150,6 +150,30 @@ extra_auth_params = { z = "1", a = "2" }
     assert_eq!(s.config.providers.len(), 6);
 }
 
+/// A redirect flow with an issuer but no `redirect_uri` is refused when the
+/// file is loaded (discovery never supplies one), naming the provider and
+/// the field; a device flow with an issuer needs none.
+#[test]
+fn redirect_flow_with_issuer_needs_a_redirect_uri() {
+    let c = Cfg::new();
+    for flow in ["pkce_redirect", "browser_redirect"] {
+        let path = c.write(&format!(
+            "[providers.corp]\nflow = \"{flow}\"\nissuer = \"https://id.corp.example\"\n\
+             client_id = \"credproxy\"\n"
+        ));
+        let e = load(&path, &[]).expect_err(flow);
+        assert!(e.contains("[providers.corp]"), "{e}");
+        assert!(e.contains("redirect_uri is required"), "{e}");
+        assert!(e.contains(flow), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+    let path = c.write(
+        "[providers.corp]\nflow = \"device_code\"\nissuer = \"https://id.corp.example\"\n\
+         client_id = \"credproxy\"\n",
+    );
+    load(&path, &[]).expect("a device flow needs no redirect_uri");
+}
+
 #[test]
 fn codex_flow_device_code_selects_the_device_dialect() {
     let c = Cfg::new();
@@ -330,16 +354,16 @@ store = "store-dir"
 audit_log = "audit.log"
 
 [limits]
-session_ttl_ms = 1000
+session_timeout_ms = 1000
 lock_wait_ms = 2000
 refresh_retry_ms = [10, 30]
 max_frame_bytes = 1024
 
 [policy]
 strict_sandbox = true
-allowed_providers = ["anthropic"]
-allowed_buckets = []
-allowed_uids = [1001, 1002]
+allow_provider = ["anthropic"]
+allow_bucket = []
+allow_uid = [1001, 1002]
 "#,
     );
     let env = env_of(&[(SESSION_TIMEOUT_ENV, "7")]);
@@ -585,4 +609,130 @@ fn store_from_the_file_is_used_by_the_store_commands() {
     let ran = s.run(&["key", "list", "--store", &other], b"");
     ran.assert_code(0);
     assert_eq!(ran.stdout, "");
+}
+
+/// The long flags a `--help` text lists (`  -x, --name <V>` or `  --name`).
+fn long_flags(help: &str) -> Vec<String> {
+    help.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("-h, ").unwrap_or(l);
+            let l = l.split_once(", ").map_or(
+                l,
+                |(short, rest)| {
+                    if short.len() == 2 { rest } else { l }
+                },
+            );
+            let name = l.strip_prefix("--")?;
+            let end = name
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .unwrap_or(name.len());
+            Some(name[..end].to_owned())
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Every flag of the serving commands has a configuration key of the same
+/// name (`-` → `_`) that the real loader accepts; the few that have none
+/// are listed with the reason.
+#[test]
+fn every_flag_has_a_key_of_the_same_name() {
+    use credproxy::config::{LIMIT_KEYS, POLICY_KEYS, TOP_KEYS};
+    // Flags that deliberately have no key.
+    let no_key = [
+        ("help", "clap's"),
+        ("config", "names the file itself"),
+        ("socket", "one instance's path, given per run"),
+        (
+            "insecure-no-token",
+            "an unsafe mode must be asked for on each run",
+        ),
+    ];
+    let s = Scratch::new();
+    let mut seen = 0;
+    for cmd in ["serve", "exec", "stdio"] {
+        let ran = s.run(&[cmd, "--help"], b"");
+        ran.assert_code(0);
+        let flags = long_flags(&ran.stdout);
+        assert!(flags.len() > 30, "{cmd}: {flags:?}");
+        for flag in flags {
+            if no_key.iter().any(|(f, _)| *f == flag) {
+                continue;
+            }
+            let key = flag.replace('-', "_");
+            let (table, _) = [
+                ("", TOP_KEYS),
+                ("limits", LIMIT_KEYS),
+                ("policy", POLICY_KEYS),
+            ]
+            .into_iter()
+            .find(|(_, keys)| keys.contains(&key.as_str()))
+            .unwrap_or_else(|| panic!("--{flag} of {cmd} has no key {key}"));
+            // The loader takes the key (a value of the right type for each).
+            let value = match key.as_str() {
+                "store" | "audit_log" => "\"x\"".to_owned(),
+                "refresh_retry_ms" => "[1, 2]".to_owned(),
+                "strict_sandbox" | "sandbox_login_overwrite" => "true".to_owned(),
+                "allow_uid" => "[7]".to_owned(),
+                k if k.starts_with("allow_") => "[\"x\"]".to_owned(),
+                _ => "7".to_owned(),
+            };
+            let text = if table.is_empty() {
+                format!("{key} = {value}\n")
+            } else {
+                format!("[{table}]\n{key} = {value}\n")
+            };
+            let file = credproxy::config::FileConfig::parse(&text, Path::new("/k.toml"))
+                .unwrap_or_else(|e| panic!("--{flag}: key {key} refused: {e}"));
+            assert!(file.warnings.is_empty(), "{key}: {:?}", file.warnings);
+            seen += 1;
+        }
+    }
+    assert!(seen > 90, "{seen}");
+}
+
+/// A limit set by its key and by its flag gives the same value, for every
+/// limit.
+#[test]
+fn each_limit_key_and_flag_set_the_same_field() {
+    use credproxy::config::{FileConfig, LIMIT_FLAGS};
+    for (flag, key) in LIMIT_FLAGS {
+        let (file_value, flag_value) = if *key == "refresh_retry_ms" {
+            ("[3, 4]", "3,4")
+        } else {
+            ("7", "7")
+        };
+        let file = FileConfig::parse(
+            &format!("[limits]\n{key} = {file_value}\n"),
+            Path::new("/k.toml"),
+        )
+        .expect("parses");
+        let mut by_file = Settings::default();
+        file.limits.apply(&mut by_file.config.limits);
+        let mut by_flag = Settings::default();
+        by_flag.apply_limits(&flags(&[&format!("--{flag}"), flag_value]).limits);
+        assert_eq!(by_file.config.limits, by_flag.config.limits, "{flag}");
+        assert_ne!(
+            by_file.config.limits,
+            Settings::default().config.limits,
+            "{flag} changed nothing"
+        );
+    }
+}
+
+/// A deprecated key is read and `serve` warns, naming the new key.
+#[test]
+fn serve_warns_about_a_deprecated_key() {
+    let s = Scratch::new();
+    let cfg = s.root().join("old.toml");
+    fs::write(&cfg, "[limits]\nhandshake_ms = 4000\n").expect("write");
+    let cfg = cfg.display().to_string();
+    let mut proxy = s.serve(&["--config", &cfg]);
+    let stderr = proxy.wait_for_stderr("deprecated");
+    assert!(
+        stderr.contains("handshake_ms is deprecated; rename it to handshake_timeout_ms"),
+        "{stderr}"
+    );
+    proxy.stop(nix::sys::signal::Signal::SIGTERM);
 }

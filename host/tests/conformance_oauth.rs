@@ -825,7 +825,7 @@ fn outlive(start: Instant, ttl: Duration) {
 #[test]
 fn b25_session_expiry_for_exchange() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "session_ttl_ms = 300");
+    let (_e, srv) = n_server(&stub, "session_timeout_ms = 300");
     let mut c = srv.hs();
     let t0 = Instant::now();
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
@@ -847,7 +847,7 @@ fn b25_session_expiry_for_exchange() {
 #[test]
 fn b25_session_expiry_for_poll() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "session_ttl_ms = 300\ndevice_poll_ms = 50");
+    let (_e, srv) = n_server(&stub, "session_timeout_ms = 300\ndevice_poll_ms = 50");
     let mut c = srv.hs();
     let sid = device_login(&mut c, None);
     // Pending until the lifetime passes, then expired once, then gone.

@@ -10,15 +10,21 @@
 //! # Precedence
 //!
 //! built-in defaults < `CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS` (sets
-//! `limits.session_ttl_ms`, in whole seconds) < the configuration file <
+//! `limits.session_timeout_ms`, in whole seconds) < the configuration file <
 //! command-line flags. A flag overrides only when it is given.
 //!
 //! # Format
 //!
 //! Every key is optional. Unknown keys are errors that name the key, the
-//! line and the file. Times are in milliseconds and the `[limits]` keys are
-//! the field names of [`Limits`]. Relative paths are relative to the
-//! directory of the configuration file (`~` is not expanded).
+//! line and the file. Every key that has a flag is named like its flag, with
+//! `_` for `-` (`--partial-frame-timeout-ms` is `partial_frame_timeout_ms`
+//! in `[limits]`, `--allow-provider` is `allow_provider` in `[policy]`, a
+//! list of what the repeated flag takes). Keys of earlier versions
+//! (`partial_frame_ms`, `handshake_ms`, `session_ttl_ms`, `provider_call_ms`,
+//! `allowed_providers`, `allowed_buckets`, `allowed_keys`, `allowed_uids`)
+//! are still read, with a warning naming the new key. Times are in
+//! milliseconds. Relative paths are relative to the directory of the
+//! configuration file (`~` is not expanded).
 //!
 //! ```toml
 //! # Store directory (default $XDG_DATA_HOME/credproxy or ~/.local/share/credproxy).
@@ -31,29 +37,29 @@
 //! [policy]
 //! strict_sandbox = false           # refuse login and refresh to sandbox connections
 //! sandbox_login_overwrite = false  # let a sandbox login replace a valid credential
-//! allowed_providers = ["anthropic", "codex"]   # absent: all; [] : none
-//! allowed_buckets = ["default", "work"]
-//! allowed_keys = ["OPENAI_API_KEY"]
-//! allowed_uids = [1001]            # peer uids allowed besides ours and root
+//! allow_provider = ["anthropic", "codex"]   # absent: all; [] : none
+//! allow_bucket = ["default", "work"]
+//! allow_key = ["OPENAI_API_KEY"]
+//! allow_uid = [1001]               # peer uids allowed besides ours and root
 //!
 //! [limits]                         # defaults shown
 //! max_frame_bytes = 65536          # at most 4194304
-//! partial_frame_ms = 5000
-//! handshake_ms = 5000
+//! partial_frame_timeout_ms = 5000
+//! handshake_timeout_ms = 5000
 //! max_in_flight = 16
 //! rate_per_sec = 60
 //! rate_burst = 120
 //! max_connections = 256
 //! v1_max_frame = 65536
 //! v2_max_payload = 4194304
-//! session_ttl_ms = 600000
+//! session_timeout_ms = 600000
 //! sessions_per_peer = 8
 //! sessions_total = 256
 //! session_sweep_ms = 60000
 //! device_poll_ms = 5000
 //! slow_down_ms = 5000
 //! poll_backoff_cap_ms = 60000
-//! provider_call_ms = 8000
+//! provider_call_timeout_ms = 8000
 //! http_timeout_ms = 15000
 //! refresh_cooldown_ms = 30000
 //! refresh_retry_ms = [1000, 3000]
@@ -167,9 +173,9 @@ mod providers;
 #[cfg(test)]
 mod tests;
 
-pub use limits::{LIMIT_KEYS, LimitsArgs, LimitsFile};
+pub use limits::{DEPRECATED_LIMIT_KEYS, LIMIT_FLAGS, LIMIT_KEYS, LimitsArgs, LimitsFile};
 use policy::name_set;
-pub use policy::{PolicyArgs, PolicyFile};
+pub use policy::{DEPRECATED_POLICY_KEYS, POLICY_KEYS, PolicyArgs, PolicyFile};
 pub use providers::{ExtraParams, ProviderFile};
 
 // ---------------------------------------------------------------------------
@@ -194,7 +200,14 @@ pub struct FileConfig {
     /// Provider overrides and new providers.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderFile>,
+    /// Deprecated keys that were read under their old names, one line each
+    /// (printed as warnings by the commands).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
+
+/// The top-level keys, as in the file (each its flag's name).
+pub const TOP_KEYS: &[&str] = &["store", "audit_log", "io_threads"];
 
 impl FileConfig {
     /// Parses the text of a configuration file; errors name the key and
@@ -204,13 +217,21 @@ impl FileConfig {
     ///
     /// Invalid TOML, an unknown key or a value of the wrong type.
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, SettingsError> {
-        toml::from_str(text).map_err(|e| {
+        let invalid = |m: &str| {
             SettingsError(format!(
                 "invalid configuration file {}: {}",
                 path.display(),
-                e.to_string().trim_end()
+                m.trim_end()
             ))
-        })
+        };
+        let mut file: FileConfig = toml::from_str(text).map_err(|e| invalid(&e.to_string()))?;
+        let mut warnings = file.limits.upgrade().map_err(|m| invalid(&m))?;
+        warnings.extend(file.policy.upgrade().map_err(|m| invalid(&m))?);
+        file.warnings = warnings
+            .into_iter()
+            .map(|w| format!("configuration file {}: {w}", path.display()))
+            .collect();
+        Ok(file)
     }
 }
 
@@ -286,6 +307,8 @@ pub struct Settings {
     pub source: Option<PathBuf>,
     /// Providers that have a table in the file.
     pub configured_providers: BTreeSet<String>,
+    /// Warnings about the file (deprecated keys), for the commands to print.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -341,6 +364,7 @@ impl Settings {
     ) -> Result<(), SettingsError> {
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         self.source = Some(path.to_path_buf());
+        self.warnings.extend(file.warnings.iter().cloned());
         if let Some(store) = file.store {
             self.store = Some(base.join(store));
         }
@@ -362,16 +386,16 @@ impl Settings {
         if let Some(v) = p.sandbox_login_overwrite {
             policy.sandbox_login_overwrite = v;
         }
-        if let Some(v) = p.allowed_providers {
+        if let Some(v) = p.allow_provider {
             policy.allowed_providers = Some(name_set(&v));
         }
-        if let Some(v) = p.allowed_buckets {
+        if let Some(v) = p.allow_bucket {
             policy.allowed_buckets = Some(name_set(&v));
         }
-        if let Some(v) = p.allowed_keys {
+        if let Some(v) = p.allow_key {
             policy.allowed_keys = Some(name_set(&v));
         }
-        if let Some(v) = p.allowed_uids {
+        if let Some(v) = p.allow_uid {
             self.allowed_uids = v;
         }
         for (name, table) in file.providers {

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use clap::Args;
 use serde::Deserialize;
 
-/// The `[policy]` table of the configuration file.
+/// The `[policy]` table of the configuration file. Each key is its flag's
+/// name (`--allow-provider` is `allow_provider`); a list key takes the
+/// values the repeatable flag would.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
@@ -14,13 +16,85 @@ pub struct PolicyFile {
     /// Let a sandbox login replace a valid stored credential.
     pub sandbox_login_overwrite: Option<bool>,
     /// Providers that may be used (absent: all).
-    pub allowed_providers: Option<Vec<String>>,
+    pub allow_provider: Option<Vec<String>>,
     /// Buckets that may be used (absent: all).
-    pub allowed_buckets: Option<Vec<String>>,
+    pub allow_bucket: Option<Vec<String>>,
     /// API key names that may be read (absent: all).
-    pub allowed_keys: Option<Vec<String>>,
+    pub allow_key: Option<Vec<String>>,
     /// Peer uids allowed on the socket besides ours and root.
+    pub allow_uid: Option<Vec<u32>>,
+    /// Deprecated name of `allow_provider`.
+    pub allowed_providers: Option<Vec<String>>,
+    /// Deprecated name of `allow_bucket`.
+    pub allowed_buckets: Option<Vec<String>>,
+    /// Deprecated name of `allow_key`.
+    pub allowed_keys: Option<Vec<String>>,
+    /// Deprecated name of `allow_uid`.
     pub allowed_uids: Option<Vec<u32>>,
+}
+
+/// The `[policy]` keys, as in the file (each its flag's name).
+pub const POLICY_KEYS: &[&str] = &[
+    "strict_sandbox",
+    "sandbox_login_overwrite",
+    "allow_provider",
+    "allow_bucket",
+    "allow_key",
+    "allow_uid",
+];
+
+/// Deprecated `[policy]` keys and the keys that replace them.
+pub const DEPRECATED_POLICY_KEYS: &[(&str, &str)] = &[
+    ("allowed_providers", "allow_provider"),
+    ("allowed_buckets", "allow_bucket"),
+    ("allowed_keys", "allow_key"),
+    ("allowed_uids", "allow_uid"),
+];
+
+/// Moves `old` into `new`, with a warning; both given is an error.
+fn rename<T>(
+    old: &mut Option<T>,
+    new: &mut Option<T>,
+    (old_name, new_name): (&str, &str),
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let Some(v) = old.take() else {
+        return Ok(());
+    };
+    if new.is_some() {
+        return Err(format!(
+            "[policy] has both {old_name} and {new_name}; keep only {new_name}"
+        ));
+    }
+    *new = Some(v);
+    warnings.push(format!(
+        "[policy] {old_name} is deprecated; rename it to {new_name}"
+    ));
+    Ok(())
+}
+
+impl PolicyFile {
+    /// Moves deprecated keys to their new names; one warning per key moved.
+    /// Both names at once is an error.
+    pub fn upgrade(&mut self) -> Result<Vec<String>, String> {
+        let mut w = Vec::new();
+        let d = DEPRECATED_POLICY_KEYS;
+        rename(
+            &mut self.allowed_providers,
+            &mut self.allow_provider,
+            d[0],
+            &mut w,
+        )?;
+        rename(
+            &mut self.allowed_buckets,
+            &mut self.allow_bucket,
+            d[1],
+            &mut w,
+        )?;
+        rename(&mut self.allowed_keys, &mut self.allow_key, d[2], &mut w)?;
+        rename(&mut self.allowed_uids, &mut self.allow_uid, d[3], &mut w)?;
+        Ok(w)
+    }
 }
 
 /// Policy flags; each overrides the file only when given.

@@ -36,10 +36,75 @@ fn every_limits_field_has_a_key_and_a_flag() {
         .filter(|n| !n.is_empty())
         .collect();
     assert!(names.len() > 20, "{names:?}");
-    for n in &names {
-        assert!(LIMIT_KEYS.contains(&n.as_str()), "no key/flag for {n}");
+    assert_eq!(names.len(), LIMIT_KEYS.len(), "one key per field");
+    assert_eq!(names.len(), LIMIT_FLAGS.len(), "one flag per field");
+    // Every key is its flag's name with `_` for `-`.
+    for (flag, key) in LIMIT_FLAGS {
+        assert_eq!(flag.replace('-', "_"), *key);
+        assert!(LIMIT_KEYS.contains(key), "{key}");
     }
-    assert_eq!(names.len(), LIMIT_KEYS.len());
+}
+
+/// Old key names still load, with one warning each naming the new key;
+/// old and new together are refused.
+#[test]
+fn deprecated_keys_load_with_a_warning() {
+    let mut text = String::from("[limits]\n");
+    for (i, (old, _)) in DEPRECATED_LIMIT_KEYS.iter().enumerate() {
+        text.push_str(&format!("{old} = {}\n", 1000 + i));
+    }
+    text.push_str("[policy]\n");
+    for (old, _) in DEPRECATED_POLICY_KEYS {
+        let value = if old.ends_with("uids") {
+            "[7]"
+        } else {
+            "[\"x\"]"
+        };
+        text.push_str(&format!("{old} = {value}\n"));
+    }
+    let file = FileConfig::parse(&text, Path::new("/c.toml")).expect("old keys load");
+    assert_eq!(
+        file.warnings.len(),
+        DEPRECATED_LIMIT_KEYS.len() + DEPRECATED_POLICY_KEYS.len()
+    );
+    for (old, new) in DEPRECATED_LIMIT_KEYS.iter().chain(DEPRECATED_POLICY_KEYS) {
+        assert!(
+            file.warnings
+                .iter()
+                .any(|w| w.contains("/c.toml") && w.contains(old) && w.contains(new)),
+            "{old} -> {new}: {:?}",
+            file.warnings
+        );
+    }
+    let mut limits = Limits::default();
+    file.limits.apply(&mut limits);
+    assert_eq!(limits.partial_frame_ms, 1000);
+    assert_eq!(limits.handshake_ms, 1001);
+    assert_eq!(limits.session_ttl_ms, 1002);
+    assert_eq!(limits.provider_call_ms, 1003);
+    assert_eq!(file.policy.allow_provider, Some(vec!["x".to_owned()]));
+    assert_eq!(file.policy.allow_uid, Some(vec![7]));
+
+    let both = "[limits]\nhandshake_ms = 1\nhandshake_timeout_ms = 2\n";
+    let e = FileConfig::parse(both, Path::new("/c.toml")).expect_err("both names");
+    assert!(
+        e.0.contains("handshake_ms") && e.0.contains("handshake_timeout_ms"),
+        "{e}"
+    );
+    let both = "[policy]\nallowed_keys = []\nallow_key = []\n";
+    let e = FileConfig::parse(both, Path::new("/c.toml")).expect_err("both names");
+    assert!(
+        e.0.contains("allowed_keys") && e.0.contains("allow_key"),
+        "{e}"
+    );
+    // The new names give no warning.
+    let new = "[limits]\nhandshake_timeout_ms = 2\n[policy]\nallow_key = []\n";
+    assert!(
+        FileConfig::parse(new, Path::new("/c.toml"))
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
 }
 
 /// The example in the module docs parses, and its `[limits]` are the
