@@ -17,7 +17,7 @@ pub const MAX_FRAME_CEILING: usize = 4 * 1024 * 1024;
 /// Sizes, counts and timings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest inbound payload accepted (default 64 KiB, at most 4 MiB).
+    /// Largest inbound payload accepted (default 1 MiB, at most 4 MiB).
     pub max_frame_bytes: usize,
     /// A started frame must complete within this time while read (5 s).
     pub partial_frame_ms: u64,
@@ -77,7 +77,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_frame_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
             partial_frame_ms: 5_000,
             handshake_ms: 5_000,
             max_in_flight: 16,
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn defaults_are_the_spec_values() {
         let l = Limits::default();
-        assert_eq!(l.max_frame_bytes, 65_536);
+        assert_eq!(l.max_frame_bytes, 1_048_576);
         assert_eq!((l.partial_frame_ms, l.handshake_ms), (5_000, 5_000));
         assert_eq!(
             (l.max_in_flight, l.rate_per_sec, l.rate_burst),

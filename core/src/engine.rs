@@ -297,6 +297,11 @@ impl<R: CryptoRng> Engine<R> {
             let handled = match c.decoder.decode_payload(&mut input) {
                 Ok(Some(payload)) => self.on_payload(conn, &payload),
                 Ok(None) => break,
+                Err(DecodeError::Oversize { len, max }) => {
+                    // `input` now starts at the body: whatever of it is in
+                    // this chunk is all the oversize reply may look at.
+                    return self.on_oversize(conn, len, max, input);
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = handled {
