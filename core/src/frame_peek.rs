@@ -28,7 +28,10 @@ pub const PEEK_LIMIT: usize = 512;
 /// the leading scalar members of the slice.
 #[must_use]
 pub fn peek_id(body: &[u8]) -> Option<String> {
-    let mut s = Scanner { bytes: body, pos: 0 };
+    let mut s = Scanner {
+        bytes: body,
+        pos: 0,
+    };
     s.ws();
     s.eat(b'{')?;
     loop {
@@ -151,7 +154,10 @@ mod tests {
         assert_eq!(peek_id(br#" { "id" : 42 , "#).as_deref(), Some("42"));
         assert_eq!(peek_id(br#"{"id":"a\"b\u00e9"}"#).as_deref(), Some("a\"bé"));
         assert_eq!(peek_id(br#"{"\u0069d":"x",}"#).as_deref(), Some("x"));
-        assert_eq!(peek_id(br#"{"v":null,"ok":true,"id":7}"#).as_deref(), Some("7"));
+        assert_eq!(
+            peek_id(br#"{"v":null,"ok":true,"id":7}"#).as_deref(),
+            Some("7")
+        );
     }
 
     #[test]
@@ -159,13 +165,13 @@ mod tests {
         for body in [
             &b""[..],
             b"{",
-            br#"{"id":"ab"#,                  // cut inside the id
-            br#"{"id":12"#,                   // a number cut by the chunk end
-            br#"{"id":"abc""#,                // no terminator yet
+            br#"{"id":"ab"#,                       // cut inside the id
+            br#"{"id":12"#,                        // a number cut by the chunk end
+            br#"{"id":"abc""#,                     // no terminator yet
             br#"{"payload":{"id":"x"},"id":"y","#, // non-scalar first
             br#"{"v":[1],"id":"y","#,
             br#"["id","x"]"#,
-            br#"{"id":"","#,                  // empty id is no id
+            br#"{"id":"","#, // empty id is no id
             br#"{"id":false,"#,
             br#"{"id":null,"#,
             br#"{"op":"x"}"#,
@@ -188,8 +194,12 @@ mod tests {
     fn id() -> impl Strategy<Value = Value> {
         prop_oneof![
             ".{1,40}".prop_map(Value::from),
-            any::<i64>().prop_filter("0 is no id", |n| *n != 0).prop_map(Value::from),
-            any::<u64>().prop_filter("0 is no id", |n| *n != 0).prop_map(Value::from),
+            any::<i64>()
+                .prop_filter("0 is no id", |n| *n != 0)
+                .prop_map(Value::from),
+            any::<u64>()
+                .prop_filter("0 is no id", |n| *n != 0)
+                .prop_map(Value::from),
         ]
     }
 

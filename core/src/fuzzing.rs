@@ -415,7 +415,10 @@ fn request_frame(h: &mut Harness, bytes: &[u8], version: u8) {
             })
             .into_iter()
             .collect();
-        assert_eq!(replies, want, "a closed request got a reply other than the oversize one");
+        assert_eq!(
+            replies, want,
+            "a closed request got a reply other than the oversize one"
+        );
         let decodes = bytes.len() <= limit
             && serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.is_object());
         assert!(!decodes, "a decodable request closed the connection");
@@ -2259,8 +2262,10 @@ impl World {
         let e = &self.h.engine;
         let l = self.limits();
         assert!(
-            e.connection_count() <= l.max_connections,
-            "connection limit"
+            e.connection_count() <= l.max_sockets()
+                && e.connection_count() - e.pending_handshakes() <= l.max_connections
+                && e.pending_handshakes() <= l.max_pending_handshakes,
+            "connection limits"
         );
         assert!(e.session_count() <= l.sessions_total, "session limit");
         let bound = e.connection_count() * l.max_in_flight

@@ -122,6 +122,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admission;
 pub mod audit;
 pub mod config;
 mod connection;

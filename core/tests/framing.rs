@@ -355,7 +355,9 @@ fn max_frame_bytes_is_configurable() {
     // The id precedes the payload in the same chunk: answered, then closed.
     assert_eq!(
         h.take_replies(conn),
-        vec![json!({"id":"2","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (200 bytes)"})]
+        vec![
+            json!({"id":"2","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (200 bytes)"})
+        ]
     );
     assert!(h.is_closed(conn));
 }

@@ -34,12 +34,18 @@ fn id_in_the_same_chunk_is_answered_then_closed() {
     h.send(conn, &bytes);
     assert_eq!(
         h.take_replies(conn),
-        vec![json!({"id":"abc","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (1048576 bytes)"})]
+        vec![
+            json!({"id":"abc","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (1048576 bytes)"})
+        ]
     );
     assert!(h.is_closed(conn));
     assert_eq!(
         oversize_event(&h, conn),
-        ("oversize_answered", Some(LIMIT as u64 + 1), Some(LIMIT as u64))
+        (
+            "oversize_answered",
+            Some(LIMIT as u64 + 1),
+            Some(LIMIT as u64)
+        )
     );
     // Later bytes of the body are ignored: the connection is gone.
     h.send(conn, &[b'x'; 1000]);
@@ -62,10 +68,10 @@ fn numeric_id_is_echoed_as_a_string() {
 #[test]
 fn id_split_off_or_absent_closes_with_the_size_audited() {
     for body in [
-        &b""[..],                           // header alone
-        br#"{"v":2,"id":"ab"#,              // id cut by the chunk end
+        &b""[..],                          // header alone
+        br#"{"v":2,"id":"ab"#,             // id cut by the chunk end
         br#"{"v":2,"op":"x","payload":{"#, // no id before the payload
-        br#"{"payload":{},"id":"late","#,   // id after a non-scalar member
+        br#"{"payload":{},"id":"late","#,  // id after a non-scalar member
     ] {
         let mut h = Harness::new();
         let conn = h.connect();
@@ -133,7 +139,9 @@ fn exactly_the_limit_still_works_and_one_more_is_answered() {
     h.send(conn, &raw_frame(&json));
     assert_eq!(
         h.take_replies(conn),
-        vec![json!({"id":"2","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (300 bytes)"})]
+        vec![
+            json!({"id":"2","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (300 bytes)"})
+        ]
     );
     assert!(h.is_closed(conn));
 }
