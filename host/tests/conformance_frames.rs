@@ -928,7 +928,7 @@ fn b25_fix_connection_limit() {
     idle.assert_closed_within(CLOSE);
     assert_eq!(
         third.ok("list_providers", json!({})),
-        json!({"providers":[]})
+        json!({"providers":["anthropic"]})
     );
     b.gate.open();
     let r = busy.recv();
