@@ -37,6 +37,8 @@ use crate::session::{SessionState, Step};
 use crate::testkit::{Harness, START_UNIX_MS};
 use crate::time::Now;
 
+mod oversize_model;
+
 /// RNG seed of every harness the bodies build.
 const SEED: u64 = 0x00f0_2217;
 
@@ -401,11 +403,10 @@ fn request_frame(h: &mut Harness, bytes: &[u8], version: u8) {
         replies.extend(h.take_replies(conn));
     }
     if h.is_closed(conn) {
-        assert!(
-            replies.is_empty(),
-            "a closed request got a reply: {replies:?}"
-        );
-        let decodes = bytes.len() <= h.engine.config().limits.max_frame_bytes
+        let limit = h.engine.config().limits.max_frame_bytes;
+        let want = oversize_model::expected_replies(bytes, limit);
+        assert_eq!(replies, want, "a closed request got a reply: {replies:?}");
+        let decodes = bytes.len() <= limit
             && serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.is_object());
         assert!(!decodes, "a decodable request closed the connection");
     } else {
@@ -1414,6 +1415,9 @@ enum Written {
     Json { key: String, op: String },
     /// Must close the connection (decode error).
     Bad,
+    /// Oversize: must close; may first answer `key` with the oversize
+    /// `INVALID_REQUEST` (when the id was in the chunk with the header).
+    Oversize { key: Option<String> },
     /// Arbitrary bytes: the model stops checking this connection.
     Opaque,
 }
@@ -1433,6 +1437,8 @@ struct Client {
     read_closed: bool,
     tainted: bool,
     expect_close: bool,
+    /// The id an oversize frame may be answered under, once.
+    oversize_key: Option<String>,
 }
 
 impl Client {
@@ -1448,6 +1454,7 @@ impl Client {
             read_closed: false,
             tainted: false,
             expect_close: false,
+            oversize_key: None,
         }
     }
 
@@ -1476,6 +1483,9 @@ impl Client {
                     .as_str()
                     .unwrap_or_else(|| panic!("reply without a string id: {r}"));
                 assert!(r["ok"].is_boolean(), "reply without ok: {r}");
+                if oversize_model::take_answer(&mut self.oversize_key, id, r) {
+                    return;
+                }
                 match self.owed.get_mut(id) {
                     Some(n) => {
                         *n -= 1;
@@ -1793,7 +1803,11 @@ impl World {
     fn write_json(&mut self, ci: usize, value: &Value) {
         let bytes = frame::encode(value);
         let what = if bytes.len() - HEADER_LEN > self.limits().max_frame_bytes {
-            Written::Bad
+            // Whether the id is seen depends on how the bytes are cut into
+            // reads, so the model allows (not demands) the one answer.
+            Written::Oversize {
+                key: value.get("id").and_then(payload::id_string),
+            }
         } else {
             let key = value
                 .get("id")
@@ -1867,6 +1881,10 @@ impl World {
                 match w {
                     Written::Opaque => c.tainted = true,
                     Written::Bad => c.expect_close = true,
+                    Written::Oversize { key } => {
+                        c.expect_close = true;
+                        c.oversize_key = key.filter(|_| matches!(c.hs, Hs::Sent | Hs::Open));
+                    }
                     Written::Json { key, op } => match c.hs {
                         Hs::NotSent => c.hs = Hs::Sent,
                         Hs::Sent | Hs::Open => {
@@ -2222,8 +2240,10 @@ impl World {
         let e = &self.h.engine;
         let l = self.limits();
         assert!(
-            e.connection_count() <= l.max_connections,
-            "connection limit"
+            e.connection_count() <= l.max_sockets()
+                && e.connection_count() - e.pending_handshakes() <= l.max_connections
+                && e.pending_handshakes() <= l.max_pending_handshakes,
+            "connection limits"
         );
         assert!(e.session_count() <= l.sessions_total, "session limit");
         let bound = e.connection_count() * l.max_in_flight

@@ -122,15 +122,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admission;
 pub mod audit;
 pub mod config;
 mod connection;
+mod cooldown;
 mod discovery;
 mod dispatch;
 pub mod effect;
 mod engine;
 pub mod error;
 pub mod frame;
+pub mod frame_peek;
 pub mod handshake;
 pub mod http;
 pub mod keylock;
@@ -139,6 +142,7 @@ pub mod loopback;
 pub mod oauth_reply;
 pub mod op;
 mod ops;
+mod oversize;
 pub mod payload;
 pub mod peer;
 mod persist;

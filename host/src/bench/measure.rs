@@ -119,6 +119,9 @@ pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<Memory
     let server_flags = vec![
         "--max-connections".to_owned(),
         (connections + 1).to_string(),
+        // The bench is one process holding every connection.
+        "--max-connections-per-pid".to_owned(),
+        (connections + 1).to_string(),
         "--sessions-per-peer".to_owned(),
         sessions.max(1).to_string(),
         "--sessions-total".to_owned(),

@@ -138,8 +138,12 @@ limits_table! {
     rate_per_sec => rate_per_sec: u32, "rate-per-sec", "N";
     /// Rate limit burst
     rate_burst => rate_burst: u32, "rate-burst", "N";
-    /// Open connections; more are closed at accept
+    /// Handshaken connections; when full, the one idle longest makes room
     max_connections => max_connections: usize, "max-connections", "N";
+    /// Connections still in their handshake; when full the oldest is dropped
+    max_pending_handshakes => max_pending_handshakes: usize, "max-pending-handshakes", "N";
+    /// Connections per peer process (when its pid is known)
+    max_connections_per_pid => max_connections_per_pid: usize, "max-connections-per-pid", "N";
     /// Largest reply frame to a protocol v1 peer, header included
     v1_max_frame => v1_max_frame: usize, "v1-max-frame", "BYTES";
     /// Largest reply payload to a protocol v2 peer

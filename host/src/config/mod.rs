@@ -43,13 +43,15 @@
 //! allow_uid = [1001]               # peer uids allowed besides ours and root
 //!
 //! [limits]                         # defaults shown
-//! max_frame_bytes = 65536          # at most 4194304
+//! max_frame_bytes = 1048576        # at most 4194304
 //! partial_frame_timeout_ms = 5000
 //! handshake_timeout_ms = 5000
 //! max_in_flight = 16
 //! rate_per_sec = 60
 //! rate_burst = 120
 //! max_connections = 256
+//! max_pending_handshakes = 64
+//! max_connections_per_pid = 32
 //! v1_max_frame = 65536
 //! v2_max_payload = 4194304
 //! session_timeout_ms = 600000
