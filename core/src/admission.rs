@@ -14,10 +14,10 @@
 //!   longest — nothing in flight and no live login session created on it —
 //!   is closed to admit the newcomer (`connection_evicted`, outcome `idle`;
 //!   the llxprt client reconnects and handshakes on its next call). When no
-//!   connection is evictable, the newcomer is closed without a handshake
-//!   reply (`connection_refused`, outcome `connection_limit`): a reply
-//!   would claim a success it cannot have, and a close is what an
-//!   over-limit accept always looked like to a client.
+//!   connection is evictable, the newcomer's handshake is refused with
+//!   `RESOURCE_EXHAUSTED "Too many connections"` and the connection closed
+//!   (`connection_refused`, outcome `connection_limit`), so its client can
+//!   say why instead of reporting a lost connection.
 //! - **per-process cap**: where the transport knows the peer's pid, that pid
 //!   may hold `max_connections_per_pid` connections (pending and
 //!   handshaken); more are refused at accept (`connection_refused`,

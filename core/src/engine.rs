@@ -385,7 +385,14 @@ impl<R: CryptoRng> Engine<R> {
     fn on_handshake(&mut self, conn: ConnId, frame: &serde_json::Map<String, serde_json::Value>) {
         self.timers.cancel(TimerKey::Handshake(conn));
         match handshake::evaluate(frame, self.token.as_ref()) {
-            Ok(_) if !self.admit_handshaken(conn) => self.close(conn),
+            Ok(_) if !self.admit_handshaken(conn) => {
+                // `admit_handshaken` audited the refusal.
+                let bytes = encode_payload(&handshake::reject_json(
+                    handshake::Rejection::TooManyConnections,
+                ));
+                self.push(Output::Send { conn, bytes });
+                self.close(conn);
+            }
             Ok(accepted) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.phase = Phase::Open(accepted);

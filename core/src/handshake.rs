@@ -60,6 +60,10 @@ pub enum Rejection {
     Unauthorized,
     /// The first frame was not a handshake.
     HandshakeRequired,
+    /// The handshake was valid but the table of handshaken connections is
+    /// full and none of them is idle enough to make room (`admission`).
+    /// A reply rather than a bare close, so a client can say why.
+    TooManyConnections,
 }
 
 impl Rejection {
@@ -70,6 +74,7 @@ impl Rejection {
             Rejection::UnknownVersion => ErrorCode::UnknownVersion,
             Rejection::Unauthorized => ErrorCode::Unauthorized,
             Rejection::HandshakeRequired => ErrorCode::InvalidRequest,
+            Rejection::TooManyConnections => ErrorCode::ResourceExhausted,
         }
     }
 
@@ -80,6 +85,7 @@ impl Rejection {
             Rejection::UnknownVersion => "Unsupported protocol version",
             Rejection::Unauthorized => "Invalid or missing capability token",
             Rejection::HandshakeRequired => "Handshake required",
+            Rejection::TooManyConnections => "Too many connections",
         }
     }
 
@@ -90,6 +96,7 @@ impl Rejection {
             Rejection::UnknownVersion => "version_mismatch",
             Rejection::Unauthorized => "invalid_capability_token",
             Rejection::HandshakeRequired => "handshake_required",
+            Rejection::TooManyConnections => "connection_limit",
         }
     }
 }

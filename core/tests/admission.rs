@@ -152,8 +152,14 @@ fn no_evictable_connection_refuses_the_newcomer() {
     h.auto_effects = false;
     h.request(busy, "k", "get_api_key", json!({"name":"K"}));
     let newcomer = h.open();
-    // The handshake gets no success: the newcomer is closed without reply.
-    assert!(handshake(&mut h, newcomer).is_empty());
+    // The handshake is refused with a reason, then the newcomer is closed.
+    assert_eq!(
+        handshake(&mut h, newcomer),
+        vec![
+            json!({"v":2,"op":"handshake","ok":false,"code":"RESOURCE_EXHAUSTED",
+                    "error":"Too many connections"})
+        ]
+    );
     assert!(h.is_closed(newcomer));
     assert!(!h.is_closed(busy));
     assert_eq!(

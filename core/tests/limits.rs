@@ -29,7 +29,13 @@ fn connection_limit_bounds_handshaken_connections() {
         c,
         &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}),
     );
-    assert!(h.take_replies(c).is_empty());
+    assert_eq!(
+        h.take_replies(c),
+        vec![
+            json!({"v":2,"op":"handshake","ok":false,"code":"RESOURCE_EXHAUSTED",
+                    "error":"Too many connections"})
+        ]
+    );
     assert!(h.is_closed(c));
     assert!(
         h.audit
