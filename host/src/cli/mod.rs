@@ -40,6 +40,7 @@ use crate::store::FileStore;
 mod call;
 mod conn;
 mod exec;
+mod fd3;
 mod keys;
 mod login;
 mod providers;
@@ -62,6 +63,12 @@ Exit status: 0 success; 1 the operation failed (the message says why); 2 bad usa
 3 could not start (invalid configuration file, unusable store or socket directory).";
 
 const EXEC_EXIT_HELP: &str = "\
+Usage: credproxy exec [OPTIONS] [--] CMD [ARGS]...; `--` is needed only when CMD starts
+with `-`. CMD gets CREDPROXY_SOCKET, LLXPRT_CREDENTIAL_SOCKET, CREDPROXY_CAPABILITY_FILE,
+and the capability token on fd 3 with LLXPRT_CAPABILITY_FD=3 (what this process had at fd 3
+is passed at the number in CREDPROXY_INHERITED_FD3). SIGTERM, SIGINT and SIGHUP stop the
+proxy and are forwarded to CMD.
+
 Exit status: CMD's status (128 + the signal number when CMD was killed); 1 CMD could
 not be run; 2 bad usage; 3 the proxy could not start.";
 
@@ -107,9 +114,13 @@ enum Cmd {
     /// line, then KEY=VALUE lines to export to clients.
     #[command(after_help = EXIT_HELP)]
     Serve(ServeArgs),
-    /// Start the proxy, run CMD with the socket variables set, stop when it
-    /// exits and exit with its status.
-    #[command(after_help = EXEC_EXIT_HELP)]
+    /// Start the proxy, run CMD with the socket variables set and the
+    /// token on fd 3 (LLXPRT_CAPABILITY_FD=3), stop when it exits and exit
+    /// with its status.
+    #[command(
+        after_help = EXEC_EXIT_HELP,
+        override_usage = "credproxy exec [OPTIONS] [--] <CMD>..."
+    )]
     Exec(ExecArgs),
     /// Serve one connection on stdin/stdout (for a parent process).
     #[command(after_help = EXIT_HELP)]
@@ -198,8 +209,10 @@ struct ExecArgs {
     socket: SocketArgs,
     #[command(flatten)]
     common: CommonArgs,
-    /// The command to run, after `--`.
-    #[arg(required = true, last = true, value_name = "CMD")]
+    /// The command to run and its arguments (its own flags pass through:
+    /// `credproxy exec ls -la`). A command starting with `-` needs `--`
+    /// before it.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
