@@ -30,7 +30,7 @@ mod tests;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use credproxy_core::{Secret, Token};
 use serde::{Deserialize, Serialize};
@@ -106,7 +106,7 @@ impl FileStore {
     /// if missing. An existing root or subdirectory must be a real directory
     /// owned by our euid with no group/other bits, and every file in them a
     /// private regular file; otherwise the error says how to fix it. Temp
-    /// files left by a crash long ago are removed.
+    /// files left by a crash (no live writer holds their lock) are removed.
     pub fn open(root: &Path) -> Result<FileStore, StoreError> {
         if fs::symlink_metadata(root).is_err()
             && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty())
@@ -401,9 +401,9 @@ fn list_dir(dir: &Path) -> Result<Vec<String>, StoreError> {
 }
 
 /// The open-time check of one subdirectory: every symlink or non-private
-/// file is refused with a fix hint; crash leftovers are removed when old.
+/// file is refused with a fix hint; temp files no writer holds (crash
+/// leftovers) are removed.
 fn check_entries(dir: &Path) -> Result<(), StoreError> {
-    let now = SystemTime::now();
     let entries = fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
@@ -415,7 +415,7 @@ fn check_entries(dir: &Path) -> Result<(), StoreError> {
             Err(e) => return Err(StoreError::io("inspect", &path, e)),
         };
         if entry.file_name().to_str().is_some_and(atomic::is_temp_name) {
-            atomic::remove_stale_temp(&path, &meta, now);
+            atomic::remove_abandoned_temp(&path, &meta);
             continue;
         }
         dirs::verify_file(&path, &meta)?;
