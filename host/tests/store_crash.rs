@@ -128,7 +128,7 @@ fn crash_leaves_old_or_new_token_never_torn() {
         let store = FileStore::open(&root).expect("store opens after a crash");
         assert_eq!(
             temp_files(&tokens),
-            [live.clone()],
+            std::slice::from_ref(&live),
             "round {round}: every abandoned temp file removed, the live writer's kept"
         );
         drop(held);
@@ -222,7 +222,7 @@ fn kill_mid_write_leaves_temp_files_the_next_open_removes() {
     let store = FileStore::open(&root).expect("opens after the kills");
     assert_eq!(
         temp_files(&tokens),
-        [live.clone()],
+        std::slice::from_ref(&live),
         "all {} abandoned temp files removed at open, the live one kept",
         on_disk.len()
     );
