@@ -140,6 +140,22 @@ pub fn log_store_error(error: &crate::store::StoreError) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// Reports, once, that a write replaced a corrupt token file and where
+/// its old bytes were kept (paths only, never content).
+pub fn log_corrupt_replaced(path: &Path, kept: &Path) {
+    let line = serde_json::json!({
+        "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "component": "credproxy",
+        "level": "WARN",
+        "op": "store",
+        "outcome": "corrupt_replaced",
+        "path": path.display().to_string(),
+        "kept": kept.display().to_string(),
+        "detail": "the stored token did not parse; replaced by the new one, the old file kept",
+    });
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 #[cfg(test)]
 mod timestamp_tests {
     use super::*;

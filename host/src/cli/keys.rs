@@ -27,6 +27,9 @@ pub(super) fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
             let keys = store.list_api_keys().map_err(failed)?;
             if s.json {
                 println!("{}", serde_json::json!({ "keys": keys }));
+            } else if keys.is_empty() {
+                // Silence would look like a failure (or a wrong --store).
+                println!("no API keys stored");
             } else {
                 for k in keys {
                     println!("{k}");

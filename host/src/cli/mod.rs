@@ -72,6 +72,11 @@ proxy and are forwarded to CMD.
 Exit status: CMD's status (128 + the signal number when CMD was killed); 1 CMD could
 not be run; 2 bad usage; 3 the proxy could not start.";
 
+const STATUS_EXIT_HELP: &str = "\
+Exit status: 0 success, corrupt token files included (they are listed as corrupt); 1 the
+store could not be read, or --strict and a token file is corrupt; 2 bad usage; 3 could
+not start (invalid configuration file, unusable store directory).";
+
 const LOGIN_EXIT_HELP: &str = "\
 Without --socket, CREDPROXY_SOCKET or LLXPRT_CREDENTIAL_SOCKET the login runs in an
 in-process proxy (`credproxy stdio` as a child) over this host's store and configuration.
@@ -143,8 +148,9 @@ enum Cmd {
     /// Remove a stored token.
     #[command(after_help = EXIT_HELP)]
     Logout(LogoutArgs),
-    /// Show stored tokens and their expiry (never secrets).
-    #[command(after_help = EXIT_HELP)]
+    /// Show stored tokens and their expiry (never secrets); a token file
+    /// that does not parse is shown as `corrupt: REASON PATH`.
+    #[command(after_help = STATUS_EXIT_HELP)]
     Status(StatusArgs),
     /// Load-test a proxy socket (requests/s, p50/p99/p99.9 latency), with
     /// an echo baseline; or measure memory (--memory) or start-up
@@ -329,6 +335,9 @@ struct LogoutArgs {
 struct StatusArgs {
     #[command(flatten)]
     store: StoreOnly,
+    /// Exit 1 (after printing everything) when a stored token is corrupt.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Entry point of the binary.

@@ -18,6 +18,7 @@
 
 mod atomic;
 mod cache;
+mod corrupt;
 mod dirs;
 mod error;
 mod lock;
@@ -26,6 +27,8 @@ mod read;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_corrupt;
 
 use std::fs;
 use std::io;
@@ -42,6 +45,7 @@ use names::{
     parse_api_key_file_name, parse_json_file_name,
 };
 
+pub use corrupt::Replaced;
 pub use error::{NameKind, StoreError};
 pub use lock::KeyLock;
 pub use names::MAX_NAME_LEN;
@@ -164,15 +168,35 @@ impl FileStore {
     /// Stores `token` for `provider`/`bucket`, replacing any previous one
     /// atomically. Merging is the caller's business (SPEC §5.2).
     pub fn put_token(&self, provider: &str, bucket: &str, token: &Token) -> Result<(), StoreError> {
+        self.put_token_replacing(provider, bucket, token).map(drop)
+    }
+
+    /// [`FileStore::put_token`], also saying whether the file it replaced
+    /// was corrupt: that file is then kept beside it as
+    /// `.corrupt-<unix-time>-<name>` (see [`corrupt`]), so the caller can
+    /// report it once. Call under the key's lock, as every write does.
+    pub fn put_token_replacing(
+        &self,
+        provider: &str,
+        bucket: &str,
+        token: &Token,
+    ) -> Result<Replaced, StoreError> {
         check_key(provider, bucket)?;
         let name = json_file_name(provider, bucket);
         let path = self.tokens.join(&name);
         let bytes = to_json(token, &path)?;
+        // A valid cache entry vouches for the file (one lstat); otherwise
+        // look at what is about to be replaced.
+        let replaced = if self.cached(provider, bucket).is_some() {
+            Replaced::Nothing
+        } else {
+            corrupt::keep_if_corrupt(&self.tokens, &name, MAX_JSON_BYTES)?
+        };
         match atomic::write_atomic(&self.tokens, &name, &bytes) {
             Ok(meta) => {
                 self.cache
                     .set_present(provider, bucket, &path, token.clone(), FileId::of(&meta));
-                Ok(())
+                Ok(replaced)
             }
             Err(e) => {
                 // The rename may or may not have happened: read next time.
