@@ -67,7 +67,10 @@ fn a_write_replaces_a_corrupt_token_and_keeps_the_old_bytes() {
         store.put_token_replacing("p", "b", &newer).expect("put"),
         Replaced::Nothing
     );
-    assert_eq!(kept_files(&root.join("tokens")), std::slice::from_ref(&kept));
+    assert_eq!(
+        kept_files(&root.join("tokens")),
+        std::slice::from_ref(&kept)
+    );
 
     // Reopening keeps it (not a temp file) and never lists or serves it.
     let reopened = FileStore::open(&root).expect("reopen");
