@@ -13,7 +13,10 @@
 //! invalid, unsafe directory, socket in use, path too long, …); `exec`
 //! exits with its command's status (128 + signal number when the command
 //! was killed). `login` exits `0` when logged in, `1` on any failure
-//! (configuration included) and `2` on bad usage.
+//! (configuration included) and `2` on bad usage. `stdio` exits `1` when
+//! its connection ended by a framing fault (the client sent an invalid
+//! frame), `0` when stdin reached its end. `status` exits `0` with corrupt
+//! token files listed, `1` with `--strict`.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::num::NonZeroUsize;
@@ -72,6 +75,13 @@ proxy and are forwarded to CMD.
 Exit status: CMD's status (128 + the signal number when CMD was killed); 1 CMD could
 not be run; 2 bad usage; 3 the proxy could not start.";
 
+const STDIO_EXIT_HELP: &str = "\
+Exit status: 0 stdin reached its end (the replies in flight were written first); 1 the
+operation failed, including a framing fault: the client sent an invalid frame, the
+connection was closed and the message on stderr says why, e.g. \"credproxy: the client
+sent an invalid frame (invalid_json)\"; 3 could not start (invalid configuration file,
+unusable store directory).";
+
 const STATUS_EXIT_HELP: &str = "\
 Exit status: 0 success, corrupt token files included (they are listed as corrupt); 1 the
 store could not be read, or --strict and a token file is corrupt; 2 bad usage; 3 could
@@ -128,7 +138,7 @@ enum Cmd {
     )]
     Exec(ExecArgs),
     /// Serve one connection on stdin/stdout (for a parent process).
-    #[command(after_help = EXIT_HELP)]
+    #[command(after_help = STDIO_EXIT_HELP)]
     Stdio(CommonArgs),
     /// Log in to a provider on the host: prints the URL (and user code),
     /// waits for the authorization and stores the token.
@@ -481,10 +491,20 @@ fn cmd_serve(a: ServeArgs) -> Result<ExitCode, Failure> {
 
 fn cmd_stdio(a: CommonArgs) -> Result<ExitCode, Failure> {
     warn_if_not_hardened();
-    let opts = options(&a)?;
+    let mut opts = options(&a)?;
     let store = serve::open_store(&opts.store_root)?;
+    // The engine reports a framing fault as an audit event, then closes
+    // the connection: watch for it, so the parent learns from our status
+    // that the connection did not end normally.
+    let watch = crate::audit_log::FaultWatch::default();
+    opts.audit = AuditLog::Watched(Box::new(opts.audit), watch.clone());
     serve::run_stdio(opts, store)?;
-    Ok(ExitCode::SUCCESS)
+    match watch.fault() {
+        Some(reason) => Err(failed(format!(
+            "the client sent an invalid frame ({reason})"
+        ))),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn open_store_cli(s: &StoreOnly) -> Result<FileStore, Failure> {
