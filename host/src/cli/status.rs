@@ -55,10 +55,12 @@ pub(super) fn cmd_status(a: StatusArgs) -> Result<ExitCode, Failure> {
         ExitCode::SUCCESS
     };
     if a.store.json {
-        emit_line(format_args!(
-            "{}",
-            json!({ "tokens": rows, "corrupt": corrupt })
-        ));
+        // `corrupt` only when there is one: `{"tokens":[…]}` stays as it was.
+        let mut out = json!({ "tokens": rows });
+        if !corrupt.is_empty() {
+            out["corrupt"] = Value::Array(corrupt);
+        }
+        emit_line(format_args!("{out}"));
         return Ok(code);
     }
     let mut out = String::new();
