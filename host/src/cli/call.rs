@@ -1,6 +1,11 @@
 //! `credproxy call`: a debug client for one request.
 
-use super::*;
+use std::process::ExitCode;
+
+use serde_json::{Map, Value, json};
+
+use super::conn::{CallError, Conn, client_socket, connect};
+use super::{CallArgs, EXIT_USAGE, Failure, emit_line, failed};
 
 pub(super) fn cmd_call(a: &CallArgs) -> Result<ExitCode, Failure> {
     let payload = match a.payload.as_deref() {

@@ -1,7 +1,17 @@
 //! A request/reply connection for `call` and `login`: a running proxy's
 //! socket, or an in-process proxy (`credproxy stdio` as a child).
 
-use super::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use credproxy_core::frame::FrameDecoder;
+use credproxy_unix::client::{BlockingClient, CapabilitySource, ClientError, ClientOptions};
+use serde_json::{Map, Value, json};
+
+use super::{Failure, failed};
 
 // A request/reply connection: a running proxy's socket, or an in-process
 // proxy (`credproxy stdio` as a child).

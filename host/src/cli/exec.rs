@@ -14,7 +14,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::fd3::{self, INHERITED_FD3_VAR};
-use super::*;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::{Command, ExitCode};
+
+use credproxy_core::Secret;
+use credproxy_unix::ShutdownSignals;
+
+use crate::serve;
+
+use super::{EXIT_FAILED, ExecArgs, Failure, failed, options, placement, warn_if_not_hardened};
 
 /// The descriptor the child reads the capability token from.
 const TOKEN_FD: i32 = 3;

@@ -1,6 +1,11 @@
 //! `credproxy key …` and `credproxy logout`: direct store edits.
 
-use super::*;
+use std::io::Read;
+use std::process::ExitCode;
+
+use credproxy_core::Secret;
+
+use super::{Failure, KeyCmd, LogoutArgs, failed, open_store_cli};
 
 pub(super) fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
     match k {

@@ -1,6 +1,17 @@
 //! `credproxy login`: host-side OAuth login.
 
-use super::*;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use credproxy_core::FlowType;
+use serde_json::{Map, Value, json};
+
+use crate::config::Settings;
+
+use super::conn::{CallError, ChildProxy, Conn, client_socket, connect};
+use super::{EXIT_FAILED, Failure, LoginArgs, emit_line, failed};
 
 /// Time allowed for one request to the in-process proxy.
 pub(super) const CHILD_CALL_TIMEOUT: Duration = Duration::from_secs(120);

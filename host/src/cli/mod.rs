@@ -18,21 +18,13 @@
 //! frame), `0` when stdin reached its end. `status` exits `0` with corrupt
 //! token files listed, `1` with `--strict`.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::Write;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use credproxy_core::frame::FrameDecoder;
-use credproxy_core::provider::{self, ProviderSpec};
-use credproxy_core::{FlowType, Secret};
 use credproxy_unix::ShutdownSignals;
-use credproxy_unix::client::{BlockingClient, CapabilitySource, ClientError, ClientOptions};
-use serde_json::{Map, Value, json};
 
 use crate::audit_log::AuditLog;
 use crate::config::{self, LimitsArgs, PolicyArgs, Settings, SettingsError};
@@ -50,7 +42,6 @@ mod providers;
 mod status;
 
 use call::cmd_call;
-use conn::{CallError, ChildProxy, Conn, client_socket, connect};
 use exec::cmd_exec;
 use keys::{cmd_key, cmd_logout};
 use login::cmd_login;

@@ -1,6 +1,13 @@
 //! `credproxy providers`: the configured providers, never secrets.
 
-use super::*;
+use std::process::ExitCode;
+
+use credproxy_core::provider::{self, ProviderSpec};
+use serde_json::{Value, json};
+
+use crate::config::{self, Settings};
+
+use super::{Failure, ProvidersArgs, emit, emit_line};
 
 pub(super) fn provider_json(spec: &ProviderSpec, builtin: bool, configured: bool) -> Value {
     let mut v = json!({

@@ -9,7 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::store::StoreError;
 
-use super::*;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::{EXIT_FAILED, Failure, StatusArgs, emit, emit_line, failed, open_store_cli};
 
 /// Beyond this distance an expiry is shown as a date: "73years 28days"
 /// says less than "2099-01-01".
