@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use credproxy_core::AuditEvent;
@@ -21,6 +21,31 @@ pub enum AuditLog {
     File(Mutex<File>),
     /// Nowhere (`--audit-log off`).
     Off,
+    /// Another log, with a [`FaultWatch`] that sees every event first
+    /// (`credproxy stdio` learns this way that its one connection ended
+    /// by a framing fault, whatever the log's destination).
+    Watched(Box<AuditLog>, FaultWatch),
+}
+
+/// The first `frame_decode_error` event's reason (e.g. `invalid_json`),
+/// shared between the log that sees events and whoever asks afterwards.
+#[derive(Debug, Clone, Default)]
+pub struct FaultWatch(Arc<Mutex<Option<&'static str>>>);
+
+impl FaultWatch {
+    /// The reason of the first framing fault seen, if any.
+    #[must_use]
+    pub fn fault(&self) -> Option<&'static str> {
+        self.0.lock().ok().and_then(|f| *f)
+    }
+
+    fn observe(&self, event: &AuditEvent) {
+        if event.op == "frame_decode_error"
+            && let Ok(mut first) = self.0.lock()
+        {
+            first.get_or_insert(event.outcome);
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -62,8 +87,13 @@ impl AuditLog {
     /// formats each millisecond once (a busy proxy logs many events per
     /// millisecond).
     pub fn encode_with(&self, event: &AuditEvent, clock: &mut Timestamps, buf: &mut Vec<u8>) {
-        if matches!(self, AuditLog::Off) {
-            return;
+        match self {
+            AuditLog::Off => return,
+            AuditLog::Watched(inner, watch) => {
+                watch.observe(event);
+                return inner.encode_with(event, clock, buf);
+            }
+            AuditLog::Stderr | AuditLog::File(_) => {}
         }
         let line = Line {
             ts: clock.now(),
@@ -92,6 +122,7 @@ impl AuditLog {
                     let _ = f.write_all(bytes);
                 }
             }
+            AuditLog::Watched(inner, _) => inner.write_bytes(bytes),
             AuditLog::Off => {}
         }
     }
@@ -138,6 +169,46 @@ pub fn log_store_error(error: &crate::store::StoreError) {
         "detail": error.to_string(),
     });
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Reports, once, that a write replaced a corrupt token file and where
+/// its old bytes were kept (paths only, never content).
+pub fn log_corrupt_replaced(path: &Path, kept: &Path) {
+    let line = serde_json::json!({
+        "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "component": "credproxy",
+        "level": "WARN",
+        "op": "store",
+        "outcome": "corrupt_replaced",
+        "path": path.display().to_string(),
+        "kept": kept.display().to_string(),
+        "detail": "the stored token did not parse; replaced by the new one, the old file kept",
+    });
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use credproxy_core::audit::Level;
+
+    #[test]
+    fn the_watch_keeps_the_first_framing_fault_even_when_the_log_is_off() {
+        let watch = FaultWatch::default();
+        let log = AuditLog::Watched(Box::new(AuditLog::Off), watch.clone());
+        let mut buf = Vec::new();
+        log.encode_into(
+            &AuditEvent::new(Level::Info, None, "connect", "ok"),
+            &mut buf,
+        );
+        assert_eq!(watch.fault(), None);
+        for reason in ["invalid_json", "frame_too_large"] {
+            let ev = AuditEvent::new(Level::Warn, None, "frame_decode_error", reason);
+            log.encode_into(&ev, &mut buf);
+        }
+        assert_eq!(watch.fault(), Some("invalid_json"));
+        assert!(buf.is_empty(), "the inner log is off");
+    }
 }
 
 #[cfg(test)]

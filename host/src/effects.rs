@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use credproxy_core::{Effect, EffectResult};
 
-use crate::audit_log::log_store_error;
+use crate::audit_log::{log_corrupt_replaced, log_store_error};
 use crate::http_client::HttpClient;
 use crate::locks::Locks;
-use crate::store::{FileStore, KeyMeta};
+use crate::store::{FileStore, KeyMeta, Replaced, StoreError};
 
 /// Everything effects run against. Cheap to clone (shared parts).
 #[derive(Debug, Clone)]
@@ -83,16 +83,27 @@ impl Executor {
                 provider,
                 bucket,
                 fresh,
-            } => store
-                .get_token(&provider, &bucket, fresh)
-                .map(EffectResult::Token),
+            } => match store.get_token(&provider, &bucket, fresh) {
+                // A fresh read is the one under the key's lock before a
+                // write (merge, login, refresh): a corrupt stored token
+                // counts as absent there, so the write can replace it
+                // (the store keeps the damaged file; see TokenPut).
+                Err(StoreError::Corrupt { .. }) if fresh => Ok(None),
+                other => other,
+            }
+            .map(EffectResult::Token),
             Effect::TokenPut {
                 provider,
                 bucket,
                 token,
             } => store
-                .put_token(&provider, &bucket, &token)
-                .map(|()| EffectResult::Done),
+                .put_token_replacing(&provider, &bucket, &token)
+                .map(|replaced| {
+                    if let Replaced::Corrupt { path, kept } = replaced {
+                        log_corrupt_replaced(&path, &kept);
+                    }
+                    EffectResult::Done
+                }),
             Effect::TokenDelete { provider, bucket } => store
                 .delete_token(&provider, &bucket)
                 .map(|()| EffectResult::Done),

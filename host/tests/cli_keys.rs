@@ -96,7 +96,8 @@ fn key_set_needs_a_value_on_stdin() {
         ran.assert_code(1);
         assert!(ran.stderr.contains("stdin"), "{}", ran.stderr);
     }
-    assert_eq!(key(&s, &["list"], b"").stdout, "");
+    // (Was "": an empty list now says so.)
+    assert_eq!(key(&s, &["list"], b"").stdout, "no API keys stored\n");
 }
 
 #[test]
@@ -194,4 +195,117 @@ fn logout_rejects_bad_names() {
         "{}",
         ran.stderr
     );
+}
+
+#[test]
+fn key_list_says_when_there_are_no_keys() {
+    let s = Scratch::new();
+    let ran = key(&s, &["list"], b"");
+    ran.assert_code(0);
+    assert_eq!(ran.stdout, "no API keys stored\n");
+    let json_list = key(&s, &["list", "--json"], b"");
+    json_list.assert_code(0);
+    assert_eq!(json_list.stdout, "{\"keys\":[]}\n", "JSON unchanged");
+}
+
+/// Writes `bytes` as the token file of `provider`/`bucket` (0600).
+fn plant_token_file(s: &Scratch, provider: &str, bucket: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let hex = |t: &str| t.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let path = s
+        .store()
+        .join("tokens")
+        .join(format!("{}.{}.json", hex(provider), hex(bucket)));
+    std::fs::write(&path, bytes).expect("write token file");
+    support::chmod(&path, 0o600);
+    path
+}
+
+#[test]
+fn status_lists_the_other_tokens_and_marks_a_corrupt_one() {
+    let s = Scratch::new();
+    s.seed_token(
+        "anthropic",
+        "default",
+        &json!({"access_token":"AT-SENTINEL-1","refresh_token":"RT-1","expiry":4_070_908_800_u64}),
+    );
+    s.seed_token(
+        "qwen",
+        "default",
+        &json!({"access_token":"AT-SENTINEL-3","expiry":4_070_908_800_u64}),
+    );
+    let path = plant_token_file(&s, "gemini", "work", b"{\"access_token\": \"TORN-SENTINEL");
+    let store = s.store_arg();
+    let ran = s.run(&["status", "--store", &store], b"");
+    ran.assert_code(0);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", ran.stdout);
+    assert!(
+        lines[0].starts_with("anthropic/default\texpires 2099-01-01\trefreshable"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1],
+        "qwen/default\texpires 2099-01-01\tno refresh token: will need a new login at expiry"
+    );
+    assert!(
+        lines[2].starts_with("gemini/work\tcorrupt: "),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[2].ends_with(&path.display().to_string()),
+        "{}",
+        lines[2]
+    );
+    for out in [&ran.stdout, &ran.stderr] {
+        assert!(!out.contains("SENTINEL"), "no content shown: {out}");
+    }
+    // --strict: the same output, then exit 1.
+    let strict = s.run(&["status", "--strict", "--store", &store], b"");
+    strict.assert_code(1);
+    assert_eq!(strict.stdout, ran.stdout);
+    // JSON: the tokens, and a `corrupt` entry.
+    let ran = s.run(&["status", "--json", "--store", &store], b"");
+    ran.assert_code(0);
+    let v: Value = serde_json::from_str(&ran.stdout).expect("json");
+    assert_eq!(v["tokens"].as_array().expect("tokens").len(), 2, "{v}");
+    let corrupt = v["corrupt"].as_array().expect("corrupt");
+    assert_eq!(corrupt.len(), 1, "{v}");
+    assert_eq!(corrupt[0]["provider"], "gemini");
+    assert_eq!(corrupt[0]["bucket"], "work");
+    assert_eq!(corrupt[0]["path"], path.display().to_string());
+    assert!(
+        corrupt[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("JSON")),
+        "{v}"
+    );
+    assert!(!ran.stdout.contains("SENTINEL"));
+    s.run(&["status", "--json", "--strict", "--store", &store], b"")
+        .assert_code(1);
+}
+
+#[test]
+fn status_shows_near_expiries_as_durations() {
+    let s = Scratch::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    s.seed_token(
+        "anthropic",
+        "default",
+        &json!({"access_token":"a","refresh_token":"r","expiry": now + 2 * 86_400 + 600}),
+    );
+    let ran = s.run(&["status", "--store", &s.store_arg()], b"");
+    ran.assert_code(0);
+    // A humantime duration (seconds may have passed), not a date.
+    assert!(
+        ran.stdout
+            .starts_with("anthropic/default\texpires in 2days "),
+        "{}",
+        ran.stdout
+    );
+    assert!(!ran.stdout.contains("-"), "{}", ran.stdout);
 }

@@ -608,7 +608,8 @@ fn store_from_the_file_is_used_by_the_store_commands() {
     let other = s.store_arg();
     let ran = s.run(&["key", "list", "--store", &other], b"");
     ran.assert_code(0);
-    assert_eq!(ran.stdout, "");
+    // (Was "": an empty list now says so.)
+    assert_eq!(ran.stdout, "no API keys stored\n");
 }
 
 /// The long flags a `--help` text lists (`  -x, --name <V>` or `  --name`).

@@ -196,7 +196,36 @@ fn world_writable_base_directory_is_refused() {
     let ran = s.try_serve(&[]).err().expect("refused");
     assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
     assert!(ran.stderr.contains("world-writable"), "{}", ran.stderr);
-    assert!(ran.stderr.contains("chmod 700"), "{}", ran.stderr);
+    // Was "chmod 700": a world-writable directory is shared; the hint is a
+    // private directory instead.
+    assert!(!ran.stderr.contains("chmod"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("mkdir -m 700"), "{}", ran.stderr);
+}
+
+#[test]
+fn fixed_socket_in_tmp_suggests_a_private_directory_never_chmod() {
+    let s = Scratch::new();
+    // A /tmp-like directory of ours (sticky, world-writable), and /tmp.
+    let shared = s.root().join("shared");
+    mkdir(&shared, 0o700);
+    chmod(&shared, 0o1777);
+    let tmp_sock = format!("/tmp/credproxy-test-{}.sock", std::process::id());
+    for path in [
+        shared.join("x.sock").display().to_string(),
+        tmp_sock.clone(),
+    ] {
+        let ran = s.try_serve(&["--socket", &path]).err().expect("refused");
+        assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
+        assert!(!ran.stderr.contains("chmod"), "{path}: {}", ran.stderr);
+        assert!(!ran.stderr.contains("chown"), "{path}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("mkdir -m 700 ~/.credproxy"),
+            "{path}: {}",
+            ran.stderr
+        );
+    }
+    assert!(!exists(std::path::Path::new(&tmp_sock)));
+    assert_eq!(mode_of(&shared), 0o1777, "never chmod-ed");
 }
 
 #[test]

@@ -132,14 +132,51 @@ fn eof_before_handshake_exits_0() {
 }
 
 #[test]
-fn malformed_frame_closes_the_connection_and_exits() {
+fn malformed_frame_closes_the_connection_and_exits_1() {
+    // Was: exit 0, as if the parent had closed stdin normally.
     let s = Scratch::new();
     let mut p = s.stdio(&["--audit-log", "off"]);
     p.handshake();
     // A non-object JSON frame after the handshake closes the connection.
     p.send_raw(&[0, 0, 0, 2, b'[', b']']).expect("send");
     assert_eq!(p.next(), None, "closed without a reply");
+    assert_eq!(p.wait().code(), Some(1), "a framing fault is a failure");
+    assert!(
+        p.stderr()
+            .contains("credproxy: the client sent an invalid frame ("),
+        "{}",
+        p.stderr()
+    );
+}
+
+#[test]
+fn invalid_json_frame_exits_1_and_says_why() {
+    for audit in [&["--audit-log", "off"][..], &[]] {
+        let s = Scratch::new();
+        let mut p = s.stdio(audit);
+        p.handshake();
+        assert_eq!(p.call("1", "list_providers", json!({}))["ok"], true);
+        p.send_raw(&[0, 0, 0, 3, b'{', b'x', b'}']).expect("send");
+        assert_eq!(p.next(), None, "closed without a reply");
+        assert_eq!(p.wait().code(), Some(1));
+        let stderr = p.stderr();
+        assert!(
+            stderr.contains("credproxy: the client sent an invalid frame (invalid_json)\n"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn eof_after_normal_traffic_still_exits_0() {
+    let s = Scratch::new();
+    let mut p = s.stdio(&[]);
+    p.handshake();
+    assert_eq!(p.call("1", "list_providers", json!({}))["ok"], true);
+    p.close_stdin();
+    assert_eq!(p.next(), None);
     assert_eq!(p.wait().code(), Some(0));
+    assert!(!p.stderr().contains("invalid frame"), "{}", p.stderr());
 }
 
 #[test]

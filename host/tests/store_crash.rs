@@ -1,6 +1,7 @@
 //! Crash safety of the store: a writer killed with SIGKILL at a random point
 //! leaves every token file whole (one of the versions it wrote), and the
-//! store opens and lists normally despite its leftover temp files.
+//! next open removes its leftover temp files (partial secrets) at once,
+//! while a temp file a live writer holds locked stays.
 //!
 //! The writer is this test binary itself, re-run with `CRASH_ROOT_ENV` set so
 //! that only [`crash_writer_helper`] does anything.
@@ -14,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use credproxy::store::FileStore;
 use credproxy_core::Token;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::{Map, Value, json};
 
 const CRASH_ROOT_ENV: &str = "CREDPROXY_STORE_CRASH_ROOT";
@@ -111,7 +115,24 @@ fn crash_leaves_old_or_new_token_never_torn() {
         let status = child.wait().expect("wait");
         assert!(!status.success(), "writer was killed, not finished");
 
+        // A write in progress elsewhere: a temp file whose lock is held.
+        let tokens = root.join("tokens");
+        let live = tokens.join(format!(".tmp-live-writer.{round}"));
+        std::fs::write(&live, b"{\"partial").expect("write");
+        let held = Flock::lock(
+            std::fs::File::open(&live).expect("open"),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .map_err(|(_, e)| e)
+        .expect("lock");
         let store = FileStore::open(&root).expect("store opens after a crash");
+        assert_eq!(
+            temp_files(&tokens),
+            std::slice::from_ref(&live),
+            "round {round}: every abandoned temp file removed, the live writer's kept"
+        );
+        drop(held);
+        std::fs::remove_file(&live).expect("remove");
         let buckets = store.list_buckets("crash").expect("list");
         assert_eq!(buckets, BUCKETS, "round {round}: all buckets written");
         for bucket in &buckets {
@@ -128,4 +149,99 @@ fn crash_leaves_old_or_new_token_never_torn() {
         }
         assert_eq!(store.list_providers().expect("list"), ["crash"]);
     }
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc/PID/stat).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn kill_mid_write_leaves_temp_files_the_next_open_removes() {
+    // On tmpfs a temp file lives only a moment of each write, so a blind
+    // kill rarely lands in one: freeze the writer (SIGSTOP) until a temp
+    // file is on disk, then SIGKILL it there.
+    let exe = std::env::current_exe().expect("test binary");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("credproxy");
+    let tokens = root.join("tokens");
+    FileStore::open(&root).expect("open");
+    let mut left = 0;
+    for round in 0..3 {
+        let mut child = Command::new(&exe)
+            .args(["--ignored", "--exact", "crash_writer_helper"])
+            .args(["--test-threads=1"])
+            .env(CRASH_ROOT_ENV, &root)
+            .env(CRASH_BASE_ENV, (round * ROUND_STRIDE).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn writer");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "never caught a write in progress"
+            );
+            kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+            while !is_stopped(child.id()) {
+                assert!(Instant::now() < deadline, "writer did not stop");
+                thread::yield_now();
+            }
+            let before = left;
+            left += temp_files(&tokens).len();
+            if left > before {
+                break;
+            }
+            kill(pid, Signal::SIGCONT).expect("SIGCONT");
+            thread::sleep(Duration::from_micros(200 + random_below(2_000)));
+        }
+        kill(pid, Signal::SIGKILL).expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+    // Each writer's own open removed the leftovers of the kill before it;
+    // the last kill's are still there.
+    assert!(left >= 3, "every kill left a partial write");
+    let on_disk = temp_files(&tokens);
+    assert!(!on_disk.is_empty(), "the last kill left a partial write");
+    let live = tokens.join(".tmp-live-writer");
+    std::fs::write(&live, b"{\"partial").expect("write");
+    let held = Flock::lock(
+        std::fs::File::open(&live).expect("open"),
+        FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|(_, e)| e)
+    .expect("lock");
+    let store = FileStore::open(&root).expect("opens after the kills");
+    assert_eq!(
+        temp_files(&tokens),
+        std::slice::from_ref(&live),
+        "all {} abandoned temp files removed at open, the live one kept",
+        on_disk.len()
+    );
+    drop(held);
+    for bucket in store.list_buckets("crash").expect("list") {
+        let token = store.get_token("crash", &bucket, true).expect("whole");
+        check_version(&token.expect("listed"));
+    }
+}
+
+/// Temp files in `dir` (names starting with `.tmp-`).
+fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".tmp-"))
+        })
+        .collect()
 }

@@ -89,7 +89,8 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), UnixError> {
 /// # Errors
 ///
 /// [`UnixError::Symlink`], [`UnixError::NotADirectory`],
-/// [`UnixError::WrongOwner`], [`UnixError::TooOpen`], or [`UnixError::Io`]
+/// [`UnixError::WrongOwner`], [`UnixError::TooOpen`],
+/// [`UnixError::SharedDir`], or [`UnixError::Io`]
 /// when `lstat` fails (including when the directory does not exist).
 pub fn verify_private_dir(path: &Path) -> Result<(), UnixError> {
     let meta = fs::symlink_metadata(path)
@@ -115,6 +116,14 @@ fn check_private(path: &Path, meta: &Metadata) -> Result<(), UnixError> {
         });
     }
     if let Some(problem) = ModeProblem::of_mode(meta.mode()) {
+        let sticky = meta.mode() & 0o1000 != 0;
+        if sticky || problem == ModeProblem::WorldWritable {
+            return Err(UnixError::SharedDir {
+                path: path.into(),
+                problem,
+                sticky,
+            });
+        }
         return Err(UnixError::TooOpen {
             path: path.into(),
             problem,

@@ -52,6 +52,11 @@ impl fmt::Display for ModeProblem {
     }
 }
 
+/// The fix for a socket directory that is not ours to change.
+pub const PRIVATE_DIR_HINT: &str = "put the socket in a private directory instead, e.g. \
+    `mkdir -m 700 ~/.credproxy` and --socket ~/.credproxy/proxy.sock, or leave out --socket \
+    to use $XDG_RUNTIME_DIR/credproxy";
+
 /// Errors of socket placement, directory checks, token files and binding.
 ///
 /// The `Display` text of each variant is meant for a person: it names the
@@ -77,10 +82,11 @@ pub enum UnixError {
         path: PathBuf,
     },
 
-    /// The directory belongs to another user.
+    /// The directory belongs to another user. Its mode and owner are not
+    /// ours to change (think `/tmp`, `/var/run`), so the fix offered is a
+    /// private directory, never `chmod` or `chown`.
     #[error(
-        "socket directory {} is owned by uid {owner}, not {expected}; fix with chown {expected} {}",
-        path.display(),
+        "socket directory {} is owned by uid {owner}, not {expected}; {PRIVATE_DIR_HINT}",
         path.display()
     )]
     WrongOwner {
@@ -92,13 +98,32 @@ pub enum UnixError {
         expected: u32,
     },
 
-    /// The directory grants group or other permissions.
+    /// Our own directory grants group or other permissions (but is not
+    /// shared: see [`UnixError::SharedDir`]); `chmod 700` fixes it.
     #[error("socket directory {} is {problem}; fix with chmod 700 {}", path.display(), path.display())]
     TooOpen {
         /// The offending path.
         path: PathBuf,
         /// Which bits are wrong.
         problem: ModeProblem,
+    },
+
+    /// The directory is shared with other users: world-writable, or
+    /// sticky with group or other bits (like `/tmp`). Changing its mode
+    /// would break whoever shares it, so the fix offered is a private
+    /// directory, never `chmod`.
+    #[error(
+        "socket directory {} is {problem}{}, a directory shared with other users; {PRIVATE_DIR_HINT}",
+        path.display(),
+        if *sticky { " and sticky" } else { "" }
+    )]
+    SharedDir {
+        /// The offending path.
+        path: PathBuf,
+        /// Which bits are wrong.
+        problem: ModeProblem,
+        /// Whether the sticky bit is set.
+        sticky: bool,
     },
 
     /// The directory to create has no parent directory; only the last
@@ -239,10 +264,25 @@ mod tests {
             owner: 0,
             expected: 1000,
         };
+        // (Was "fix with chown 1000 …": not a fix one can make, or should.)
         assert_eq!(
             e.to_string(),
-            "socket directory /run/user/1000/credproxy is owned by uid 0, not 1000; fix with chown 1000 /run/user/1000/credproxy"
+            format!(
+                "socket directory /run/user/1000/credproxy is owned by uid 0, not 1000; {PRIVATE_DIR_HINT}"
+            )
         );
+        let e = UnixError::SharedDir {
+            path: PathBuf::from("/tmp"),
+            problem: ModeProblem::WorldWritable,
+            sticky: true,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "socket directory /tmp is world-writable and sticky, a directory shared with other users; {PRIVATE_DIR_HINT}"
+            )
+        );
+        assert!(!e.to_string().contains("chmod 7"), "{e}");
         let e = UnixError::Symlink { path };
         assert_eq!(
             e.to_string(),

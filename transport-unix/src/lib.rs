@@ -16,8 +16,10 @@
 //!   component; its parent must exist) or, when it exists, verifies that it
 //!   is a real directory (not a symlink), owned by our effective uid, with
 //!   no group or other permission bits. A directory that fails is refused
-//!   with a message that says how to fix it (`chmod 700 …`,
-//!   `chown <uid> …`, "remove it"); we never chmod an existing directory.
+//!   with a message that says how to fix it (`chmod 700 …` for our own
+//!   directory, a private directory instead of a shared one like `/tmp` or
+//!   one owned by another user, "remove it"); we never chmod an existing
+//!   directory.
 //! - Each running proxy gets an [`Instance`]: its own directory
 //!   `<base>/<pid>-<nonce>/` (0700; the nonce is 16 bytes from the OS random
 //!   generator as 22 base64url characters) holding `proxy.sock` and, with
@@ -170,7 +172,7 @@ mod token;
 
 pub use client::{BlockingClient, CapabilitySource, Client, ClientError, ClientOptions};
 pub use dirs::{base_dir, ensure_private_dir, verify_private_dir};
-pub use error::{ModeProblem, UnixError};
+pub use error::{ModeProblem, PRIVATE_DIR_HINT, UnixError};
 pub use instance::{FIXED_TOKEN_SUFFIX, Instance, SOCKET_FILE_NAME, TOKEN_FILE_NAME, TokenMode};
 pub use listener::{Accepted, Listener};
 pub use name::is_instance_dir_name;

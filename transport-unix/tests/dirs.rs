@@ -5,7 +5,9 @@ mod common;
 use std::os::unix::fs::symlink;
 
 use common::{chmod, euid, is_root, mode_of, short_tempdir};
-use credproxy_unix::{ModeProblem, UnixError, ensure_private_dir, verify_private_dir};
+use credproxy_unix::{
+    ModeProblem, PRIVATE_DIR_HINT, UnixError, ensure_private_dir, verify_private_dir,
+};
 
 #[test]
 fn creates_a_missing_directory_with_mode_0700_and_accepts_it_again() {
@@ -50,15 +52,42 @@ fn refuses_a_group_writable_directory_without_changing_it() {
 
 #[test]
 fn refuses_a_world_writable_directory() {
+    // Was "fix with chmod 700": a world-writable directory is shared, and
+    // changing its mode would break its other users.
     let tmp = short_tempdir();
     chmod(tmp.path(), 0o777);
     let err = ensure_private_dir(tmp.path()).expect_err("world-writable");
     let p = tmp.path().display();
     assert_eq!(
         err.to_string(),
-        format!("socket directory {p} is world-writable; fix with chmod 700 {p}")
+        format!(
+            "socket directory {p} is world-writable, a directory shared with other users; {PRIVATE_DIR_HINT}"
+        )
     );
+    assert!(!err.to_string().contains("chmod"), "{err}");
     assert_eq!(mode_of(tmp.path()), 0o777, "mode must not be changed");
+}
+
+#[test]
+fn a_tmp_like_directory_gets_the_private_directory_hint_never_chmod() {
+    for mode in [0o1777, 0o1770, 0o1755] {
+        let tmp = short_tempdir();
+        chmod(tmp.path(), mode);
+        let err = verify_private_dir(tmp.path()).expect_err("shared");
+        assert!(
+            matches!(err, UnixError::SharedDir { sticky: true, .. }),
+            "{mode:o}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(!text.contains("chmod"), "{mode:o}: {text}");
+        assert!(text.contains("mkdir -m 700 ~/.credproxy"), "{text}");
+        assert!(text.contains("sticky"), "{text}");
+    }
+    // The real /tmp: shared (sticky, world-writable), or not ours.
+    let err = verify_private_dir(std::path::Path::new("/tmp")).expect_err("/tmp");
+    assert!(!err.to_string().contains("chmod"), "{err}");
+    assert!(!err.to_string().contains("chown"), "{err}");
+    assert!(err.to_string().contains(PRIVATE_DIR_HINT), "{err}");
 }
 
 #[test]
@@ -124,7 +153,10 @@ fn refuses_a_directory_owned_by_someone_else() {
     let me = euid();
     assert_eq!(
         err.to_string(),
-        format!("socket directory {p} is owned by uid 65534, not {me}; fix with chown {me} {p}")
+        // Was "fix with chown {me} {p}": another user's directory is not
+        // ours to change; a private directory is the fix.
+        format!("socket directory {p} is owned by uid 65534, not {me}; {PRIVATE_DIR_HINT}")
     );
+    assert!(!err.to_string().contains("chown"), "{err}");
     assert!(matches!(err, UnixError::WrongOwner { owner: 65534, .. }));
 }

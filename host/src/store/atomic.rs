@@ -3,16 +3,23 @@
 //! A write goes to a fresh temp file in the target's directory, created
 //! exclusively (`O_CREAT|O_EXCL`) without following symlinks and with mode
 //! 0600, then is fsynced, renamed over the target and the directory fsynced.
-//! A crash therefore leaves the old file or the new one, never a torn one;
-//! at worst a stale temp file remains, which listing ignores (its name
-//! starts with `.`) and [`remove_stale_temp`] cleans up.
+//! A crash therefore leaves the old file or the new one, never a torn one.
+//!
+//! A crash can leave the temp file, holding (part of) a secret. The writer
+//! holds an exclusive `flock` on its temp file for the file's whole life, so
+//! "no process holds the lock" means "abandoned": [`remove_abandoned_temp`]
+//! (run when a store is opened) removes exactly those, at once, and leaves a
+//! live writer's file alone. Listing ignores temp files (their names start
+//! with `.`).
 
 use std::fs::{self, File, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use super::dirs::FILE_MODE;
 use super::error::StoreError;
@@ -20,9 +27,9 @@ use super::error::StoreError;
 /// Prefix of temp files; the leading dot keeps them out of every listing.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
-/// Temp files older than this are leftovers of a crash, not a write in
-/// progress in another process, and may be removed.
-pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
+/// Writes retried when a cleaner removed our temp file in the instant
+/// between its creation and our lock (see [`remove_abandoned_temp`]).
+const WRITE_ATTEMPTS: u32 = 3;
 
 /// Distinguishes temp files of one process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -31,14 +38,28 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// of the new file (its identity for the cache).
 pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<Metadata, StoreError> {
     let target = dir.join(file_name);
-    let (tmp_path, file) = create_temp(dir, file_name)?;
-    let meta = match fill_and_rename(file, &tmp_path, &target, bytes) {
-        Ok(meta) => meta,
-        Err(e) => {
-            // Best effort: the temp file was never renamed and is garbage.
-            let _ = fs::remove_file(&tmp_path);
-            return Err(e);
+    let mut attempt = 1;
+    let meta = loop {
+        let (tmp_path, file) = create_temp(dir, file_name)?;
+        match fill_and_rename(&file, &tmp_path, &target, bytes) {
+            Ok(meta) => break meta,
+            // Our temp file vanished before the rename: another process's
+            // open took it for abandoned before we had locked it. Retry.
+            Err(StoreError::Io {
+                op: "rename into",
+                cause,
+                ..
+            }) if cause.kind() == io::ErrorKind::NotFound && attempt < WRITE_ATTEMPTS => {
+                attempt += 1;
+            }
+            Err(e) => {
+                // Best effort: the temp file was never renamed and is garbage.
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e);
+            }
         }
+        // The lock (and descriptor) of a failed attempt is released here.
+        drop(file);
     };
     sync_dir(dir)?;
     Ok(meta)
@@ -46,7 +67,7 @@ pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<Metadat
 
 /// Writes the temp file fully and durably, then renames it over `target`.
 fn fill_and_rename(
-    mut file: File,
+    mut file: &File,
     tmp_path: &Path,
     target: &Path,
     bytes: &[u8],
@@ -94,17 +115,28 @@ pub fn is_temp_name(file_name: &str) -> bool {
     file_name.starts_with(TEMP_PREFIX)
 }
 
-/// Removes `path` if it is a temp file older than [`STALE_TEMP_AGE`]
-/// (a younger one may belong to a write in progress elsewhere). Best effort:
-/// a leftover temp file is harmless.
-pub fn remove_stale_temp(path: &Path, meta: &Metadata, now: SystemTime) {
-    let old = meta
-        .modified()
-        .ok()
-        .and_then(|m| now.duration_since(m).ok())
-        .is_some_and(|age| age >= STALE_TEMP_AGE);
-    if old && meta.file_type().is_file() {
+/// Removes `path` if it is an abandoned temp file: a regular file whose
+/// exclusive lock no process holds (every writer holds it until its file
+/// is renamed or removed). A locked one is a write in progress and stays.
+/// Best effort: a leftover temp file is only retried at the next open.
+pub fn remove_abandoned_temp(path: &Path, meta: &Metadata) {
+    if !meta.file_type().is_file() {
+        return;
+    }
+    // O_NONBLOCK: never hang on a FIFO someone put there; O_NOFOLLOW: a
+    // symlink swapped in meanwhile is not followed.
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    if let Ok(locked) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        // Nobody writes it: its writer died (or finished and renamed it
+        // away, then this unlink finds nothing).
         let _ = fs::remove_file(path);
+        drop(locked);
     }
 }
 
@@ -113,8 +145,10 @@ pub fn remove_stale_temp(path: &Path, meta: &Metadata, now: SystemTime) {
 /// nearly always enough).
 const TEMP_ATTEMPTS: u32 = 64;
 
-/// Creates a new temp file next to the target, retrying on name collisions.
-fn create_temp(dir: &Path, file_name: &str) -> Result<(PathBuf, File), StoreError> {
+/// Creates a new temp file next to the target, retrying on name
+/// collisions, and takes its exclusive lock (held until the file is
+/// dropped: after the rename, or when the write failed).
+fn create_temp(dir: &Path, file_name: &str) -> Result<(PathBuf, Flock<File>), StoreError> {
     let pid = std::process::id();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -130,7 +164,12 @@ fn create_temp(dir: &Path, file_name: &str) -> Result<(PathBuf, File), StoreErro
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp_path)
         {
-            Ok(file) => return Ok((tmp_path, file)),
+            Ok(file) => {
+                let locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+                    StoreError::io("lock", &tmp_path, io::Error::from(errno))
+                })?;
+                return Ok((tmp_path, locked));
+            }
             // A leftover (or a planted symlink) has this name: take another.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 last_err = Some(StoreError::io("create", &tmp_path, e));

@@ -18,6 +18,7 @@
 
 mod atomic;
 mod cache;
+mod corrupt;
 mod dirs;
 mod error;
 mod lock;
@@ -26,11 +27,13 @@ mod read;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_corrupt;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use credproxy_core::{Secret, Token};
 use serde::{Deserialize, Serialize};
@@ -42,6 +45,7 @@ use names::{
     parse_api_key_file_name, parse_json_file_name,
 };
 
+pub use corrupt::Replaced;
 pub use error::{NameKind, StoreError};
 pub use lock::KeyLock;
 pub use names::MAX_NAME_LEN;
@@ -106,7 +110,7 @@ impl FileStore {
     /// if missing. An existing root or subdirectory must be a real directory
     /// owned by our euid with no group/other bits, and every file in them a
     /// private regular file; otherwise the error says how to fix it. Temp
-    /// files left by a crash long ago are removed.
+    /// files left by a crash (no live writer holds their lock) are removed.
     pub fn open(root: &Path) -> Result<FileStore, StoreError> {
         if fs::symlink_metadata(root).is_err()
             && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty())
@@ -164,15 +168,35 @@ impl FileStore {
     /// Stores `token` for `provider`/`bucket`, replacing any previous one
     /// atomically. Merging is the caller's business (SPEC §5.2).
     pub fn put_token(&self, provider: &str, bucket: &str, token: &Token) -> Result<(), StoreError> {
+        self.put_token_replacing(provider, bucket, token).map(drop)
+    }
+
+    /// [`FileStore::put_token`], also saying whether the file it replaced
+    /// was corrupt: that file is then kept beside it as
+    /// `.corrupt-<unix-time>-<name>` (see [`corrupt`]), so the caller can
+    /// report it once. Call under the key's lock, as every write does.
+    pub fn put_token_replacing(
+        &self,
+        provider: &str,
+        bucket: &str,
+        token: &Token,
+    ) -> Result<Replaced, StoreError> {
         check_key(provider, bucket)?;
         let name = json_file_name(provider, bucket);
         let path = self.tokens.join(&name);
         let bytes = to_json(token, &path)?;
+        // A valid cache entry vouches for the file (one lstat); otherwise
+        // look at what is about to be replaced.
+        let replaced = if self.cached(provider, bucket).is_some() {
+            Replaced::Nothing
+        } else {
+            corrupt::keep_if_corrupt(&self.tokens, &name, MAX_JSON_BYTES)?
+        };
         match atomic::write_atomic(&self.tokens, &name, &bytes) {
             Ok(meta) => {
                 self.cache
                     .set_present(provider, bucket, &path, token.clone(), FileId::of(&meta));
-                Ok(())
+                Ok(replaced)
             }
             Err(e) => {
                 // The rename may or may not have happened: read next time.
@@ -401,9 +425,9 @@ fn list_dir(dir: &Path) -> Result<Vec<String>, StoreError> {
 }
 
 /// The open-time check of one subdirectory: every symlink or non-private
-/// file is refused with a fix hint; crash leftovers are removed when old.
+/// file is refused with a fix hint; temp files no writer holds (crash
+/// leftovers) are removed.
 fn check_entries(dir: &Path) -> Result<(), StoreError> {
-    let now = SystemTime::now();
     let entries = fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
@@ -415,7 +439,7 @@ fn check_entries(dir: &Path) -> Result<(), StoreError> {
             Err(e) => return Err(StoreError::io("inspect", &path, e)),
         };
         if entry.file_name().to_str().is_some_and(atomic::is_temp_name) {
-            atomic::remove_stale_temp(&path, &meta, now);
+            atomic::remove_abandoned_temp(&path, &meta);
             continue;
         }
         dirs::verify_file(&path, &meta)?;

@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use credproxy_core::{Secret, Token};
 use serde_json::{Value, json};
@@ -807,29 +807,34 @@ fn error_messages_never_contain_secrets() {
 }
 
 #[test]
-fn stale_temp_files_are_ignored_and_old_ones_removed() {
+fn abandoned_temp_files_are_removed_and_locked_ones_kept() {
+    // Was: only temp files older than 10 minutes were removed. Now any temp
+    // file whose writer's lock is gone is removed at open, at once.
     let (_tmp, root, store) = new_store();
     store
         .put_token("p", "b", &tok(json!({"access_token": "x"})))
         .expect("put");
     let tokens = root.join("tokens");
-    let young = tokens.join(format!(".tmp-{}.9.9.9", json_file_name("p", "b")));
-    let old = tokens.join(format!(".tmp-{}.8.8.8", json_file_name("p", "b")));
-    for path in [&young, &old] {
+    let live = tokens.join(format!(".tmp-{}.9.9.9", json_file_name("p", "b")));
+    let dead = tokens.join(format!(".tmp-{}.8.8.8", json_file_name("p", "b")));
+    for path in [&live, &dead] {
         // Torn write leftovers, possibly with a wrong mode.
         fs::write(path, b"{\"access_tok").expect("write");
         chmod(path, 0o644);
     }
-    let long_ago = SystemTime::now() - Duration::from_secs(3600);
-    File::options()
-        .write(true)
-        .open(&old)
-        .expect("open")
-        .set_modified(long_ago)
-        .expect("mtime");
+    // A writer in progress holds its temp file's lock.
+    let held = nix::fcntl::Flock::lock(
+        File::open(&live).expect("open"),
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    )
+    .map_err(|(_, e)| e)
+    .expect("lock");
     let reopened = FileStore::open(&root).expect("leftovers do not block open");
-    assert!(!old.exists(), "old leftover removed");
-    assert!(young.exists(), "a young one may be a write in progress");
+    assert!(!dead.exists(), "a young but abandoned leftover is removed");
+    assert!(live.exists(), "a locked one is a write in progress");
+    drop(held);
+    FileStore::open(&root).expect("open");
+    assert!(!live.exists(), "removed once its writer is gone");
     assert_eq!(reopened.list_providers().expect("list"), ["p"]);
     assert_eq!(reopened.list_buckets("p").expect("list"), ["b"]);
     assert!(store.get_token("p", "b", true).expect("get").is_some());
