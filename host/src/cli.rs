@@ -16,7 +16,6 @@
 //! (configuration included) and `2` on bad usage.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
-use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
@@ -146,10 +145,10 @@ struct CommonArgs {
     /// `audit_log`, else stderr]
     #[arg(long, value_name = "PATH")]
     audit_log: Option<String>,
-    /// Threads doing socket I/O [default: the file's `io_threads`, else one
-    /// per core, at most 4]
+    /// Threads doing socket I/O, at most 4 per core (and at least 8 allowed)
+    /// [default: the file's `io_threads`, else one per core, at most 4]
     #[arg(long, value_name = "N")]
-    io_threads: Option<NonZeroUsize>,
+    io_threads: Option<crate::thread_count::IoThreadCount>,
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
@@ -368,7 +367,7 @@ fn settings(c: &CommonArgs) -> Result<Settings, Failure> {
         s.audit_log = Some(audit.clone());
     }
     if let Some(n) = c.io_threads {
-        s.io_threads = Some(n);
+        s.io_threads = Some(n.get());
     }
     s.validate()?;
     Ok(s)

@@ -43,16 +43,7 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
 /// returns the soft limit now in force.
 #[must_use]
 pub fn raise_nofile() -> u64 {
-    crate::serve::raise_nofile_limit();
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
-        return 0;
-    }
-    lim.rlim_cur
+    crate::fd_limit::raise_nofile_limit().unwrap_or(0)
 }
 
 /// Connects and handshakes with a small buffer: only the stream is kept
