@@ -91,7 +91,8 @@ pub enum ConnectionState {
         /// The negotiated version (1 or 2).
         version: u8,
     },
-    /// Closed after idling; the next call connects again.
+    /// Closed while idle, by us or by the proxy; the next call connects
+    /// again.
     Idle,
     /// The connection broke; every call fails with
     /// [`ClientError::ConnectionLost`].
@@ -118,10 +119,12 @@ pub struct BucketStats {
 /// [`ClientOptions`] and [`Client::call_with_timeout`]); on timeout the
 /// client sends `cancel` and the call fails with [`ClientError::Timeout`].
 /// After 5 minutes without pending requests the connection is closed
-/// gracefully and the next call connects and handshakes again; that is the
-/// only reconnect. A connection that breaks (closed by the proxy, reset, a
-/// malformed reply) fails every pending and later call with
-/// [`ClientError::ConnectionLost`].
+/// gracefully and the next call connects and handshakes again. The same
+/// happens when the proxy closes an idle connection (nothing pending; it
+/// evicts the connection idle longest when its table is full). Those are
+/// the only reconnects: a connection that breaks with requests pending
+/// (closed by the proxy, reset) or sends a malformed reply fails every
+/// pending and later call with [`ClientError::ConnectionLost`].
 ///
 /// Cloning gives another handle on the same connection; the connection is
 /// closed when the last handle is dropped. `Debug` never shows the

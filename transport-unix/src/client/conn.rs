@@ -241,6 +241,36 @@ impl Conn {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
+    /// The proxy closed the connection (a clean EOF). With nothing pending
+    /// this is like our own idle close — the proxy drops the connection idle
+    /// longest to admit a newcomer when its table is full (SPEC §3.1) — so
+    /// the client goes back to `Idle` and the next call connects and
+    /// handshakes again. With requests pending it is a broken connection
+    /// ([`Conn::fail`]).
+    fn peer_closed(self: &Arc<Self>) {
+        let Some(shared) = self.shared.upgrade() else {
+            self.fail();
+            return;
+        };
+        let mut state = lock(&shared.state);
+        {
+            let mut inner = lock(&self.inner);
+            if inner.status != Status::Open || !inner.pending.is_empty() {
+                drop(inner);
+                drop(state);
+                self.fail();
+                return;
+            }
+            inner.status = Status::Closing;
+        }
+        if matches!(&*state, State::Open(c) if Arc::ptr_eq(c, self)) {
+            *state = State::Idle;
+        }
+        drop(state);
+        self.outbox.close();
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
     /// Closes at once (the client is gone).
     fn close_now(&self) {
         {
@@ -429,9 +459,13 @@ async fn reader(
             }
         };
         match event {
-            // EOF or an error after a deliberate close is expected; fail()
-            // is then a no-op.
-            Event::Read(Ok(0) | Err(_)) => {
+            // EOF or an error after a deliberate close is expected; both
+            // are then no-ops.
+            Event::Read(Ok(0)) => {
+                conn.peer_closed();
+                return;
+            }
+            Event::Read(Err(_)) => {
                 conn.fail();
                 return;
             }
