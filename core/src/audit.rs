@@ -60,6 +60,14 @@ pub struct AuditEvent {
     /// Connection class, for handshake events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<ConnClass>,
+    /// A size in bytes the event is about (an oversize frame's announced
+    /// length). Numeric, so no peer text reaches the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The limit the event refers to (the frame limit, a connection
+    /// budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 impl AuditEvent {
@@ -80,6 +88,8 @@ impl AuditEvent {
             bucket: None,
             name: None,
             class: None,
+            size: None,
+            limit: None,
         }
     }
 }

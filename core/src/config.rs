@@ -17,7 +17,7 @@ pub const MAX_FRAME_CEILING: usize = 4 * 1024 * 1024;
 /// Sizes, counts and timings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest inbound payload accepted (default 64 KiB, at most 4 MiB).
+    /// Largest inbound payload accepted (default 1 MiB, at most 4 MiB).
     pub max_frame_bytes: usize,
     /// A started frame must complete within this time while read (5 s).
     pub partial_frame_ms: u64,
@@ -29,8 +29,18 @@ pub struct Limits {
     pub rate_per_sec: u32,
     /// Rate limit burst (120).
     pub rate_burst: u32,
-    /// Open connections (256); more are refused at accept.
+    /// Handshaken connections (256). When a handshake completes with the
+    /// table full, the connection idle longest (nothing in flight, no login
+    /// session of its own) is closed to admit it; with none evictable the
+    /// newcomer is closed (SPEC §3.1).
     pub max_connections: usize,
+    /// Connections still in their handshake (64), a budget of their own so
+    /// raw connects cannot crowd out served clients; when it is full the
+    /// oldest pending connection is closed to admit a new one.
+    pub max_pending_handshakes: usize,
+    /// Connections (pending and handshaken) per peer process (32), where the
+    /// transport knows the peer's pid; more are refused at accept.
+    pub max_connections_per_pid: usize,
     /// Largest whole reply frame (header included) to a v1 peer (65 536).
     pub v1_max_frame: usize,
     /// Largest reply payload to a v2 peer (4 MiB).
@@ -74,16 +84,29 @@ pub struct Limits {
     pub renewal_max_tries: u8,
 }
 
+impl Limits {
+    /// The most connections the engine holds at once: handshaken plus
+    /// pending. A host clamps both limits so this fits its descriptor
+    /// limit (`RLIMIT_NOFILE`).
+    #[must_use]
+    pub fn max_sockets(&self) -> usize {
+        self.max_connections
+            .saturating_add(self.max_pending_handshakes)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_frame_bytes: 64 * 1024,
+            max_frame_bytes: 1024 * 1024,
             partial_frame_ms: 5_000,
             handshake_ms: 5_000,
             max_in_flight: 16,
             rate_per_sec: 60,
             rate_burst: 120,
             max_connections: 256,
+            max_pending_handshakes: 64,
+            max_connections_per_pid: 32,
             v1_max_frame: 65_536,
             v2_max_payload: MAX_FRAME_CEILING,
             session_ttl_ms: 600_000,
@@ -175,6 +198,11 @@ impl Config {
                 "max_in_flight and max_connections must be at least 1".into(),
             ));
         }
+        if l.max_pending_handshakes == 0 || l.max_connections_per_pid == 0 {
+            return Err(ConfigError(
+                "max_pending_handshakes and max_connections_per_pid must be at least 1".into(),
+            ));
+        }
         if l.rate_per_sec == 0 || l.rate_burst == 0 {
             return Err(ConfigError(
                 "rate_per_sec and rate_burst must be at least 1".into(),
@@ -200,13 +228,18 @@ mod tests {
     #[test]
     fn defaults_are_the_spec_values() {
         let l = Limits::default();
-        assert_eq!(l.max_frame_bytes, 65_536);
+        assert_eq!(l.max_frame_bytes, 1_048_576);
         assert_eq!((l.partial_frame_ms, l.handshake_ms), (5_000, 5_000));
         assert_eq!(
             (l.max_in_flight, l.rate_per_sec, l.rate_burst),
             (16, 60, 120)
         );
         assert_eq!(l.max_connections, 256);
+        assert_eq!(
+            (l.max_pending_handshakes, l.max_connections_per_pid),
+            (64, 32)
+        );
+        assert_eq!(l.max_sockets(), 320);
         assert!(Config::default().validate().is_ok());
     }
 
@@ -214,6 +247,12 @@ mod tests {
     fn rejects_bad_values() {
         let mut c = Config::default();
         c.limits.max_frame_bytes = MAX_FRAME_CEILING + 1;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.max_pending_handshakes = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.limits.max_connections_per_pid = 0;
         assert!(c.validate().is_err());
         let c = Config {
             capability_token: Some(Secret::new("")),

@@ -7,6 +7,7 @@ use crate::handshake::Accepted;
 use crate::peer::Peer;
 use crate::rate::TokenBucket;
 use crate::task::TaskId;
+use crate::time::Mono;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,4 +33,8 @@ pub(crate) struct Connection {
     pub(crate) paused: bool,
     /// Time left on the partial-frame deadline, saved while paused.
     pub(crate) partial_left_ms: Option<u64>,
+    /// Last activity: the open, the last complete frame received or the
+    /// last reply queued, whichever is latest (engine clock, so it never
+    /// decreases). Eviction of an idle connection picks the least.
+    pub(crate) last_active: Mono,
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rand_core::CryptoRng;
 
+use crate::admission::Admission;
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::config::{Config, ConfigError};
 use crate::connection::{Connection, Phase};
@@ -112,6 +113,8 @@ pub struct Engine<R> {
     pub(crate) renewals: BTreeMap<Key, Renewal>,
     pub(crate) key_serials: BTreeMap<Key, u64>,
     pub(crate) key_by_serial: BTreeMap<u64, Key>,
+    /// Pending connections and per-process counts (see `admission`).
+    pub(crate) admission: Admission,
 }
 
 impl<R> std::fmt::Debug for Engine<R> {
@@ -157,6 +160,7 @@ impl<R: CryptoRng> Engine<R> {
             renewals: BTreeMap::new(),
             key_serials: BTreeMap::new(),
             key_by_serial: BTreeMap::new(),
+            admission: Admission::default(),
         })
     }
 }
@@ -168,10 +172,17 @@ impl<R: CryptoRng> Engine<R> {
         &self.config
     }
 
-    /// Number of open connections.
+    /// Number of live connections (pending and handshaken); at most
+    /// [`crate::Limits::max_sockets`].
     #[must_use]
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Number of connections still in their handshake.
+    #[must_use]
+    pub fn pending_handshakes(&self) -> usize {
+        self.admission.pending()
     }
 
     /// Number of requests waiting for effects (attached or detached).
@@ -202,6 +213,11 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     pub(crate) fn push(&mut self, output: Output) {
+        if let Output::Send { conn, .. } = &output
+            && let Some(c) = self.conns.get_mut(conn)
+        {
+            c.last_active = self.now.mono;
+        }
         self.outputs.push_back(output);
     }
 
@@ -242,17 +258,13 @@ impl<R: CryptoRng> Engine<R> {
         id
     }
 
-    /// A transport accepted a connection. Refused (and audited) beyond the
-    /// connection limit: the driver closes it at once.
+    /// A transport accepted a connection. Refused (and audited) when its
+    /// peer process holds `max_connections_per_pid` already: the driver
+    /// closes it at once. A full pending budget closes the oldest pending
+    /// connection instead (see `admission`).
     pub fn handle_open(&mut self, peer: Peer, now: Now) -> Result<ConnId, ConnectionRefused> {
         self.tick(now);
-        if self.conns.len() >= self.config.limits.max_connections {
-            self.audit(AuditEvent::new(
-                Level::Warn,
-                None,
-                "connection_refused",
-                "connection_limit",
-            ));
+        if self.admit_open(peer.pid).is_err() {
             return Err(ConnectionRefused);
         }
         let conn = ConnId(self.next_conn);
@@ -269,8 +281,10 @@ impl<R: CryptoRng> Engine<R> {
                 read_closed: false,
                 paused: false,
                 partial_left_ms: None,
+                last_active: self.now.mono,
             },
         );
+        self.admitted(conn, peer.pid);
         let deadline = self.now.mono.plus(self.config.limits.handshake_ms);
         self.timers.set(TimerKey::Handshake(conn), deadline);
         self.audit(AuditEvent::new(Level::Info, Some(conn), "connect", "ok"));
@@ -297,6 +311,11 @@ impl<R: CryptoRng> Engine<R> {
             let handled = match c.decoder.decode_payload(&mut input) {
                 Ok(Some(payload)) => self.on_payload(conn, &payload),
                 Ok(None) => break,
+                Err(DecodeError::Oversize { len, max }) => {
+                    // `input` now starts at the body: whatever of it is in
+                    // this chunk is all the oversize reply may look at.
+                    return self.on_oversize(conn, len, max, input);
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = handled {
@@ -316,9 +335,10 @@ impl<R: CryptoRng> Engine<R> {
     /// Parses a complete frame as its connection's phase expects (the
     /// handshake as an object, requests borrowed) and handles it.
     fn on_payload(&mut self, conn: ConnId, payload: &[u8]) -> Result<(), DecodeError> {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return Ok(());
         };
+        c.last_active = self.now.mono;
         match c.phase {
             Phase::AwaitingHandshake => {
                 let frame = frame::parse_object(payload)?;
@@ -365,6 +385,7 @@ impl<R: CryptoRng> Engine<R> {
     fn on_handshake(&mut self, conn: ConnId, frame: &serde_json::Map<String, serde_json::Value>) {
         self.timers.cancel(TimerKey::Handshake(conn));
         match handshake::evaluate(frame, self.token.as_ref()) {
+            Ok(_) if !self.admit_handshaken(conn) => self.close(conn),
             Ok(accepted) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.phase = Phase::Open(accepted);
@@ -514,6 +535,7 @@ impl<R: CryptoRng> Engine<R> {
         let Some(c) = self.conns.remove(&conn) else {
             return false;
         };
+        self.admission.forgot(conn, &c);
         self.timers.cancel(TimerKey::Handshake(conn));
         self.timers.cancel(TimerKey::PartialFrame(conn));
         for task in c.in_flight.into_values() {

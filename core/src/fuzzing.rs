@@ -27,6 +27,7 @@ use crate::audit::ConnId;
 use crate::config::{Config, Limits, MAX_FRAME_CEILING};
 use crate::effect::{Effect, EffectResult};
 use crate::frame::{self, DecodeError, FrameDecoder, HEADER_LEN};
+use crate::frame_peek::PEEK_LIMIT;
 use crate::handshake::{self, ConnClass, Rejection, TokenDigest};
 use crate::http::{HttpOutcome, TransportError};
 use crate::payload;
@@ -401,11 +402,24 @@ fn request_frame(h: &mut Harness, bytes: &[u8], version: u8) {
         replies.extend(h.take_replies(conn));
     }
     if h.is_closed(conn) {
-        assert!(
-            replies.is_empty(),
-            "a closed request got a reply: {replies:?}"
+        let limit = h.engine.config().limits.max_frame_bytes;
+        // An oversize frame whose id is in its first bytes (all of them are
+        // in the one chunk sent here) is answered once, then closed.
+        let peeked = (bytes.len() > limit)
+            .then(|| crate::frame_peek::peek_id(&bytes[..bytes.len().min(PEEK_LIMIT)]))
+            .flatten();
+        let want: Vec<Value> = peeked
+            .map(|id| {
+                json!({"id": id, "ok": false, "code": "INVALID_REQUEST",
+                    "error": format!("Frame exceeds maximum size ({limit} bytes)")})
+            })
+            .into_iter()
+            .collect();
+        assert_eq!(
+            replies, want,
+            "a closed request got a reply other than the oversize one"
         );
-        let decodes = bytes.len() <= h.engine.config().limits.max_frame_bytes
+        let decodes = bytes.len() <= limit
             && serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.is_object());
         assert!(!decodes, "a decodable request closed the connection");
     } else {
@@ -1414,6 +1428,9 @@ enum Written {
     Json { key: String, op: String },
     /// Must close the connection (decode error).
     Bad,
+    /// Oversize: must close; may first answer `key` with the oversize
+    /// `INVALID_REQUEST` (when the id was in the chunk with the header).
+    Oversize { key: Option<String> },
     /// Arbitrary bytes: the model stops checking this connection.
     Opaque,
 }
@@ -1433,6 +1450,8 @@ struct Client {
     read_closed: bool,
     tainted: bool,
     expect_close: bool,
+    /// The id an oversize frame may be answered under, once.
+    oversize_key: Option<String>,
 }
 
 impl Client {
@@ -1448,6 +1467,7 @@ impl Client {
             read_closed: false,
             tainted: false,
             expect_close: false,
+            oversize_key: None,
         }
     }
 
@@ -1476,6 +1496,18 @@ impl Client {
                     .as_str()
                     .unwrap_or_else(|| panic!("reply without a string id: {r}"));
                 assert!(r["ok"].is_boolean(), "reply without ok: {r}");
+                if r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("Frame exceeds maximum size ("))
+                {
+                    assert_eq!(
+                        self.oversize_key.take().as_deref(),
+                        Some(id),
+                        "oversize answer for an id that was not oversize: {r}"
+                    );
+                    assert_eq!(r["code"], json!("INVALID_REQUEST"), "{r}");
+                    return;
+                }
                 match self.owed.get_mut(id) {
                     Some(n) => {
                         *n -= 1;
@@ -1793,7 +1825,11 @@ impl World {
     fn write_json(&mut self, ci: usize, value: &Value) {
         let bytes = frame::encode(value);
         let what = if bytes.len() - HEADER_LEN > self.limits().max_frame_bytes {
-            Written::Bad
+            // Whether the id is seen depends on how the bytes are cut into
+            // reads, so the model allows (not demands) the one answer.
+            Written::Oversize {
+                key: value.get("id").and_then(payload::id_string),
+            }
         } else {
             let key = value
                 .get("id")
@@ -1867,6 +1903,10 @@ impl World {
                 match w {
                     Written::Opaque => c.tainted = true,
                     Written::Bad => c.expect_close = true,
+                    Written::Oversize { key } => {
+                        c.expect_close = true;
+                        c.oversize_key = key.filter(|_| matches!(c.hs, Hs::Sent | Hs::Open));
+                    }
                     Written::Json { key, op } => match c.hs {
                         Hs::NotSent => c.hs = Hs::Sent,
                         Hs::Sent | Hs::Open => {
@@ -2222,8 +2262,10 @@ impl World {
         let e = &self.h.engine;
         let l = self.limits();
         assert!(
-            e.connection_count() <= l.max_connections,
-            "connection limit"
+            e.connection_count() <= l.max_sockets()
+                && e.connection_count() - e.pending_handshakes() <= l.max_connections
+                && e.pending_handshakes() <= l.max_pending_handshakes,
+            "connection limits"
         );
         assert!(e.session_count() <= l.sessions_total, "session limit");
         let bound = e.connection_count() * l.max_in_flight

@@ -122,6 +122,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admission;
 pub mod audit;
 pub mod config;
 mod connection;
@@ -131,6 +132,7 @@ pub mod effect;
 mod engine;
 pub mod error;
 pub mod frame;
+pub mod frame_peek;
 pub mod handshake;
 pub mod http;
 pub mod keylock;
@@ -139,6 +141,7 @@ pub mod loopback;
 pub mod oauth_reply;
 pub mod op;
 mod ops;
+mod oversize;
 pub mod payload;
 pub mod peer;
 mod persist;

@@ -198,7 +198,7 @@ impl<R: CryptoRng> Engine<R> {
             key.provider,
             key.bucket,
             spec.flow,
-            owner,
+            (owner, conn),
             expires,
             verifier,
             state,

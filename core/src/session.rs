@@ -13,6 +13,7 @@
 //! count never decreases. Secrets (verifier, state, device code) live in
 //! [`Secret`]s and never leave the engine.
 
+use crate::audit::ConnId;
 use crate::handshake::ConnClass;
 use crate::provider::FlowType;
 use crate::reply::Failure;
@@ -141,6 +142,9 @@ pub struct Session {
     pub flow: FlowType,
     /// Who may use it.
     pub owner: Owner,
+    /// The connection that initiated it: while the session lives, that
+    /// connection is not evicted as idle (SPEC §3.1).
+    pub origin: ConnId,
     /// When it stops being usable.
     pub expires: Mono,
     /// PKCE verifier.
@@ -165,7 +169,7 @@ impl Session {
         provider: String,
         bucket: String,
         flow: FlowType,
-        owner: Owner,
+        (owner, origin): (Owner, ConnId),
         expires: Mono,
         verifier: Secret,
         state_param: Secret,
@@ -177,6 +181,7 @@ impl Session {
             bucket,
             flow,
             owner,
+            origin,
             expires,
             verifier,
             state_param,
@@ -329,10 +334,13 @@ mod tests {
             "p".into(),
             "default".into(),
             FlowType::PkceRedirect,
-            Owner {
-                uid: Some(1),
-                class: ConnClass::Host,
-            },
+            (
+                Owner {
+                    uid: Some(1),
+                    class: ConnClass::Host,
+                },
+                ConnId(1),
+            ),
             Mono(100),
             Secret::new("v"),
             Secret::new("s"),

@@ -21,15 +21,15 @@ fn oversize_length_closes_without_reply() {
     let mut h = Harness::new();
     let conn = h.connect();
     let before = sent_len(&h, conn);
-    // Only the header of a 64 KiB + 1 frame: refused before the body.
-    h.send(conn, &(65_537u32).to_be_bytes());
+    // Only the header of a 1 MiB + 1 frame: refused before the body, and
+    // with no body bytes there is no id to answer.
+    h.send(conn, &(1_048_577u32).to_be_bytes());
     assert!(h.is_closed(conn));
     assert_eq!(sent_len(&h, conn), before);
-    assert!(
-        h.audit
-            .iter()
-            .any(|e| e.op == "frame_decode_error" && e.outcome == "oversize")
-    );
+    assert!(h.audit.iter().any(|e| e.op == "frame_decode_error"
+        && e.outcome == "oversize"
+        && e.size == Some(1_048_577)
+        && e.limit == Some(1_048_576)));
 }
 
 #[test]
@@ -43,13 +43,14 @@ fn oversize_before_the_handshake_closes_without_reply() {
 
 #[test]
 fn exactly_the_limit_is_accepted() {
+    // The default limit is 1 MiB (SPEC §3.1).
     let mut h = Harness::new();
     let conn = h.connect();
     let base = json!({"v":2,"id":"1","op":"list_api_keys","payload":{"pad":""}});
     let overhead = serde_json::to_vec(&base).unwrap().len();
-    let padded = json!({"v":2,"id":"1","op":"list_api_keys","payload":{"pad":"x".repeat(65_536 - overhead)}});
+    let padded = json!({"v":2,"id":"1","op":"list_api_keys","payload":{"pad":"x".repeat(1_048_576 - overhead)}});
     let bytes = frame::encode(&padded);
-    assert_eq!(bytes.len(), 4 + 65_536);
+    assert_eq!(bytes.len(), 4 + 1_048_576);
     h.send(conn, &bytes);
     assert_eq!(h.take_replies(conn), vec![ok("1", json!({"keys":[]}))]);
     assert!(!h.is_closed(conn));
@@ -351,7 +352,13 @@ fn max_frame_bytes_is_configurable() {
     assert_eq!(h.take_replies(conn), vec![ok("1", json!({"keys":[]}))]);
     let over = json!({"id":"2","op":"list_api_keys","payload":{"pad":"x".repeat(201 - overhead)}});
     h.send_json(conn, &over);
-    assert!(h.take_replies(conn).is_empty());
+    // The id precedes the payload in the same chunk: answered, then closed.
+    assert_eq!(
+        h.take_replies(conn),
+        vec![
+            json!({"id":"2","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (200 bytes)"})
+        ]
+    );
     assert!(h.is_closed(conn));
 }
 

@@ -8,16 +8,29 @@ use credproxy_core::{Limits, Peer, Secret, Transport};
 use serde_json::json;
 
 #[test]
-fn connection_limit_refuses_at_accept() {
+fn connection_limit_bounds_handshaken_connections() {
+    // Was `connection_limit_refuses_at_accept`: the limit no longer refuses
+    // at accept (SPEC §3.1); it bounds handshaken connections, and a
+    // newcomer displaces an idle one. With work in flight everywhere, the
+    // newcomer is the one closed.
     let limits = Limits {
         max_connections: 2,
         ..Default::default()
     };
     let mut h = Harness::with_config(with_limits(limits), 0);
     let a = h.connect();
-    let b = h.open();
+    let b = h.connect();
+    h.auto_effects = false;
+    h.request(a, "ka", "get_api_key", json!({"name":"K"}));
+    h.request(b, "kb", "get_api_key", json!({"name":"K"}));
     let peer = Peer::anonymous(Transport::Unix);
-    assert_eq!(h.open_peer(peer), None);
+    let c = h.open_peer(peer).expect("accepted while pending");
+    h.send_json(
+        c,
+        &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}),
+    );
+    assert!(h.take_replies(c).is_empty());
+    assert!(h.is_closed(c));
     assert!(
         h.audit
             .iter()
@@ -25,26 +38,54 @@ fn connection_limit_refuses_at_accept() {
     );
     assert_eq!(h.engine.connection_count(), 2);
     // The open ones still work.
+    h.complete_all();
+    assert_eq!(h.take_replies(a).len(), 1);
+    h.auto_effects = true;
     assert_eq!(
         one(&mut h, a, "1", "list_api_keys", json!({})),
         ok("1", json!({"keys":[]}))
     );
-    // Once one closes, a new connection is accepted.
+    // Once one closes, a new connection is served.
     read_closed(&mut h, b);
     assert!(h.is_closed(b));
-    let c = h.open_peer(peer).expect("accepted after a close");
-    assert_ne!(c, a);
-    assert_ne!(c, b);
-    assert_eq!(h.open_peer(peer), None);
+    let d = h.connect();
+    assert_ne!(d, a);
+    assert_eq!(h.engine.connection_count(), 2);
 }
 
 #[test]
-fn default_connection_limit_is_256() {
+fn default_connection_limits_are_256_and_64_pending() {
+    // Was `default_connection_limit_is_256` (256 raw opens, the 257th
+    // refused): raw opens now share a pending budget of 64, oldest first.
     let mut h = Harness::new();
-    for _ in 0..256 {
+    let first = h.open();
+    for _ in 0..300 {
         h.open();
     }
-    assert_eq!(h.open_peer(Peer::anonymous(Transport::Embedded)), None);
+    assert_eq!(h.engine.connection_count(), 64);
+    assert!(h.is_closed(first));
+    for _ in 0..256 {
+        h.connect();
+    }
+    assert_eq!(
+        h.engine.connection_count() - h.engine.pending_handshakes(),
+        256
+    );
+    assert!(
+        h.audit
+            .iter()
+            .all(|e| e.op != "connection_evicted" || e.outcome != "idle")
+    );
+    h.connect();
+    assert_eq!(
+        h.engine.connection_count() - h.engine.pending_handshakes(),
+        256
+    );
+    assert!(
+        h.audit
+            .iter()
+            .any(|e| e.op == "connection_evicted" && e.outcome == "idle")
+    );
 }
 
 #[test]

@@ -37,13 +37,15 @@
 //! allowed_uids = [1001]            # peer uids allowed besides ours and root
 //!
 //! [limits]                         # defaults shown
-//! max_frame_bytes = 65536          # at most 4194304
+//! max_frame_bytes = 1048576        # at most 4194304
 //! partial_frame_ms = 5000
 //! handshake_ms = 5000
 //! max_in_flight = 16
 //! rate_per_sec = 60
 //! rate_burst = 120
 //! max_connections = 256
+//! max_pending_handshakes = 64
+//! max_connections_per_pid = 32
 //! v1_max_frame = 65536
 //! v2_max_payload = 4194304
 //! session_ttl_ms = 600000
@@ -260,6 +262,10 @@ limits_table! {
     rate_burst: u32, "rate-burst", "N";
     /// Open connections; more are closed at accept
     max_connections: usize, "max-connections", "N";
+    /// Connections still in their handshake; when full the oldest is dropped
+    max_pending_handshakes: usize, "max-pending-handshakes", "N";
+    /// Connections per peer process (when its pid is known)
+    max_connections_per_pid: usize, "max-connections-per-pid", "N";
     /// Largest reply frame to a protocol v1 peer, header included
     v1_max_frame: usize, "v1-max-frame", "BYTES";
     /// Largest reply payload to a protocol v2 peer

@@ -546,15 +546,26 @@ fn b25_oversize_frame_closes_without_reply() {
 }
 
 #[test]
-fn b25_fix_inbound_frames_capped_at_64k_by_default() {
-    // SPEC §3.1, §10: 64 KiB by default (the existing server allows 4 MiB).
+fn b25_fix_inbound_frames_capped_at_1mib_by_default() {
+    // SPEC §3.1, §10: 1 MiB by default (the existing server allows 4 MiB).
     let env = Env::new();
     let srv = env.serve_n(&[]);
     let mut c = srv.hs();
-    c.send_raw(&(65_537u32).to_be_bytes());
+    c.send_raw(&(1_048_577u32).to_be_bytes());
     c.assert_closed_within(CLOSE);
     let mut c = srv.hs();
     c.send_raw(&(4_194_305u32).to_be_bytes());
+    c.assert_closed_within(CLOSE);
+    // With the id in the first bytes of the body, the oversize frame is
+    // answered before the close.
+    let mut c = srv.hs();
+    let mut bytes = (1_048_577u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(br#"{"v":2,"id":"big","op":"save_token","payload":{"#);
+    c.send_raw(&bytes);
+    assert_eq!(
+        c.recv(),
+        json!({"id":"big","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (1048576 bytes)"})
+    );
     c.assert_closed_within(CLOSE);
 }
 

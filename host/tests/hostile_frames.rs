@@ -184,7 +184,7 @@ fn oversize_length_prefix_is_refused_before_any_body() {
     const TEST: &str = "oversize_prefix";
     let t = Target::start(TEST, &[]);
     let w = t.witness();
-    let max = 65_536u32;
+    let max = 1_048_576u32;
     // Only the 4-byte header is sent: the server must close at once (far
     // sooner than the 5 s partial-frame deadline), without a reply and
     // without allocating the announced length.
@@ -200,6 +200,17 @@ fn oversize_length_prefix_is_refused_before_any_body() {
         let took = c.closed_without_reply(Duration::from_secs(3));
         assert!(took < PROMPT, "{len}: closed only after {took:?}");
     }
+    // With the request id in the first body bytes, the frame is answered
+    // (INVALID_REQUEST), then closed; the body is never read.
+    let mut c = t.client();
+    let mut head = (max + 1).to_be_bytes().to_vec();
+    head.extend_from_slice(br#"{"v":2,"id":"big","op":"save_token","payload":{"#);
+    c.bytes(&head).expect("send");
+    assert_eq!(
+        c.frame(),
+        json!({"id":"big","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (1048576 bytes)"})
+    );
+    c.eof();
     w.during();
     // A frame of exactly the limit is accepted.
     let mut c = t.client();
@@ -217,6 +228,10 @@ fn oversize_length_prefix_is_refused_before_any_body() {
     assert_eq!(
         count_events(&stderr, "frame_decode_error", Some("oversize")),
         4
+    );
+    assert_eq!(
+        count_events(&stderr, "frame_decode_error", Some("oversize_answered")),
+        1
     );
 }
 
