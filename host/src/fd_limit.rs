@@ -49,17 +49,17 @@ impl SocketLimits {
     pub fn of(limits: &Limits) -> SocketLimits {
         SocketLimits {
             max_connections: limits.max_connections,
-            max_pending_handshakes: pending_of(limits),
+            max_pending_handshakes: limits.max_pending_handshakes,
         }
     }
 
     /// Writes them back into the engine's limits.
     pub fn apply(self, limits: &mut Limits) {
         limits.max_connections = self.max_connections;
-        set_pending(limits, self.max_pending_handshakes);
+        limits.max_pending_handshakes = self.max_pending_handshakes;
     }
 
-    /// Sockets open at most.
+    /// Sockets open at most (the engine's `Limits::max_sockets`).
     #[must_use]
     pub fn sockets(self) -> u64 {
         u64::try_from(
@@ -69,14 +69,6 @@ impl SocketLimits {
         .unwrap_or(u64::MAX)
     }
 }
-
-/// The pre-handshake budget. Until the engine has one of its own, every
-/// connection counts against `max_connections`, so there is none beside it.
-fn pending_of(_limits: &Limits) -> usize {
-    0
-}
-
-fn set_pending(_limits: &mut Limits, _n: usize) {}
 
 /// The outcome of [`clamp`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,11 +102,7 @@ pub fn clamp(nofile: u64, io_threads: NonZeroUsize, limits: SocketLimits) -> Cla
         };
     }
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    let pending = if limits.max_pending_handshakes == 0 {
-        0
-    } else {
-        limits.max_pending_handshakes.min(to_usize(room / 4)).max(1)
-    };
+    let pending = limits.max_pending_handshakes.min(to_usize(room / 4)).max(1);
     let open = limits
         .max_connections
         .min(to_usize(room).saturating_sub(pending))
@@ -263,14 +251,13 @@ mod tests {
     }
 
     #[test]
-    fn without_a_pending_budget_everything_goes_to_open() {
-        let limits = SocketLimits {
-            max_connections: 256,
-            max_pending_handshakes: 0,
-        };
-        let out = clamp(256, threads(2), limits);
-        assert_eq!(out.limits.max_connections, 188);
-        assert_eq!(out.limits.max_pending_handshakes, 0);
+    fn the_engine_limits_round_trip_and_agree_on_the_socket_count() {
+        let mut l = Limits::default();
+        let s = SocketLimits::of(&l);
+        assert_eq!(s, DEFAULTS);
+        assert_eq!(s.sockets(), l.max_sockets() as u64);
+        clamp(256, threads(2), s).limits.apply(&mut l);
+        assert_eq!((l.max_connections, l.max_pending_handshakes), (141, 47));
     }
 
     #[test]

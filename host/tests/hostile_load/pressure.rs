@@ -9,6 +9,7 @@
 //! over [`CPU_WINDOW`] and that SIGTERM ends it within [`STOP`], instance
 //! directory removed. The figures are printed for SECURITY.md.
 
+use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use nix::sys::signal::Signal;
 
 use crate::hostile_support::launch::bounded;
 use crate::hostile_support::{CANARY_ACCESS, CANARY_PROVIDER, LIMIT, Raw, Target, fd_count, poll};
-use crate::support::{audit_events, handshake_frame};
+use crate::support::{audit_events, encode, handshake_frame, read_frame};
 
 /// The neighbour's `get_token` (process start to exit) must take less.
 const NEIGHBOUR: Duration = Duration::from_secs(1);
@@ -46,8 +47,42 @@ fn count_events(t: &Target, op: &str) -> usize {
         .count()
 }
 
-/// 300 raw connects held against a server whose `RLIMIT_NOFILE` is 256.
-fn fd_exhaustion(test: &str, args: &[&str]) {
+/// `n` connections past the handshake; stops at the first that is not
+/// answered within 2 s (a server out of descriptors no longer accepts).
+fn handshaken(t: &Target, n: usize) -> Vec<UnixStream> {
+    let token = t.token();
+    let socket = t.proxy.socket.clone();
+    bounded("the handshaken connects", move || {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let Ok(mut s) = UnixStream::connect(&socket) else {
+                break;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let ok = s
+                .write_all(&encode(&handshake_frame(token.as_deref())))
+                .is_ok()
+                && matches!(read_frame(&mut s), Ok(Some(r)) if r["ok"] == true);
+            if !ok {
+                break;
+            }
+            held.push(s);
+        }
+        held
+    })
+}
+
+/// How the attack connects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    /// Connects, never sends a byte.
+    Raw,
+    /// Connects and handshakes, then idles.
+    Handshaken,
+}
+
+/// 300 connections held against a server whose `RLIMIT_NOFILE` is 256.
+fn fd_exhaustion(test: &str, attack_kind: Attack, args: &[&str]) {
     let t = Target::start_limited(test, 256, args);
     let warning = t.proxy.wait_for_stderr("RLIMIT_NOFILE is 256");
     assert!(
@@ -58,7 +93,11 @@ fn fd_exhaustion(test: &str, args: &[&str]) {
         warning.contains("max_pending_handshakes lowered from 64 to"),
         "{warning}"
     );
-    let attack = raw_connects(&t, 300);
+    let connect = |t: &Target| match attack_kind {
+        Attack::Raw => raw_connects(t, 300),
+        Attack::Handshaken => handshaken(t, 300),
+    };
+    let attack = connect(&t);
     // The neighbour's connect comes after the 300 in the backlog: served
     // means every attacker was accepted (or refused) before it.
     let first = t.neighbour_served_within(NEIGHBOUR);
@@ -66,7 +105,7 @@ fn fd_exhaustion(test: &str, args: &[&str]) {
     let cpu = t.cpu_percent_over(CPU_WINDOW);
     let second = t.neighbour_served_within(NEIGHBOUR);
     eprintln!(
-        "{test}: {} of 300 raw connects made; server holds {held} of them; neighbour served \
+        "{test}: {} of 300 connects made; server holds {held} of them; neighbour served \
          in {first:?} and {second:?}; server CPU {cpu:.1} % over {CPU_WINDOW:?}",
         attack.len()
     );
@@ -80,7 +119,7 @@ fn fd_exhaustion(test: &str, args: &[&str]) {
     t.wait_fds_released();
     let after = t.neighbour_served_within(NEIGHBOUR);
     // Attack again, and stop it in the middle.
-    let attack = raw_connects(&t, 300);
+    let attack = connect(&t);
     t.neighbour_served_within(NEIGHBOUR);
     let stopped = t.stop_timed(Signal::SIGTERM);
     drop(attack);
@@ -90,7 +129,7 @@ fn fd_exhaustion(test: &str, args: &[&str]) {
 
 #[test]
 fn raw_connects_past_rlimit_nofile_leave_a_neighbour_served() {
-    fd_exhaustion("fd_exhaustion", &[]);
+    fd_exhaustion("fd_exhaustion", Attack::Raw, &[]);
 }
 
 #[test]
@@ -99,6 +138,19 @@ fn raw_connects_past_rlimit_nofile_without_the_per_pid_cap() {
     // and the clamp are what keep the neighbour served.
     fd_exhaustion(
         "fd_exhaustion_no_pid_cap",
+        Attack::Raw,
+        &["--max-connections-per-pid", "100000"],
+    );
+}
+
+#[test]
+fn handshaken_connections_past_rlimit_nofile_are_evicted_not_starving_accept() {
+    // 300 handshaken connections would need more descriptors than the
+    // process has: without the clamp, accept fails with EMFILE and nobody
+    // gets in (not even to evict); with it, the idle longest are evicted.
+    fd_exhaustion(
+        "fd_exhaustion_handshaken",
+        Attack::Handshaken,
         &["--max-connections-per-pid", "100000"],
     );
 }
