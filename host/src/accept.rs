@@ -190,8 +190,8 @@ pub fn warning_text(e: &io::Error, open: usize, nofile: Option<u64>) -> String {
         _ => "the system is out of memory or buffers",
     };
     format!(
-        "credproxy: warning: cannot accept connections: {what}{limit}; {open} connections \
-         open; new connections wait until descriptors free up (retrying every {} ms at most; \
+        "credproxy: warning: cannot accept connections: {what}{limit}; connections open: \
+         {open}; new connections wait until descriptors free up (retrying every {} ms at most; \
          this warning at most once per {} s)",
         BACKOFF_CAP.as_millis(),
         WARN_EVERY.as_secs()
@@ -336,6 +336,6 @@ mod tests {
         assert!(text.starts_with("credproxy: warning: "), "{text}");
         assert!(text.contains("file descriptor limit"), "{text}");
         assert!(text.contains("RLIMIT_NOFILE is 256"), "{text}");
-        assert!(text.contains("190 connections open"), "{text}");
+        assert!(text.contains("connections open: 190"), "{text}");
     }
 }

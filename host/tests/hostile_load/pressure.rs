@@ -1,7 +1,8 @@
 //! Hostile clients, part 2b: connection pressure from an unauthenticated
 //! local client of the same uid (SPEC §3.1 "Connection policy under
-//! pressure"): raw connects past the descriptor limit, a thousand idle
-//! handshaken connections, and a client whose idle connection is evicted.
+//! pressure"): raw and handshaken connects past the descriptor limit,
+//! `accept` failing with `EMFILE`, a thousand idle handshaken connections,
+//! and a client whose idle connection is evicted.
 //!
 //! Each test has a healthy neighbour in another process (`credproxy call
 //! get_token`, see `hostile_support::launch`) that must be served within
@@ -153,6 +154,52 @@ fn handshaken_connections_past_rlimit_nofile_are_evicted_not_starving_accept() {
         Attack::Handshaken,
         &["--max-connections-per-pid", "100000"],
     );
+}
+
+#[test]
+fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
+    const TEST: &str = "accept_emfile";
+    // The server's own descriptors, measured on a first start with the
+    // same arguments; the second start gets two more than that, so the
+    // clamp (which cannot fit its reserve) leaves accept to hit EMFILE.
+    let args = ["--io-threads", "1", "--handshake-timeout-ms", "300"];
+    let probe = Target::start_limited(TEST, 256, &args);
+    let own = u64::try_from(probe.baseline_fds()).expect("count");
+    drop(probe);
+    let t = Target::start_limited(TEST, own + 2, &args);
+    t.proxy.wait_for_stderr("too low to serve well");
+    let attack = raw_connects(&t, 30);
+    let warning = t
+        .proxy
+        .wait_for_stderr("the process's file descriptor limit was hit");
+    assert!(
+        warning.contains(&format!("RLIMIT_NOFILE is {}", own + 2)),
+        "{warning}"
+    );
+    // Out of descriptors with peers waiting in the backlog: no spinning.
+    let cpu = t.cpu_percent_over(CPU_WINDOW);
+    let warnings = warning.matches("file descriptor limit was hit").count();
+    assert!(
+        cpu < CPU_LIMIT,
+        "{TEST}: server CPU {cpu:.1} % out of descriptors"
+    );
+    assert_eq!(warnings, 1, "{TEST}: one warning per 10 s");
+    // The attackers leave: accepting resumes and the neighbour is served.
+    drop(attack);
+    let served = t.neighbour_served_within(LIMIT);
+    let attack = raw_connects(&t, 30);
+    poll("the server out of descriptors again", LIMIT, || {
+        u64::try_from(fd_count(t.pid())).expect("count") >= own + 2
+    });
+    let stopped = t.stop_timed(Signal::SIGTERM);
+    drop(attack);
+    eprintln!(
+        "{TEST}: RLIMIT_NOFILE {} ({own} of the server's own): server CPU {cpu:.1} % over \
+         {CPU_WINDOW:?} at EMFILE, {warnings} warning; served {served:?} after the attack; \
+         SIGTERM at EMFILE took {stopped:?}",
+        own + 2
+    );
+    assert!(stopped < STOP, "{TEST}: SIGTERM took {stopped:?}");
 }
 
 /// 1 000 handshaken connections held idle from the test process.
