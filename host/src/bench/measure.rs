@@ -98,7 +98,12 @@ pub struct MemoryReport {
 /// When the server cannot start, a limit is too low, or a request fails.
 pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<MemoryReport, String> {
     let nofile = raise_nofile();
-    let need = connections as u64 + 64;
+    // The server clamps its limits to fit beside its own descriptors
+    // (`fd_limit`): room for the connections, the default pending
+    // budget and that reserve.
+    let threads = crate::driver::default_threads();
+    let pending = credproxy_core::config::Limits::default().max_pending_handshakes as u64;
+    let need = connections as u64 + 1 + pending + crate::fd_limit::reserve(threads);
     if nofile < need {
         return Err(format!(
             "RLIMIT_NOFILE is {nofile}; {connections} connections need at least {need} \
@@ -109,6 +114,9 @@ pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<Memory
     prepare_store(&scratch)?;
     let server_flags = vec![
         "--max-connections".to_owned(),
+        (connections + 1).to_string(),
+        // Every connection comes from this one process.
+        "--max-connections-per-pid".to_owned(),
         (connections + 1).to_string(),
         "--sessions-per-peer".to_owned(),
         sessions.max(1).to_string(),
