@@ -100,8 +100,16 @@ fn parse(verdict: Verdict, issuer: Option<&str>) -> Result<Endpoints, Failure> {
         Verdict::Transient(word) => return Err(failed(&word)),
         Verdict::Rejected { status, .. } => return Err(failed(&format!("http {status}"))),
     };
-    if body.get("issuer").and_then(Value::as_str) != issuer {
-        return Err(failed("issuer mismatch"));
+    let found = body.get("issuer").and_then(Value::as_str);
+    if found != issuer {
+        // Both sides are shown: a trailing slash or a scheme difference is
+        // the usual cause and is plain once seen. An issuer is an identity,
+        // not a secret; the discovered one is bounded and sanitized.
+        return Err(failed(&format!(
+            "issuer mismatch: configured {}, discovered {}",
+            issuer.map_or_else(|| "(none)".to_owned(), shown),
+            found.map_or_else(|| "(none)".to_owned(), shown),
+        )));
     }
     let endpoint = |name: &str| -> Result<Option<String>, Failure> {
         match body.get(name).and_then(Value::as_str) {
@@ -115,6 +123,28 @@ fn parse(verdict: Verdict, issuer: Option<&str>) -> Result<Endpoints, Failure> {
         token: endpoint("token_endpoint")?,
         device: endpoint("device_authorization_endpoint")?,
     })
+}
+
+/// Longest issuer shown in a message, in characters.
+const SHOWN_MAX: usize = 120;
+
+/// An issuer as shown in a message: printable ASCII only (anything else,
+/// quotes and backslashes included, becomes `?`), at most [`SHOWN_MAX`]
+/// characters, quoted.
+fn shown(issuer: &str) -> String {
+    let mut out: String = issuer
+        .chars()
+        .take(SHOWN_MAX)
+        .map(|c| match c {
+            '"' | '\\' => '?',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect();
+    if issuer.chars().count() > SHOWN_MAX {
+        out.push_str("...");
+    }
+    format!("\"{out}\"")
 }
 
 #[cfg(test)]
@@ -137,6 +167,28 @@ mod tests {
                 .unwrap_err()
                 .message
                 .contains("issuer mismatch")
+        );
+        let slash = json!({"issuer":"https://id.example/"});
+        assert_eq!(
+            parse(ok(slash), Some("https://id.example"))
+                .unwrap_err()
+                .message,
+            "OIDC discovery failed (issuer mismatch: configured \"https://id.example\", \
+             discovered \"https://id.example/\")"
+        );
+        let hostile = json!({"issuer": format!("https://x\"\n\u{7f}é{}", "a".repeat(300))});
+        let m = parse(ok(hostile), Some("https://id.example"))
+            .unwrap_err()
+            .message;
+        assert!(m.contains("discovered \"https://x????aaa"), "{m}");
+        assert!(m.ends_with("...\")"), "{m}");
+        assert!(m.len() < 250, "{m}");
+        let absent = json!({});
+        assert!(
+            parse(ok(absent), Some("https://id.example"))
+                .unwrap_err()
+                .message
+                .ends_with("discovered (none))")
         );
         let insecure =
             json!({"issuer":"https://id.example","token_endpoint":"http://id.example/t"});

@@ -27,7 +27,6 @@ use crate::audit::ConnId;
 use crate::config::{Config, Limits, MAX_FRAME_CEILING};
 use crate::effect::{Effect, EffectResult};
 use crate::frame::{self, DecodeError, FrameDecoder, HEADER_LEN};
-use crate::frame_peek::PEEK_LIMIT;
 use crate::handshake::{self, ConnClass, Rejection, TokenDigest};
 use crate::http::{HttpOutcome, TransportError};
 use crate::payload;
@@ -37,6 +36,8 @@ use crate::secret::Secret;
 use crate::session::{SessionState, Step};
 use crate::testkit::{Harness, START_UNIX_MS};
 use crate::time::Now;
+
+mod oversize_model;
 
 /// RNG seed of every harness the bodies build.
 const SEED: u64 = 0x00f0_2217;
@@ -403,22 +404,8 @@ fn request_frame(h: &mut Harness, bytes: &[u8], version: u8) {
     }
     if h.is_closed(conn) {
         let limit = h.engine.config().limits.max_frame_bytes;
-        // An oversize frame whose id is in its first bytes (all of them are
-        // in the one chunk sent here) is answered once, then closed.
-        let peeked = (bytes.len() > limit)
-            .then(|| crate::frame_peek::peek_id(&bytes[..bytes.len().min(PEEK_LIMIT)]))
-            .flatten();
-        let want: Vec<Value> = peeked
-            .map(|id| {
-                json!({"id": id, "ok": false, "code": "INVALID_REQUEST",
-                    "error": format!("Frame exceeds maximum size ({limit} bytes)")})
-            })
-            .into_iter()
-            .collect();
-        assert_eq!(
-            replies, want,
-            "a closed request got a reply other than the oversize one"
-        );
+        let want = oversize_model::expected_replies(bytes, limit);
+        assert_eq!(replies, want, "a closed request got a reply: {replies:?}");
         let decodes = bytes.len() <= limit
             && serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.is_object());
         assert!(!decodes, "a decodable request closed the connection");
@@ -1496,16 +1483,7 @@ impl Client {
                     .as_str()
                     .unwrap_or_else(|| panic!("reply without a string id: {r}"));
                 assert!(r["ok"].is_boolean(), "reply without ok: {r}");
-                if r["error"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("Frame exceeds maximum size ("))
-                {
-                    assert_eq!(
-                        self.oversize_key.take().as_deref(),
-                        Some(id),
-                        "oversize answer for an id that was not oversize: {r}"
-                    );
-                    assert_eq!(r["code"], json!("INVALID_REQUEST"), "{r}");
+                if oversize_model::take_answer(&mut self.oversize_key, id, r) {
                     return;
                 }
                 match self.owed.get_mut(id) {

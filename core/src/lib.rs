@@ -126,6 +126,7 @@ mod admission;
 pub mod audit;
 pub mod config;
 mod connection;
+mod cooldown;
 mod discovery;
 mod dispatch;
 pub mod effect;

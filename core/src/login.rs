@@ -181,11 +181,7 @@ impl<R: CryptoRng> Engine<R> {
         let first = match spec.flow {
             FlowType::PkceRedirect => Step::AwaitingCode { attempts: 0 },
             FlowType::BrowserRedirect => Step::AwaitingCallback { attempts: 0 },
-            FlowType::DeviceCode => Step::Polling {
-                interval_ms: limits.device_poll_ms,
-                slowed: false,
-                errors: 0,
-            },
+            FlowType::DeviceCode => Step::Authorizing,
         };
         let expires = self.now.mono.plus(limits.session_ttl_ms);
         self.next_serial += 1;
@@ -464,7 +460,7 @@ impl<R: CryptoRng> Engine<R> {
         session.device_code = Some(Secret::new(grant.device_code.clone()));
         session.user_code = Some(grant.user_code.clone());
         session.expires = session.expires.min(device_expiry);
-        let _ = session.set_polling(interval_ms, false, 0);
+        let _ = session.start_polling(interval_ms);
         let serial = session.serial;
         self.timers.set(
             TimerKey::DevicePoll(serial),
@@ -1043,7 +1039,7 @@ pub(crate) fn owner_of(uid: Option<u32>, class: ConnClass) -> Owner {
 
 /// Audit event for a completed login (always WARN).
 pub(crate) fn login_event(key: &Key, class: ConnClass) -> AuditEvent {
-    let mut ev = AuditEvent::new(Level::Warn, None, "login_complete", "ok");
+    let mut ev = AuditEvent::new(Level::Info, None, "login_complete", "ok");
     ev.provider = Some(key.provider.clone());
     ev.bucket = Some(key.bucket.clone());
     ev.class = Some(class);

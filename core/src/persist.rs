@@ -4,10 +4,15 @@
 //! engine write lock and its cross-process store lock. For a sandbox
 //! connection, unless `sandbox_login_overwrite` is set, the login may only
 //! replace a credential that is missing, expired, or whose refresh token
-//! is marked unusable. Every completion is audited at WARN.
+//! is marked unusable. A completion is audited (`login_complete`) at INFO,
+//! at WARN when a sandbox stored it or it failed; a stored token without a
+//! refresh token adds `login_no_refresh_token` at WARN, since such a login
+//! cannot be renewed and the usual cause is a missing `offline_access`
+//! scope or `prompt=consent`.
 
 use rand_core::CryptoRng;
 
+use crate::audit::{AuditEvent, Level};
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::error::ErrorCode;
@@ -174,18 +179,44 @@ impl<R: CryptoRng> Engine<R> {
             ConnClass::Host
         };
         let mut event = login_event(&key, class);
+        // INFO for a login that stored a credential; WARN when a sandbox
+        // connection stored it (a host credential written from inside the
+        // sandbox is what an operator may want to see) and for failures.
+        event.level = if sandbox { Level::Warn } else { Level::Info };
+        let mut no_refresh = None;
         let outcome = match result {
             Ok(token) => {
+                if token.refresh_token().is_none() {
+                    no_refresh = Some(no_refresh_event(&key, class));
+                }
                 self.renewal_forget(&key);
                 self.schedule_renewal(&key, &token);
                 Outcome::Token(token)
             }
             Err(f) => {
                 event.outcome = f.code.into();
+                event.level = Level::Warn;
                 Outcome::Failed(f)
             }
         };
         self.audit(event);
+        if let Some(ev) = no_refresh {
+            self.audit(ev);
+        }
         self.complete_login(task, &sid, outcome);
     }
+}
+
+/// The hint that a login stored no refresh token (it cannot be renewed).
+fn no_refresh_event(key: &Key, class: ConnClass) -> AuditEvent {
+    let mut ev = AuditEvent::new(
+        Level::Warn,
+        None,
+        "login_no_refresh_token",
+        "no refresh token: add offline_access / prompt=consent",
+    );
+    ev.provider = Some(key.provider.clone());
+    ev.bucket = Some(key.bucket.clone());
+    ev.class = Some(class);
+    ev
 }

@@ -7,7 +7,7 @@
 //!   lock, re-reads the token fresh and skips the provider when another
 //!   process already refreshed it.
 //! - A cooldown follows every provider attempt: during it a still-valid
-//!   token is returned as is, otherwise `RATE_LIMITED`.
+//!   token (re-read fresh if need be) is returned, else `RATE_LIMITED`.
 //! - Transient failures retry after 1 s and 3 s on engine timers; auth
 //!   failures re-read once (a sibling may have rotated the refresh token),
 //!   then mark the refresh token unusable.
@@ -44,6 +44,8 @@ pub(crate) enum CheckStage {
     Read,
     /// Reading the key's metadata.
     Meta,
+    /// Re-reading the token fresh during the cooldown (see `cooldown`).
+    Reread,
 }
 
 /// A `refresh_token` request's checks.
@@ -168,29 +170,20 @@ impl<R: CryptoRng> Engine<R> {
                 let token = check.token.take().unwrap_or_default();
                 self.join_or_start(task, &key, &token);
             }
+            (CheckStage::Reread, result) => self.cooldown_reread(task, &key, result),
             _ => self.finish(task, Err(Failure::internal())),
         }
     }
 
     /// Joins the key's job, answers from the cooldown, or starts a job.
-    fn join_or_start(&mut self, task: TaskId, key: &Key, token: &Token) {
+    pub(crate) fn join_or_start(&mut self, task: TaskId, key: &Key, token: &Token) {
         if let Some(r) = self.refreshing.get_mut(key) {
             r.waiters.push(task);
             self.await_job(task, key);
             return;
         }
-        if let Some(last) = self.cooldowns.get(key).copied() {
-            let until = last.plus(self.config.limits.refresh_cooldown_ms);
-            if until > self.now.mono {
-                if still_valid(token, self.now.unix_ms, self.config.limits.valid_margin_ms) {
-                    return self.finish(task, Ok(Data::Token(token.clone())));
-                }
-                let secs = until.since(self.now.mono).div_ceil(1000);
-                return self.finish(
-                    task,
-                    Err(Failure::rate_limited("Refresh rate limited", secs)),
-                );
-            }
+        if self.answered_in_cooldown(task, key, token) {
+            return;
         }
         self.start_refresh_job(key, Some(access_digest(token)), false);
         if let Some(r) = self.refreshing.get_mut(key) {
@@ -581,14 +574,14 @@ impl<R: CryptoRng> Engine<R> {
     }
 }
 
-fn not_found(key: &Key) -> Failure {
+pub(crate) fn not_found(key: &Key) -> Failure {
     Failure::new(
         ErrorCode::NotFound,
         format!("No token found for provider: {}", key.provider),
     )
 }
 
-fn not_available(key: &Key) -> Failure {
+pub(crate) fn not_available(key: &Key) -> Failure {
     Failure::new(
         ErrorCode::RefreshNotAvailable,
         format!("Token for {} does not have a refresh_token", key.provider),

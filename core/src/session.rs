@@ -55,6 +55,10 @@ pub enum Step {
         /// transient failure.
         browser: bool,
     },
+    /// The device authorization request is in flight: the provider's
+    /// polling interval is not known yet (so no placeholder interval can
+    /// later hold the real one up, RFC 8628 §3.2).
+    Authorizing,
     /// The host polls the device endpoint in the background.
     Polling {
         /// Current polling interval.
@@ -81,7 +85,7 @@ impl Step {
             | Step::AwaitingCallback { attempts }
             | Step::Exchanging { attempts, .. }
             | Step::Storing { attempts } => attempts,
-            Step::Polling { .. } => 0,
+            Step::Authorizing | Step::Polling { .. } => 0,
         }
     }
 }
@@ -225,7 +229,7 @@ impl Session {
             SessionState::Initiated(Step::AwaitingCallback { attempts }) => (attempts, true),
             SessionState::Initiated(Step::Exchanging { .. } | Step::Storing { .. })
             | SessionState::Complete(_) => return Err(TransitionError::AlreadyUsed),
-            SessionState::Initiated(Step::Polling { .. }) => {
+            SessionState::Initiated(Step::Authorizing | Step::Polling { .. }) => {
                 return Err(TransitionError::WrongStep);
             }
             SessionState::Used => return Err(TransitionError::Ended),
@@ -273,7 +277,22 @@ impl Session {
         }
     }
 
-    /// Updates the polling step (interval changes, error counts).
+    /// The device authorization answered: polling starts at the provider's
+    /// interval (or the default when it gave none), whatever it is.
+    pub fn start_polling(&mut self, interval_ms: u64) -> Result<(), TransitionError> {
+        let SessionState::Initiated(Step::Authorizing) = self.state else {
+            return Err(TransitionError::WrongStep);
+        };
+        self.set(SessionState::Initiated(Step::Polling {
+            interval_ms,
+            slowed: false,
+            errors: 0,
+        }));
+        Ok(())
+    }
+
+    /// Updates the polling step (interval changes, error counts). The
+    /// interval never decreases: `slow_down` raises it for good.
     pub fn set_polling(
         &mut self,
         interval_ms: u64,
@@ -361,6 +380,28 @@ mod tests {
         s.end();
         assert_eq!(s.state(), &SessionState::Used);
         assert_eq!(s.begin_exchange(), Err(TransitionError::Ended));
+    }
+
+    #[test]
+    fn polling_starts_at_the_provider_interval() {
+        // The default interval before the grant arrives must not hold a
+        // shorter provider interval up (it did when it was a placeholder
+        // `Polling` step and `set_polling` kept the maximum).
+        let mut s = session(Step::Authorizing);
+        assert_eq!(
+            s.set_polling(1_000, false, 0),
+            Err(TransitionError::WrongStep)
+        );
+        s.start_polling(1_000).unwrap();
+        assert_eq!(
+            s.step(),
+            Some(Step::Polling {
+                interval_ms: 1_000,
+                slowed: false,
+                errors: 0
+            })
+        );
+        assert_eq!(s.start_polling(2_000), Err(TransitionError::WrongStep));
     }
 
     #[test]

@@ -332,5 +332,38 @@ fn discovery_issuer_mismatch_fails_initiation() {
     h.respond(200, json!({"issuer":"https://evil.example","device_authorization_endpoint":"https://evil.example/d"}));
     let r = h.take_replies(a).pop().unwrap();
     assert_eq!(r["code"], json!("FLOW_INITIATION_FAILED"));
-    assert_eq!(r["error"], json!("OIDC discovery failed (issuer mismatch)"));
+    // The message names both issuers (it used to say only "issuer
+    // mismatch").
+    assert_eq!(
+        r["error"],
+        json!(
+            "OIDC discovery failed (issuer mismatch: configured \"https://id.corp.example\", discovered \"https://evil.example\")"
+        )
+    );
+}
+
+#[test]
+fn discovery_issuer_trailing_slash_is_named_in_the_error() {
+    let mut config = Config::default();
+    let mut spec = provider::qwen();
+    spec.name = "corp".into();
+    spec.issuer = Some("https://id.corp.example".into());
+    spec.device_url = None;
+    spec.token_url = None;
+    config.providers.insert("corp".into(), spec);
+    let mut h = Harness::with_config(config, 5);
+    let a = h.connect();
+    h.request(a, "1", "oauth_initiate", json!({"provider":"corp"}));
+    h.respond(200, json!({"issuer":"https://id.corp.example/","device_authorization_endpoint":"https://id.corp.example/d"}));
+    let r = h.take_replies(a).pop().unwrap();
+    assert_eq!(r["code"], json!("FLOW_INITIATION_FAILED"));
+    let msg = r["error"].as_str().unwrap();
+    assert!(
+        msg.contains("configured \"https://id.corp.example\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("discovered \"https://id.corp.example/\""),
+        "{msg}"
+    );
 }

@@ -916,17 +916,26 @@ fn b25_fix_rate_limit_on_writes() {
 
 #[test]
 fn b25_fix_connection_limit() {
-    let env = Env::new();
-    let srv = env.serve_n(&["--max-connections", "2"]);
-    let mut a = srv.hs();
-    let _b = srv.hs();
-    let mut third = srv.conn();
-    // Closed at accept: the write may already see a broken pipe.
-    let _ = third.try_send_raw(&encode(
-        &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}),
-    ));
-    third.assert_closed_within(CLOSE);
-    assert_eq!(a.ok("list_providers", json!({})), json!({"providers":[]}));
+    // SPEC §3.1: the limit bounds handshaken connections; a newcomer's
+    // handshake displaces the connection idle longest, never one with work
+    // in flight (the engine tests cover the newcomer being refused when
+    // nothing is evictable). It used to close the newcomer at accept.
+    let b = blocked(&["--max-connections", "2"]);
+    let mut busy = b.srv.hs();
+    b.hold(&mut busy, "inflight");
+    let mut idle = b.srv.hs();
+    let mut third = b.srv.hs();
+    idle.assert_closed_within(CLOSE);
+    assert_eq!(
+        third.ok("list_providers", json!({})),
+        json!({"providers":["anthropic"]})
+    );
+    b.gate.open();
+    let r = busy.recv();
+    assert_eq!(
+        (r["id"].as_str(), r["ok"].as_bool()),
+        (Some("inflight"), Some(true))
+    );
 }
 
 #[test]

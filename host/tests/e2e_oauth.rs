@@ -979,7 +979,13 @@ fn a_discovery_document_for_another_issuer_fails_the_initiation() {
     for provider in ["corp", "corpweb"] {
         let (code, message) = c.err("oauth_initiate", json!({ "provider": provider }));
         assert_eq!(code, "FLOW_INITIATION_FAILED", "{provider}");
-        assert_eq!(message, "OIDC discovery failed (issuer mismatch)");
+        // Both issuers are named (the message used to say only "issuer
+        // mismatch").
+        assert!(
+            message.starts_with("OIDC discovery failed (issuer mismatch: configured \"")
+                && message.ends_with(", discovered \"https://impostor.example\")"),
+            "{message}"
+        );
     }
     assert!(w.server.requests().iter().all(|r| r.path != "/device"));
     // Failures are not cached: with the right document the login starts.

@@ -268,14 +268,23 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
 }
 
 #[test]
-fn a_thousand_connections_then_the_limit_closes_the_next_at_accept() {
+fn a_thousand_connections_then_the_next_displaces_the_idle_longest() {
     const TEST: &str = "thousand_connections";
     let limit = raise_nofile(4096);
     if limit < 2200 {
         support::skip(TEST, &format!("RLIMIT_NOFILE is {limit}, need 2200"));
         return;
     }
-    let t = Target::start(TEST, &["--max-connections", "1000"]);
+    // One test process opens them all: lift the per-process cap (32).
+    let t = Target::start(
+        TEST,
+        &[
+            "--max-connections",
+            "1000",
+            "--max-connections-per-pid",
+            "2000",
+        ],
+    );
     let w = t.witness();
     let started = Instant::now();
     // The witness holds one slot; 999 more fill the limit.
@@ -285,11 +294,18 @@ fn a_thousand_connections_then_the_limit_closes_the_next_at_accept() {
         started.elapsed()
     );
     w.during();
-    // The 1001st is closed at accept: no handshake reply.
+    // The 1001st is admitted by closing the connection idle longest (the
+    // first of the 999: the witness keeps working), audited
+    // `connection_evicted`/`idle` (SPEC §3.1; it used to be closed at
+    // accept).
     let mut extra = t.raw();
-    let _ = extra.send(&handshake_frame(t.token().as_deref()));
-    let _ = extra.closed_without_reply(Duration::from_secs(3));
-    t.proxy.wait_for_stderr("\"connection_limit\"");
+    extra
+        .send(&handshake_frame(t.token().as_deref()))
+        .expect("send");
+    assert_eq!(extra.frame()["ok"], true);
+    t.proxy.wait_for_stderr("\"connection_evicted\"");
+    conns.remove(0).eof();
+    conns.push(extra);
     let peak_fds = fd_count(t.pid());
     // Every one of the thousand is served.
     let started = Instant::now();
@@ -367,7 +383,10 @@ fn churn_once(socket: &std::path::Path, token: Option<&str>, i: usize) {
 #[test]
 fn connect_close_churn_leaks_no_slot_and_no_descriptor() {
     const TEST: &str = "churn";
-    let t = Target::start(TEST, &["--max-connections", "32"]);
+    let t = Target::start(
+        TEST,
+        &["--max-connections", "32", "--max-connections-per-pid", "64"],
+    );
     let w = t.witness();
     let started = Instant::now();
     let threads: Vec<_> = (0..2)
@@ -392,11 +411,15 @@ fn connect_close_churn_leaks_no_slot_and_no_descriptor() {
     poll("the churned descriptors released", LIMIT, || {
         fd_count(t.pid()) <= base + 1
     });
-    // And every slot: 31 more fill the limit of 32, the next is refused.
-    let full: Vec<Raw> = (0..31).map(|_| t.client()).collect();
+    // And every slot: 31 more fill the limit of 32; the next displaces
+    // the connection idle longest (SPEC §3.1; it used to be refused).
+    let mut full: Vec<Raw> = (0..31).map(|_| t.client()).collect();
     let mut extra = t.raw();
-    let _ = extra.send(&handshake_frame(t.token().as_deref()));
-    let _ = extra.closed_without_reply(Duration::from_secs(3));
+    extra
+        .send(&handshake_frame(t.token().as_deref()))
+        .expect("send");
+    assert_eq!(extra.frame()["ok"], true);
+    full.remove(0).eof();
     drop((full, extra));
     w.stop(TEST);
     t.finish(&[]);

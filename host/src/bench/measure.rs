@@ -115,7 +115,7 @@ pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<Memory
     let server_flags = vec![
         "--max-connections".to_owned(),
         (connections + 1).to_string(),
-        // Every connection comes from this one process.
+        // The bench is one process holding every connection.
         "--max-connections-per-pid".to_owned(),
         (connections + 1).to_string(),
         "--sessions-per-peer".to_owned(),
