@@ -29,7 +29,7 @@ pub use capability::{
 };
 pub use error::{CONNECTION_LOST_MESSAGE, ClientError};
 
-use conn::{Conn, IdGen, Shared, State, Status, lock};
+use conn::{Closer, Conn, IdGen, Shared, State, Status, lock};
 use reply::Reply;
 
 /// Default request timeout: 30 s.
@@ -121,10 +121,12 @@ pub struct BucketStats {
 /// After 5 minutes without pending requests the connection is closed
 /// gracefully and the next call connects and handshakes again. The same
 /// happens when the proxy closes an idle connection (nothing pending; it
-/// evicts the connection idle longest when its table is full). Those are
-/// the only reconnects: a connection that breaks with requests pending
-/// (closed by the proxy, reset) or sends a malformed reply fails every
-/// pending and later call with [`ClientError::ConnectionLost`].
+/// evicts the connection idle longest when its table is full); if the
+/// proxy is then gone altogether (nothing listens on the socket) the call
+/// fails with [`ClientError::ConnectionLost`] for good. Those are the only
+/// reconnects: a connection that breaks with requests pending (closed by
+/// the proxy, reset) or sends a malformed reply fails every pending and
+/// later call with [`ClientError::ConnectionLost`].
 ///
 /// Cloning gives another handle on the same connection; the connection is
 /// closed when the last handle is dropped. `Debug` never shows the
@@ -266,7 +268,7 @@ impl Client {
             path: path.as_ref().to_path_buf(),
             token,
             options,
-            state: Mutex::new(State::Idle),
+            state: Mutex::new(State::Idle(Closer::Client)),
             connect_lock: smol::lock::Mutex::new(()),
             ids: IdGen::new(),
             version: AtomicU8::new(0),
@@ -300,7 +302,7 @@ impl Client {
             State::Open(conn) => ConnectionState::Connected {
                 version: conn.version(),
             },
-            State::Idle => ConnectionState::Idle,
+            State::Idle(_) => ConnectionState::Idle,
             State::Lost => ConnectionState::Lost,
         }
     }
@@ -313,7 +315,7 @@ impl Client {
                 let mut state = lock(&self.shared.state);
                 let attempt = match &*state {
                     State::Lost => return Err(ClientError::ConnectionLost),
-                    State::Idle => None,
+                    State::Idle(_) => None,
                     State::Open(conn) => {
                         let id = self.shared.ids.next();
                         Some((conn.clone(), conn.register(&id), id))
@@ -322,7 +324,7 @@ impl Client {
                 match attempt {
                     None => {}
                     Some((conn, Ok(replies), id)) => return Ok((conn, id, replies)),
-                    Some((_, Err(Status::Closing), _)) => *state = State::Idle,
+                    Some((_, Err(Status::Closing), _)) => *state = State::Idle(Closer::Client),
                     Some((_, Err(_), _)) => {
                         *state = State::Lost;
                         return Err(ClientError::ConnectionLost);
@@ -330,8 +332,23 @@ impl Client {
                 }
             }
             let _one_connect_at_a_time = self.shared.connect_lock.lock().await;
-            if matches!(*lock(&self.shared.state), State::Idle) {
-                Conn::open(&self.shared).await?;
+            let closer = match &*lock(&self.shared.state) {
+                State::Idle(closer) => Some(*closer),
+                State::Open(_) | State::Lost => None,
+            };
+            let Some(closer) = closer else {
+                // Another call connected meanwhile (or the client is lost).
+                continue;
+            };
+            match Conn::open(&self.shared).await {
+                Ok(()) => {}
+                // The proxy closed our idle connection and is now gone: the
+                // session is over, as when it dies with requests pending.
+                Err(ClientError::Connect { .. }) if closer == Closer::Proxy => {
+                    *lock(&self.shared.state) = State::Lost;
+                    return Err(ClientError::ConnectionLost);
+                }
+                Err(e) => return Err(e),
             }
         }
     }

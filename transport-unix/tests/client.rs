@@ -723,6 +723,29 @@ fn server_closing_an_idle_connection_makes_the_next_call_reconnect() {
     });
 }
 
+#[test]
+fn server_closing_an_idle_connection_then_gone_is_a_lost_connection() {
+    let server = Server::start_with(Config::default(), store_keys);
+    let path = server.path.clone();
+    block_on_bounded(async {
+        let client = Client::connect(&path, CapabilitySource::None)
+            .await
+            .expect("connect");
+        assert!(client.get_api_key("K0").await.expect("key").is_some());
+        // The proxy stops: it closes the idle connection, then nobody
+        // listens on the socket any more.
+        server.kill_all();
+        wait_idle(&client).await;
+        drop(server);
+        for _ in 0..2 {
+            let err = client.list_api_keys().await.expect_err("lost");
+            assert!(err.is_connection_lost(), "{err:?}");
+            assert_eq!(err.to_string(), CONNECTION_LOST_MESSAGE);
+        }
+        assert_eq!(client.connection_state(), ConnectionState::Lost);
+    });
+}
+
 // ---------------------------------------------------------------------------
 // Idle close: the only reconnect
 // ---------------------------------------------------------------------------

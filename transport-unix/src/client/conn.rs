@@ -58,7 +58,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let state = std::mem::replace(
             self.state.get_mut().unwrap_or_else(PoisonError::into_inner),
-            State::Idle,
+            State::Idle(Closer::Client),
         );
         if let State::Open(conn) = state {
             conn.close_now();
@@ -66,12 +66,24 @@ impl Drop for Shared {
     }
 }
 
+/// Who closed the connection of an idle client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closer {
+    /// The client: its idle timer (or not connected yet).
+    Client,
+    /// The proxy, with nothing pending (it evicts the connection idle
+    /// longest when its table is full). If the next connect finds no proxy
+    /// at all, the proxy is gone: that is a lost connection, not a
+    /// connect error.
+    Proxy,
+}
+
 /// The client's connection state.
 pub(super) enum State {
     /// Connected and handshaken.
     Open(Arc<Conn>),
-    /// Not connected (closed after idling); the next call connects.
-    Idle,
+    /// Not connected (closed while idle); the next call connects.
+    Idle(Closer),
     /// The connection broke; every call fails.
     Lost,
 }
@@ -264,7 +276,7 @@ impl Conn {
             inner.status = Status::Closing;
         }
         if matches!(&*state, State::Open(c) if Arc::ptr_eq(c, self)) {
-            *state = State::Idle;
+            *state = State::Idle(Closer::Proxy);
         }
         drop(state);
         self.outbox.close();
@@ -306,7 +318,7 @@ impl Conn {
         inner.status = Status::Closing;
         drop(inner);
         if matches!(&*state, State::Open(c) if Arc::ptr_eq(c, self)) {
-            *state = State::Idle;
+            *state = State::Idle(Closer::Client);
         }
         drop(state);
         // The writer sends what is queued, then half-closes.
