@@ -91,8 +91,7 @@ pub enum ConnectionState {
         /// The negotiated version (1 or 2).
         version: u8,
     },
-    /// Closed while idle, by us or by the proxy; the next call connects
-    /// again.
+    /// Closed while idle (by us or the proxy); the next call connects again.
     Idle,
     /// The connection broke; every call fails with
     /// [`ClientError::ConnectionLost`].
@@ -121,12 +120,10 @@ pub struct BucketStats {
 /// After 5 minutes without pending requests the connection is closed
 /// gracefully and the next call connects and handshakes again. The same
 /// happens when the proxy closes an idle connection (nothing pending; it
-/// evicts the connection idle longest when its table is full); if the
-/// proxy is then gone altogether (nothing listens on the socket) the call
-/// fails with [`ClientError::ConnectionLost`] for good. Those are the only
-/// reconnects: a connection that breaks with requests pending (closed by
-/// the proxy, reset) or sends a malformed reply fails every pending and
-/// later call with [`ClientError::ConnectionLost`].
+/// evicts the connection idle longest when its table is full), unless the
+/// proxy is gone. Those are the only reconnects: a connection that breaks
+/// with requests pending or sends a malformed reply fails every pending
+/// and later call with [`ClientError::ConnectionLost`].
 ///
 /// Cloning gives another handle on the same connection; the connection is
 /// closed when the last handle is dropped. `Debug` never shows the
@@ -332,24 +329,7 @@ impl Client {
                 }
             }
             let _one_connect_at_a_time = self.shared.connect_lock.lock().await;
-            let closer = match &*lock(&self.shared.state) {
-                State::Idle(closer) => Some(*closer),
-                State::Open(_) | State::Lost => None,
-            };
-            let Some(closer) = closer else {
-                // Another call connected meanwhile (or the client is lost).
-                continue;
-            };
-            match Conn::open(&self.shared).await {
-                Ok(()) => {}
-                // The proxy closed our idle connection and is now gone: the
-                // session is over, as when it dies with requests pending.
-                Err(ClientError::Connect { .. }) if closer == Closer::Proxy => {
-                    *lock(&self.shared.state) = State::Lost;
-                    return Err(ClientError::ConnectionLost);
-                }
-                Err(e) => return Err(e),
-            }
+            Conn::reopen(&self.shared).await?;
         }
     }
 

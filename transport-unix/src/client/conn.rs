@@ -186,6 +186,25 @@ impl Conn {
         Ok(())
     }
 
+    /// Connects again if the client is idle (call with the client's
+    /// connect lock held). After a close by the proxy, finding no proxy at
+    /// all means it is gone: the client is lost, as when the proxy dies
+    /// with requests pending.
+    pub(super) async fn reopen(shared: &Arc<Shared>) -> Result<(), ClientError> {
+        let closer = match &*lock(&shared.state) {
+            State::Idle(closer) => *closer,
+            // Another call connected meanwhile, or the client is lost.
+            State::Open(_) | State::Lost => return Ok(()),
+        };
+        match Conn::open(shared).await {
+            Err(ClientError::Connect { .. }) if closer == Closer::Proxy => {
+                *lock(&shared.state) = State::Lost;
+                Err(ClientError::ConnectionLost)
+            }
+            other => other,
+        }
+    }
+
     /// The negotiated protocol version.
     pub(super) fn version(&self) -> u8 {
         self.version
