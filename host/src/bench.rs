@@ -229,10 +229,20 @@ fn run_load(a: &BenchArgs) -> Result<(), String> {
         }
         None => {
             server::prepare_store(&scratch)?;
+            let mut extra = a.server_arg.clone();
+            // Every connection comes from this one process: lift the
+            // per-pid cap unless the caller set it.
+            if !extra
+                .iter()
+                .any(|s| s.starts_with("--max-connections-per-pid"))
+            {
+                let cap = (a.connections + 1).max(32);
+                extra.extend(["--max-connections-per-pid".to_owned(), cap.to_string()]);
+            }
             let spec = server::ServerSpec {
                 with_token: false,
                 audit: !a.no_audit,
-                extra: a.server_arg.clone(),
+                extra,
             };
             let srv = server::Server::spawn(&scratch, "serve", &spec)?;
             server::seed_token(&srv.socket, None)?;

@@ -9,6 +9,7 @@
 //! configuration file ([`config`]) and provides the `credproxy` command
 //! line ([`cli`]) with its load generator ([`bench`]).
 
+pub mod accept;
 pub mod audit_log;
 pub mod bench;
 pub mod cli;
@@ -16,9 +17,11 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod effects;
+pub mod fd_limit;
 pub mod harden;
 pub mod http_client;
 pub mod locks;
 pub mod loopback;
 pub mod serve;
 pub mod store;
+pub mod thread_count;

@@ -1,21 +1,23 @@
 //! Running the proxy: on a Unix socket (`serve`, `exec`) or on stdio.
 
+use std::io::Write as _;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use credproxy_core::{Config, Engine};
 use credproxy_unix::{
-    Accepted, Instance, Listener, PeerPolicy, ShutdownSignal, ShutdownSignals, TokenMode, base_dir,
+    Instance, Listener, PeerPolicy, ShutdownSignal, ShutdownSignals, TokenMode, base_dir,
     remove_stale_instances,
 };
 use rand_core::UnwrapErr;
-use smol::LocalExecutor;
 use smol::channel::{Sender, unbounded};
+use smol::{LocalExecutor, Timer};
 
 use crate::audit_log::AuditLog;
-use crate::driver::{Driver, Event, Lifetime};
+use crate::driver::{Driver, Event, Lifetime, OpenCount};
 use crate::store::FileStore;
+use crate::{accept, fd_limit};
 
 /// Everything `serve`, `exec` and `stdio` share.
 #[derive(Debug)]
@@ -121,63 +123,19 @@ pub fn open_store(root: &std::path::Path) -> Result<Arc<FileStore>, StartError> 
     FileStore::open(root).map(Arc::new).map_err(err)
 }
 
-/// Accepts connections forever, forwarding them to the driver.
-async fn accept_loop(listener: Listener, events: Sender<Event>) {
-    loop {
-        let event = match listener.accept().await {
-            Ok(Accepted::Allowed(stream, peer)) => match into_std(stream) {
-                Ok(stream) => Event::OpenSocket { stream, peer },
-                Err(_) => continue,
-            },
-            Ok(Accepted::Refused { reason, .. }) => Event::Refused {
-                reason: reason.code(),
-            },
-            Err(_) => continue,
-        };
-        if events.send(event).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Takes an accepted stream off the async reactor: the driver's I/O
-/// threads poll it themselves.
-fn into_std(
-    stream: async_net::unix::UnixStream,
-) -> std::io::Result<std::os::unix::net::UnixStream> {
-    let shared: Arc<smol::Async<std::os::unix::net::UnixStream>> = stream.into();
-    match Arc::try_unwrap(shared) {
-        Ok(stream) => stream.into_inner(),
-        Err(_) => Err(std::io::Error::other("the accepted stream is shared")),
-    }
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort), so
-/// the connection limit (`--max-connections`) rather than the usual soft
-/// default of 1024 descriptors bounds the connections a server can hold.
-/// The event loop uses epoll, so descriptors above 1024 are fine. An
-/// unlimited hard limit is taken as the kernel's usual `nr_open` (2^20).
-pub fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Accepts connections until the driver is gone (see [`crate::accept`]),
+/// warning on stderr when descriptors run out.
+async fn accept_loop(listener: Listener, events: Sender<Event>, open: OpenCount) {
+    let hooks = accept::Hooks {
+        sleep: |wait| async move {
+            Timer::after(wait).await;
+        },
+        warn: move |e: &std::io::Error| {
+            let text = accept::warning_text(e, open(), fd_limit::current_nofile());
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        },
     };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
-        return;
-    }
-    let target = if lim.rlim_max == libc::RLIM_INFINITY {
-        1 << 20
-    } else {
-        lim.rlim_max
-    };
-    if lim.rlim_cur >= target {
-        return;
-    }
-    lim.rlim_cur = target;
-    // SAFETY: setrlimit reads the struct we own; failure leaves the limit
-    // as it was.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) };
+    accept::run(listener, events, hooks).await;
 }
 
 /// Serves `bound` until a shutdown signal or until `until` completes;
@@ -194,8 +152,8 @@ pub fn run_socket<F>(
 where
     F: std::future::Future<Output = ()> + 'static,
 {
-    raise_nofile_limit();
     let mut config = opts.config;
+    fd_limit::fit(&mut config.limits, opts.io_threads);
     config.capability_token = bound.instance.token().cloned();
     let engine = engine(config)?;
     let ex = LocalExecutor::new();
@@ -206,7 +164,8 @@ where
     ready(&bound);
     let signal_slot = std::rc::Rc::new(std::cell::Cell::new(None));
     let Bound { instance, listener } = bound;
-    ex.spawn(accept_loop(listener, tx.clone())).detach();
+    ex.spawn(accept_loop(listener, tx.clone(), driver.open_connections()))
+        .detach();
     let slot = signal_slot.clone();
     let stop = tx.clone();
     ex.spawn(async move {

@@ -1,7 +1,8 @@
 //! Hostile clients, part 2: exhaustion — a request flood past the rate
 //! limit, a pipelined read flood, 17 requests in flight, 1 000 simultaneous
-//! connections and the connection limit, connect/close churn, and a client
-//! that never reads its replies (back-pressure).
+//! connections and the connection limit, connect/close churn, a client
+//! that never reads its replies (back-pressure), and connection pressure
+//! (`pressure`: descriptor and slot exhaustion).
 //!
 //! Every test runs against the real binary (see `hostile_support`): a
 //! witness connection keeps being served within 500 ms during the attack,
@@ -10,6 +11,8 @@
 //! seeded store is intact afterwards.
 
 mod hostile_support;
+#[path = "hostile_load/pressure.rs"]
+mod pressure;
 mod support;
 
 use std::collections::BTreeSet;

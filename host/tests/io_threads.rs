@@ -140,3 +140,46 @@ fn zero_threads_are_refused_by_flag_and_by_file() {
     );
     assert!(ran.stderr.contains("io_threads"), "{}", ran.stderr);
 }
+
+#[test]
+fn too_many_threads_are_refused_naming_the_bound_by_flag_and_by_file() {
+    let s = Scratch::new();
+    let store = s.store_arg();
+    // 4 per core, at least 8: 100 000 is past it on any machine.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let bound = (4 * cores).max(8);
+    let ran = s.run(&["serve", "--store", &store, "--io-threads", "100000"], b"");
+    ran.assert_code(2);
+    assert!(ran.stderr.contains("--io-threads"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("at most {bound} I/O threads")),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("Too many open files"),
+        "{}",
+        ran.stderr
+    );
+    // The bound itself is fine.
+    let p = s.serve(&["--io-threads", &bound.to_string()]);
+    assert_eq!(io_threads_of(p.pid()).len(), bound);
+    drop(p);
+    let dir = s.root().join("config").join("credproxy");
+    fs::create_dir_all(&dir).expect("config dir");
+    let path = dir.join("config.toml");
+    fs::write(&path, "io_threads = 100000\n").expect("write config");
+    let ran = s.run(&["serve", "--store", &store], b"");
+    ran.assert_code(3);
+    assert!(
+        ran.stderr.contains(&path.display().to_string()),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("io_threads"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("at most {bound} I/O threads")),
+        "{}",
+        ran.stderr
+    );
+}

@@ -29,7 +29,7 @@ pub use capability::{
 };
 pub use error::{CONNECTION_LOST_MESSAGE, ClientError};
 
-use conn::{Conn, IdGen, Shared, State, Status, lock};
+use conn::{Closer, Conn, IdGen, Shared, State, Status, lock};
 use reply::Reply;
 
 /// Default request timeout: 30 s.
@@ -91,7 +91,7 @@ pub enum ConnectionState {
         /// The negotiated version (1 or 2).
         version: u8,
     },
-    /// Closed after idling; the next call connects again.
+    /// Closed while idle (by us or the proxy); the next call connects again.
     Idle,
     /// The connection broke; every call fails with
     /// [`ClientError::ConnectionLost`].
@@ -118,10 +118,12 @@ pub struct BucketStats {
 /// [`ClientOptions`] and [`Client::call_with_timeout`]); on timeout the
 /// client sends `cancel` and the call fails with [`ClientError::Timeout`].
 /// After 5 minutes without pending requests the connection is closed
-/// gracefully and the next call connects and handshakes again; that is the
-/// only reconnect. A connection that breaks (closed by the proxy, reset, a
-/// malformed reply) fails every pending and later call with
-/// [`ClientError::ConnectionLost`].
+/// gracefully and the next call connects and handshakes again. The same
+/// happens when the proxy closes an idle connection (nothing pending; it
+/// evicts the connection idle longest when its table is full), unless the
+/// proxy is gone. Those are the only reconnects: a connection that breaks
+/// with requests pending or sends a malformed reply fails every pending
+/// and later call with [`ClientError::ConnectionLost`].
 ///
 /// Cloning gives another handle on the same connection; the connection is
 /// closed when the last handle is dropped. `Debug` never shows the
@@ -263,7 +265,7 @@ impl Client {
             path: path.as_ref().to_path_buf(),
             token,
             options,
-            state: Mutex::new(State::Idle),
+            state: Mutex::new(State::Idle(Closer::Client)),
             connect_lock: smol::lock::Mutex::new(()),
             ids: IdGen::new(),
             version: AtomicU8::new(0),
@@ -297,7 +299,7 @@ impl Client {
             State::Open(conn) => ConnectionState::Connected {
                 version: conn.version(),
             },
-            State::Idle => ConnectionState::Idle,
+            State::Idle(_) => ConnectionState::Idle,
             State::Lost => ConnectionState::Lost,
         }
     }
@@ -310,7 +312,7 @@ impl Client {
                 let mut state = lock(&self.shared.state);
                 let attempt = match &*state {
                     State::Lost => return Err(ClientError::ConnectionLost),
-                    State::Idle => None,
+                    State::Idle(_) => None,
                     State::Open(conn) => {
                         let id = self.shared.ids.next();
                         Some((conn.clone(), conn.register(&id), id))
@@ -319,7 +321,7 @@ impl Client {
                 match attempt {
                     None => {}
                     Some((conn, Ok(replies), id)) => return Ok((conn, id, replies)),
-                    Some((_, Err(Status::Closing), _)) => *state = State::Idle,
+                    Some((_, Err(Status::Closing), _)) => *state = State::Idle(Closer::Client),
                     Some((_, Err(_), _)) => {
                         *state = State::Lost;
                         return Err(ClientError::ConnectionLost);
@@ -327,9 +329,7 @@ impl Client {
                 }
             }
             let _one_connect_at_a_time = self.shared.connect_lock.lock().await;
-            if matches!(*lock(&self.shared.state), State::Idle) {
-                Conn::open(&self.shared).await?;
-            }
+            Conn::reopen(&self.shared).await?;
         }
     }
 

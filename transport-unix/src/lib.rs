@@ -115,13 +115,16 @@
 //!   30 s; per call with [`Client::call_with_timeout`]). On timeout the
 //!   client sends `cancel` for the request and the call fails with
 //!   [`ClientError::Timeout`] ("Request timed out after {ms}ms").
-//! - **No reconnect after a failure.** When the connection breaks (the
-//!   proxy closed it, a reset, a malformed reply) every pending and later
-//!   call fails at once with [`ClientError::ConnectionLost`]: "Credential
-//!   proxy connection lost. Restart the session."
+//! - **No reconnect after a failure.** When the connection breaks with
+//!   requests pending (the proxy closed it, a reset) or a reply is
+//!   malformed, every pending and later call fails at once with
+//!   [`ClientError::ConnectionLost`]: "Credential proxy connection lost.
+//!   Restart the session."
 //! - **Idle close.** After 5 minutes without pending requests the client
 //!   closes the connection gracefully; the next call connects and
-//!   handshakes again. It never closes while a request is pending.
+//!   handshakes again. It never closes while a request is pending. A proxy
+//!   that closes an idle connection (it evicts the connection idle longest
+//!   when its table is full) is handled the same way.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,6 +5,8 @@
 //! events the server reports, and every wait is bounded by [`LIMIT`].
 
 mod common;
+#[path = "client/proxy_idle_close.rs"]
+mod proxy_idle_close;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -681,23 +683,6 @@ fn server_closing_mid_request_loses_the_connection_for_good() {
         assert!(again.is_connection_lost(), "{again:?}");
         assert_eq!(client.connection_state(), ConnectionState::Lost);
         assert_eq!(server.accepted(), 1, "the client must not reconnect");
-    });
-}
-
-#[test]
-fn server_closing_an_idle_connection_loses_it_too() {
-    let server = Server::start_with(Config::default(), store_keys);
-    block_on_bounded(async {
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
-        assert!(client.get_api_key("K0").await.expect("key").is_some());
-        server.kill_all();
-        for _ in 0..2 {
-            let err = client.list_api_keys().await.expect_err("lost");
-            assert!(err.is_connection_lost(), "{err:?}");
-        }
-        assert_eq!(server.accepted(), 1);
     });
 }
 

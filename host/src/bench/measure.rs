@@ -43,16 +43,7 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
 /// returns the soft limit now in force.
 #[must_use]
 pub fn raise_nofile() -> u64 {
-    crate::serve::raise_nofile_limit();
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
-        return 0;
-    }
-    lim.rlim_cur
+    crate::fd_limit::raise_nofile_limit().unwrap_or(0)
 }
 
 /// Connects and handshakes with a small buffer: only the stream is kept
@@ -107,7 +98,12 @@ pub struct MemoryReport {
 /// When the server cannot start, a limit is too low, or a request fails.
 pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<MemoryReport, String> {
     let nofile = raise_nofile();
-    let need = connections as u64 + 64;
+    // The server clamps its limits to fit beside its own descriptors
+    // (`fd_limit`): room for the connections, the default pending
+    // budget and that reserve.
+    let threads = crate::driver::default_threads();
+    let pending = credproxy_core::config::Limits::default().max_pending_handshakes as u64;
+    let need = connections as u64 + 1 + pending + crate::fd_limit::reserve(threads);
     if nofile < need {
         return Err(format!(
             "RLIMIT_NOFILE is {nofile}; {connections} connections need at least {need} \

@@ -19,7 +19,6 @@
 //! token files listed, `1` with `--strict`.
 
 use std::io::Write;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -180,10 +179,10 @@ struct CommonArgs {
     /// `audit_log`, else stderr]
     #[arg(long, value_name = "PATH")]
     audit_log: Option<String>,
-    /// Threads doing socket I/O [default: the file's `io_threads`, else one
-    /// per core, at most 4]
+    /// Threads doing socket I/O, at most 4 per core (and at least 8 allowed)
+    /// [default: the file's `io_threads`, else one per core, at most 4]
     #[arg(long, value_name = "N")]
-    io_threads: Option<NonZeroUsize>,
+    io_threads: Option<crate::thread_count::IoThreadCount>,
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
@@ -410,7 +409,7 @@ fn settings(c: &CommonArgs) -> Result<Settings, Failure> {
         s.audit_log = Some(audit.clone());
     }
     if let Some(n) = c.io_threads {
-        s.io_threads = Some(n);
+        s.io_threads = Some(n.get());
     }
     s.validate()?;
     Ok(s)

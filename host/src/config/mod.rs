@@ -31,7 +31,7 @@
 //! store = "/home/me/.local/share/credproxy"
 //! # Audit log: a file path, "stderr" (default) or "off".
 //! audit_log = "stderr"
-//! # Threads doing socket I/O (default: one per core, at most 4).
+//! # Threads doing socket I/O (default: one per core, at most 4; allowed: 4 per core, >= 8).
 //! io_threads = 2
 //!
 //! [policy]
@@ -191,8 +191,8 @@ pub struct FileConfig {
     pub store: Option<PathBuf>,
     /// Audit log: a file path, `stderr` or `off`.
     pub audit_log: Option<String>,
-    /// Threads doing socket I/O.
-    pub io_threads: Option<NonZeroUsize>,
+    /// Threads doing socket I/O (bounded: [`crate::thread_count`]).
+    pub io_threads: Option<crate::thread_count::IoThreadCount>,
     /// Limits and timings.
     #[serde(default)]
     pub limits: LimitsFile,
@@ -377,7 +377,7 @@ impl Settings {
             });
         }
         if let Some(n) = file.io_threads {
-            self.io_threads = Some(n);
+            self.io_threads = Some(n.get());
         }
         file.limits.apply(&mut self.config.limits);
         let p = file.policy;

@@ -129,6 +129,9 @@ pub enum Event {
     Shutdown,
 }
 
+/// Counts the connections open now (for a warning; takes the engine lock).
+pub type OpenCount = Box<dyn Fn() -> usize>;
+
 /// A connection the engine accepted.
 struct Registered {
     conn: ConnId,
@@ -210,6 +213,14 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
     pub fn io_threads(mut self, threads: NonZeroUsize) -> Driver<R> {
         self.io_threads = threads;
         self
+    }
+
+    /// A way to count the open connections from elsewhere (the accept
+    /// loop's warning when descriptors run out).
+    #[must_use]
+    pub fn open_connections(&self) -> OpenCount {
+        let shared = self.shared.clone();
+        Box::new(move || lock(&shared.state).conns.len())
     }
 
     /// Starts the I/O threads now rather than in [`Driver::run`] (so that a

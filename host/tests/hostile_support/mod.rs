@@ -42,6 +42,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::support::{Proxy, Scratch, encode, euid, handshake_frame, read_frame, request};
+pub mod launch;
 
 /// A well-behaved client's round trip must complete within this, whatever
 /// the attack on other connections.

@@ -373,7 +373,7 @@ pub struct Proxy {
 impl Proxy {
     /// Spawns `cmd` and reads its start lines: the socket path, then two
     /// variables, or three when `with_token`.
-    fn spawn(mut cmd: Command, with_token: bool) -> Result<Proxy, Ran> {
+    pub fn spawn(mut cmd: Command, with_token: bool) -> Result<Proxy, Ran> {
         let mut child = cmd.spawn().expect("spawn serve");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_thread =

@@ -58,7 +58,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let state = std::mem::replace(
             self.state.get_mut().unwrap_or_else(PoisonError::into_inner),
-            State::Idle,
+            State::Idle(Closer::Client),
         );
         if let State::Open(conn) = state {
             conn.close_now();
@@ -66,12 +66,24 @@ impl Drop for Shared {
     }
 }
 
+/// Who closed the connection of an idle client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closer {
+    /// The client: its idle timer (or not connected yet).
+    Client,
+    /// The proxy, with nothing pending (it evicts the connection idle
+    /// longest when its table is full). If the next connect finds no proxy
+    /// at all, the proxy is gone: that is a lost connection, not a
+    /// connect error.
+    Proxy,
+}
+
 /// The client's connection state.
 pub(super) enum State {
     /// Connected and handshaken.
     Open(Arc<Conn>),
-    /// Not connected (closed after idling); the next call connects.
-    Idle,
+    /// Not connected (closed while idle); the next call connects.
+    Idle(Closer),
     /// The connection broke; every call fails.
     Lost,
 }
@@ -174,6 +186,25 @@ impl Conn {
         Ok(())
     }
 
+    /// Connects again if the client is idle (call with the client's
+    /// connect lock held). After a close by the proxy, finding no proxy at
+    /// all means it is gone: the client is lost, as when the proxy dies
+    /// with requests pending.
+    pub(super) async fn reopen(shared: &Arc<Shared>) -> Result<(), ClientError> {
+        let closer = match &*lock(&shared.state) {
+            State::Idle(closer) => *closer,
+            // Another call connected meanwhile, or the client is lost.
+            State::Open(_) | State::Lost => return Ok(()),
+        };
+        match Conn::open(shared).await {
+            Err(ClientError::Connect { .. }) if closer == Closer::Proxy => {
+                *lock(&shared.state) = State::Lost;
+                Err(ClientError::ConnectionLost)
+            }
+            other => other,
+        }
+    }
+
     /// The negotiated protocol version.
     pub(super) fn version(&self) -> u8 {
         self.version
@@ -241,6 +272,36 @@ impl Conn {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
+    /// The proxy closed the connection (a clean EOF). With nothing pending
+    /// this is like our own idle close — the proxy drops the connection idle
+    /// longest to admit a newcomer when its table is full (SPEC §3.1) — so
+    /// the client goes back to `Idle` and the next call connects and
+    /// handshakes again. With requests pending it is a broken connection
+    /// ([`Conn::fail`]).
+    fn peer_closed(self: &Arc<Self>) {
+        let Some(shared) = self.shared.upgrade() else {
+            self.fail();
+            return;
+        };
+        let mut state = lock(&shared.state);
+        {
+            let mut inner = lock(&self.inner);
+            if inner.status != Status::Open || !inner.pending.is_empty() {
+                drop(inner);
+                drop(state);
+                self.fail();
+                return;
+            }
+            inner.status = Status::Closing;
+        }
+        if matches!(&*state, State::Open(c) if Arc::ptr_eq(c, self)) {
+            *state = State::Idle(Closer::Proxy);
+        }
+        drop(state);
+        self.outbox.close();
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
     /// Closes at once (the client is gone).
     fn close_now(&self) {
         {
@@ -276,7 +337,7 @@ impl Conn {
         inner.status = Status::Closing;
         drop(inner);
         if matches!(&*state, State::Open(c) if Arc::ptr_eq(c, self)) {
-            *state = State::Idle;
+            *state = State::Idle(Closer::Client);
         }
         drop(state);
         // The writer sends what is queued, then half-closes.
@@ -429,9 +490,13 @@ async fn reader(
             }
         };
         match event {
-            // EOF or an error after a deliberate close is expected; fail()
-            // is then a no-op.
-            Event::Read(Ok(0) | Err(_)) => {
+            // EOF or an error after a deliberate close is expected; both
+            // are then no-ops.
+            Event::Read(Ok(0)) => {
+                conn.peer_closed();
+                return;
+            }
+            Event::Read(Err(_)) => {
                 conn.fail();
                 return;
             }

@@ -61,9 +61,11 @@ pub enum ClientError {
         ms: u64,
     },
 
-    /// The connection broke (closed by the proxy, reset, or a malformed
-    /// reply). The client does not reconnect: this call and every later one
-    /// fail with this error.
+    /// The connection broke while requests were pending (closed by the
+    /// proxy, reset), or a reply was malformed. The client does not
+    /// reconnect: this call and every later one fail with this error. (A
+    /// proxy closing an idle connection is not this: the next call
+    /// reconnects.)
     #[error("Credential proxy connection lost. Restart the session.")]
     ConnectionLost,
 
