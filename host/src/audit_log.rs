@@ -171,9 +171,9 @@ pub fn log_store_error(error: &crate::store::StoreError) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-/// Reports, once, that a write replaced a corrupt token file and where
-/// its old bytes were kept (paths only, never content).
-pub fn log_corrupt_replaced(path: &Path, kept: &Path) {
+/// Reports, once, in the audit log that a write replaced a corrupt token
+/// file and where its old bytes were kept (paths only, never content).
+pub fn log_corrupt_replaced(audit: &AuditLog, path: &Path, kept: &Path) {
     let line = serde_json::json!({
         "ts": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         "component": "credproxy",
@@ -184,7 +184,9 @@ pub fn log_corrupt_replaced(path: &Path, kept: &Path) {
         "kept": kept.display().to_string(),
         "detail": "the stored token did not parse; replaced by the new one, the old file kept",
     });
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let mut bytes = line.to_string().into_bytes();
+    bytes.push(b'\n');
+    audit.write_bytes(&bytes);
 }
 
 #[cfg(test)]

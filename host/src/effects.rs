@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use credproxy_core::{Effect, EffectResult};
 
-use crate::audit_log::{log_corrupt_replaced, log_store_error};
+use crate::audit_log::{AuditLog, log_corrupt_replaced, log_store_error};
 use crate::http_client::HttpClient;
 use crate::locks::Locks;
 use crate::store::{FileStore, KeyMeta, Replaced, StoreError};
@@ -25,6 +25,9 @@ pub struct Executor {
     store: Arc<FileStore>,
     locks: Locks,
     http: HttpClient,
+    /// Where the store's own events go (a corrupt file replaced): the
+    /// proxy's audit log.
+    audit: Arc<AuditLog>,
 }
 
 impl Executor {
@@ -37,7 +40,20 @@ impl Executor {
     /// An executor from its parts.
     #[must_use]
     pub fn with_parts(store: Arc<FileStore>, locks: Locks, http: HttpClient) -> Executor {
-        Executor { store, locks, http }
+        Executor {
+            store,
+            locks,
+            http,
+            audit: Arc::new(AuditLog::Stderr),
+        }
+    }
+
+    /// The same executor reporting its store events to `audit` (stderr
+    /// until then).
+    #[must_use]
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Executor {
+        self.audit = audit;
+        self
     }
 
     /// The store.
@@ -100,7 +116,7 @@ impl Executor {
                 .put_token_replacing(&provider, &bucket, &token)
                 .map(|replaced| {
                     if let Replaced::Corrupt { path, kept } = replaced {
-                        log_corrupt_replaced(&path, &kept);
+                        log_corrupt_replaced(&self.audit, &path, &kept);
                     }
                     EffectResult::Done
                 }),

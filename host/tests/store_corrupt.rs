@@ -69,3 +69,37 @@ fn save_token_over_a_corrupt_file_replaces_it_and_reports_once() {
     assert_eq!(reports[0]["kept"], kept[0].display().to_string());
     assert!(!stderr.contains("SENTINEL"), "never the content: {stderr}");
 }
+
+/// With `--audit-log FILE` the report is in that file (the audit log the
+/// operator reads), not on stderr.
+#[test]
+fn the_corrupt_report_goes_to_the_configured_audit_log() {
+    let s = Scratch::new();
+    s.seed_token("anthropic", "default", &json!({"access_token": "old"}));
+    let tokens = s.store().join("tokens");
+    let path = fs::read_dir(&tokens)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("the token file");
+    fs::write(&path, b"{\"access_token\": \"TORN").expect("corrupt it");
+    let log = s.root().join("audit.jsonl");
+    let log_arg = log.display().to_string();
+    let mut proxy = s.serve(&["--insecure-no-token", "--audit-log", &log_arg]);
+    let mut c = proxy.sandbox_client();
+    let save = json!({"provider": "anthropic", "token": support::token_json("fresh")});
+    assert_eq!(c.call("1", "save_token", save)["ok"], true);
+    drop(c);
+    proxy.stop(nix::sys::signal::Signal::SIGTERM);
+    let text = fs::read_to_string(&log).expect("audit log");
+    let reports = support::audit_events(&text)
+        .into_iter()
+        .filter(|e| e["outcome"] == "corrupt_replaced")
+        .count();
+    assert_eq!(reports, 1, "{text}");
+    assert!(
+        !proxy.stderr().contains("corrupt_replaced"),
+        "{}",
+        proxy.stderr()
+    );
+}

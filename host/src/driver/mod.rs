@@ -177,7 +177,8 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         audit: Arc<AuditLog>,
         events: Sender<Event>,
     ) -> Driver<R> {
-        Driver::with_executor(engine, Executor::new(store), audit, events)
+        let executor = Executor::new(store).with_audit(audit.clone());
+        Driver::with_executor(engine, executor, audit, events)
     }
 
     /// A driver whose effects run on `executor` (e.g. to share its lock
