@@ -19,11 +19,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, ExitCode};
 
 use credproxy_core::Secret;
-use credproxy_unix::ShutdownSignals;
 
 use crate::serve;
 
-use super::{EXIT_FAILED, ExecArgs, Failure, failed, options, placement, warn_if_not_hardened};
+use super::{EXIT_FAILED, ExecArgs, Failure, SocketStart, failed, start_socket};
 
 /// The descriptor the child reads the capability token from.
 const TOKEN_FD: i32 = 3;
@@ -37,15 +36,12 @@ pub(super) fn cmd_exec(a: ExecArgs) -> Result<ExitCode, Failure> {
     } else {
         fd3::take_inherited()
     };
-    warn_if_not_hardened();
-    let signals = ShutdownSignals::register().map_err(failed)?;
-    let opts = options(&a.common)?;
-    let store = serve::open_store(&opts.store_root)?;
-    let bound = serve::bind(
-        &placement(&a.socket),
-        !a.socket.insecure_no_token,
-        opts.allowed_uids.clone(),
-    )?;
+    let SocketStart {
+        signals,
+        opts,
+        store,
+        bound,
+    } = start_socket(&a.socket, &a.common)?;
     let mut cmd = Command::new(&a.command[0]);
     cmd.args(&a.command[1..]);
     for (k, v) in bound.exports() {

@@ -451,16 +451,41 @@ fn placement(s: &SocketArgs) -> Placement {
         .map_or(Placement::Instance, Placement::Fixed)
 }
 
-fn cmd_serve(a: ServeArgs) -> Result<ExitCode, Failure> {
+/// What `serve` and `exec` set up before serving: hardening, the signal
+/// handlers (first, so no signal is missed), the options, the store and
+/// the bound socket.
+struct SocketStart {
+    signals: ShutdownSignals,
+    opts: ServeOptions,
+    store: std::sync::Arc<FileStore>,
+    bound: serve::Bound,
+}
+
+fn start_socket(socket: &SocketArgs, common: &CommonArgs) -> Result<SocketStart, Failure> {
     warn_if_not_hardened();
     let signals = ShutdownSignals::register().map_err(failed)?;
-    let opts = options(&a.common)?;
+    let opts = options(common)?;
     let store = serve::open_store(&opts.store_root)?;
     let bound = serve::bind(
-        &placement(&a.socket),
-        !a.socket.insecure_no_token,
+        &placement(socket),
+        !socket.insecure_no_token,
         opts.allowed_uids.clone(),
     )?;
+    Ok(SocketStart {
+        signals,
+        opts,
+        store,
+        bound,
+    })
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<ExitCode, Failure> {
+    let SocketStart {
+        signals,
+        opts,
+        store,
+        bound,
+    } = start_socket(&a.socket, &a.common)?;
     let announce = |bound: &serve::Bound| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", bound.instance.socket_path().display());

@@ -16,11 +16,10 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::{
-    Baseline, CANARY_ACCESS, CANARY_KEY, CANARY_KEY_VALUE, CANARY_PROVIDER, CANARY_REFRESH, LIMIT,
-    Target, WITNESS_KEY, WITNESS_VALUE, fd_count, key_list_json, raise_nofile, rss_kib,
-    status_json, store_files, stored_token,
+    Before, CANARY_ACCESS, CANARY_KEY_VALUE, CANARY_PROVIDER, CANARY_REFRESH, LIMIT, Target,
+    WITNESS_VALUE, seeded_scratch,
 };
-use crate::support::{BIN, Proxy, Scratch};
+use crate::support::{BIN, Proxy};
 
 impl Target {
     /// Like [`Target::start`], with the server started by
@@ -28,18 +27,8 @@ impl Target {
     /// (soft and hard limit both `nofile`, so it cannot raise its own).
     #[must_use]
     pub fn start_limited(name: &str, nofile: u64, args: &[&str]) -> Target {
-        raise_nofile(4096);
-        let scratch = Scratch::new();
-        scratch.seed_token(
-            CANARY_PROVIDER,
-            "default",
-            &stored_token(CANARY_ACCESS, CANARY_REFRESH),
-        );
-        scratch.seed_api_key(WITNESS_KEY, WITNESS_VALUE);
-        scratch.seed_api_key(CANARY_KEY, CANARY_KEY_VALUE);
-        let files = store_files(&scratch.store());
-        let status = status_json(&scratch);
-        let keys = key_list_json(&scratch);
+        let scratch = seeded_scratch();
+        let before = Before::of(&scratch);
         let store = scratch.store_arg();
         let mut all = vec!["serve", "--store", store.as_str()];
         all.extend_from_slice(args);
@@ -63,21 +52,7 @@ impl Target {
             Ok(p) => p,
             Err(e) => panic!("serve did not start: {:?}\n{}", e.status, e.stderr),
         };
-        let pid = proxy.pid();
-        let base = Baseline {
-            files,
-            status,
-            keys,
-            rss_kib: rss_kib(pid),
-            fds: fd_count(pid),
-        };
-        Target {
-            scratch,
-            proxy,
-            config: None,
-            name: name.to_owned(),
-            base,
-        }
+        Target::assemble(name, scratch, proxy, None, before)
     }
 
     /// One `credproxy call OP PAYLOAD --json` in a process of its own, with

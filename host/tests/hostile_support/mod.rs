@@ -208,6 +208,38 @@ struct Baseline {
     fds: usize,
 }
 
+/// The store as seeded, before the server starts.
+struct Before {
+    files: BTreeMap<String, Vec<u8>>,
+    status: Value,
+    keys: Value,
+}
+
+impl Before {
+    fn of(scratch: &Scratch) -> Before {
+        Before {
+            files: store_files(&scratch.store()),
+            status: status_json(scratch),
+            keys: key_list_json(scratch),
+        }
+    }
+}
+
+/// A private tree with the canary token, the canary key and the witness
+/// key stored (and our descriptor limit raised for the attack).
+fn seeded_scratch() -> Scratch {
+    raise_nofile(4096);
+    let scratch = Scratch::new();
+    scratch.seed_token(
+        CANARY_PROVIDER,
+        "default",
+        &stored_token(CANARY_ACCESS, CANARY_REFRESH),
+    );
+    scratch.seed_api_key(WITNESS_KEY, WITNESS_VALUE);
+    scratch.seed_api_key(CANARY_KEY, CANARY_KEY_VALUE);
+    scratch
+}
+
 /// A `credproxy serve` under attack, over a seeded private store.
 pub struct Target {
     /// The private tree (store, runtime directory).
@@ -236,24 +268,14 @@ impl Target {
         args: &[&str],
         seed: impl FnOnce(&Scratch),
     ) -> Target {
-        raise_nofile(4096);
-        let scratch = Scratch::new();
-        scratch.seed_token(
-            CANARY_PROVIDER,
-            "default",
-            &stored_token(CANARY_ACCESS, CANARY_REFRESH),
-        );
-        scratch.seed_api_key(WITNESS_KEY, WITNESS_VALUE);
-        scratch.seed_api_key(CANARY_KEY, CANARY_KEY_VALUE);
+        let scratch = seeded_scratch();
         seed(&scratch);
         let config = config.map(|text| {
             let path = scratch.root().join("hostile.toml");
             fs::write(&path, text).expect("write the configuration file");
             path
         });
-        let files = store_files(&scratch.store());
-        let status = status_json(&scratch);
-        let keys = key_list_json(&scratch);
+        let before = Before::of(&scratch);
         let mut all: Vec<&str> = Vec::new();
         let config_arg = config.as_ref().map(|p| p.display().to_string());
         if let Some(c) = &config_arg {
@@ -261,11 +283,23 @@ impl Target {
         }
         all.extend_from_slice(args);
         let proxy = scratch.serve(&all);
+        Target::assemble(name, scratch, proxy, config, before)
+    }
+
+    /// The target around a started `proxy`, with the store as it was
+    /// `before` and the server's own figures now.
+    fn assemble(
+        name: &str,
+        scratch: Scratch,
+        proxy: Proxy,
+        config: Option<PathBuf>,
+        before: Before,
+    ) -> Target {
         let pid = proxy.pid();
         let base = Baseline {
-            files,
-            status,
-            keys,
+            files: before.files,
+            status: before.status,
+            keys: before.keys,
             rss_kib: rss_kib(pid),
             fds: fd_count(pid),
         };
