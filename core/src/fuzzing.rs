@@ -1865,11 +1865,19 @@ impl World {
         let c = &mut self.clients[ci];
         let conn = c.conn;
         let bytes: Vec<u8> = c.outbox.drain(..n).collect();
+        // A frame is delivered once its last byte is; an oversize one as
+        // soon as its header is, since the engine answers and closes then
+        // without waiting for (or reading) the body.
         let mut done = 0;
-        for (end, _) in &c.frames {
-            if *end <= n {
-                done += 1;
+        let mut start = 0;
+        for (end, what) in &c.frames {
+            let seen =
+                *end <= n || (matches!(what, Written::Oversize { .. }) && start + HEADER_LEN <= n);
+            if !seen {
+                break;
             }
+            done += 1;
+            start = *end;
         }
         let delivered: Vec<Written> = c.frames.drain(..done).map(|(_, w)| w).collect();
         for (end, _) in &mut c.frames {
