@@ -291,6 +291,10 @@ fn an_evicted_idle_client_reconnects_with_a_fresh_handshake() {
     poll("the client's connection evicted", LIMIT, || {
         client.connection_state() == ConnectionState::Idle
     });
+    // The audit line may reach stderr after the client saw the close.
+    poll("the eviction audited", LIMIT, || {
+        count_events(&t, "connection_evicted") >= 1
+    });
     assert_eq!(count_events(&t, "connection_evicted"), 1);
     let handshakes = count_events(&t, "handshake_ok");
     // The next call connects and handshakes again, and is served.
