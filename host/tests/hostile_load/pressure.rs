@@ -163,7 +163,9 @@ fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
     // same arguments; the second start gets one more than that, so the
     // clamp (which cannot fit its reserve) leaves accept to hit EMFILE:
     // one raw connect holds the spare descriptor until its handshake
-    // deadline, and the others wait in the backlog meanwhile.
+    // deadline, and the others wait in the backlog meanwhile. (Two spare
+    // would not do: the clamp keeps one pending handshake, so the second
+    // accept would drop the first instead of failing.)
     let args = ["--io-threads", "1", "--handshake-timeout-ms", "1500"];
     let probe = Target::start_limited(TEST, 256, &args);
     let own = u64::try_from(probe.baseline_fds()).expect("count");
@@ -171,6 +173,11 @@ fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
     let limit = own + 1;
     let t = Target::start_limited(TEST, limit, &args);
     t.proxy.wait_for_stderr("too low to serve well");
+    // Served before the attack: the canary's token is then in the cache,
+    // so serving it afterwards needs no descriptor but the connection's
+    // (a cold read needs a second one, which a single spare does not
+    // guarantee: CI once saw that read fail with EMFILE).
+    t.neighbour_served_within(LIMIT);
     let attack = raw_connects(&t, 30);
     let warning = t
         .proxy

@@ -94,8 +94,14 @@ impl Target {
             "get_token",
             &format!("{{\"provider\":\"{CANARY_PROVIDER}\"}}"),
         );
-        let data =
-            out.unwrap_or_else(|e| panic!("{}: the neighbour was not served: {e}", self.name));
+        let data = out.unwrap_or_else(|e| {
+            let log = self.proxy.stderr();
+            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(3000))..];
+            panic!(
+                "{}: the neighbour was not served: {e}\nthe server's stderr ends:\n{tail}",
+                self.name
+            )
+        });
         assert_eq!(data["access_token"], CANARY_ACCESS, "{data}");
         assert!(data.get("refresh_token").is_none(), "{data}");
         assert!(
