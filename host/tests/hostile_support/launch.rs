@@ -96,7 +96,10 @@ impl Target {
         );
         let data = out.unwrap_or_else(|e| {
             let log = self.proxy.stderr();
-            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(3000))..];
+            let from = (log.len().saturating_sub(3000)..log.len())
+                .find(|&i| log.is_char_boundary(i))
+                .unwrap_or(log.len());
+            let tail = &log[from..];
             panic!(
                 "{}: the neighbour was not served: {e}\nthe server's stderr ends:\n{tail}",
                 self.name
