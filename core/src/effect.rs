@@ -18,7 +18,6 @@ pub struct EffectId(pub u64);
 
 /// A piece of I/O for the host.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Effect {
     /// Read a token. `fresh` bypasses any cache (used under write
     /// serialization, where a stale read could lose another process's write).
@@ -190,7 +189,6 @@ impl Effect {
 
 /// The outcome of an effect.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum EffectResult {
     /// The token read, or `None` when nothing is stored.
     Token(Option<Token>),

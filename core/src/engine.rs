@@ -32,7 +32,6 @@ use crate::token::Token;
 
 /// Something the driver must do, drained with [`Engine::poll_output`].
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Output {
     /// Write these bytes (one or more whole frames) to the connection.
     Send {

@@ -161,9 +161,10 @@ impl Executor {
                 return EffectResult::Done;
             }
             Effect::Http(request) => return EffectResult::Http(self.http.execute(&request)),
-            // StartListener / StopListener belong to the driver; anything
-            // newer than this host is refused.
-            _ => return EffectResult::Failed,
+            // The listeners belong to the driver, which never sends them here.
+            Effect::StartListener { .. } | Effect::StopListener { .. } => {
+                return EffectResult::Failed;
+            }
         };
         result.unwrap_or_else(|e| {
             log_store_error(&e);

@@ -222,7 +222,6 @@ impl<R: CryptoRng> State<R> {
                         let _ = reply.try_send((status, body));
                     }
                 }
-                _ => {}
             }
         }
         shared.audit.stage(&mut self.audit_lines);
