@@ -1,7 +1,8 @@
 //! The fuzz models' expectation for oversize frames (SPEC §3.1): closed,
 //! after one `INVALID_REQUEST` answer when the request id was among the
-//! first bytes that came with the length. Kept apart from `fuzzing.rs`,
-//! which is already large.
+//! first bytes that came with the length. Its own file because two models
+//! check it: the handshake target (`request.rs`) and the engine world's
+//! client model (`world/client.rs`).
 
 use serde_json::{Value, json};
 

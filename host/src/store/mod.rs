@@ -27,8 +27,6 @@ mod read;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_corrupt;
 
 use std::fs;
 use std::io;

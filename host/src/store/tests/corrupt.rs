@@ -7,7 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use credproxy_core::Token;
 use serde_json::{Value, json};
 
-use super::names::json_file_name;
+use crate::store::names::json_file_name;
+
 use super::*;
 
 fn tok(v: Value) -> Token {
