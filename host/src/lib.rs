@@ -9,6 +9,8 @@
 //! configuration file ([`config`]) and provides the `credproxy` command
 //! line ([`cli`]) with its load generator ([`bench`]).
 
+#![forbid(unsafe_code)]
+
 pub mod accept;
 pub mod audit_log;
 pub mod bench;

@@ -17,6 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use credproxy_core::Secret;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use super::frame::RequestTemplate;
@@ -238,12 +240,11 @@ impl Server {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
+        // Our own child's pid, not reaped yet (try_wait above saw it
+        // running), so it is not reused. A failure (it exited meanwhile)
+        // is fine: the wait below sees it gone.
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child's pid, which is not reaped
-            // yet (try_wait above saw it running), so it is not reused.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
         let deadline = Instant::now() + START_LIMIT;
         while Instant::now() < deadline {

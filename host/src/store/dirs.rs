@@ -52,9 +52,7 @@ pub fn root_from(
 
 /// Our effective uid: the owner every store path must have.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory
-    // of ours.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Creates `path` as a 0700 directory if it is missing, then verifies it

@@ -9,12 +9,13 @@
 //! a process dies.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::dirs::{FILE_MODE, symlink_file, verify_file};
 use super::error::StoreError;
@@ -25,31 +26,35 @@ const FIRST_POLL: Duration = Duration::from_millis(1);
 const MAX_POLL: Duration = Duration::from_millis(25);
 
 /// An exclusive lock on one key; released when dropped.
+///
+/// Dropping the [`Flock`] unlocks (`LOCK_UN`) before the descriptor is
+/// closed: closing releases the lock anyway, unlocking first makes the
+/// release immediate even if the fd were duplicated. (nix's `Drop` panics
+/// if that unlock fails; on a descriptor we hold open it cannot: no
+/// `EBADF`, and an unlock never blocks, so no `EINTR`.)
 #[derive(Debug)]
 pub struct KeyLock {
-    file: File,
-}
-
-impl Drop for KeyLock {
-    fn drop(&mut self) {
-        // Closing the descriptor releases the lock anyway; unlocking first
-        // makes the release immediate even if the fd were duplicated.
-        let _ = flock(&self.file, libc::LOCK_UN);
-    }
+    _lock: Flock<File>,
 }
 
 /// Locks the file at `path` (created 0600 if missing), waiting at most
 /// `wait`. `Ok(None)` if another holder kept it for the whole wait.
 pub fn acquire(path: &Path, wait: Duration) -> Result<Option<KeyLock>, StoreError> {
-    let file = open_lock_file(path)?;
+    let mut file = open_lock_file(path)?;
     let deadline = Instant::now() + wait;
     let mut pause = FIRST_POLL;
     loop {
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => return Ok(Some(KeyLock { file })),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::io("lock", path, e)),
+        // `flock(2)` through nix's owning wrapper (std's `File::lock` needs
+        // Rust 1.89; the workspace MSRV is 1.88). A failed attempt hands the
+        // file back for the next one.
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(KeyLock { _lock: lock })),
+            Err((back, Errno::EWOULDBLOCK)) => file = back,
+            Err((back, Errno::EINTR)) => {
+                file = back;
+                continue;
+            }
+            Err((_, errno)) => return Err(StoreError::io("lock", path, errno.into())),
         }
         let now = Instant::now();
         if now >= deadline {
@@ -81,17 +86,4 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         .map_err(|e| StoreError::io("inspect", path, e))?;
     verify_file(path, &meta)?;
     Ok(file)
-}
-
-/// `flock(2)` on `file`. (std's `File::lock` needs Rust 1.89; the workspace
-/// MSRV is 1.88.)
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: the descriptor is valid for the lifetime of `file`, and flock
-    // touches no memory of ours.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

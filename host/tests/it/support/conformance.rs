@@ -1,0 +1,1371 @@
+//! Support for the conformance suite (the `conformance_*` modules):
+//! black-box tests of the real `credproxy` binary against the existing
+//! server's acceptance checklist (reference notes §10; the table is
+//! `CONFORMANCE.md`).
+//!
+//! Self-contained on purpose: nothing here uses the project's client
+//! library, its engine types or its store, so the tests do not share the
+//! server's assumptions. What they need is written out:
+//!
+//! - [`Env`]: a private directory under `/tmp` (short: `sun_path` is 108
+//!   bytes) with a runtime directory, a store and a configuration file, and
+//!   the binary's environment pointing only there.
+//! - [`Server`]: a running `credproxy serve` (S-server by default, N-server
+//!   with `--insecure-no-token`), killed and reaped on drop.
+//! - [`Conn`]: a raw frame client over the Unix socket
+//!   (`{u32 big-endian length}{JSON}`), every wait bounded.
+//! - [`Stub`]: a stub OAuth provider on 127.0.0.1 (one thread per request,
+//!   canned JSON from a handler, every request recorded), and [`Gate`] to
+//!   hold its answers.
+//! - [`sha256`] and [`b64url`], to check PKCE challenges from outside.
+//!
+//! Nothing sleeps to wait for a timer: waits poll a condition every 10 ms
+//! up to a bound.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Map, Value, json};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_credproxy");
+
+/// Bound on one read of a frame, a process start or an exit.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Bound on polling for a condition.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// A far future expiry (2100-01-01) for tokens that must stay valid.
+pub const FAR: u64 = 4_102_444_800;
+
+/// Polls `cond` every 10 ms until it holds; panics after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A value unique in this test run (for nonces, ids, names).
+pub fn nonce(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{n}-{t:x}", std::process::id())
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// ---------------------------------------------------------------------------
+// Environment and processes.
+
+/// A private tree for one test:
+///
+/// ```text
+/// /tmp/cfXXXXXX/   (removed on drop)
+///   run/           XDG_RUNTIME_DIR (0700)
+///   store/         --store
+///   config.toml    --config (when written)
+/// ```
+pub struct Env {
+    dir: tempfile::TempDir,
+    config: Option<PathBuf>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+impl Env {
+    /// A fresh tree.
+    #[must_use]
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("cf")
+            .tempdir_in("/tmp")
+            .expect("temp dir under /tmp");
+        let run = dir.path().join("run");
+        fs::create_dir(&run).expect("mkdir run");
+        fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod run");
+        Env { dir, config: None }
+    }
+
+    /// A fresh tree with `toml` as its configuration file.
+    #[must_use]
+    pub fn with_config(toml: &str) -> Env {
+        let mut e = Env::new();
+        e.write_config(toml);
+        e
+    }
+
+    /// Writes the configuration file; later processes get `--config`.
+    pub fn write_config(&mut self, toml: &str) {
+        let path = self.root().join("config.toml");
+        fs::write(&path, toml).expect("write config");
+        self.config = Some(path);
+    }
+
+    /// The root.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `XDG_RUNTIME_DIR`.
+    #[must_use]
+    pub fn runtime(&self) -> PathBuf {
+        self.root().join("run")
+    }
+
+    /// The store directory.
+    #[must_use]
+    pub fn store(&self) -> String {
+        self.root().join("store").display().to_string()
+    }
+
+    /// The binary with `args` and an environment pointing into this tree.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("XDG_RUNTIME_DIR", self.runtime())
+            .env("TMPDIR", self.root())
+            .env("XDG_DATA_HOME", self.root().join("data"))
+            .env("XDG_CONFIG_HOME", self.root().join("xdgconfig"))
+            .env("HOME", self.root())
+            .env_remove("CREDPROXY_SOCKET")
+            .env_remove("CREDPROXY_CAPABILITY_FILE")
+            .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
+            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
+            .env_remove("LLXPRT_CAPABILITY_FD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// `[sub] --store S [--config C] extra…`
+    fn proxy_args(&self, sub: &str, extra: &[&str]) -> Vec<String> {
+        let mut v = vec![sub.to_owned(), "--store".into(), self.store()];
+        if let Some(c) = &self.config {
+            v.push("--config".into());
+            v.push(c.display().to_string());
+        }
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    }
+
+    /// Stores an API key with `credproxy key set NAME` (value on stdin).
+    pub fn key_set(&self, name: &str, value: &str) {
+        let store = self.store();
+        let mut cmd = self.command(&["key", "set", name, "--store", &store]);
+        cmd.stdin(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn key set");
+        let mut w = child.stdin.take().expect("stdin");
+        let input = format!("{value}\n");
+        let writer = thread::spawn(move || {
+            let _ = w.write_all(input.as_bytes());
+        });
+        let out = collect(child.stdout.take().expect("stdout"));
+        let err = collect(child.stderr.take().expect("stderr"));
+        let st = wait_child(&mut child, WAIT, "key set");
+        let _ = writer.join();
+        let _ = out.join();
+        let err = err.join().unwrap_or_default();
+        assert!(
+            st.success(),
+            "key set {name}: {st:?}\n{}",
+            String::from_utf8_lossy(&err)
+        );
+    }
+
+    /// An S-server: `serve` with its generated capability token.
+    #[must_use]
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        Server::spawn(self.command_of(&self.proxy_args("serve", extra)), true)
+    }
+
+    /// An N-server: `serve --insecure-no-token`.
+    #[must_use]
+    pub fn serve_n(&self, extra: &[&str]) -> Server {
+        let mut all = vec!["--insecure-no-token"];
+        all.extend_from_slice(extra);
+        Server::spawn(self.command_of(&self.proxy_args("serve", &all)), false)
+    }
+
+    /// `serve` that is expected to fail before printing its start lines:
+    /// the exit status and stderr.
+    #[must_use]
+    pub fn serve_fails(&self, extra: &[&str]) -> (ExitStatus, String) {
+        let mut cmd = self.command_of(&self.proxy_args("serve", extra));
+        cmd.stdout(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn serve");
+        let err = collect(child.stderr.take().expect("stderr"));
+        let st = wait_child(&mut child, WAIT, "failing serve");
+        let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+        (st, err)
+    }
+
+    /// `credproxy stdio` (a host-class connection on its pipes).
+    #[must_use]
+    pub fn stdio(&self, extra: &[&str]) -> StdioProc {
+        let mut cmd = self.command_of(&self.proxy_args("stdio", extra));
+        cmd.stdin(Stdio::piped());
+        StdioProc::spawn(cmd)
+    }
+
+    fn command_of(&self, args: &[String]) -> Command {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command(&refs)
+    }
+
+    /// Saves `token` under `provider`/`bucket` over a host-class `stdio`
+    /// connection (`save_token` keeps no refresh token).
+    pub fn save_token(&self, provider: &str, bucket: &str, token: &Value) {
+        let mut s = self.stdio(&[]);
+        s.handshake();
+        let r = s.call(
+            "seed",
+            "save_token",
+            json!({"provider": provider, "bucket": bucket, "token": token}),
+        );
+        assert_eq!(
+            r,
+            json!({"id":"seed","ok":true,"data":{}}),
+            "seed {provider}"
+        );
+    }
+}
+
+/// Reads everything from `r` on a thread.
+fn collect<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Appends everything from `r` to a shared buffer on a thread.
+fn collect_shared<R: Read + Send + 'static>(mut r: R, into: Arc<Mutex<Vec<u8>>>) {
+    thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into.lock().expect("buffer").extend(&chunk[..n]),
+            }
+        }
+    });
+}
+
+/// Waits (polling) for `child` to exit; kills it and panics after `limit`.
+pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `credproxy serve`; SIGKILLed and reaped on drop.
+pub struct Server {
+    child: Child,
+    /// First stdout line: the socket path.
+    pub socket: PathBuf,
+    /// The `KEY=VALUE` lines after it.
+    pub exports: BTreeMap<String, String>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Spawns a prepared `serve` command (e.g. with an extra variable).
+    #[must_use]
+    pub fn spawn_command(cmd: Command, with_token: bool) -> Server {
+        Server::spawn(cmd, with_token)
+    }
+
+    fn spawn(mut cmd: Command, with_token: bool) -> Server {
+        let mut child = cmd.spawn().expect("spawn serve");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect_shared(child.stderr.take().expect("stderr"), stderr.clone());
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let want = if with_token { 4 } else { 3 };
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while lines.len() < want {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => lines.push(l),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let err = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
+                    panic!("serve printed {lines:?} then {e:?}; stderr:\n{err}");
+                }
+            }
+        }
+        let socket = PathBuf::from(&lines[0]);
+        let exports = lines[1..]
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("KEY=VALUE");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        Server {
+            child,
+            socket,
+            exports,
+            stderr,
+            status: None,
+        }
+    }
+
+    /// Process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The capability token file, when one was exported.
+    #[must_use]
+    pub fn token_file(&self) -> Option<PathBuf> {
+        self.exports
+            .get("CREDPROXY_CAPABILITY_FILE")
+            .map(PathBuf::from)
+    }
+
+    /// The capability token (panics on an N-server).
+    #[must_use]
+    pub fn token(&self) -> String {
+        let text =
+            fs::read_to_string(self.token_file().expect("a token file")).expect("read token");
+        text.trim_end_matches('\n').to_owned()
+    }
+
+    /// A new, unhandshaken connection.
+    #[must_use]
+    pub fn conn(&self) -> Conn {
+        Conn::connect(&self.socket)
+    }
+
+    /// A connection that passed a v2 handshake (with the token on an
+    /// S-server).
+    #[must_use]
+    pub fn hs(&self) -> Conn {
+        let token = self.token_file().map(|_| self.token());
+        let mut c = self.conn();
+        let r = c.handshake(token.as_deref());
+        assert_eq!(
+            r,
+            json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}})
+        );
+        c
+    }
+
+    /// A connection that negotiated version 1 (`min = max = 1`).
+    #[must_use]
+    pub fn hs_v1(&self) -> Conn {
+        let mut payload = json!({"minVersion":1,"maxVersion":1});
+        if self.token_file().is_some() {
+            payload["capabilityToken"] = json!(self.token());
+        }
+        let mut c = self.conn();
+        c.send(&json!({"v":1,"op":"handshake","payload":payload}));
+        let r = c.recv();
+        assert_eq!(
+            r,
+            json!({"v":1,"op":"handshake","ok":true,"data":{"version":1}})
+        );
+        c
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: Signal) {
+        let pid = i32::try_from(self.pid()).expect("pid");
+        kill(Pid::from_raw(pid), sig).expect("kill");
+    }
+
+    /// SIGTERM, then a bounded wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let st = wait_child(&mut self.child, WAIT, "serve");
+        self.status = Some(st);
+        st
+    }
+
+    /// Everything on stderr so far (audit lines).
+    #[must_use]
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `credproxy stdio`; killed and reaped on drop.
+pub struct StdioProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    frames: Receiver<Option<Value>>,
+}
+
+impl StdioProc {
+    fn spawn(mut cmd: Command) -> StdioProc {
+        let mut child = cmd.spawn().expect("spawn stdio");
+        let stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("stdout");
+        // stderr carries audit lines; drain it so the child never blocks.
+        let _ = collect(child.stderr.take().expect("stderr"));
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            loop {
+                let f = read_frame(&mut stdout, &mut buf);
+                let end = !matches!(f, Ok(Some(_)));
+                if tx.send(f.ok().flatten()).is_err() || end {
+                    return;
+                }
+            }
+        });
+        StdioProc {
+            child,
+            stdin,
+            frames: rx,
+        }
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, v: &Value) {
+        let w = self.stdin.as_mut().expect("stdin open");
+        w.write_all(&encode(v)).expect("write stdin");
+        w.flush().expect("flush");
+    }
+
+    /// The next frame (`None` at EOF); panics after [`WAIT`].
+    pub fn recv(&mut self) -> Option<Value> {
+        self.frames.recv_timeout(WAIT).expect("a frame from stdio")
+    }
+
+    /// A host-class handshake.
+    pub fn handshake(&mut self) {
+        self.send(&json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}));
+        assert_eq!(
+            self.recv(),
+            Some(json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}}))
+        );
+    }
+
+    /// One request and its reply.
+    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
+        self.send(&json!({"v":2,"id":id,"op":op,"payload":payload}));
+        let r = self.recv().expect("a reply");
+        assert_eq!(r["id"], id, "{r}");
+        r
+    }
+}
+
+impl Drop for StdioProc {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Frames.
+
+/// A frame: 4-byte big-endian length, then the JSON.
+#[must_use]
+pub fn encode(v: &Value) -> Vec<u8> {
+    frame_bytes(&serde_json::to_vec(v).expect("serialize"))
+}
+
+/// A frame around raw payload bytes.
+#[must_use]
+pub fn frame_bytes(payload: &[u8]) -> Vec<u8> {
+    let mut out = u32::try_from(payload.len())
+        .expect("fits u32")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads one frame, keeping partial input in `buf` across calls.
+/// `Ok(None)`: EOF (or a reset) at a frame boundary. A timeout is an error
+/// of kind `WouldBlock`/`TimedOut`.
+fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<Value>> {
+    loop {
+        if buf.len() >= 4 {
+            let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if buf.len() >= 4 + n {
+                let body: Vec<u8> = buf.drain(..4 + n).skip(4).collect();
+                let v: Value = serde_json::from_slice(&body)
+                    .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                return Ok(Some(v));
+            }
+        }
+        let mut chunk = [0u8; 65536];
+        match r.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && buf.is_empty() => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What a bounded read saw.
+#[derive(Debug, PartialEq)]
+pub enum Got {
+    /// A frame.
+    Frame(Value),
+    /// The server closed the connection.
+    Closed,
+    /// Nothing within the bound.
+    Nothing,
+}
+
+/// A raw frame client over the proxy's Unix socket.
+pub struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl Conn {
+    /// Connects (panics on failure).
+    #[must_use]
+    pub fn connect(path: &Path) -> Conn {
+        Conn::try_connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()))
+    }
+
+    /// Connects.
+    pub fn try_connect(path: &Path) -> io::Result<Conn> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_write_timeout(Some(WAIT))?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+            next_id: 0,
+        })
+    }
+
+    /// Writes raw bytes (panics on failure).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the proxy");
+    }
+
+    /// Writes raw bytes, reporting failure.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, v: &Value) {
+        self.send_raw(&encode(v));
+    }
+
+    /// Half-closes the write side (EOF for the server).
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// The next frame, EOF, or nothing within `limit`.
+    pub fn get(&mut self, limit: Duration) -> Got {
+        self.stream
+            .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+            .expect("set timeout");
+        match read_frame(&mut self.stream, &mut self.buf) {
+            Ok(Some(v)) => Got::Frame(v),
+            Ok(None) => Got::Closed,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Got::Nothing
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => Got::Closed,
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Got::Closed,
+            Err(e) => panic!("reading a frame: {e}"),
+        }
+    }
+
+    /// The next frame; panics on EOF or after [`WAIT`].
+    pub fn recv(&mut self) -> Value {
+        match self.get(WAIT) {
+            Got::Frame(v) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// `n` frames, keyed by `id` (panics on a duplicate id).
+    pub fn recv_by_id(&mut self, n: usize) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            let v = self.recv();
+            let id = v["id"].as_str().expect("a string id").to_owned();
+            assert!(out.insert(id.clone(), v).is_none(), "two replies for {id}");
+        }
+        out
+    }
+
+    /// Asserts that nothing arrives for `limit` (and the connection stays
+    /// open).
+    pub fn assert_silent(&mut self, limit: Duration) {
+        match self.get(limit) {
+            Got::Nothing => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Asserts that the server closes the connection within `limit`,
+    /// sending no frame first.
+    pub fn assert_closed_within(&mut self, limit: Duration) {
+        match self.get(limit) {
+            Got::Closed => {}
+            other => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+
+    /// Sends a handshake frame `{v:2, op:"handshake", payload:{1..2, token}}`
+    /// and returns the reply.
+    pub fn handshake(&mut self, token: Option<&str>) -> Value {
+        let mut payload = json!({"minVersion":1,"maxVersion":2});
+        if let Some(t) = token {
+            payload["capabilityToken"] = json!(t);
+        }
+        self.send(&json!({"v":2,"op":"handshake","payload":payload}));
+        self.recv()
+    }
+
+    /// A fresh request id.
+    pub fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("r{}", self.next_id)
+    }
+
+    /// Sends a request with id `id`.
+    pub fn req(&mut self, id: &str, op: &str, payload: Value) {
+        self.send(&json!({"v":2,"id":id,"op":op,"payload":payload}));
+    }
+
+    /// One request and its reply (the only one outstanding); the reply's
+    /// id is checked and the whole frame returned.
+    pub fn call(&mut self, op: &str, payload: Value) -> Value {
+        let id = self.id();
+        self.req(&id, op, payload);
+        let r = self.recv();
+        assert_eq!(r["id"], json!(id), "reply to another request: {r}");
+        r
+    }
+
+    /// Like [`Conn::call`], asserting `ok:true`; returns `data`.
+    pub fn ok(&mut self, op: &str, payload: Value) -> Value {
+        let r = self.call(op, payload);
+        assert_eq!(r["ok"], true, "{op}: {r}");
+        assert!(r.get("code").is_none(), "{r}");
+        r["data"].clone()
+    }
+
+    /// Like [`Conn::call`], asserting `ok:false`; returns `(code, error)`.
+    pub fn err(&mut self, op: &str, payload: Value) -> (String, String) {
+        let r = self.call(op, payload);
+        assert_eq!(r["ok"], false, "{op}: {r}");
+        code_of(&r)
+    }
+}
+
+/// `(code, error)` of an error reply, checking the envelope's shape.
+pub fn code_of(r: &Value) -> (String, String) {
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r.get("data").is_none(), "{r}");
+    assert!(
+        r.get("v").is_none(),
+        "post-handshake replies carry no v: {r}"
+    );
+    (
+        r["code"].as_str().expect("a string code").to_owned(),
+        r["error"].as_str().expect("a string error").to_owned(),
+    )
+}
+
+/// An error reply, exactly.
+#[must_use]
+pub fn err_reply(id: &str, code: &str, error: &str) -> Value {
+    json!({"id":id,"ok":false,"code":code,"error":error})
+}
+
+/// A `save_token` token object.
+#[must_use]
+pub fn tok(access: &str) -> Value {
+    json!({"access_token": access, "expiry": FAR, "token_type": "Bearer"})
+}
+
+// ---------------------------------------------------------------------------
+// Stub OAuth provider.
+
+/// One HTTP request the stub received.
+#[derive(Debug, Clone)]
+pub struct Req {
+    /// Method.
+    #[expect(
+        dead_code,
+        reason = "no test reads it yet; it completes the record's Debug output"
+    )]
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Query parameters.
+    #[expect(
+        dead_code,
+        reason = "no test reads it yet; it completes the record's Debug output"
+    )]
+    pub query: BTreeMap<String, String>,
+    /// Headers (names lower-cased).
+    pub headers: BTreeMap<String, String>,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Req {
+    /// The body's fields: form-urlencoded or a JSON object of strings.
+    #[must_use]
+    pub fn fields(&self) -> BTreeMap<String, String> {
+        let ct = self
+            .headers
+            .get("content-type")
+            .cloned()
+            .unwrap_or_default();
+        if ct.contains("json") {
+            let v: Value = serde_json::from_str(&self.body).unwrap_or(Value::Null);
+            v.as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            parse_query(&self.body)
+        }
+    }
+
+    /// One body field.
+    #[must_use]
+    pub fn field(&self, name: &str) -> Option<String> {
+        self.fields().get(name).cloned()
+    }
+
+    /// Whether the body is JSON (by content type).
+    #[must_use]
+    pub fn is_json(&self) -> bool {
+        self.headers
+            .get("content-type")
+            .is_some_and(|c| c.contains("json"))
+    }
+}
+
+/// An answer of the stub.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Status code; 0 hangs up without answering.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+/// `200` with `body`.
+#[must_use]
+pub fn ok_json(body: Value) -> Resp {
+    Resp { status: 200, body }
+}
+
+/// `status` with an empty JSON object (e.g. a 503); 0 hangs up.
+#[must_use]
+pub fn status(status: u16) -> Resp {
+    Resp {
+        status,
+        body: json!({}),
+    }
+}
+
+/// `status` with `{"error": error}`.
+#[must_use]
+pub fn oauth_err(status: u16, error: &str) -> Resp {
+    Resp {
+        status,
+        body: json!({"error": error, "error_description": "stub says no <b>raw</b>"}),
+    }
+}
+
+type Handler = dyn Fn(&Req, usize) -> Resp + Send + Sync;
+
+/// A stub OAuth provider on 127.0.0.1. The handler gets each request and
+/// its index among the requests to the same path (0-based); each request is
+/// served on its own thread, so a handler may block (see [`Gate`]).
+pub struct Stub {
+    port: u16,
+    log: Arc<Mutex<Vec<Req>>>,
+}
+
+impl Stub {
+    /// Starts a stub answering with `handler`.
+    pub fn start(handler: impl Fn(&Req, usize) -> Resp + Send + Sync + 'static) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stub");
+        let port = listener.local_addr().expect("addr").port();
+        let log: Arc<Mutex<Vec<Req>>> = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let log = log2.clone();
+                let handler = handler.clone();
+                thread::spawn(move || serve_one(stream, &log, &*handler));
+            }
+        });
+        Stub { port, log }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    #[must_use]
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every request so far.
+    #[must_use]
+    pub fn requests(&self) -> Vec<Req> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// The requests to `path`.
+    #[must_use]
+    pub fn to(&self, path: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// How many requests reached `path`.
+    #[must_use]
+    pub fn count(&self, path: &str) -> usize {
+        self.to(path).len()
+    }
+
+    /// Polls until `path` has seen `n` requests.
+    pub fn wait_count(&self, path: &str, n: usize) {
+        wait_for(&format!("{n} requests to {path}"), POLL, || {
+            self.count(path) >= n
+        });
+    }
+}
+
+fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
+    let _ = stream.set_read_timeout(Some(WAIT));
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = find(&raw, b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default().to_owned();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[head_end + 4..].to_vec();
+    while body.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), parse_query(q)),
+        None => (target.clone(), BTreeMap::new()),
+    };
+    let req = Req {
+        method,
+        path,
+        query,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let nth = {
+        let mut log = log.lock().expect("log");
+        let nth = log.iter().filter(|r| r.path == req.path).count();
+        log.push(req.clone());
+        nth
+    };
+    let resp = handler(&req, nth);
+    if resp.status == 0 {
+        // Hang up without an answer (a transport failure for the caller).
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
+    let body = resp.body.to_string();
+    let out = format!(
+        "HTTP/1.1 {} Stub\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        resp.status,
+        body.len()
+    );
+    let _ = stream.write_all(out.as_bytes());
+    let _ = stream.flush();
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes `a=b&c=d` (form encoding: `+` is a space).
+#[must_use]
+pub fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (pct_decode(k), pct_decode(v))
+        })
+        .collect()
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let h = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?');
+                out.push(h);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The query parameters of a URL.
+#[must_use]
+pub fn url_query(url: &str) -> BTreeMap<String, String> {
+    url.split_once('?')
+        .map(|(_, q)| parse_query(q))
+        .unwrap_or_default()
+}
+
+/// A gate that holds stub answers until opened.
+#[derive(Clone, Default)]
+pub struct Gate {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Gate {
+    /// A closed gate.
+    #[must_use]
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens it for good.
+    pub fn open(&self) {
+        let (m, c) = &*self.inner;
+        *m.lock().expect("gate") = true;
+        c.notify_all();
+    }
+
+    /// Blocks until opened (at most [`WAIT`]).
+    pub fn wait(&self) {
+        let (m, c) = &*self.inner;
+        let g = m.lock().expect("gate");
+        let _ = c
+            .wait_timeout_while(g, WAIT, |open| !*open)
+            .expect("gate wait");
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A minimal HTTP GET to 127.0.0.1 (the "browser" of a loopback redirect):
+/// the status and body.
+pub fn http_get(port: u16, target: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the loopback listener");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send GET");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Percent-encodes a query value.
+#[must_use]
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// PKCE helpers.
+
+/// SHA-256 (FIPS 180-4), for checking `code_challenge = S256(verifier)`.
+#[must_use]
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut msg = data.to_vec();
+    let bits = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bits.to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 64];
+        for (i, word) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (i, word) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// Base64url without padding.
+#[must_use]
+pub fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk.len();
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=n {
+            out.push(A[((v >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A JSON object's keys.
+#[must_use]
+pub fn keys(v: &Value) -> Vec<String> {
+    v.as_object()
+        .map(|m: &Map<String, Value>| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// A standard stub provider and logins through it.
+
+/// Stub paths of the built-in providers pointed at the stub.
+pub mod path {
+    /// Anthropic token endpoint (exchange and refresh).
+    pub const ANTHROPIC: &str = "/anthropic/token";
+    /// Gemini token endpoint.
+    pub const GEMINI: &str = "/gemini/token";
+    /// Qwen device authorization endpoint.
+    pub const QWEN_DEVICE: &str = "/qwen/device";
+    /// Qwen token endpoint (device polling and refresh).
+    pub const QWEN_TOKEN: &str = "/qwen/token";
+    /// Codex token endpoint.
+    pub const CODEX: &str = "/codex/token";
+}
+
+/// `[providers.*]` tables pointing `anthropic`, `gemini` and `qwen` at the
+/// stub (and `codex` too, with its loopback redirect on `codex_port`).
+#[must_use]
+pub fn providers_toml(stub: &Stub, codex_port: Option<u16>) -> String {
+    let mut t = format!(
+        "[providers.anthropic]\nauthorize_url = \"{a}\"\ntoken_url = \"{at}\"\n\n\
+         [providers.gemini]\nauthorize_url = \"{g}\"\ntoken_url = \"{gt}\"\n\n\
+         [providers.qwen]\ndevice_url = \"{qd}\"\ntoken_url = \"{qt}\"\n\n",
+        a = stub.url("/anthropic/authorize"),
+        at = stub.url(path::ANTHROPIC),
+        g = stub.url("/gemini/authorize"),
+        gt = stub.url(path::GEMINI),
+        qd = stub.url(path::QWEN_DEVICE),
+        qt = stub.url(path::QWEN_TOKEN),
+    );
+    if let Some(port) = codex_port {
+        t.push_str(&format!(
+            "[providers.codex]\nauthorize_url = \"{}\"\ntoken_url = \"{}\"\n\
+             redirect_uri = \"http://localhost:{port}/auth/callback\"\n\n",
+            stub.url("/codex/authorize"),
+            stub.url(path::CODEX),
+        ));
+    }
+    t
+}
+
+/// The standard answers of a token endpoint:
+/// - `authorization_code` with code `C` → `at-C`, `rt-C`, `expires_in`
+///   3600, `token_type` `bearer`, `account_id` `acct-C`;
+/// - `refresh_token` with `R` → `at-R-<n>` (n = index of the request to
+///   this path), no new refresh token, `expires_in` 3600.
+#[must_use]
+pub fn std_token(req: &Req, nth: usize) -> Resp {
+    let f = req.fields();
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = f.get("code").cloned().unwrap_or_default();
+            ok_json(json!({
+                "access_token": format!("at-{code}"),
+                "refresh_token": format!("rt-{code}"),
+                "expires_in": 3600,
+                "token_type": "bearer",
+                "account_id": format!("acct-{code}"),
+            }))
+        }
+        Some("refresh_token") => {
+            let rt = f.get("refresh_token").cloned().unwrap_or_default();
+            ok_json(json!({
+                "access_token": format!("at-{rt}-{nth}"),
+                "expires_in": 3600,
+                "token_type": "Bearer",
+            }))
+        }
+        _ => oauth_err(400, "unsupported_grant_type"),
+    }
+}
+
+/// A stub where every token endpoint answers [`std_token`].
+#[must_use]
+pub fn std_stub() -> Stub {
+    Stub::start(std_token)
+}
+
+/// Logs in through a pkce_redirect provider on `c`: initiate (with
+/// `bucket` when given), then exchange `code`. Returns the exchange reply.
+pub fn login(c: &mut Conn, provider: &str, bucket: Option<&str>, code: &str) -> Value {
+    let mut p = json!({"provider": provider});
+    if let Some(b) = bucket {
+        p["bucket"] = json!(b);
+    }
+    let init = c.ok("oauth_initiate", p);
+    let sid = init["session_id"].as_str().expect("session_id").to_owned();
+    c.call("oauth_exchange", json!({"session_id": sid, "code": code}))
+}
+
+/// Like [`login`], asserting success; returns the token data.
+pub fn login_ok(c: &mut Conn, provider: &str, bucket: Option<&str>, code: &str) -> Value {
+    let r = login(c, provider, bucket, code);
+    assert_eq!(r["ok"], true, "login {provider}: {r}");
+    r["data"].clone()
+}
+
+/// A stub for device flows (`qwen` at [`path::QWEN_DEVICE`] /
+/// [`path::QWEN_TOKEN`]): the device endpoint answers `dc-<n>` / `UC-<n>`
+/// (with `interval` when given); device-code polls get `script[i]` for the
+/// i-th poll (the last entry repeats); refreshes get [`std_token`].
+#[must_use]
+pub fn device_stub(script: Vec<Resp>, interval: Option<u64>) -> Stub {
+    let polls = Arc::new(AtomicU64::new(0));
+    Stub::start(move |req, nth| match req.path.as_str() {
+        path::QWEN_DEVICE => {
+            let mut body = json!({
+                "device_code": format!("dc-{nth}"),
+                "user_code": format!("UC-{nth}"),
+                "verification_uri": "https://example.com/device",
+                "verification_uri_complete": format!("https://example.com/device?user_code=UC-{nth}"),
+                "expires_in": 600,
+            });
+            if let Some(i) = interval {
+                body["interval"] = json!(i);
+            }
+            ok_json(body)
+        }
+        path::QWEN_TOKEN if req.field("grant_type").as_deref() == Some("refresh_token") => {
+            std_token(req, nth)
+        }
+        path::QWEN_TOKEN => {
+            let i = usize::try_from(polls.fetch_add(1, Ordering::SeqCst)).unwrap_or(usize::MAX);
+            script[i.min(script.len() - 1)].clone()
+        }
+        _ => std_token(req, nth),
+    })
+}
+
+/// A device-flow token answer carrying `access` and `refresh`.
+#[must_use]
+pub fn device_token(access: &str, refresh: &str) -> Resp {
+    ok_json(json!({
+        "access_token": access,
+        "refresh_token": refresh,
+        "expires_in": 3600,
+        "token_type": "bearer",
+        "resource_url": "portal.qwen.ai",
+    }))
+}
+
+/// Polls `oauth_poll` until it is no longer pending; returns that reply.
+pub fn poll_until_done(c: &mut Conn, sid: &str) -> Value {
+    let mut last = Value::Null;
+    wait_for("the login to leave pending", POLL, || {
+        last = c.call("oauth_poll", json!({"session_id": sid}));
+        !(last["ok"] == true && last["data"]["status"] == "pending")
+    });
+    last
+}
