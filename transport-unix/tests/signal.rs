@@ -1,5 +1,14 @@
-//! Shutdown signals (in their own test binary: it raises signals at itself).
+//! Shutdown signals.
+//!
+//! A test binary of its own, not a module of `it/`: it raises SIGHUP,
+//! SIGINT and SIGTERM at its own process. Sharing a process, those would
+//! reach every other test's threads, and any moment without a handler
+//! registered (between two registrations) would end the whole run with the
+//! default action.
 
+// The helpers of `it/`, once; this binary needs only `block_on_bounded`.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::pin::pin;

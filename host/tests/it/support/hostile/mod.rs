@@ -35,6 +35,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -86,24 +87,16 @@ pub fn poll(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 /// by the hard limit); children inherit it. Returns the soft limit now in
 /// force.
 pub fn raise_nofile(want: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < want {
-            let mut new = lim;
-            new.rlim_cur = want.min(lim.rlim_max);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const new) == 0 {
-                lim = new;
-            }
+    if soft < want {
+        let raised = want.min(hard);
+        if setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_ok() {
+            return raised;
         }
     }
-    lim.rlim_cur
+    soft
 }
 
 /// The value in KiB of a `VmXXX:` line of `/proc/<pid>/status`.

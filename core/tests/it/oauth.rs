@@ -2,11 +2,10 @@
 //! sessions that do not exist (SPEC §3.6, §4, §5.3): validation order and
 //! the exact answers.
 
-mod common;
-
-use common::{err, ok, one};
 use credproxy_core::testkit::Harness;
 use serde_json::json;
+
+use crate::common::{self, err, ok, one};
 
 #[test]
 fn oauth_initiate() {

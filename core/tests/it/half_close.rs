@@ -2,12 +2,11 @@
 //! finish and are answered before the close; a gone connection detaches its
 //! requests (writes persist, reads are dropped, nothing is sent).
 
-mod common;
-
-use common::{gone, ok, pause, read_closed, resume, send_req, token};
 use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
 use serde_json::json;
+
+use crate::common::{gone, ok, pause, read_closed, resume, send_req, token};
 
 #[test]
 fn in_flight_requests_are_answered_before_the_close() {

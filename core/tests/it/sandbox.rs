@@ -2,12 +2,11 @@
 //! validation, the refusals, `Access denied` for missing gets, and the
 //! `strict_sandbox` policy for login and refresh.
 
-mod common;
-
-use common::{err, ok, one, sandbox_config, sandbox_with_policy, token};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, Policy, Secret};
 use serde_json::{Value, json};
+
+use crate::common::{err, ok, one, sandbox_config, sandbox_with_policy, token};
 
 fn sandbox() -> Harness {
     let mut h = Harness::with_config(sandbox_config(), 0);

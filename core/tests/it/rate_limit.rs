@@ -1,11 +1,10 @@
 //! The per-connection rate limit on writes and provider calls (SPEC §3.5).
 
-mod common;
-
-use common::{err, ok, one, token, with_limits};
 use credproxy_core::Limits;
 use credproxy_core::testkit::Harness;
 use serde_json::{Value, json};
+
+use crate::common::{self, err, ok, one, token, with_limits};
 
 fn limited(id: &str, retry_after: u64) -> Value {
     json!({"id":id,"ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":retry_after})

@@ -4,8 +4,6 @@
 //! Nothing here sleeps to wait for something to happen: tests wait for
 //! events the server reports, and every wait is bounded by [`LIMIT`].
 
-mod common;
-#[path = "client/proxy_idle_close.rs"]
 mod proxy_idle_close;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use common::{LIMIT, block_on_bounded, short_tempdir};
 use credproxy_core::frame::{self, FrameDecoder};
 use credproxy_core::testkit::{Harness, MemStore};
 use credproxy_core::{Config, ConnId, Effect, Peer, Secret, Transport};
@@ -31,6 +28,8 @@ use serde_json::{Map, Value, json};
 use smol::Timer;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt as _;
+
+use crate::common::{LIMIT, block_on_bounded, short_tempdir};
 
 /// The capability token of the token-protected servers.
 const TOKEN: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";

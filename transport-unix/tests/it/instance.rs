@@ -1,16 +1,15 @@
 //! Instance directories, token files, path length, fixed paths, cleanup.
 
-mod common;
-
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::Path;
 
-use common::{chmod, is_token_file, mode_of, short_tempdir};
 use credproxy_core::Secret;
 use credproxy_unix::{
     Instance, Listener, PeerPolicy, SUN_PATH_MAX, TokenMode, UnixError, is_instance_dir_name,
 };
+
+use crate::common::{self, chmod, is_token_file, mode_of, short_tempdir};
 
 fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())

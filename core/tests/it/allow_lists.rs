@@ -1,14 +1,13 @@
 //! Allow-lists of providers, buckets and API key names (SPEC §3.5):
 //! refusals with `UNAUTHORIZED`, filtered lists, order against validation.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{err, ok, one, sandbox_with_policy, token};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, Policy, Secret};
 use serde_json::json;
+
+use crate::common::{err, ok, one, sandbox_with_policy, token};
 
 fn set(names: &[&str]) -> Option<BTreeSet<String>> {
     Some(names.iter().map(|s| (*s).to_owned()).collect())

@@ -1,13 +1,12 @@
 //! Removing dead instances, keeping live ones and everything else.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
 
-use common::{is_root, short_tempdir};
 use credproxy_unix::{Instance, Listener, PeerPolicy, TokenMode, remove_stale_instances};
+
+use crate::common::{self, is_root, short_tempdir};
 
 /// An instance whose process "crashed": socket file and token left behind.
 fn dead_instance(base: &Path) -> PathBuf {

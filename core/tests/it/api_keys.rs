@@ -1,11 +1,10 @@
 //! API key operations (SPEC §3.6): get, list, has, validation.
 
-mod common;
-
-use common::{err, ok, one};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Effect, Secret};
 use serde_json::json;
+
+use crate::common::{self, err, ok, one};
 
 fn harness_with_keys() -> Harness {
     let mut h = Harness::new();

@@ -1,5 +1,4 @@
-//! Helpers shared by the scenario tests (each test file uses a subset).
-#![allow(dead_code)]
+//! Helpers shared by the scenario tests.
 
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, ConnId, Limits, Policy, Secret};

@@ -1,12 +1,11 @@
 //! Same inputs and seed give the same outputs, byte for byte (SPEC §2.1, §9).
 
-mod common;
-
-use common::{pause, read_closed, resume, sandbox_config, send_req, token};
 use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, EffectResult, Secret};
 use serde_json::json;
+
+use crate::common::{pause, read_closed, resume, sandbox_config, send_req, token};
 
 /// A scripted session touching every kind of input.
 fn script(config: Config, seed: u64) -> Harness {

@@ -2,12 +2,11 @@
 //! sent or any audit event, no API key value or access token in audit
 //! events, redacted `Debug`; and audit events describe what happened.
 
-mod common;
-
-use common::{cap_token, sandbox_config, send_req};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{AuditEvent, Config, EffectResult, Level, Secret, Token};
 use serde_json::{Value, json};
+
+use crate::common::{self, cap_token, sandbox_config, send_req};
 
 const RT: &str = "RT-SENTINEL-5d1c7a";
 const RT_INCOMING: &str = "RT-SENTINEL-INCOMING-93be";

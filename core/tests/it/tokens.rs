@@ -2,12 +2,11 @@
 //! refresh token kept), remove, lists, bucket stats, validation, write
 //! serialization per key and store failures.
 
-mod common;
-
-use common::{err, ok, one, send_req, token};
 use credproxy_core::testkit::{Harness, START_UNIX_MS};
 use credproxy_core::{Effect, EffectResult};
 use serde_json::{Value, json};
+
+use crate::common::{err, ok, one, send_req, token};
 
 fn at_token(access: &str) -> Value {
     token(access)

@@ -183,7 +183,7 @@ fn a_login_replaces_rather_than_merges_and_uses_the_bucket() {
     assert!(h.store.token("anthropic", "default").is_none());
     let ev = h.audit.iter().find(|e| e.op == "login_complete").unwrap();
     // A host-class login is INFO (it was WARN before the change;
-    // sandbox logins and failures stay WARN, see tests/oauth_edges.rs).
+    // sandbox logins and failures stay WARN, see tests/it/oauth_edges.rs).
     assert_eq!(ev.level, credproxy_core::Level::Info);
     assert_eq!(ev.bucket.as_deref(), Some("work"));
 }

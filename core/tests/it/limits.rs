@@ -1,11 +1,10 @@
 //! Connection limit and the outbound size guard (SPEC §3.1, §3.5).
 
-mod common;
-
-use common::{err, ok, one, read_closed, with_limits};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Limits, Peer, Secret, Transport};
 use serde_json::json;
+
+use crate::common::{err, ok, one, read_closed, with_limits};
 
 #[test]
 fn connection_limit_bounds_handshaken_connections() {

@@ -3,15 +3,14 @@
 //! longest (never one with work in flight or a login session of its own),
 //! the newcomer is closed when nothing is evictable, and a per-process cap.
 
-mod common;
-
-use common::{ok, one, with_limits};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{ConnId, Limits, Peer, Transport};
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
+
+use crate::common::{self, ok, one, with_limits};
 
 fn limits(max_connections: usize, max_pending: usize, per_pid: usize) -> Limits {
     Limits {

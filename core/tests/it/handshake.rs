@@ -1,12 +1,11 @@
 //! The first frame of a connection (SPEC §3.2): exact reply bytes, the order
 //! of the checks, close-after-refusal and the handshake deadline.
 
-mod common;
-
-use common::{cap_token, err, one, raw_frame, sandbox_config, send_req};
 use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
 use serde_json::{Value, json};
+
+use crate::common::{self, cap_token, err, one, raw_frame, sandbox_config, send_req};
 
 const OK_V2: &[u8] = br#"{"v":2,"op":"handshake","ok":true,"data":{"version":2}}"#;
 const OK_V1: &[u8] = br#"{"v":1,"op":"handshake","ok":true,"data":{"version":1}}"#;

@@ -1,13 +1,12 @@
 //! Private directory creation and refusals.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 
-use common::{chmod, euid, is_root, mode_of, short_tempdir};
 use credproxy_unix::{
     ModeProblem, PRIVATE_DIR_HINT, UnixError, ensure_private_dir, verify_private_dir,
 };
+
+use crate::common::{chmod, euid, is_root, mode_of, short_tempdir};
 
 #[test]
 fn creates_a_missing_directory_with_mode_0700_and_accepts_it_again() {

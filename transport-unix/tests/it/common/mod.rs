@@ -1,5 +1,4 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

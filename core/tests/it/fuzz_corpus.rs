@@ -5,7 +5,7 @@
 //! decodes them (`arbitrary_take_rest`).
 //!
 //! The seed corpora are written by the ignored test at the bottom:
-//! `cargo test -p credproxy-core --test fuzz_corpus -- --ignored write_seed_corpora`.
+//! `cargo test -p credproxy-core --test it -- --ignored fuzz_corpus::write_seed_corpora`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};

@@ -2,12 +2,11 @@
 //! duplicates, the in-flight cap, unknown operations, payload shapes and
 //! out-of-order replies.
 
-mod common;
-
-use common::{err, ok, one, send_frame, send_req, token, with_limits};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Effect, Limits};
 use serde_json::{Value, json};
+
+use crate::common::{err, ok, one, send_frame, send_req, token, with_limits};
 
 fn missing(id: &str) -> Value {
     err(id, "INVALID_REQUEST", "Missing request id or op")

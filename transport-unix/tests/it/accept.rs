@@ -1,16 +1,15 @@
 //! The accept loop: admitted peers, refused peers, and a peer of another uid.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{LIMIT, block_on_bounded, chmod, euid, is_root, short_tempdir};
 use credproxy_core::Transport;
 use credproxy_unix::{Accepted, Instance, Listener, PeerPolicy, RefusalReason, TokenMode};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{LIMIT, block_on_bounded, chmod, euid, is_root, short_tempdir};
 
 /// Connects a blocking client whose reads give up after [`LIMIT`].
 fn connect(path: &Path) -> StdStream {

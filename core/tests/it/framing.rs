@@ -2,15 +2,14 @@
 //! frames, the partial-frame deadline and its suspension by back-pressure,
 //! and bursts.
 
-mod common;
-
-use common::{ok, one, pause, raw_frame, resume, with_limits};
 use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, Engine, Limits};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
+
+use crate::common::{self, ok, one, pause, raw_frame, resume, with_limits};
 
 fn sent_len(h: &Harness, conn: credproxy_core::ConnId) -> usize {
     h.sent.get(&conn).map_or(0, Vec::len)

@@ -2,13 +2,12 @@
 //! when the id is in the first bytes of the same chunk, else closed with an
 //! audit event naming the announced size and the limit.
 
-mod common;
-
-use common::{ok, raw_frame, with_limits};
 use credproxy_core::frame::{DecodeError, FrameDecoder};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{ConnId, Limits};
 use serde_json::json;
+
+use crate::common::{ok, raw_frame, with_limits};
 
 const LIMIT: usize = 1_048_576;
 

@@ -2,12 +2,11 @@
 //! `CANCELLED` reply before the cancel's own, detaching (reads dropped,
 //! writes persist), per-connection scope and the duplicate check.
 
-mod common;
-
-use common::{err, ok, one, send_frame, send_req, token};
 use credproxy_core::EffectResult;
 use credproxy_core::testkit::Harness;
 use serde_json::json;
+
+use crate::common::{self, err, ok, one, send_frame, send_req, token};
 
 fn cancelled(id: &str) -> serde_json::Value {
     err(id, "CANCELLED", "Operation cancelled")
