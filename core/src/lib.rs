@@ -116,7 +116,7 @@
 //!   `arbitrary`-derived `EngineOp` sequences with the engine's invariants
 //!   checked after every step. The targets are one-line wrappers, so the
 //!   same bodies run under `cargo test`: this crate's own tests enable the
-//!   feature and `tests/fuzz_corpus.rs` replays every file of
+//!   feature and `tests/it/fuzz_corpus.rs` replays every file of
 //!   `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` on stable,
 //!   without libFuzzer. See `fuzz/README.md` for running the fuzzers.
 #![forbid(unsafe_code)]

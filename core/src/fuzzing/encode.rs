@@ -1,6 +1,6 @@
 //! The inverse of the derived `Arbitrary` decoder of [`EngineOp`]s, so
 //! seed corpora can be written by hand as typed ops
-//! (`core/tests/fuzz_corpus.rs`) and still mean what they say.
+//! (`core/tests/it/fuzz_corpus.rs`) and still mean what they say.
 
 use super::ops::{
     Callback, Code, Completion, Cut, EngineOp, Hello, HttpAnswer, KeySel, RawFrame, Req, Setup,

@@ -1,7 +1,7 @@
 //! Fuzz target bodies (feature `fuzzing`).
 //!
 //! The cargo-fuzz targets in `fuzz/fuzz_targets/` are one-line wrappers
-//! around the functions here, and `core/tests/fuzz_corpus.rs` replays every
+//! around the functions here, and `core/tests/it/fuzz_corpus.rs` replays every
 //! checked-in corpus and regression file through the same functions under
 //! plain `cargo test`, on stable. Every body is deterministic: the engine
 //! runs in a [`Harness`](crate::testkit::Harness) with a fixed RNG seed and
