@@ -7,7 +7,9 @@
 //!
 //! This file holds the [`Client`] handle, its options and connection state;
 //! `call.rs` sends a request and matches its reply (timeout, `cancel`),
-//! `ops.rs` the typed method of each operation.
+//! `ops.rs` the typed method of each operation. The protocol under all of
+//! them — framing, handshake, matching replies by id — is the sans-IO
+//! [`proto`] module, shared with the CLI, `credproxy bench` and the tests.
 
 mod blocking;
 mod call;
@@ -15,6 +17,7 @@ mod capability;
 mod conn;
 mod error;
 mod ops;
+pub mod proto;
 mod reply;
 
 use std::fmt;
