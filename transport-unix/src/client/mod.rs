@@ -36,7 +36,7 @@ pub use capability::{
 pub use error::{CONNECTION_LOST_MESSAGE, ClientError};
 pub use ops::BucketStats;
 
-use conn::{Closer, Conn, IdGen, Shared, State, lock};
+use conn::{Closer, Conn, Shared, State, lock, new_ids};
 
 /// Default request timeout: 30 s.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -173,7 +173,7 @@ impl Client {
             options,
             state: Mutex::new(State::Idle(Closer::Client)),
             connect_lock: smol::lock::Mutex::new(()),
-            ids: IdGen::new(),
+            ids: new_ids(),
             version: AtomicU8::new(0),
         });
         Conn::open(&shared).await?;
