@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 
+use credproxy_core::frame::encode_payload as encode;
 use serde_json::Value;
 
-use super::frame::{FrameReader, ID_WIDTH, encode, error_summary, put_id, reply_head};
+use super::frame::{FrameReader, ID_WIDTH, error_summary, put_id, reply_head};
 use super::load::{MixEntry, connect};
 
 /// The id under which replies are captured (12 digits, like every id the
@@ -75,7 +76,7 @@ pub fn capture(socket: &Path, token: Option<&str>, mix: &[MixEntry]) -> Result<R
     let mut ops = Vec::new();
     let mut errors = Vec::new();
     for m in mix {
-        let reply = conn.call(&m.template, CAPTURE_ID)?;
+        let reply = conn.call(&m.template.op, &m.payload, CAPTURE_ID)?;
         if reply_head(&reply).is_some_and(|h| !h.ok) {
             errors.push(format!("{}: {}", m.template.op, error_summary(&reply)));
         }
@@ -220,7 +221,7 @@ fn serve(mut stream: UnixStream, replies: &Replies) {
         out.clear();
         loop {
             match reader.next_frame() {
-                Ok(Some(range)) => replies.answer(&reader.buffer()[range], &mut out),
+                Ok(Some(req)) => replies.answer(&req, &mut out),
                 Ok(None) => break,
                 Err(_) => return,
             }

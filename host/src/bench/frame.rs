@@ -1,14 +1,19 @@
-//! Frames on the wire for the load generator and the echo baseline: the
-//! length prefix, an incremental reader, pre-encoded requests whose id is
-//! written in place, and a cheap look at a reply's `id` and `ok`.
+//! Frames on the wire for the load generator and the echo baseline: a
+//! blocking reader over core's frame decoder, pre-encoded requests whose id
+//! is written in place, and a cheap look at a reply's `id` and `ok`.
 //!
-//! Independent of the server's own codec on purpose: `credproxy bench`
-//! measures any implementation of the protocol, so it relies only on what
-//! `PROTOCOL.md` says (a 4-byte big-endian length, then a JSON object).
+//! The codec is core's ([`credproxy_core::frame`], what `PROTOCOL.md`
+//! specifies: a 4-byte big-endian length, then a JSON object), and the
+//! handshake and single calls go through the client protocol
+//! ([`credproxy_unix::client::proto`]); what stays here is what a load
+//! generator needs on its hot path: no JSON encoding per request and no
+//! parse per reply. The reply look falls back to a full parse for another
+//! field order, so any implementation of the protocol can be measured.
 
+use std::borrow::Cow;
 use std::io::{self, Read};
-use std::ops::Range;
 
+use credproxy_core::frame::{DecodeError, FrameDecoder, encode_payload};
 use serde_json::Value;
 
 /// Width of the request ids the generator sends: fixed-width decimal, so a
@@ -23,19 +28,6 @@ const REQUEST_HEAD: &[u8] = br#"{"v":2,"id":""#;
 
 /// Offset of the id digits in an encoded request frame (prefix included).
 pub const ID_OFFSET: usize = 4 + REQUEST_HEAD.len();
-
-/// `len` (big-endian u32) followed by `body`.
-#[must_use]
-pub fn encode(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&frame_len(body.len()).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn frame_len(n: usize) -> u32 {
-    u32::try_from(n).expect("frame bodies built here are far below 4 GiB")
-}
 
 /// Writes `id` as [`ID_WIDTH`] decimal digits (zero-padded) into `dst`.
 ///
@@ -96,7 +88,7 @@ impl RequestTemplate {
         body.push(b'}');
         Ok(RequestTemplate {
             op: op.to_owned(),
-            bytes: encode(&body),
+            bytes: encode_payload(&body),
         })
     }
 
@@ -135,95 +127,73 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// An incremental frame reader over one buffer: [`FrameReader::fill`]
-/// reads whatever the socket has, [`FrameReader::next_frame`] hands out
-/// complete frame bodies without copying them. The buffer is compacted
-/// when it runs out at the tail and doubled when a single frame needs
-/// more.
+/// A blocking frame reader: [`FrameReader::fill`] reads whatever the
+/// socket has into one buffer, [`FrameReader::next_frame`] hands out the
+/// frames it completes — borrowed from the buffer when a frame arrived in
+/// one read, else assembled by core's [`FrameDecoder`].
 #[derive(Debug)]
 pub struct FrameReader {
+    decoder: FrameDecoder,
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    max_frame: usize,
 }
 
 impl FrameReader {
-    /// A reader starting with a `capacity`-byte buffer that refuses frames
+    /// A reader with a `capacity`-byte read buffer that refuses frames
     /// longer than `max_frame`.
     #[must_use]
     pub fn new(capacity: usize, max_frame: usize) -> FrameReader {
         FrameReader {
+            decoder: FrameDecoder::new(max_frame),
             buf: vec![0; capacity.max(16)],
             start: 0,
             end: 0,
-            max_frame,
         }
-    }
-
-    /// The bytes read so far; index it with a range from
-    /// [`FrameReader::next_frame`].
-    #[must_use]
-    pub fn buffer(&self) -> &[u8] {
-        &self.buf
     }
 
     /// Whether part of a frame is buffered.
     #[must_use]
     pub fn has_partial(&self) -> bool {
-        self.end > self.start
+        self.end > self.start || self.decoder.is_partial()
     }
 
-    /// One `read` into the free space; returns what `read` returned (0 at
-    /// EOF). Ranges handed out before are invalid afterwards.
+    /// One `read` into the buffer; returns what `read` returned (0 at
+    /// EOF). Frames handed out before must be dropped first.
     ///
     /// # Errors
     ///
     /// The read's error.
     pub fn fill(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        // Bytes not yet taken by `next_frame` move to the front.
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
         if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else {
-                let len = self.buf.len() * 2;
-                self.buf.resize(len, 0);
-            }
+            let len = self.buf.len() * 2;
+            self.buf.resize(len, 0);
         }
         let n = r.read(&mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)
     }
 
-    /// The range of the next complete frame's body, or `None` when more
-    /// bytes are needed.
+    /// The body of the next complete frame, or `None` when more bytes are
+    /// needed.
     ///
     /// # Errors
     ///
     /// [`FrameError::TooLarge`] for a length prefix above the limit.
-    pub fn next_frame(&mut self) -> Result<Option<Range<usize>>, FrameError> {
-        let avail = self.end - self.start;
-        if avail < 4 {
-            return Ok(None);
+    pub fn next_frame(&mut self) -> Result<Option<Cow<'_, [u8]>>, FrameError> {
+        let mut input = &self.buf[self.start..self.end];
+        let frame = self.decoder.decode_payload(&mut input);
+        self.start = self.end - input.len();
+        match frame {
+            Ok(frame) => Ok(frame),
+            Err(DecodeError::Oversize { len, .. }) => Err(FrameError::TooLarge(len as usize)),
+            // Not reported by `decode_payload`, which does not parse.
+            Err(DecodeError::InvalidJson | DecodeError::NotObject) => Ok(None),
         }
-        let head: [u8; 4] = self.buf[self.start..self.start + 4]
-            .try_into()
-            .expect("four bytes");
-        let len = u32::from_be_bytes(head) as usize;
-        if len > self.max_frame {
-            return Err(FrameError::TooLarge(len));
-        }
-        if avail < 4 + len {
-            return Ok(None);
-        }
-        let body = self.start + 4..self.start + 4 + len;
-        self.start = body.end;
-        Ok(Some(body))
     }
 
     /// Reads until one frame is complete and returns its body (blocking
@@ -234,8 +204,8 @@ impl FrameReader {
     /// Any [`FrameError`].
     pub fn read_one(&mut self, r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
         loop {
-            if let Some(range) = self.next_frame()? {
-                return Ok(self.buf[range].to_vec());
+            if let Some(body) = self.next_frame()? {
+                return Ok(body.into_owned());
             }
             match self.fill(r) {
                 Ok(0) if self.has_partial() => return Err(FrameError::Truncated),
@@ -334,7 +304,7 @@ mod tests {
     }
 
     fn frames_of(bodies: &[Vec<u8>]) -> Vec<u8> {
-        bodies.iter().flat_map(|b| encode(b)).collect()
+        bodies.iter().flat_map(|b| encode_payload(b)).collect()
     }
 
     fn read_all(data: Vec<u8>, sizes: Vec<usize>, capacity: usize) -> Vec<Vec<u8>> {
@@ -347,8 +317,8 @@ mod tests {
         let mut r = FrameReader::new(capacity, 1 << 20);
         let mut got = Vec::new();
         loop {
-            while let Some(range) = r.next_frame().expect("within limit") {
-                got.push(r.buffer()[range].to_vec());
+            while let Some(body) = r.next_frame().expect("within limit") {
+                got.push(body.into_owned());
             }
             if r.fill(&mut src).expect("read") == 0 {
                 assert!(!r.has_partial(), "left a partial frame");
@@ -364,7 +334,7 @@ mod tests {
             .collect();
         let data = frames_of(&bodies);
         for sizes in [vec![1], vec![3], vec![2, 5, 1], vec![4096]] {
-            // A small buffer forces compaction and growth as well.
+            // A small buffer forces frames across reads as well.
             for capacity in [16, 64, 4096] {
                 assert_eq!(read_all(data.clone(), sizes.clone(), capacity), bodies);
             }
@@ -381,14 +351,14 @@ mod tests {
     #[test]
     fn refuses_a_length_over_the_limit() {
         let mut r = FrameReader::new(64, 100);
-        let mut src = io::Cursor::new(encode(&[b'x'; 101]));
+        let mut src = io::Cursor::new(encode_payload(&[b'x'; 101]));
         r.fill(&mut src).unwrap();
         assert!(matches!(r.next_frame(), Err(FrameError::TooLarge(101))));
     }
 
     #[test]
     fn read_one_reports_eof_inside_and_between_frames() {
-        let mut data = encode(b"{\"a\":1}");
+        let mut data = encode_payload(b"{\"a\":1}");
         data.extend_from_slice(&[0, 0, 0, 9, b'{']);
         let mut src = io::Cursor::new(data);
         let mut r = FrameReader::new(64, 1024);

@@ -25,11 +25,12 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use credproxy_core::Secret;
+use credproxy_core::frame::parse_object;
+use credproxy_unix::client::proto::{ClientProto, Event, Handshake, IdGen};
 use serde_json::{Map, Value, json};
 
-use super::frame::{
-    FrameError, FrameReader, MAX_ID, RequestTemplate, encode, error_summary, reply_head,
-};
+use super::frame::{FrameError, FrameReader, MAX_ID, RequestTemplate, error_summary, reply_head};
 use super::stats::{Latencies, RunResult};
 
 /// Bound on every read while connecting, handshaking and during a run.
@@ -121,15 +122,35 @@ pub fn default_payload(op: &str) -> Value {
     }
 }
 
-/// The handshake frame (v2, with the token when given).
-#[must_use]
-pub fn handshake_frame(token: Option<&str>) -> Vec<u8> {
-    let mut payload = json!({"minVersion": 1, "maxVersion": 2});
-    if let Some(t) = token {
-        payload["capabilityToken"] = Value::from(t);
+/// Sends the handshake on `stream` and reads its reply with `reader`;
+/// returns the reply body as received and the protocol, now `Ready`.
+///
+/// # Errors
+///
+/// A message naming what failed; "handshake refused" unless the reply is
+/// an accepting one.
+pub fn handshake(
+    stream: &mut UnixStream,
+    reader: &mut FrameReader,
+    token: Option<&str>,
+) -> Result<(Vec<u8>, ClientProto), String> {
+    let mut proto = ClientProto::new(IdGen::new(""), MAX_REPLY);
+    stream
+        .write_all(&proto.handshake(token.map(Secret::new).as_ref()))
+        .map_err(|e| format!("handshake: {e}"))?;
+    let reply = reader
+        .read_one(stream)
+        .map_err(|e| format!("handshake: {e}"))?;
+    if let Ok(frame) = parse_object(&reply) {
+        proto.handle_frame(frame);
     }
-    let body = json!({"v": 2, "op": "handshake", "payload": payload});
-    encode(&serde_json::to_vec(&body).expect("JSON"))
+    match proto.poll_event() {
+        Some(Event::Handshake {
+            outcome: Handshake::Accepted { .. },
+            ..
+        }) => Ok((reply, proto)),
+        _ => Err(format!("handshake refused: {}", error_summary(&reply))),
+    }
 }
 
 /// A handshaken connection.
@@ -140,6 +161,8 @@ pub struct Conn {
     pub reader: FrameReader,
     /// The handshake reply body as received.
     pub handshake_reply: Vec<u8>,
+    /// The protocol, for single calls ([`Conn::call`]).
+    proto: ClientProto,
 }
 
 /// Connects to `path` and handshakes; fails unless the reply is `ok`.
@@ -154,47 +177,50 @@ pub fn connect(path: &Path, token: Option<&str>) -> Result<Conn, String> {
         .set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| e.to_string())?;
-    stream
-        .write_all(&handshake_frame(token))
-        .map_err(|e| format!("handshake: {e}"))?;
     let mut reader = FrameReader::new(READ_BUFFER, MAX_REPLY);
-    let reply = reader
-        .read_one(&mut stream)
-        .map_err(|e| format!("handshake: {e}"))?;
-    if reply_head(&reply).is_none_or(|h| !h.ok) {
-        return Err(format!("handshake refused: {}", error_summary(&reply)));
-    }
+    let (handshake_reply, proto) = handshake(&mut stream, &mut reader, token)?;
     Ok(Conn {
         stream,
         reader,
-        handshake_reply: reply,
+        handshake_reply,
+        proto,
     })
 }
 
 impl Conn {
-    /// Sends one request and returns its reply body (the only request
-    /// outstanding).
+    /// Sends `op` with `payload` under `id` (as the generator writes ids:
+    /// [`super::frame::ID_WIDTH`] digits) and returns its reply body (the
+    /// only request outstanding).
     ///
     /// # Errors
     ///
     /// I/O and framing failures, and a reply for another id.
-    pub fn call(&mut self, template: &RequestTemplate, id: u64) -> Result<Vec<u8>, String> {
-        let mut frame = Vec::new();
-        template.append(&mut frame, id);
+    pub fn call(&mut self, op: &str, payload: &Value, id: u64) -> Result<Vec<u8>, String> {
+        let id = format!("{id:0width$}", width = super::frame::ID_WIDTH);
+        let frame = self
+            .proto
+            .request_with_id(&id, op, payload, ())
+            .map_err(|_| format!("{op}: the connection is closed"))?;
         self.stream
             .write_all(&frame)
-            .map_err(|e| format!("{}: {e}", template.op))?;
+            .map_err(|e| format!("{op}: {e}"))?;
         let reply = self
             .reader
             .read_one(&mut self.stream)
-            .map_err(|e| format!("{}: {e}", template.op))?;
-        match reply_head(&reply) {
-            Some(h) if h.id == Some(id) => Ok(reply),
-            _ => Err(format!(
-                "{}: a reply for another request: {}",
-                template.op,
-                String::from_utf8_lossy(&reply)
-            )),
+            .map_err(|e| format!("{op}: {e}"))?;
+        if let Ok(frame) = parse_object(&reply) {
+            self.proto.handle_frame(frame);
+        }
+        match self.proto.poll_event() {
+            Some(Event::Reply { .. }) => Ok(reply),
+            _ => {
+                // Whatever it was, the call is over.
+                self.proto.cancel(&id);
+                Err(format!(
+                    "{op}: a reply for another request: {}",
+                    String::from_utf8_lossy(&reply)
+                ))
+            }
         }
     }
 }
@@ -395,16 +421,15 @@ fn drive(conn: &mut Conn, plan: &Plan, t0: Instant, index: usize) -> ConnStats {
         let now = Instant::now();
         let counted = now >= warm_end && now < end;
         loop {
-            let range = match reader.next_frame() {
-                Ok(Some(r)) => r,
+            let body = match reader.next_frame() {
+                Ok(Some(body)) => body,
                 Ok(None) => break,
                 Err(e) => {
                     stats.error(|| e.to_string());
                     return stats;
                 }
             };
-            let body = &reader.buffer()[range];
-            let head = reply_head(body);
+            let head = reply_head(&body);
             let slot = head
                 .and_then(|h| h.id)
                 .map(|id| (id, usize::try_from(id % depth).expect("slot < depth")))
@@ -424,7 +449,7 @@ fn drive(conn: &mut Conn, plan: &Plan, t0: Instant, index: usize) -> ConnStats {
                 stats.requests += 1;
                 stats.latencies.record(now - slots[slot].sent);
                 if head.is_some_and(|h| !h.ok) {
-                    stats.error(|| error_summary(body));
+                    stats.error(|| error_summary(&body));
                 }
             }
             if now < end {
@@ -437,6 +462,7 @@ fn drive(conn: &mut Conn, plan: &Plan, t0: Instant, index: usize) -> ConnStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use credproxy_core::frame;
 
     #[test]
     fn schedule_interleaves_by_weight() {
@@ -450,14 +476,34 @@ mod tests {
         assert_eq!(schedule(&[1, 1, 1]), vec![0, 1, 2]);
     }
 
+    /// Runs [`handshake`] against a peer that already queued `reply`;
+    /// returns the outcome and the frame the handshake sent.
+    fn handshake_with(token: Option<&str>, reply: &Value) -> (Result<Vec<u8>, String>, Value) {
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(&frame::encode(reply)).unwrap();
+        let mut reader = FrameReader::new(64, 1024);
+        let got = handshake(&mut ours, &mut reader, token).map(|(body, _)| body);
+        let sent = FrameReader::new(64, 1024).read_one(&mut theirs).unwrap();
+        (got, serde_json::from_slice(&sent).unwrap())
+    }
+
     #[test]
     fn handshake_frame_carries_the_token() {
-        let f = handshake_frame(Some("ab"));
-        let v: Value = serde_json::from_slice(&f[4..]).unwrap();
+        let accepted = json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}});
+        let (got, v) = handshake_with(Some("ab"), &accepted);
         assert_eq!(v["payload"]["capabilityToken"], "ab");
         assert_eq!(v["op"], "handshake");
-        let f = handshake_frame(None);
-        let v: Value = serde_json::from_slice(&f[4..]).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&got.unwrap()).unwrap(),
+            accepted
+        );
+        let (got, v) = handshake_with(None, &accepted);
         assert!(v["payload"].get("capabilityToken").is_none());
+        assert!(got.is_ok());
+        let refused = json!({"v":2,"op":"handshake","ok":false,"code":"UNAUTHORIZED","error":"no"});
+        assert_eq!(
+            handshake_with(None, &refused).0,
+            Err("handshake refused: UNAUTHORIZED: no".to_owned())
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::frame::{FrameReader, RequestTemplate, error_summary, reply_head};
-use super::load::{IO_TIMEOUT, handshake_frame};
+use super::load::{IO_TIMEOUT, handshake};
 use super::server::{Scratch, Server, ServerSpec, prepare_store, seed_token};
 use super::stats::median;
 
@@ -53,14 +53,7 @@ fn idle_connection(socket: &Path, token: Option<&str>) -> Result<UnixStream, Str
         .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
     s.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    s.write_all(&handshake_frame(token))
-        .map_err(|e| format!("handshake: {e}"))?;
-    let reply = FrameReader::new(256, 1 << 20)
-        .read_one(&mut s)
-        .map_err(|e| format!("handshake: {e}"))?;
-    if reply_head(&reply).is_none_or(|h| !h.ok) {
-        return Err(format!("handshake refused: {}", error_summary(&reply)));
-    }
+    handshake(&mut s, &mut FrameReader::new(256, 1 << 20), token)?;
     Ok(s)
 }
 
@@ -136,8 +129,7 @@ pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<Memory
 
     // The base: one connection that has served a get_token.
     let mut first = super::load::connect(&server.socket, None)?;
-    let get = RequestTemplate::new("get_token", &json!({"provider": "anthropic"}))?;
-    first.call(&get, 1)?;
+    first.call("get_token", &json!({"provider": "anthropic"}), 1)?;
     thread::sleep(SETTLE);
     let rss_base_kib = rss_kib(pid)?;
 

@@ -21,7 +21,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use super::frame::RequestTemplate;
 use super::load::connect;
 use crate::store::FileStore;
 
@@ -107,11 +106,8 @@ pub fn prepare_store(scratch: &Scratch) -> Result<(), String> {
 /// Connection failures or an error reply.
 pub fn seed_token(socket: &Path, token: Option<&str>) -> Result<(), String> {
     let mut conn = connect(socket, token)?;
-    let t = RequestTemplate::new(
-        "save_token",
-        &json!({"provider": "anthropic", "token": realistic_token()}),
-    )?;
-    let reply = conn.call(&t, 1)?;
+    let payload = json!({"provider": "anthropic", "token": realistic_token()});
+    let reply = conn.call("save_token", &payload, 1)?;
     match super::frame::reply_head(&reply) {
         Some(h) if h.ok => Ok(()),
         _ => Err(format!(

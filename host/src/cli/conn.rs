@@ -7,9 +7,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use credproxy_core::frame::FrameDecoder;
+use credproxy_unix::client::proto::{ClientProto, Event, Handshake, IdGen, ProtocolError};
 use credproxy_unix::client::{BlockingClient, CapabilitySource, ClientError, ClientOptions};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Failure, failed};
 
@@ -114,12 +114,13 @@ pub(super) fn connect(
 }
 
 /// `credproxy stdio` as a child process, spoken to over its pipes (a
-/// host-class connection).
+/// host-class connection). A thread forwards what the child writes; the
+/// protocol (handshake, ids, matching replies) is [`ClientProto`].
 pub(super) struct ChildProxy {
     child: Child,
     stdin: Option<ChildStdin>,
-    frames: mpsc::Receiver<Map<String, Value>>,
-    next_id: u64,
+    chunks: mpsc::Receiver<Vec<u8>>,
+    proto: ClientProto,
     timeout: Duration,
 }
 
@@ -143,69 +144,70 @@ impl ChildProxy {
             .stdout
             .take()
             .ok_or_else(|| failed("the in-process proxy has no stdout"))?;
-        let (tx, frames) = mpsc::channel();
+        let (tx, chunks) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut decoder = FrameDecoder::new(CHILD_MAX_FRAME);
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = match stdout.read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                let mut input = &buf[..n];
-                while !input.is_empty() {
-                    match decoder.decode(&mut input) {
-                        Ok(Some(frame)) => {
-                            if tx.send(frame).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(_) => return,
-                    }
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
                 }
             }
         });
+        // Ids are plain numbers: this connection is ours alone.
+        let proto = ClientProto::new(IdGen::new(""), CHILD_MAX_FRAME);
+        let hello = proto.handshake(None);
         let mut proxy = ChildProxy {
             child,
             stdin,
-            frames,
-            next_id: 1,
+            chunks,
+            proto,
             timeout,
         };
-        proxy.send(&json!({"v": 2, "op": "handshake",
-            "payload": {"minVersion": 1, "maxVersion": 2}}))?;
-        let reply = proxy.recv(|_| true).map_err(|e| failed(e.to_string()))?;
-        if reply.get("ok") != Some(&Value::Bool(true)) {
-            return Err(failed(format!(
+        proxy.send(&hello)?;
+        let deadline = Instant::now() + proxy.timeout;
+        match proxy
+            .next_event(deadline)
+            .map_err(|e| failed(e.to_string()))?
+        {
+            Event::Handshake {
+                outcome: Handshake::Accepted { .. },
+                ..
+            } => Ok(proxy),
+            Event::Handshake { frame, .. } => Err(failed(format!(
                 "the in-process proxy refused the handshake: {}",
-                Value::Object(reply)
-            )));
+                Value::Object(frame)
+            ))),
+            Event::Error(e) => Err(failed(proxy.broken(e).to_string())),
+            Event::Reply { .. } | Event::Unsolicited(_) => {
+                Err(failed("the in-process proxy did not answer the handshake"))
+            }
         }
-        Ok(proxy)
     }
 
-    fn send(&mut self, frame: &Value) -> Result<(), Failure> {
-        let bytes = credproxy_core::frame::encode(frame);
+    fn send(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         let w = self
             .stdin
             .as_mut()
             .ok_or_else(|| failed("the in-process proxy is closed"))?;
-        w.write_all(&bytes)
+        w.write_all(bytes)
             .and_then(|()| w.flush())
             .map_err(|_| failed(self.gone_message()))
     }
 
-    fn recv(
-        &mut self,
-        wanted: impl Fn(&Map<String, Value>) -> bool,
-    ) -> Result<Map<String, Value>, CallError> {
-        let deadline = Instant::now() + self.timeout;
+    /// The next protocol event, reading what the child writes until
+    /// `deadline`.
+    fn next_event(&mut self, deadline: Instant) -> Result<Event, CallError> {
         loop {
+            if let Some(event) = self.proto.poll_event() {
+                return Ok(event);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.frames.recv_timeout(left) {
-                Ok(frame) if wanted(&frame) => return Ok(frame),
-                Ok(_) => {}
+            match self.chunks.recv_timeout(left) {
+                Ok(bytes) => self.proto.handle_bytes(&bytes),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(CallError::Transport(format!(
                         "the in-process proxy did not answer within {}s",
@@ -216,6 +218,18 @@ impl ChildProxy {
                     return Err(CallError::Transport(self.gone_message()));
                 }
             }
+        }
+    }
+
+    /// What to report when the child broke the protocol: a stream that is
+    /// not frames reads as the child going away (it is no proxy then); a
+    /// malformed envelope names what is wrong.
+    fn broken(&mut self, e: ProtocolError) -> CallError {
+        match e {
+            ProtocolError::Framing(_) => CallError::Transport(self.gone_message()),
+            ProtocolError::Handshake(why) | ProtocolError::Reply(why) => CallError::Transport(
+                format!("the in-process proxy (credproxy stdio) broke the protocol: {why}"),
+            ),
         }
     }
 
@@ -240,28 +254,31 @@ impl ChildProxy {
 
 impl Conn for ChildProxy {
     fn call(&mut self, op: &str, payload: Value) -> Result<Map<String, Value>, CallError> {
-        let id = self.next_id.to_string();
-        self.next_id += 1;
-        self.send(&json!({"v": 2, "id": id, "op": op, "payload": payload}))
+        let (id, bytes) = self
+            .proto
+            .request(op, &payload, ())
+            .map_err(|_| CallError::Transport("the in-process proxy is closed".to_owned()))?;
+        self.send(&bytes)
             .map_err(|Failure(_, m)| CallError::Transport(m))?;
-        let mut reply = self.recv(|f| f.get("id").and_then(Value::as_str) == Some(id.as_str()))?;
-        if reply.get("ok") == Some(&Value::Bool(true)) {
-            return match reply.remove("data") {
-                Some(Value::Object(data)) => Ok(data),
-                _ => Ok(Map::new()),
-            };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.next_event(deadline)? {
+                Event::Reply {
+                    id: answered,
+                    reply,
+                    ..
+                } if answered == id => {
+                    return reply.into_result().map_err(|e| CallError::Reply {
+                        code: e.code.unwrap_or_default(),
+                        message: e.message.unwrap_or_default(),
+                        retry_after: e.retry_after.and_then(|n| n.as_u64()),
+                    });
+                }
+                Event::Error(e) => return Err(self.broken(e)),
+                // The late reply to a call that timed out, or a frame for
+                // no request.
+                Event::Reply { .. } | Event::Unsolicited(_) | Event::Handshake { .. } => {}
+            }
         }
-        let text = |k: &str| {
-            reply
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        Err(CallError::Reply {
-            code: text("code"),
-            message: text("error"),
-            retry_after: reply.get("retryAfter").and_then(Value::as_u64),
-        })
     }
 }

@@ -19,6 +19,7 @@ use credproxy::store::FileStore;
 use credproxy_core::loopback::{PAGE_BAD_REQUEST, PAGE_RECEIVED};
 use credproxy_core::provider::{self, Dialect};
 use credproxy_core::{Config, Engine, Peer, Transport};
+use credproxy_unix::client::proto::{ClientProto, Event as ProtoEvent, Handshake, IdGen};
 use serde_json::{Value, json};
 use smol::channel::{Sender, unbounded};
 use smol::{Async, LocalExecutor};
@@ -32,7 +33,8 @@ struct Running {
     events: Sender<Event>,
     conn: UnixStream,
     thread: Option<JoinHandle<()>>,
-    next_id: u64,
+    /// The client protocol: handshake, ids and reply matching.
+    proto: ClientProto,
 }
 
 impl Running {
@@ -60,21 +62,19 @@ impl Running {
             events,
             conn: ours,
             thread: Some(thread),
-            next_id: 1,
+            proto: ClientProto::new(IdGen::new(""), 1 << 22),
         };
-        running.write_frame(
-            &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}),
-        );
+        let hello = running.proto.handshake(None);
+        running.conn.write_all(&hello).unwrap();
         let hs = running.read_frame();
-        assert_eq!(hs["ok"], json!(true), "{hs}");
+        match running.next_event(hs) {
+            ProtoEvent::Handshake {
+                outcome: Handshake::Accepted { .. },
+                ..
+            } => {}
+            other => panic!("handshake: {other:?}"),
+        }
         running
-    }
-
-    fn write_frame(&mut self, v: &Value) {
-        let bytes = serde_json::to_vec(v).unwrap();
-        let mut frame = (bytes.len() as u32).to_be_bytes().to_vec();
-        frame.extend(bytes);
-        self.conn.write_all(&frame).unwrap();
     }
 
     fn read_frame(&mut self) -> Value {
@@ -85,13 +85,27 @@ impl Running {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// Feeds one frame to the protocol and returns what it made of it.
+    fn next_event(&mut self, frame: Value) -> ProtoEvent {
+        let Value::Object(frame) = frame else {
+            panic!("a frame that is not an object: {frame}");
+        };
+        self.proto.handle_frame(frame);
+        self.proto.poll_event().expect("one event per frame")
+    }
+
     fn call(&mut self, op: &str, payload: Value) -> Value {
-        let id = self.next_id.to_string();
-        self.next_id += 1;
-        self.write_frame(&json!({"v":2,"id":id,"op":op,"payload":payload}));
-        let reply = self.read_frame();
-        assert_eq!(reply["id"], json!(id));
-        reply
+        let (id, bytes) = self.proto.request(op, &payload, ()).expect("handshaken");
+        self.conn.write_all(&bytes).unwrap();
+        let frame = self.read_frame();
+        match self.next_event(frame) {
+            ProtoEvent::Reply {
+                id: answered,
+                reply,
+                ..
+            } if answered == id => Value::Object(reply.into_frame()),
+            other => panic!("not the reply to {id}: {other:?}"),
+        }
     }
 }
 

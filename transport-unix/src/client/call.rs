@@ -5,29 +5,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use smol::Timer;
 use smol::channel::{Receiver, TryRecvError};
 use smol::future::FutureExt as _;
 
-use super::conn::{Closer, Conn, Shared, State, Status, lock};
-use super::reply::Reply;
+use super::conn::{Closer, Conn, State, Status, lock};
+use super::proto::{Reply, RequestId};
+use super::reply::into_result;
 use super::{Client, ClientError, JsonMap};
 
 /// A request registered on a connection. Dropping it before the reply (a
 /// timeout, or the caller dropping the future) forgets the id and sends
 /// `cancel` for it.
-struct Pending<'a> {
-    shared: &'a Shared,
+struct Pending {
     conn: Arc<Conn>,
-    id: String,
+    id: RequestId,
     settled: bool,
 }
 
-impl Drop for Pending<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.settled && self.conn.forget(&self.id) {
-            self.conn.send_cancel(&self.shared.ids.next(), &self.id);
+        if !self.settled {
+            self.conn.cancel(&self.id);
         }
     }
 }
@@ -37,25 +37,26 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Client {
-    /// Registers a request on the connection, connecting first after an
-    /// idle close.
-    async fn begin(&self) -> Result<(Arc<Conn>, String, Receiver<Reply>), ClientError> {
+    /// Registers a request on the connection and queues its frame,
+    /// connecting first after an idle close.
+    async fn begin(
+        &self,
+        op: &str,
+        payload: &Value,
+    ) -> Result<(Arc<Conn>, RequestId, Receiver<Reply>), ClientError> {
         loop {
             {
                 let mut state = lock(&self.shared.state);
                 let attempt = match &*state {
                     State::Lost => return Err(ClientError::ConnectionLost),
                     State::Idle(_) => None,
-                    State::Open(conn) => {
-                        let id = self.shared.ids.next();
-                        Some((conn.clone(), conn.register(&id), id))
-                    }
+                    State::Open(conn) => Some((conn.clone(), conn.start(op, payload))),
                 };
                 match attempt {
                     None => {}
-                    Some((conn, Ok(replies), id)) => return Ok((conn, id, replies)),
-                    Some((_, Err(Status::Closing), _)) => *state = State::Idle(Closer::Client),
-                    Some((_, Err(_), _)) => {
+                    Some((conn, Ok((id, replies)))) => return Ok((conn, id, replies)),
+                    Some((_, Err(Status::Closing))) => *state = State::Idle(Closer::Client),
+                    Some((_, Err(_))) => {
                         *state = State::Lost;
                         return Err(ClientError::ConnectionLost);
                     }
@@ -104,10 +105,8 @@ impl Client {
             Value::Null => Value::Object(Map::new()),
             other => other,
         };
-        let (conn, id, replies) = self.begin().await?;
-        conn.send(&json!({"v": conn.version(), "id": id, "op": op, "payload": payload}));
+        let (conn, id, replies) = self.begin(op, &payload).await?;
         let mut pending = Pending {
-            shared: &self.shared,
             conn,
             id,
             settled: false,
@@ -139,7 +138,7 @@ impl Client {
         };
         pending.settled = true;
         match received {
-            Ok(reply) => reply.into_result(),
+            Ok(reply) => into_result(reply),
             // The connection broke: the reader dropped our reply channel.
             Err(()) => Err(ClientError::ConnectionLost),
         }

@@ -1,25 +1,26 @@
 //! One connection to the proxy: the handshake, a writer task that owns the
-//! write side, a reader task that dispatches replies by id, the table of
-//! pending requests, and the idle close.
+//! write side, a reader task that hands each reply to its waiter, and the
+//! idle close. The protocol itself (frames, the handshake, the table of
+//! pending requests and matching replies by id) is the sans-IO
+//! [`ClientProto`], kept under the connection's `inner` lock with each
+//! request's waiter as its tag.
 //!
 //! Locks: the client's `state` lock is always taken before a connection's
 //! `inner` lock, never the other way round, and neither is held across an
 //! `await`. Registering a request holds `state`, so the idle close (which
 //! also holds `state`) sees either the registration or the `Idle` state.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_net::unix::UnixStream;
 use credproxy_core::Secret;
 use credproxy_core::config::MAX_FRAME_CEILING;
-use credproxy_core::frame::{self, FrameDecoder};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use smol::Timer;
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt as _;
@@ -27,7 +28,7 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ClientOptions;
 use super::error::ClientError;
-use super::reply::{HandshakeReply, Reply, handshake};
+use super::proto::{ClientProto, Event, Handshake, IdGen, ProtocolError, Reply, RequestId};
 
 /// Largest reply payload accepted (the v2 bound).
 const MAX_REPLY_BYTES: usize = MAX_FRAME_CEILING;
@@ -88,35 +89,20 @@ pub(super) enum State {
     Lost,
 }
 
-/// Request ids: a random per-client prefix and a counter.
-pub(super) struct IdGen {
-    prefix: String,
-    next: AtomicU64,
-}
-
-impl IdGen {
-    pub(super) fn new() -> IdGen {
-        let mut raw = [0u8; 6];
-        if getrandom::fill(&mut raw).is_err() {
-            // Ids need only be unique among our own requests in flight; the
-            // prefix just keeps them apart from other clients' in logs.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            raw[..4].copy_from_slice(&nanos.to_be_bytes());
-            raw[4..].copy_from_slice(&(std::process::id() as u16).to_be_bytes());
-        }
-        let prefix = raw.iter().map(|b| format!("{b:02x}")).collect();
-        IdGen {
-            prefix,
-            next: AtomicU64::new(1),
-        }
+/// Request ids for a new client: a random prefix (12 hex digits) and a
+/// counter shared by all its connections.
+pub(super) fn new_ids() -> IdGen {
+    let mut raw = [0u8; 6];
+    if getrandom::fill(&mut raw).is_err() {
+        // Ids need only be unique among our own requests in flight; the
+        // prefix just keeps them apart from other clients' in logs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        raw[..4].copy_from_slice(&nanos.to_be_bytes());
+        raw[4..].copy_from_slice(&(std::process::id() as u16).to_be_bytes());
     }
-
-    pub(super) fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.prefix)
-    }
+    IdGen::new(raw.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +117,8 @@ pub(super) enum Status {
 
 struct Inner {
     status: Status,
-    pending: HashMap<String, Sender<Reply>>,
+    /// The protocol; each pending request's tag is its waiter.
+    proto: ClientProto<Sender<Reply>>,
     /// Last registration or completion; the idle timer runs from here.
     last_activity: Instant,
 }
@@ -152,8 +139,8 @@ impl Conn {
     /// starts its tasks.
     pub(super) async fn open(shared: &Arc<Shared>) -> Result<(), ClientError> {
         let timeout = shared.options.handshake_timeout();
-        let attempt = connect_and_handshake(&shared.path, shared.token.as_ref());
-        let (stream, version, decoder, leftover) = match timeout {
+        let attempt = connect_and_handshake(&shared.path, shared.token.as_ref(), &shared.ids);
+        let (stream, version, proto) = match timeout {
             None => attempt.await?,
             Some(t) => {
                 attempt
@@ -174,7 +161,7 @@ impl Conn {
             outbox,
             inner: Mutex::new(Inner {
                 status: Status::Open,
-                pending: HashMap::new(),
+                proto,
                 last_activity: Instant::now(),
             }),
         });
@@ -182,7 +169,7 @@ impl Conn {
         *lock(&shared.state) = State::Open(conn.clone());
         smol::spawn(writer(conn.clone(), stream.clone(), queued)).detach();
         let idle = shared.options.idle_close();
-        smol::spawn(reader(conn, stream, decoder, leftover, idle)).detach();
+        smol::spawn(reader(conn, stream, idle)).detach();
         Ok(())
     }
 
@@ -210,42 +197,43 @@ impl Conn {
         self.version
     }
 
-    /// Registers a request. Call with the client's state lock held.
-    pub(super) fn register(&self, id: &str) -> Result<Receiver<Reply>, Status> {
+    /// Registers a request and queues its frame. Call with the client's
+    /// state lock held.
+    pub(super) fn start(
+        &self,
+        op: &str,
+        payload: &Value,
+    ) -> Result<(RequestId, Receiver<Reply>), Status> {
         let mut inner = lock(&self.inner);
         if inner.status != Status::Open {
             return Err(inner.status);
         }
         let (tx, rx) = smol::channel::bounded(1);
-        inner.pending.insert(id.to_owned(), tx);
+        // Not ready: the protocol just broke; the reader is failing the
+        // connection.
+        let (id, bytes) = inner
+            .proto
+            .request(op, payload, tx)
+            .map_err(|_| Status::Broken)?;
         inner.last_activity = Instant::now();
-        Ok(rx)
+        self.send(bytes);
+        Ok((id, rx))
     }
 
-    /// Forgets a pending request; true if it was still pending.
-    pub(super) fn forget(&self, id: &str) -> bool {
+    /// Gives up on a request: if it is still pending, forgets it and
+    /// queues `cancel` for it (under a fresh id whose reply is ignored).
+    pub(super) fn cancel(&self, id: &str) {
         let mut inner = lock(&self.inner);
-        let was = inner.pending.remove(id).is_some();
-        if was {
+        if let Some((_waiter, bytes)) = inner.proto.cancel(id) {
             inner.last_activity = Instant::now();
+            self.send(bytes);
         }
-        was
     }
 
     /// Queues a frame for the writer. A closed outbox means the connection
     /// is going away; the request's reply channel reports it.
-    pub(super) fn send(&self, value: &Value) {
-        let _ = self.outbox.try_send(frame::encode(value));
-    }
-
-    /// Queues `cancel {targetId}` under a fresh id whose reply is ignored.
-    pub(super) fn send_cancel(&self, cancel_id: &str, target: &str) {
-        self.send(&json!({
-            "v": self.version,
-            "id": cancel_id,
-            "op": "cancel",
-            "payload": {"targetId": target},
-        }));
+    fn send(&self, bytes: Vec<u8>) {
+        let _ = self.outbox.try_send(bytes);
     }
 
     /// The connection broke: fail every pending request, mark the client
@@ -260,7 +248,7 @@ impl Conn {
             }
             inner.status = Status::Broken;
             // Dropping the senders wakes every waiter with "closed".
-            inner.pending.clear();
+            inner.proto.close();
         }
         if let Some(state) = state.as_deref_mut()
             && matches!(state, State::Open(c) if Arc::ptr_eq(c, self))
@@ -286,7 +274,7 @@ impl Conn {
         let mut state = lock(&shared.state);
         {
             let mut inner = lock(&self.inner);
-            if inner.status != Status::Open || !inner.pending.is_empty() {
+            if inner.status != Status::Open || inner.proto.pending() > 0 {
                 drop(inner);
                 drop(state);
                 self.fail();
@@ -309,7 +297,7 @@ impl Conn {
             if inner.status == Status::Open {
                 inner.status = Status::Closing;
             }
-            inner.pending.clear();
+            inner.proto.close();
         }
         self.outbox.close();
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -327,7 +315,7 @@ impl Conn {
             return IdleCheck::Gone;
         }
         let now = Instant::now();
-        if !inner.pending.is_empty() {
+        if inner.proto.pending() > 0 {
             return IdleCheck::Wait(now + idle);
         }
         let due = inner.last_activity + idle;
@@ -345,43 +333,30 @@ impl Conn {
         IdleCheck::Closed
     }
 
-    /// Hands a reply to its waiter. Frames without an id, or whose id is not
-    /// pending, are ignored; a malformed reply is an error.
-    fn dispatch(&self, frame: Map<String, Value>) -> Result<(), ()> {
-        let Some(Value::String(id)) = frame.get("id") else {
-            return Ok(());
-        };
-        let waiter = {
-            let mut inner = lock(&self.inner);
-            let waiter = inner.pending.remove(id.as_str());
-            if waiter.is_some() {
-                inner.last_activity = Instant::now();
-            }
-            waiter
-        };
-        let Some(waiter) = waiter else {
-            return Ok(());
-        };
-        let reply = Reply::parse(frame).map_err(|_| ())?;
-        let _ = waiter.try_send(reply);
-        Ok(())
+    /// Decodes `bytes` and hands every reply to its waiter; false when the
+    /// stream or a reply is malformed.
+    fn feed(&self, bytes: &[u8]) -> bool {
+        let mut inner = lock(&self.inner);
+        inner.proto.handle_bytes(bytes);
+        drain(&mut inner)
     }
+}
 
-    /// Decodes and dispatches every complete frame in `bytes`; false when
-    /// the stream or a reply is malformed.
-    fn feed(&self, decoder: &mut FrameDecoder, mut bytes: &[u8]) -> bool {
-        loop {
-            match decoder.decode(&mut bytes) {
-                Ok(Some(frame)) => {
-                    if self.dispatch(frame).is_err() {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
+/// Hands out the protocol's events: replies to their waiters; frames that
+/// answer nothing pending (a cancelled request, a `cancel`) are ignored.
+/// False once the protocol broke.
+fn drain(inner: &mut Inner) -> bool {
+    while let Some(event) = inner.proto.poll_event() {
+        match event {
+            Event::Reply { reply, tag, .. } => {
+                inner.last_activity = Instant::now();
+                let _ = tag.try_send(reply);
             }
+            Event::Error(_) => return false,
+            Event::Unsolicited(_) | Event::Handshake { .. } => {}
         }
     }
+    true
 }
 
 enum IdleCheck {
@@ -394,26 +369,23 @@ enum IdleCheck {
 }
 
 /// Connects and runs the handshake; returns the stream, the negotiated
-/// version, and the decoder with any bytes that followed the reply.
+/// version, and the protocol (holding what followed the reply).
 async fn connect_and_handshake(
     path: &Path,
     token: Option<&Secret>,
-) -> Result<(UnixStream, u8, FrameDecoder, Vec<u8>), ClientError> {
+    ids: &IdGen,
+) -> Result<(UnixStream, u8, ClientProto<Sender<Reply>>), ClientError> {
     let io_error = |error: io::Error| ClientError::Connect {
         path: path.to_path_buf(),
         error,
     };
     let mut stream = UnixStream::connect(path).await.map_err(io_error)?;
-    let mut payload = json!({"minVersion": 1, "maxVersion": 2});
-    if let Some(token) = token {
-        payload["capabilityToken"] = Value::String(token.expose().to_owned());
-    }
-    let mut hello = frame::encode(&json!({"v": 2, "op": "handshake", "payload": payload}));
+    let mut proto = ClientProto::new(ids.clone(), MAX_REPLY_BYTES);
+    let mut hello = proto.handshake(token);
     let written = stream.write_all(&hello).await;
     hello.fill(0);
     written.map_err(io_error)?;
 
-    let mut decoder = FrameDecoder::new(MAX_REPLY_BYTES);
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         let n = stream.read(&mut buf).await.map_err(io_error)?;
@@ -422,27 +394,25 @@ async fn connect_and_handshake(
                 reason: "the credential proxy closed the connection during the handshake",
             });
         }
-        let mut input = &buf[..n];
-        match decoder.decode(&mut input) {
-            Ok(None) => {}
-            Ok(Some(reply)) => {
-                let leftover = input.to_vec();
-                return match handshake(reply) {
-                    Ok(HandshakeReply::Accepted(version)) => {
-                        Ok((stream, version, decoder, leftover))
-                    }
-                    Ok(HandshakeReply::Refused { code, message }) => {
-                        Err(ClientError::Handshake { code, message })
-                    }
-                    Err(reason) => Err(ClientError::Protocol { reason }),
-                };
+        proto.handle_bytes(&buf[..n]);
+        // While handshaking the first event is the handshake's outcome.
+        return match proto.poll_event() {
+            None => continue,
+            Some(Event::Handshake {
+                outcome: Handshake::Accepted { version },
+                ..
+            }) => Ok((stream, version, proto)),
+            Some(Event::Handshake {
+                outcome: Handshake::Refused { code, message },
+                ..
+            }) => Err(ClientError::Handshake { code, message }),
+            Some(Event::Error(ProtocolError::Handshake(reason))) => {
+                Err(ClientError::Protocol { reason })
             }
-            Err(_) => {
-                return Err(ClientError::Protocol {
-                    reason: "the handshake reply is not a valid frame",
-                });
-            }
-        }
+            Some(_) => Err(ClientError::Protocol {
+                reason: "the handshake reply is not a valid frame",
+            }),
+        };
     }
 }
 
@@ -458,33 +428,28 @@ async fn writer(conn: Arc<Conn>, mut stream: UnixStream, queued: Receiver<Vec<u8
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-enum Event {
+enum Wake {
     Read(io::Result<usize>),
     IdleTimer,
 }
 
 /// Reads replies and dispatches them; runs the idle timer.
-async fn reader(
-    conn: Arc<Conn>,
-    mut stream: UnixStream,
-    mut decoder: FrameDecoder,
-    leftover: Vec<u8>,
-    idle: Option<Duration>,
-) {
-    if !conn.feed(&mut decoder, &leftover) {
+async fn reader(conn: Arc<Conn>, mut stream: UnixStream, idle: Option<Duration>) {
+    // Frames that came with the handshake reply.
+    if !drain(&mut lock(&conn.inner)) {
         conn.fail();
         return;
     }
     let mut buf = vec![0u8; READ_CHUNK];
     let mut idle_at = idle.map(|d| Instant::now() + d);
     loop {
-        let read = async { Event::Read(stream.read(&mut buf).await) };
+        let read = async { Wake::Read(stream.read(&mut buf).await) };
         let event = match idle_at {
             None => read.await,
             Some(at) => {
                 read.or(async {
                     Timer::at(at).await;
-                    Event::IdleTimer
+                    Wake::IdleTimer
                 })
                 .await
             }
@@ -492,21 +457,21 @@ async fn reader(
         match event {
             // EOF or an error after a deliberate close is expected; both
             // are then no-ops.
-            Event::Read(Ok(0)) => {
+            Wake::Read(Ok(0)) => {
                 conn.peer_closed();
                 return;
             }
-            Event::Read(Err(_)) => {
+            Wake::Read(Err(_)) => {
                 conn.fail();
                 return;
             }
-            Event::Read(Ok(n)) => {
-                if !conn.feed(&mut decoder, &buf[..n]) {
+            Wake::Read(Ok(n)) => {
+                if !conn.feed(&buf[..n]) {
                     conn.fail();
                     return;
                 }
             }
-            Event::IdleTimer => match idle.map(|d| conn.idle_check(d)) {
+            Wake::IdleTimer => match idle.map(|d| conn.idle_check(d)) {
                 Some(IdleCheck::Wait(at)) => idle_at = Some(at),
                 Some(IdleCheck::Closed) => break,
                 Some(IdleCheck::Gone) | None => return,

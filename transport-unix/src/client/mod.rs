@@ -7,7 +7,9 @@
 //!
 //! This file holds the [`Client`] handle, its options and connection state;
 //! `call.rs` sends a request and matches its reply (timeout, `cancel`),
-//! `ops.rs` the typed method of each operation.
+//! `ops.rs` the typed method of each operation. The protocol under all of
+//! them — framing, handshake, matching replies by id — is the sans-IO
+//! [`proto`] module, shared with the CLI, `credproxy bench` and the tests.
 
 mod blocking;
 mod call;
@@ -15,6 +17,7 @@ mod capability;
 mod conn;
 mod error;
 mod ops;
+pub mod proto;
 mod reply;
 
 use std::fmt;
@@ -33,7 +36,7 @@ pub use capability::{
 pub use error::{CONNECTION_LOST_MESSAGE, ClientError};
 pub use ops::BucketStats;
 
-use conn::{Closer, Conn, IdGen, Shared, State, lock};
+use conn::{Closer, Conn, Shared, State, lock, new_ids};
 
 /// Default request timeout: 30 s.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -170,7 +173,7 @@ impl Client {
             options,
             state: Mutex::new(State::Idle(Closer::Client)),
             connect_lock: smol::lock::Mutex::new(()),
-            ids: IdGen::new(),
+            ids: new_ids(),
             version: AtomicU8::new(0),
         });
         Conn::open(&shared).await?;

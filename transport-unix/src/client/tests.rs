@@ -38,8 +38,8 @@ fn stats_shape() {
 
 #[test]
 fn ids_are_unique_and_prefixed() {
-    let ids = IdGen::new();
-    let (a, b) = (ids.next(), ids.next());
+    let ids = new_ids();
+    let (a, b) = (ids.next_id(), ids.next_id());
     assert_ne!(a, b);
     assert_eq!(a.split('-').next(), b.split('-').next());
     assert_eq!(a.split('-').next().unwrap().len(), 12);

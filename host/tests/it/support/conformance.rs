@@ -35,6 +35,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use credproxy_unix::client::proto;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Map, Value, json};
@@ -501,9 +502,9 @@ impl StdioProc {
         self.frames.recv_timeout(WAIT).expect("a frame from stdio")
     }
 
-    /// A host-class handshake.
+    /// A host-class handshake (the client library's frame).
     pub fn handshake(&mut self) {
-        self.send(&json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}));
+        self.send(&proto::handshake_request(None));
         assert_eq!(
             self.recv(),
             Some(json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}}))
@@ -512,7 +513,7 @@ impl StdioProc {
 
     /// One request and its reply.
     pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&json!({"v":2,"id":id,"op":op,"payload":payload}));
+        self.send(&proto::request(2, id, op, &payload));
         let r = self.recv().expect("a reply");
         assert_eq!(r["id"], id, "{r}");
         r
@@ -532,21 +533,16 @@ impl Drop for StdioProc {
 // ---------------------------------------------------------------------------
 // Frames.
 
-/// A frame: 4-byte big-endian length, then the JSON.
+/// A frame: 4-byte big-endian length, then the JSON (core's codec).
 #[must_use]
 pub fn encode(v: &Value) -> Vec<u8> {
-    frame_bytes(&serde_json::to_vec(v).expect("serialize"))
+    credproxy_core::frame::encode(v)
 }
 
-/// A frame around raw payload bytes.
+/// A frame around raw payload bytes (core's codec).
 #[must_use]
 pub fn frame_bytes(payload: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(payload.len())
-        .expect("fits u32")
-        .to_be_bytes()
-        .to_vec();
-    out.extend_from_slice(payload);
-    out
+    credproxy_core::frame::encode_payload(payload)
 }
 
 /// Reads one frame, keeping partial input in `buf` across calls.
@@ -688,13 +684,9 @@ impl Conn {
     }
 
     /// Sends a handshake frame `{v:2, op:"handshake", payload:{1..2, token}}`
-    /// and returns the reply.
+    /// (the client library's) and returns the reply.
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        let mut payload = json!({"minVersion":1,"maxVersion":2});
-        if let Some(t) = token {
-            payload["capabilityToken"] = json!(t);
-        }
-        self.send(&json!({"v":2,"op":"handshake","payload":payload}));
+        self.send(&proto::handshake_request(token));
         self.recv()
     }
 
@@ -704,9 +696,10 @@ impl Conn {
         format!("r{}", self.next_id)
     }
 
-    /// Sends a request with id `id`.
+    /// Sends a version-2 request with id `id` (whatever the connection
+    /// negotiated: tests of v1 connections send v2 frames on purpose).
     pub fn req(&mut self, id: &str, op: &str, payload: Value) {
-        self.send(&json!({"v":2,"id":id,"op":op,"payload":payload}));
+        self.send(&proto::request(2, id, op, &payload));
     }
 
     /// One request and its reply (the only one outstanding); the reply's

@@ -38,9 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use credproxy_unix::client::proto;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_credproxy");
@@ -559,16 +560,10 @@ pub fn audit_events(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// One frame: a 4-byte big-endian length, then the JSON.
+/// One frame: a 4-byte big-endian length, then the JSON (core's codec).
 #[must_use]
 pub fn encode(v: &Value) -> Vec<u8> {
-    let body = serde_json::to_vec(v).expect("serialize");
-    let mut out = u32::try_from(body.len())
-        .expect("frame fits u32")
-        .to_be_bytes()
-        .to_vec();
-    out.extend(body);
-    out
+    credproxy_core::frame::encode(v)
 }
 
 /// Reads one frame from `r`. `Ok(None)` on EOF before the first byte of a
@@ -605,22 +600,17 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Value>> {
     Ok(Some(v))
 }
 
-/// A version-2 handshake frame, with the token when given.
+/// A version-2 handshake frame, with the token when given: the one the
+/// client library sends.
 #[must_use]
 pub fn handshake_frame(token: Option<&str>) -> Value {
-    let mut payload = Map::new();
-    payload.insert("minVersion".into(), json!(1));
-    payload.insert("maxVersion".into(), json!(2));
-    if let Some(t) = token {
-        payload.insert("capabilityToken".into(), json!(t));
-    }
-    json!({"v": 2, "op": "handshake", "payload": payload})
+    proto::handshake_request(token)
 }
 
-/// A request frame.
+/// A version-2 request frame, as the client library builds it.
 #[must_use]
 pub fn request(id: &str, op: &str, payload: Value) -> Value {
-    json!({"v": 2, "id": id, "op": op, "payload": payload})
+    proto::request(2, id, op, &payload)
 }
 
 /// A token object as `save_token` accepts it.
