@@ -6,7 +6,7 @@ use credproxy_core::EffectResult;
 use credproxy_core::testkit::Harness;
 use serde_json::json;
 
-use crate::common::{self, err, ok, one, send_frame, send_req, token};
+use crate::common::{self, Scenario, err, ok, one, send_frame, send_req, token};
 
 fn cancelled(id: &str) -> serde_json::Value {
     err(id, "CANCELLED", "Operation cancelled")
@@ -29,9 +29,11 @@ fn in_flight_target_gets_cancelled_before_the_cancel_reply() {
     assert!(h.take_replies(conn).is_empty());
     assert_eq!(h.engine.pending_tasks(), 0);
     // A second cancel finds nothing.
-    assert_eq!(
-        one(&mut h, conn, "c2", "cancel", json!({"targetId":"t"})),
-        ok("c2", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"t"}),
+        ok("c2", json!({"cancelled":false})),
     );
 }
 
@@ -51,22 +53,30 @@ fn cancelled_read_is_dropped_even_when_its_result_is_an_error() {
 fn unknown_or_finished_target() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "c", "cancel", json!({"targetId":"never"})),
-        ok("c", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"never"}),
+        ok("c", json!({"cancelled":false})),
     );
-    assert_eq!(
-        one(&mut h, conn, "done", "list_api_keys", json!({})),
-        ok("done", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("done", json!({"keys":[]})),
     );
-    assert_eq!(
-        one(&mut h, conn, "c", "cancel", json!({"targetId":"done"})),
-        ok("c", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"done"}),
+        ok("c", json!({"cancelled":false})),
     );
     // A cancel can not target itself: it is never in flight.
-    assert_eq!(
-        one(&mut h, conn, "self", "cancel", json!({"targetId":"self"})),
-        ok("self", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"self"}),
+        ok("self", json!({"cancelled":false})),
     );
 }
 
@@ -168,15 +178,11 @@ fn cancelled_save_token_still_persists() {
     assert_eq!(h.engine.pending_tasks(), 0);
     // The key is released: another save goes through.
     h.auto_effects = true;
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s",
-            "save_token",
-            json!({"provider":"p","token":{"access_token":"newer","expiry":3,"token_type":"Bearer"}})
-        ),
-        ok("s", json!({}))
+    h.expect(
+        conn,
+        "save_token",
+        json!({"provider":"p","token":{"access_token":"newer","expiry":3,"token_type":"Bearer"}}),
+        ok("s", json!({})),
     );
     assert_eq!(
         h.store.token("p", "default").unwrap()["access_token"],
@@ -280,15 +286,11 @@ fn cancel_is_not_rate_limited() {
     let mut h = Harness::with_config(common::with_limits(limits), 0);
     let conn = h.connect();
     for i in 0..50 {
-        assert_eq!(
-            one(
-                &mut h,
-                conn,
-                &format!("c{i}"),
-                "cancel",
-                json!({"targetId":"x"})
-            ),
-            ok(&format!("c{i}"), json!({"cancelled":false}))
+        h.expect(
+            conn,
+            "cancel",
+            json!({"targetId":"x"}),
+            ok(&format!("c{i}"), json!({"cancelled":false})),
         );
     }
 }

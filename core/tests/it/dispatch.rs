@@ -6,7 +6,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Effect, Limits};
 use serde_json::{Value, json};
 
-use crate::common::{err, ok, one, send_frame, send_req, token, with_limits};
+use crate::common::{Scenario, err, ok, one, send_frame, send_req, token, with_limits};
 
 fn missing(id: &str) -> Value {
     err(id, "INVALID_REQUEST", "Missing request id or op")
@@ -122,19 +122,25 @@ fn id_is_reusable_after_completion() {
     let mut h = Harness::new();
     let conn = h.connect();
     for _ in 0..3 {
-        assert_eq!(
-            one(&mut h, conn, "same", "get_token", json!({"provider":"p"})),
-            err("same", "NOT_FOUND", "No token found for provider: p")
+        h.expect(
+            conn,
+            "get_token",
+            json!({"provider":"p"}),
+            err("same", "NOT_FOUND", "No token found for provider: p"),
         );
     }
     // Also after an error answered without an effect.
-    assert_eq!(
-        one(&mut h, conn, "same", "get_token", json!({})),
-        err("same", "INVALID_REQUEST", "Missing provider")
+    h.expect(
+        conn,
+        "get_token",
+        json!({}),
+        err("same", "INVALID_REQUEST", "Missing provider"),
     );
-    assert_eq!(
-        one(&mut h, conn, "same", "list_api_keys", json!({})),
-        ok("same", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("same", json!({"keys":[]})),
     );
 }
 
@@ -263,9 +269,11 @@ fn unknown_operation() {
         "get_token ",
         "handshake",
     ] {
-        assert_eq!(
-            one(&mut h, conn, "u", op, json!({})),
-            err("u", "INVALID_REQUEST", &format!("Unknown operation: {op}"))
+        h.expect(
+            conn,
+            op,
+            json!({}),
+            err("u", "INVALID_REQUEST", &format!("Unknown operation: {op}")),
         );
     }
     assert!(h.effects.is_empty());
@@ -363,18 +371,14 @@ fn unknown_payload_fields_are_ignored() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "1",
-            "get_token",
-            json!({"provider":"p","extra":{"deep":[1,2]},"redirect_uri":"x"})
-        ),
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","extra":{"deep":[1,2]},"redirect_uri":"x"}),
         ok(
             "1",
-            json!({"access_token":"at","expiry":1_767_229_200,"token_type":"Bearer"})
-        )
+            json!({"access_token":"at","expiry":1_767_229_200,"token_type":"Bearer"}),
+        ),
     );
 }
 

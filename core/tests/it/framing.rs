@@ -9,7 +9,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
 
-use crate::common::{self, ok, one, pause, raw_frame, resume, with_limits};
+use crate::common::{self, Scenario, ok, pause, raw_frame, resume, with_limits};
 
 fn sent_len(h: &Harness, conn: credproxy_core::ConnId) -> usize {
     h.sent.get(&conn).map_or(0, Vec::len)
@@ -199,9 +199,11 @@ fn pause_and_resume_without_a_partial_frame() {
     assert_eq!(h.engine.poll_timeout(), None);
     h.advance(60_000);
     assert!(!h.is_closed(conn));
-    assert_eq!(
-        one(&mut h, conn, "1", "list_api_keys", json!({})),
-        ok("1", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("1", json!({"keys":[]})),
     );
 }
 

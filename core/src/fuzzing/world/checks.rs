@@ -2,7 +2,7 @@
 //! is owed, sessions, bounds, refresh calls, secrets), and the final
 //! settling run after which nothing may be owed or pending.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 

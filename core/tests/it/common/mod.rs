@@ -57,6 +57,7 @@ pub fn send_req(h: &mut Harness, conn: ConnId, id: &str, op: &str, payload: Valu
 
 /// Sends one request and returns its single reply, asserting that exactly
 /// one frame came back.
+#[track_caller]
 pub fn one(h: &mut Harness, conn: ConnId, id: &str, op: &str, payload: Value) -> Value {
     let replies = send_req(h, conn, id, op, payload);
     assert_eq!(replies.len(), 1, "expected one reply to {op}: {replies:?}");
@@ -102,4 +103,22 @@ pub fn gone(h: &mut Harness, conn: ConnId) {
     let now = h.now;
     h.engine.handle_connection_gone(conn, now);
     h.drain();
+}
+
+/// Scenario steps as harness methods, so that a request-and-answer step
+/// fits on one line.
+pub trait Scenario {
+    /// Sends one request under the id of `want` (the expected reply) and
+    /// asserts that its single reply is `want`: the step most scenario
+    /// tests are made of.
+    fn expect(&mut self, conn: ConnId, op: &str, payload: Value, want: Value);
+}
+
+impl Scenario for Harness {
+    #[track_caller]
+    fn expect(&mut self, conn: ConnId, op: &str, payload: Value, want: Value) {
+        let id = want["id"].as_str().expect("the expected reply has an id");
+        let got = one(self, conn, id, op, payload);
+        assert_eq!(got, want, "the reply to {op} (id {id})");
+    }
 }
