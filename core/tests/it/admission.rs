@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use crate::common::{self, Scenario, ok, one, with_limits};
+use crate::common::{self, Scenario, connect_held, ok, one, with_limits};
 
 fn limits(max_connections: usize, max_pending: usize, per_pid: usize) -> Limits {
     Limits {
@@ -146,8 +146,7 @@ fn in_flight_work_and_own_sessions_are_never_evicted() {
 #[test]
 fn no_evictable_connection_refuses_the_newcomer() {
     let mut h = Harness::with_config(with_limits(limits(1, 8, 32)), 0);
-    let busy = h.connect();
-    h.auto_effects = false;
+    let busy = connect_held(&mut h);
     h.request(busy, "k", "get_api_key", json!({"name":"K"}));
     let newcomer = h.open();
     // The handshake is refused with a reason, then the newcomer is closed.

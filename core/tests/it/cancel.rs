@@ -6,7 +6,9 @@ use credproxy_core::EffectResult;
 use credproxy_core::testkit::Harness;
 use serde_json::json;
 
-use crate::common::{self, Scenario, err, ok, one, send_frame, send_req, token};
+use crate::common::{
+    self, Scenario, connect_held, err, ok, one, send_frame, send_req, store_old_with_refresh, token,
+};
 
 fn cancelled(id: &str) -> serde_json::Value {
     err(id, "CANCELLED", "Operation cancelled")
@@ -16,9 +18,8 @@ fn cancelled(id: &str) -> serde_json::Value {
 fn in_flight_target_gets_cancelled_before_the_cancel_reply() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "t", "get_token", json!({"provider":"p"})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "t", "get_token", json!({"provider":"p"}));
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"t"})),
         vec![cancelled("t"), ok("c", json!({"cancelled":true}))]
@@ -40,9 +41,8 @@ fn in_flight_target_gets_cancelled_before_the_cancel_reply() {
 #[test]
 fn cancelled_read_is_dropped_even_when_its_result_is_an_error() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "t", "list_api_keys", json!({})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "t", "list_api_keys", json!({}));
     let replies = send_req(&mut h, conn, "c", "cancel", json!({"targetId":"t"}));
     assert_eq!(replies.len(), 2);
     h.complete_with(0, EffectResult::Failed);
@@ -114,9 +114,8 @@ fn missing_or_invalid_target_id() {
 #[test]
 fn cancel_is_subject_to_the_duplicate_check() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "t", "list_api_keys", json!({})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "t", "list_api_keys", json!({}));
     // The cancel's own id equals the in-flight id.
     assert_eq!(
         send_req(&mut h, conn, "t", "cancel", json!({"targetId":"t"})),
@@ -131,9 +130,8 @@ fn cancel_is_subject_to_the_duplicate_check() {
 fn cancel_from_another_connection_finds_nothing() {
     let mut h = Harness::new();
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, a, "t", "list_api_keys", json!({})).is_empty());
+    let b = connect_held(&mut h);
+    h.no_reply_yet(a, "t", "list_api_keys", json!({}));
     assert_eq!(
         send_req(&mut h, b, "c", "cancel", json!({"targetId":"t"})),
         vec![ok("c", json!({"cancelled":false}))]
@@ -147,22 +145,13 @@ fn cancel_from_another_connection_finds_nothing() {
 #[test]
 fn cancelled_save_token_still_persists() {
     let mut h = Harness::new();
-    h.store.put_token(
-        "p",
-        "default",
-        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
-    );
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "s",
-            "save_token",
-            json!({"provider":"p","token":{"access_token":"new","expiry":2,"token_type":"Bearer"}})
-        )
-        .is_empty()
+    store_old_with_refresh(&mut h);
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(
+        conn,
+        "s",
+        "save_token",
+        json!({"provider":"p","token":{"access_token":"new","expiry":2,"token_type":"Bearer"}}),
     );
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"s"})),
@@ -193,11 +182,10 @@ fn cancelled_save_token_still_persists() {
 #[test]
 fn cancelled_save_waiting_for_the_key_still_persists_in_order() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     let save = |at: &str, extra: &str| json!({"provider":"p","token":{"access_token":at,"expiry":1,"token_type":"Bearer", extra: true}});
-    assert!(send_req(&mut h, conn, "s1", "save_token", save("one", "x1")).is_empty());
-    assert!(send_req(&mut h, conn, "s2", "save_token", save("two", "x2")).is_empty());
+    h.no_reply_yet(conn, "s1", "save_token", save("one", "x1"));
+    h.no_reply_yet(conn, "s2", "save_token", save("two", "x2"));
     assert_eq!(h.held.len(), 1);
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"s2"})),
@@ -215,9 +203,8 @@ fn cancelled_save_waiting_for_the_key_still_persists_in_order() {
 fn cancelled_remove_token_still_removes() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "r", "remove_token", json!({"provider":"p"})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "r", "remove_token", json!({"provider":"p"}));
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"r"})),
         vec![cancelled("r"), ok("c", json!({"cancelled":true}))]
@@ -230,15 +217,14 @@ fn cancelled_remove_token_still_removes() {
 #[test]
 fn cancel_with_numeric_target_id() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     assert!(send_frame(&mut h, conn, &json!({"id":7,"op":"list_api_keys"})).is_empty());
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":7})),
         vec![cancelled("7"), ok("c", json!({"cancelled":true}))]
     );
     // A string id is found by a numeric targetId and vice versa.
-    assert!(send_req(&mut h, conn, "8", "list_api_keys", json!({})).is_empty());
+    h.no_reply_yet(conn, "8", "list_api_keys", json!({}));
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":8})),
         vec![cancelled("8"), ok("c", json!({"cancelled":true}))]
@@ -255,15 +241,14 @@ fn cancel_with_numeric_target_id() {
 #[test]
 fn cancel_frees_the_in_flight_slot_and_the_id() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     for i in 0..16 {
-        assert!(send_req(&mut h, conn, &format!("f{i}"), "list_api_keys", json!({})).is_empty());
+        h.no_reply_yet(conn, &format!("f{i}"), "list_api_keys", json!({}));
     }
     let replies = send_req(&mut h, conn, "c", "cancel", json!({"targetId":"f0"}));
     assert_eq!(replies.len(), 2);
     // The slot and the id are free again.
-    assert!(send_req(&mut h, conn, "f0", "list_api_keys", json!({})).is_empty());
+    h.no_reply_yet(conn, "f0", "list_api_keys", json!({}));
     h.complete_all();
     let replies = h.take_replies(conn);
     assert_eq!(replies.len(), 16);

@@ -6,7 +6,9 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Effect, Limits};
 use serde_json::{Value, json};
 
-use crate::common::{Scenario, err, ok, one, send_frame, send_req, token, with_limits};
+use crate::common::{
+    Scenario, connect_held, err, ok, one, send_frame, send_req, token, with_limits,
+};
 
 fn missing(id: &str) -> Value {
     err(id, "INVALID_REQUEST", "Missing request id or op")
@@ -86,9 +88,8 @@ fn v_is_ignored_after_the_handshake() {
 fn duplicate_id_while_in_flight() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "a", "get_token", json!({"provider":"p"})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "a", "get_token", json!({"provider":"p"}));
     assert_eq!(
         send_req(&mut h, conn, "a", "list_providers", json!({})),
         vec![err("a", "INVALID_REQUEST", "Duplicate request id")]
@@ -148,10 +149,9 @@ fn id_is_reusable_after_completion() {
 fn ids_are_per_connection() {
     let mut h = Harness::new();
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, a, "x", "list_api_keys", json!({})).is_empty());
-    assert!(send_req(&mut h, b, "x", "list_api_keys", json!({})).is_empty());
+    let b = connect_held(&mut h);
+    h.no_reply_yet(a, "x", "list_api_keys", json!({}));
+    h.no_reply_yet(b, "x", "list_api_keys", json!({}));
     h.complete_all();
     assert_eq!(h.take_replies(a), vec![ok("x", json!({"keys":[]}))]);
     assert_eq!(h.take_replies(b), vec![ok("x", json!({"keys":[]}))]);
@@ -213,7 +213,7 @@ fn in_flight_cap() {
         h.take_replies(conn),
         vec![err("f0", "NOT_FOUND", "No token found for provider: p")]
     );
-    assert!(send_req(&mut h, conn, "17", "get_token", json!({"provider":"p"})).is_empty());
+    h.no_reply_yet(conn, "17", "get_token", json!({"provider":"p"}));
     assert_eq!(h.held.len(), 16);
     h.complete_all();
     assert_eq!(h.take_replies(conn).len(), 16);
@@ -388,10 +388,9 @@ fn replies_follow_effect_completion_order() {
     h.store.put_token("a", "default", token("at-a"));
     h.store.put_token("b", "default", token("at-b"));
     h.store.put_token("c", "default", token("at-c"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     for p in ["a", "b", "c"] {
-        assert!(send_req(&mut h, conn, p, "get_token", json!({"provider":p})).is_empty());
+        h.no_reply_yet(conn, p, "get_token", json!({"provider":p}));
     }
     assert_eq!(h.held.len(), 3);
     for i in (0..3).rev() {
@@ -415,8 +414,7 @@ fn replies_follow_effect_completion_order() {
 #[test]
 fn requests_start_in_arrival_order() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     let mut chunk = Vec::new();
     for (i, p) in ["x", "y", "z"].iter().enumerate() {
         chunk.extend(credproxy_core::frame::encode(

@@ -4,7 +4,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Limits, Peer, Secret, Transport};
 use serde_json::json;
 
-use crate::common::{Scenario, err, ok, one, read_closed, with_limits};
+use crate::common::{Scenario, connect_held, err, ok, one, read_closed, with_limits};
 
 #[test]
 fn connection_limit_bounds_handshaken_connections() {
@@ -18,8 +18,7 @@ fn connection_limit_bounds_handshaken_connections() {
     };
     let mut h = Harness::with_config(with_limits(limits), 0);
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
+    let b = connect_held(&mut h);
     h.request(a, "ka", "get_api_key", json!({"name":"K"}));
     h.request(b, "kb", "get_api_key", json!({"name":"K"}));
     let peer = Peer::anonymous(Transport::Unix);

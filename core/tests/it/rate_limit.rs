@@ -4,7 +4,7 @@ use credproxy_core::Limits;
 use credproxy_core::testkit::Harness;
 use serde_json::{Value, json};
 
-use crate::common::{self, Scenario, err, ok, one, token, with_limits};
+use crate::common::{self, Scenario, connect_held, err, ok, one, token, with_limits};
 
 fn limited(id: &str, retry_after: u64) -> Value {
     json!({"id":id,"ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":retry_after})
@@ -206,8 +206,7 @@ fn rate_limit_comes_after_the_envelope_checks() {
         ..Default::default()
     };
     let mut h = Harness::with_config(with_limits(limits), 0);
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     assert!(common::send_req(&mut h, conn, "a", "save_token", save_payload(0)).is_empty());
     // Duplicate id: answered as a duplicate, not as rate limited.
     h.expect(

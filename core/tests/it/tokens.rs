@@ -6,7 +6,9 @@ use credproxy_core::testkit::{Harness, START_UNIX_MS};
 use credproxy_core::{Effect, EffectResult};
 use serde_json::{Value, json};
 
-use crate::common::{Scenario, err, ok, one, send_req, token};
+use crate::common::{
+    Scenario, connect_held, err, ok, one, send_req, store_old_with_refresh, token,
+};
 
 fn at_token(access: &str) -> Value {
     token(access)
@@ -468,7 +470,7 @@ fn list_providers_and_buckets_sorted() {
     );
     // The host's list order does not matter: the engine sorts and dedups.
     h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "5", "list_providers", json!({})).is_empty());
+    h.no_reply_yet(conn, "5", "list_providers", json!({}));
     h.complete_with(
         0,
         EffectResult::Names(vec!["b".into(), "a".into(), "b".into(), "C".into()]),
@@ -594,8 +596,7 @@ fn bucket_stats_counts_survive_removal_but_need_a_token() {
 fn cancelled_get_token_is_not_counted() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", at_token("a"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "g", "get_token", json!({"provider":"p"}));
     send_req(&mut h, conn, "c", "cancel", json!({"targetId":"g"}));
     h.complete_all();
@@ -614,45 +615,18 @@ fn cancelled_get_token_is_not_counted() {
 #[test]
 fn concurrent_saves_to_one_key_are_serialized() {
     let mut h = Harness::new();
-    h.store.put_token(
-        "p",
-        "default",
-        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
-    );
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "s1",
-            "save_token",
-            json!({"provider":"p","token":{"access_token":"one","expiry":2,"token_type":"Bearer","scope":"s1"}})
-        )
-        .is_empty()
-    );
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "s2",
-            "save_token",
-            json!({"provider":"p","bucket":"default","token":{"access_token":"two","expiry":3,"token_type":"Bearer","account_id":"acc"}})
-        )
-        .is_empty()
-    );
+    store_old_with_refresh(&mut h);
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "s1", "save_token", json!({"provider":"p","token":{"access_token":"one","expiry":2,"token_type":"Bearer","scope":"s1"}}));
+    h.no_reply_yet(conn, "s2", "save_token", json!({"provider":"p","bucket":"default","token":{"access_token":"two","expiry":3,"token_type":"Bearer","account_id":"acc"}}));
     // Only the first write reads; the second waits for the key.
     assert_eq!(h.held.len(), 1);
     // A write to another key is not blocked.
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "o",
-            "save_token",
-            json!({"provider":"p","bucket":"other","token":at_token("x")})
-        )
-        .is_empty()
+    h.no_reply_yet(
+        conn,
+        "o",
+        "save_token",
+        json!({"provider":"p","bucket":"other","token":at_token("x")}),
     );
     assert_eq!(h.held.len(), 2);
     h.complete(1);
@@ -689,8 +663,7 @@ fn concurrent_saves_to_one_key_are_serialized() {
 fn remove_and_save_to_one_key_are_serialized() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", at_token("a"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "r", "remove_token", json!({"provider":"p"}));
     send_req(
         &mut h,
@@ -759,8 +732,7 @@ fn store_failure_is_internal_error_and_the_connection_survives() {
 #[test]
 fn failed_effect_results_at_each_write_step() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     // Fails at the fresh read.
     send_req(
         &mut h,

@@ -64,6 +64,24 @@ pub fn one(h: &mut Harness, conn: ConnId, id: &str, op: &str, payload: Value) ->
     replies.into_iter().next().unwrap_or(Value::Null)
 }
 
+/// Connects and turns automatic effects off, so the test completes the
+/// store effects itself (in any order, or never).
+pub fn connect_held(h: &mut Harness) -> ConnId {
+    let conn = h.connect();
+    h.auto_effects = false;
+    conn
+}
+
+/// Stores an expired token of `p/default` that has a refresh token (`rt`),
+/// the stored state the write-path tests merge into.
+pub fn store_old_with_refresh(h: &mut Harness) {
+    h.store.put_token(
+        "p",
+        "default",
+        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
+    );
+}
+
 /// Sends a raw frame (any JSON value) and returns the replies.
 pub fn send_frame(h: &mut Harness, conn: ConnId, frame: &Value) -> Vec<Value> {
     h.send_json(conn, frame);
@@ -112,6 +130,10 @@ pub trait Scenario {
     /// asserts that its single reply is `want`: the step most scenario
     /// tests are made of.
     fn expect(&mut self, conn: ConnId, op: &str, payload: Value, want: Value);
+
+    /// Sends one request and asserts that nothing is sent back yet (its
+    /// effects are held).
+    fn no_reply_yet(&mut self, conn: ConnId, id: &str, op: &str, payload: Value);
 }
 
 impl Scenario for Harness {
@@ -120,5 +142,14 @@ impl Scenario for Harness {
         let id = want["id"].as_str().expect("the expected reply has an id");
         let got = one(self, conn, id, op, payload);
         assert_eq!(got, want, "the reply to {op} (id {id})");
+    }
+
+    #[track_caller]
+    fn no_reply_yet(&mut self, conn: ConnId, id: &str, op: &str, payload: Value) {
+        let replies = send_req(self, conn, id, op, payload);
+        assert!(
+            replies.is_empty(),
+            "{op} (id {id}) answered early: {replies:?}"
+        );
     }
 }
