@@ -7,7 +7,7 @@ use credproxy_core::{Effect, Limits};
 use serde_json::{Value, json};
 
 use crate::common::{
-    Scenario, connect_held, err, ok, one, send_frame, send_req, token, with_limits,
+    Scenario, connect_held, err, harness_with, ok, one, send_frame, send_req, token,
 };
 
 fn missing(id: &str) -> Value {
@@ -239,11 +239,10 @@ fn cancel_is_exempt_from_the_cap() {
 
 #[test]
 fn in_flight_cap_is_configurable() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         max_in_flight: 2,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     fill_in_flight(&mut h, conn, 2);
     assert_eq!(

@@ -4,7 +4,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Limits, Peer, Secret, Transport};
 use serde_json::json;
 
-use crate::common::{Scenario, connect_held, err, ok, one, read_closed, with_limits};
+use crate::common::{Scenario, connect_held, err, harness_with, ok, one, read_closed};
 
 #[test]
 fn connection_limit_bounds_handshaken_connections() {
@@ -12,11 +12,10 @@ fn connection_limit_bounds_handshaken_connections() {
     // at accept (SPEC §3.1); it bounds handshaken connections, and a
     // newcomer displaces an idle one. With work in flight everywhere, the
     // newcomer is the one closed.
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         max_connections: 2,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let a = h.connect();
     let b = connect_held(&mut h);
     h.request(a, "ka", "get_api_key", json!({"name":"K"}));
@@ -194,11 +193,10 @@ fn v1_guard_applies_to_token_replies() {
 
 #[test]
 fn v2_bound_with_a_small_configured_maximum() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         v2_max_payload: 1_000,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
     let fits = "a".repeat(1_000 - overhead);
     h.store

@@ -4,7 +4,7 @@ use credproxy_core::Limits;
 use credproxy_core::testkit::Harness;
 use serde_json::{Value, json};
 
-use crate::common::{self, Scenario, connect_held, err, ok, one, token, with_limits};
+use crate::common::{self, Scenario, connect_held, err, harness_with, ok, one, token};
 
 fn limited(id: &str, retry_after: u64) -> Value {
     json!({"id":id,"ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":retry_after})
@@ -85,12 +85,11 @@ fn reads_are_never_rate_limited() {
 
 #[test]
 fn every_covered_operation_consumes_and_is_refused() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         rate_per_sec: 1,
         rate_burst: 5,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     let covered = [
         ("save_token", save_payload(0)),
@@ -161,12 +160,11 @@ fn the_limit_is_per_connection() {
 
 #[test]
 fn rate_is_configurable() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         rate_per_sec: 1,
         rate_burst: 2,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     for _ in 0..2 {
         h.expect(
@@ -200,12 +198,11 @@ fn rate_is_configurable() {
 
 #[test]
 fn rate_limit_comes_after_the_envelope_checks() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         rate_per_sec: 1,
         rate_burst: 1,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = connect_held(&mut h);
     assert!(common::send_req(&mut h, conn, "a", "save_token", save_payload(0)).is_empty());
     // Duplicate id: answered as a duplicate, not as rate limited.

@@ -33,6 +33,11 @@ pub fn with_limits(limits: Limits) -> Config {
     }
 }
 
+/// A harness (seed 0) with a host configuration with the given limits.
+pub fn harness_with(limits: Limits) -> Harness {
+    Harness::with_config(with_limits(limits), 0)
+}
+
 /// A valid token as JSON.
 pub fn token(access: &str) -> Value {
     json!({"access_token": access, "expiry": 1_767_229_200, "token_type": "Bearer"})
