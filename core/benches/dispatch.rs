@@ -4,24 +4,16 @@
 
 use credproxy_core::frame::{self, FrameDecoder};
 use credproxy_core::request;
-use credproxy_core::{Config, ConnId, EffectResult, Engine, Now, Output, Peer, Token, Transport};
+use credproxy_core::{Config, ConnId, Effect, EffectResult, Engine, Now, Output};
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 use serde_json::json;
+
+mod shared;
+
+use shared::token;
 
 fn main() {
     divan::main();
-}
-
-fn token() -> Token {
-    let v = json!({
-        "access_token": "sk-ant-oat01-".to_owned() + &"x".repeat(96),
-        "refresh_token": "sk-ant-ort01-".to_owned() + &"y".repeat(96),
-        "expiry": 1_767_225_600,
-        "token_type": "Bearer",
-        "scope": "org:create_api_key user:profile user:inference"
-    });
-    Token::from_map(v.as_object().cloned().unwrap_or_default())
 }
 
 fn ready_engine() -> (Engine<ChaCha20Rng>, ConnId) {
@@ -30,16 +22,34 @@ fn ready_engine() -> (Engine<ChaCha20Rng>, ConnId) {
     let mut config = Config::default();
     config.limits.rate_per_sec = u32::MAX;
     config.limits.rate_burst = u32::MAX;
-    let mut engine = Engine::new(config, ChaCha20Rng::seed_from_u64(1)).expect("config");
-    let now = Now::new(0, 1_700_000_000_000);
-    let conn = engine
-        .handle_open(Peer::anonymous(Transport::Embedded), now)
-        .expect("open");
-    let hs =
-        frame::encode(&json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":2}}));
-    engine.handle_bytes(conn, &hs, now);
-    while engine.poll_output().is_some() {}
-    (engine, conn)
+    shared::handshaken(config, 1)
+}
+
+/// Feeds every output of the request just delivered: effects are answered
+/// by `answer`, and the reply bytes (which must be a success) are counted.
+fn run(
+    engine: &mut Engine<ChaCha20Rng>,
+    now: Now,
+    mut answer: impl FnMut(Effect) -> EffectResult,
+) -> usize {
+    let mut sent = 0;
+    while let Some(out) = engine.poll_output() {
+        match out {
+            Output::Effect { id, effect } => {
+                let result = answer(effect);
+                engine.handle_effect_result(id, result, now);
+            }
+            Output::Send { bytes, .. } => {
+                assert!(
+                    bytes.windows(9).any(|w| w == b"\"ok\":true"),
+                    "the request failed"
+                );
+                sent += divan::black_box(bytes).len();
+            }
+            _ => {}
+        }
+    }
+    sent
 }
 
 /// One `get_token` round trip through the engine, cache hit answered inline.
@@ -101,7 +111,6 @@ fn parse_get_token_request(bencher: divan::Bencher) {
 /// canned effect results.
 #[divan::bench]
 fn oauth_initiate_then_exchange(bencher: divan::Bencher) {
-    use credproxy_core::Effect;
     use credproxy_core::http::HttpOutcome;
     let (mut engine, conn) = ready_engine();
     let now = Now::new(1, 1_700_000_000_001);
@@ -123,29 +132,15 @@ fn oauth_initiate_then_exchange(bencher: divan::Bencher) {
         }
         let exchange = frame::encode(&json!({"v":2,"id":format!("e{n}"),"op":"oauth_exchange","payload":{"session_id":sid,"code":"c"}}));
         engine.handle_bytes(conn, &exchange, now);
-        let mut sent = 0;
-        while let Some(out) = engine.poll_output() {
-            match out {
-                Output::Effect { id, effect } => {
-                    let result = match effect {
-                        Effect::Http(_) => EffectResult::Http(HttpOutcome::Response {
-                            status: 200,
-                            body: token_body.clone(),
-                        }),
-                        Effect::LockAcquire { .. } => EffectResult::Locked(true),
-                        Effect::MetaGet { .. } => EffectResult::Meta { refresh_unusable: false },
-                        _ => EffectResult::Done,
-                    };
-                    engine.handle_effect_result(id, result, now);
-                }
-                Output::Send { bytes, .. } => {
-                    assert!(bytes.windows(9).any(|w| w == b"\"ok\":true"), "the request failed");
-                    sent += divan::black_box(bytes).len();
-                }
-                _ => {}
-            }
-        }
-        sent
+        run(&mut engine, now, |effect| match effect {
+            Effect::Http(_) => EffectResult::Http(HttpOutcome::Response {
+                status: 200,
+                body: token_body.clone(),
+            }),
+            Effect::LockAcquire { .. } => EffectResult::Locked(true),
+            Effect::MetaGet { .. } => EffectResult::Meta { refresh_unusable: false },
+            _ => EffectResult::Done,
+        })
     });
 }
 
@@ -154,19 +149,12 @@ fn oauth_initiate_then_exchange(bencher: divan::Bencher) {
 /// the write. The cooldown is set to zero so every iteration refreshes.
 #[divan::bench]
 fn refresh_with_canned_http(bencher: divan::Bencher) {
-    use credproxy_core::Effect;
     use credproxy_core::http::HttpOutcome;
     let mut config = Config::default();
     config.limits.refresh_cooldown_ms = 0;
     config.limits.rate_per_sec = u32::MAX;
     config.limits.rate_burst = u32::MAX;
-    let mut engine = Engine::new(config, ChaCha20Rng::seed_from_u64(2)).expect("config");
-    let now = Now::new(0, 1_700_000_000_000);
-    let conn = engine
-        .handle_open(Peer::anonymous(Transport::Embedded), now)
-        .expect("open");
-    engine.handle_bytes(conn, &frame::encode(&json!({"v":2,"op":"handshake"})), now);
-    while engine.poll_output().is_some() {}
+    let (mut engine, conn) = shared::handshaken(config, 2);
     let stored = token();
     let body =
         json!({"access_token":"sk-ant-oat01-".to_owned() + &"z".repeat(96),"expires_in":28800})
@@ -178,26 +166,12 @@ fn refresh_with_canned_http(bencher: divan::Bencher) {
         let request = frame::encode(&json!({"v":2,"id":format!("r{n}"),"op":"refresh_token","payload":{"provider":"anthropic"}}));
         let now = Now::new(n * 10, 1_700_000_000_000 + n * 10);
         engine.handle_bytes(conn, &request, now);
-        let mut sent = 0;
-        while let Some(out) = engine.poll_output() {
-            match out {
-                Output::Effect { id, effect } => {
-                    let result = match effect {
-                        Effect::TokenGet { .. } => EffectResult::Token(Some(stored.clone())),
-                        Effect::MetaGet { .. } => EffectResult::Meta { refresh_unusable: false },
-                        Effect::LockAcquire { .. } => EffectResult::Locked(true),
-                        Effect::Http(_) => EffectResult::Http(HttpOutcome::Response { status: 200, body: body.clone() }),
-                        _ => EffectResult::Done,
-                    };
-                    engine.handle_effect_result(id, result, now);
-                }
-                Output::Send { bytes, .. } => {
-                    assert!(bytes.windows(9).any(|w| w == b"\"ok\":true"), "the request failed");
-                    sent += divan::black_box(bytes).len();
-                }
-                _ => {}
-            }
-        }
-        sent
+        run(&mut engine, now, |effect| match effect {
+            Effect::TokenGet { .. } => EffectResult::Token(Some(stored.clone())),
+            Effect::MetaGet { .. } => EffectResult::Meta { refresh_unusable: false },
+            Effect::LockAcquire { .. } => EffectResult::Locked(true),
+            Effect::Http(_) => EffectResult::Http(HttpOutcome::Response { status: 200, body: body.clone() }),
+            _ => EffectResult::Done,
+        })
     });
 }

@@ -24,7 +24,8 @@
 //! input and its decoding), `encode.rs` (its inverse, for seed corpora),
 //! `world/` (the engine world model and its invariants), `fixtures.rs`
 //! (configurations and store contents), `sentinel.rs` (the secret markers
-//! and the leak check) and `oversize_model.rs` (the oversize-frame rule).
+//! and the leak check), `sessions.rs` (the session and provider-call
+//! bookkeeping the model test in `core/tests/it/model.rs` shares) and `oversize_model.rs` (the oversize-frame rule).
 
 mod encode;
 mod fixtures;
@@ -33,6 +34,7 @@ mod ops;
 mod oversize_model;
 mod request;
 mod sentinel;
+pub mod sessions;
 mod world;
 
 pub use encode::encode_engine_ops;

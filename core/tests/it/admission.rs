@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use crate::common::{self, ok, one, with_limits};
+use crate::common::{self, Scenario, connect_held, ok, one, with_limits};
 
 fn limits(max_connections: usize, max_pending: usize, per_pid: usize) -> Limits {
     Limits {
@@ -63,9 +63,11 @@ fn pending_budget_drops_the_oldest() {
     assert_eq!(h.engine.pending_handshakes(), 3);
     assert_eq!(h.engine.connection_count(), 4);
     // The handshaken connection is untouched and still served.
-    assert_eq!(
-        one(&mut h, served, "1", "list_api_keys", json!({})),
-        ok("1", json!({"keys":[]}))
+    h.expect(
+        served,
+        "list_api_keys",
+        json!({}),
+        ok("1", json!({"keys":[]})),
     );
     // A pending connection that completes its handshake leaves the budget.
     assert_eq!(handshake(&mut h, b)[0]["ok"], json!(true));
@@ -86,10 +88,7 @@ fn full_table_evicts_the_idle_longest() {
     let c = h.connect();
     h.advance(10);
     // `a` was active last: `b` is now idle longest.
-    assert_eq!(
-        one(&mut h, a, "1", "list_api_keys", json!({})),
-        ok("1", json!({"keys":[]}))
-    );
+    h.expect(a, "list_api_keys", json!({}), ok("1", json!({"keys":[]})));
     h.advance(10);
     let d = h.connect();
     assert!(h.is_closed(b));
@@ -147,8 +146,7 @@ fn in_flight_work_and_own_sessions_are_never_evicted() {
 #[test]
 fn no_evictable_connection_refuses_the_newcomer() {
     let mut h = Harness::with_config(with_limits(limits(1, 8, 32)), 0);
-    let busy = h.connect();
-    h.auto_effects = false;
+    let busy = connect_held(&mut h);
     h.request(busy, "k", "get_api_key", json!({"name":"K"}));
     let newcomer = h.open();
     // The handshake is refused with a reason, then the newcomer is closed.

@@ -7,7 +7,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, Policy, Secret};
 use serde_json::json;
 
-use crate::common::{err, ok, one, sandbox_with_policy, token};
+use crate::common::{Scenario, err, ok, one, sandbox_with_policy, token};
 
 fn set(names: &[&str]) -> Option<BTreeSet<String>> {
     Some(names.iter().map(|s| (*s).to_owned()).collect())
@@ -108,9 +108,11 @@ fn default_bucket_is_checked_as_default() {
         json!({"provider":"p","bucket":""}),
         json!({"provider":"p","bucket":"default"}),
     ] {
-        assert_eq!(
-            one(&mut h, conn, "d", "get_token", payload),
-            err("d", "UNAUTHORIZED", "Bucket not allowed: default")
+        h.expect(
+            conn,
+            "get_token",
+            payload,
+            err("d", "UNAUTHORIZED", "Bucket not allowed: default"),
         );
     }
 }
@@ -127,13 +129,17 @@ fn key_not_allowed() {
         );
     }
     assert!(h.effects.is_empty());
-    assert_eq!(
-        one(&mut h, conn, "k", "get_api_key", json!({"name":"k"})),
-        ok("k", json!({"key":"v-k"}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"k"}),
+        ok("k", json!({"key":"v-k"})),
     );
-    assert_eq!(
-        one(&mut h, conn, "k", "has_api_key", json!({"name":"k"})),
-        ok("k", json!({"exists":true}))
+    h.expect(
+        conn,
+        "has_api_key",
+        json!({"name":"k"}),
+        ok("k", json!({"exists":true})),
     );
 }
 
@@ -141,25 +147,17 @@ fn key_not_allowed() {
 fn allowed_requests_are_served() {
     let mut h = host();
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "g",
-            "get_token",
-            json!({"provider":"p","bucket":"work"})
-        ),
-        ok("g", token("at-p-work"))
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","bucket":"work"}),
+        ok("g", token("at-p-work")),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s",
-            "save_token",
-            json!({"provider":"r","token":token("new")})
-        ),
-        ok("s", json!({}))
+    h.expect(
+        conn,
+        "save_token",
+        json!({"provider":"r","token":token("new")}),
+        ok("s", json!({})),
     );
 }
 
@@ -167,21 +165,29 @@ fn allowed_requests_are_served() {
 fn lists_are_filtered() {
     let mut h = host();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "1", "list_providers", json!({})),
-        ok("1", json!({"providers":["p","r"]}))
+    h.expect(
+        conn,
+        "list_providers",
+        json!({}),
+        ok("1", json!({"providers":["p","r"]})),
     );
-    assert_eq!(
-        one(&mut h, conn, "2", "list_buckets", json!({"provider":"p"})),
-        ok("2", json!({"buckets":["default","work"]}))
+    h.expect(
+        conn,
+        "list_buckets",
+        json!({"provider":"p"}),
+        ok("2", json!({"buckets":["default","work"]})),
     );
-    assert_eq!(
-        one(&mut h, conn, "3", "list_buckets", json!({"provider":"r"})),
-        ok("3", json!({"buckets":[]}))
+    h.expect(
+        conn,
+        "list_buckets",
+        json!({"provider":"r"}),
+        ok("3", json!({"buckets":[]})),
     );
-    assert_eq!(
-        one(&mut h, conn, "4", "list_api_keys", json!({})),
-        ok("4", json!({"keys":["k"]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("4", json!({"keys":["k"]})),
     );
 }
 
@@ -189,44 +195,36 @@ fn lists_are_filtered() {
 fn validation_comes_before_the_allow_lists() {
     let mut h = host();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "v", "get_token", json!({"provider":"a/b"})),
-        err("v", "INVALID_REQUEST", "Invalid provider")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"a/b"}),
+        err("v", "INVALID_REQUEST", "Invalid provider"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "v",
-            "get_token",
-            json!({"provider":"q","bucket":".."})
-        ),
-        err("v", "INVALID_REQUEST", "Invalid bucket")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"q","bucket":".."}),
+        err("v", "INVALID_REQUEST", "Invalid bucket"),
     );
-    assert_eq!(
-        one(&mut h, conn, "v", "get_api_key", json!({"name":"a@b"})),
-        err("v", "INVALID_REQUEST", "Invalid name")
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"a@b"}),
+        err("v", "INVALID_REQUEST", "Invalid name"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "v",
-            "save_token",
-            json!({"provider":"q","token":{}})
-        ),
-        err("v", "INVALID_REQUEST", "Invalid token")
+    h.expect(
+        conn,
+        "save_token",
+        json!({"provider":"q","token":{}}),
+        err("v", "INVALID_REQUEST", "Invalid token"),
     );
     // Provider before bucket.
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "v",
-            "get_token",
-            json!({"provider":"q","bucket":"secret"})
-        ),
-        err("v", "UNAUTHORIZED", "Provider not allowed: q")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"q","bucket":"secret"}),
+        err("v", "UNAUTHORIZED", "Provider not allowed: q"),
     );
 }
 
@@ -235,48 +233,60 @@ fn sandbox_reads_are_allow_listed() {
     let mut h = Harness::with_config(sandbox_with_policy(policy()), 0);
     seed(&mut h);
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"q"})),
-        err("g", "UNAUTHORIZED", "Provider not allowed: q")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"q"}),
+        err("g", "UNAUTHORIZED", "Provider not allowed: q"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "g",
-            "get_token",
-            json!({"provider":"p","bucket":"secret"})
-        ),
-        err("g", "UNAUTHORIZED", "Bucket not allowed: secret")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","bucket":"secret"}),
+        err("g", "UNAUTHORIZED", "Bucket not allowed: secret"),
     );
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"p"})),
-        ok("g", token("at-p-default"))
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
+        ok("g", token("at-p-default")),
     );
     // Allowed but missing: the sandbox rule still applies.
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"r"})),
-        err("g", "FORBIDDEN", "Access denied")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"r"}),
+        err("g", "FORBIDDEN", "Access denied"),
     );
-    assert_eq!(
-        one(&mut h, conn, "k", "get_api_key", json!({"name":"other"})),
-        err("k", "UNAUTHORIZED", "Key not allowed: other")
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"other"}),
+        err("k", "UNAUTHORIZED", "Key not allowed: other"),
     );
-    assert_eq!(
-        one(&mut h, conn, "k", "get_api_key", json!({"name":"k"})),
-        ok("k", json!({"key":"v-k"}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"k"}),
+        ok("k", json!({"key":"v-k"})),
     );
     // Sandbox answers that come before validation are unchanged.
-    assert_eq!(
-        one(&mut h, conn, "l", "list_providers", json!({})),
-        ok("l", json!({"providers":[]}))
+    h.expect(
+        conn,
+        "list_providers",
+        json!({}),
+        ok("l", json!({"providers":[]})),
     );
-    assert_eq!(
-        one(&mut h, conn, "s", "save_token", json!({"provider":"q"})),
-        err("s", "FORBIDDEN", "Sandbox connections cannot modify tokens")
+    h.expect(
+        conn,
+        "save_token",
+        json!({"provider":"q"}),
+        err("s", "FORBIDDEN", "Sandbox connections cannot modify tokens"),
     );
-    assert_eq!(
-        one(&mut h, conn, "o", "oauth_initiate", json!({"provider":"q"})),
-        err("o", "UNAUTHORIZED", "Provider not allowed: q")
+    h.expect(
+        conn,
+        "oauth_initiate",
+        json!({"provider":"q"}),
+        err("o", "UNAUTHORIZED", "Provider not allowed: q"),
     );
 }

@@ -4,7 +4,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Effect, Secret};
 use serde_json::json;
 
-use crate::common::{self, err, ok, one};
+use crate::common::{self, Scenario, err, ok, one};
 
 fn harness_with_keys() -> Harness {
     let mut h = Harness::new();
@@ -22,15 +22,11 @@ fn harness_with_keys() -> Harness {
 fn get_api_key() {
     let mut h = harness_with_keys();
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "1",
-            "get_api_key",
-            json!({"name":"OPENAI_API_KEY"})
-        ),
-        ok("1", json!({"key":"sk-openai"}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"OPENAI_API_KEY"}),
+        ok("1", json!({"key":"sk-openai"})),
     );
     assert_eq!(
         h.effects,
@@ -38,9 +34,11 @@ fn get_api_key() {
             name: "OPENAI_API_KEY".into()
         }]
     );
-    assert_eq!(
-        one(&mut h, conn, "2", "get_api_key", json!({"name":"a-b_c.9"})),
-        ok("2", json!({"key":"v"}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"a-b_c.9"}),
+        ok("2", json!({"key":"v"})),
     );
 }
 
@@ -48,20 +46,18 @@ fn get_api_key() {
 fn get_api_key_not_found() {
     let mut h = harness_with_keys();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "1", "get_api_key", json!({"name":"missing"})),
-        err("1", "NOT_FOUND", "No API key found for: missing")
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"missing"}),
+        err("1", "NOT_FOUND", "No API key found for: missing"),
     );
     // Names are case-sensitive.
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "2",
-            "get_api_key",
-            json!({"name":"openai_api_key"})
-        ),
-        err("2", "NOT_FOUND", "No API key found for: openai_api_key")
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"openai_api_key"}),
+        err("2", "NOT_FOUND", "No API key found for: openai_api_key"),
     );
 }
 
@@ -69,17 +65,21 @@ fn get_api_key_not_found() {
 fn list_api_keys_sorted() {
     let mut h = harness_with_keys();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "1", "list_api_keys", json!({})),
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
         ok(
             "1",
-            json!({"keys":["OPENAI_API_KEY","a-b_c.9","anthropic.key"]})
-        )
+            json!({"keys":["OPENAI_API_KEY","a-b_c.9","anthropic.key"]}),
+        ),
     );
     h.store.keys.clear();
-    assert_eq!(
-        one(&mut h, conn, "2", "list_api_keys", json!({})),
-        ok("2", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("2", json!({"keys":[]})),
     );
 }
 
@@ -87,19 +87,17 @@ fn list_api_keys_sorted() {
 fn has_api_key() {
     let mut h = harness_with_keys();
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "1",
-            "has_api_key",
-            json!({"name":"anthropic.key"})
-        ),
-        ok("1", json!({"exists":true}))
+    h.expect(
+        conn,
+        "has_api_key",
+        json!({"name":"anthropic.key"}),
+        ok("1", json!({"exists":true})),
     );
-    assert_eq!(
-        one(&mut h, conn, "2", "has_api_key", json!({"name":"nope"})),
-        ok("2", json!({"exists":false}))
+    h.expect(
+        conn,
+        "has_api_key",
+        json!({"name":"nope"}),
+        ok("2", json!({"exists":false})),
     );
 }
 
@@ -153,9 +151,11 @@ fn invalid_name() {
     // 64 characters is fine.
     let long = "k".repeat(64);
     h.store.keys.insert(long.clone(), Secret::new("long"));
-    assert_eq!(
-        one(&mut h, conn, "l", "get_api_key", json!({"name":long})),
-        ok("l", json!({"key":"long"}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":long}),
+        ok("l", json!({"key":"long"})),
     );
 }
 

@@ -6,7 +6,9 @@ use credproxy_core::EffectResult;
 use credproxy_core::testkit::Harness;
 use serde_json::json;
 
-use crate::common::{self, err, ok, one, send_frame, send_req, token};
+use crate::common::{
+    self, Scenario, connect_held, err, ok, one, send_frame, send_req, store_old_with_refresh, token,
+};
 
 fn cancelled(id: &str) -> serde_json::Value {
     err(id, "CANCELLED", "Operation cancelled")
@@ -16,9 +18,8 @@ fn cancelled(id: &str) -> serde_json::Value {
 fn in_flight_target_gets_cancelled_before_the_cancel_reply() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "t", "get_token", json!({"provider":"p"})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "t", "get_token", json!({"provider":"p"}));
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"t"})),
         vec![cancelled("t"), ok("c", json!({"cancelled":true}))]
@@ -29,18 +30,19 @@ fn in_flight_target_gets_cancelled_before_the_cancel_reply() {
     assert!(h.take_replies(conn).is_empty());
     assert_eq!(h.engine.pending_tasks(), 0);
     // A second cancel finds nothing.
-    assert_eq!(
-        one(&mut h, conn, "c2", "cancel", json!({"targetId":"t"})),
-        ok("c2", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"t"}),
+        ok("c2", json!({"cancelled":false})),
     );
 }
 
 #[test]
 fn cancelled_read_is_dropped_even_when_its_result_is_an_error() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "t", "list_api_keys", json!({})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "t", "list_api_keys", json!({}));
     let replies = send_req(&mut h, conn, "c", "cancel", json!({"targetId":"t"}));
     assert_eq!(replies.len(), 2);
     h.complete_with(0, EffectResult::Failed);
@@ -51,22 +53,30 @@ fn cancelled_read_is_dropped_even_when_its_result_is_an_error() {
 fn unknown_or_finished_target() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "c", "cancel", json!({"targetId":"never"})),
-        ok("c", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"never"}),
+        ok("c", json!({"cancelled":false})),
     );
-    assert_eq!(
-        one(&mut h, conn, "done", "list_api_keys", json!({})),
-        ok("done", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("done", json!({"keys":[]})),
     );
-    assert_eq!(
-        one(&mut h, conn, "c", "cancel", json!({"targetId":"done"})),
-        ok("c", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"done"}),
+        ok("c", json!({"cancelled":false})),
     );
     // A cancel can not target itself: it is never in flight.
-    assert_eq!(
-        one(&mut h, conn, "self", "cancel", json!({"targetId":"self"})),
-        ok("self", json!({"cancelled":false}))
+    h.expect(
+        conn,
+        "cancel",
+        json!({"targetId":"self"}),
+        ok("self", json!({"cancelled":false})),
     );
 }
 
@@ -104,9 +114,8 @@ fn missing_or_invalid_target_id() {
 #[test]
 fn cancel_is_subject_to_the_duplicate_check() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "t", "list_api_keys", json!({})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "t", "list_api_keys", json!({}));
     // The cancel's own id equals the in-flight id.
     assert_eq!(
         send_req(&mut h, conn, "t", "cancel", json!({"targetId":"t"})),
@@ -121,9 +130,8 @@ fn cancel_is_subject_to_the_duplicate_check() {
 fn cancel_from_another_connection_finds_nothing() {
     let mut h = Harness::new();
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, a, "t", "list_api_keys", json!({})).is_empty());
+    let b = connect_held(&mut h);
+    h.no_reply_yet(a, "t", "list_api_keys", json!({}));
     assert_eq!(
         send_req(&mut h, b, "c", "cancel", json!({"targetId":"t"})),
         vec![ok("c", json!({"cancelled":false}))]
@@ -137,22 +145,13 @@ fn cancel_from_another_connection_finds_nothing() {
 #[test]
 fn cancelled_save_token_still_persists() {
     let mut h = Harness::new();
-    h.store.put_token(
-        "p",
-        "default",
-        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
-    );
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "s",
-            "save_token",
-            json!({"provider":"p","token":{"access_token":"new","expiry":2,"token_type":"Bearer"}})
-        )
-        .is_empty()
+    store_old_with_refresh(&mut h);
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(
+        conn,
+        "s",
+        "save_token",
+        json!({"provider":"p","token":{"access_token":"new","expiry":2,"token_type":"Bearer"}}),
     );
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"s"})),
@@ -168,15 +167,11 @@ fn cancelled_save_token_still_persists() {
     assert_eq!(h.engine.pending_tasks(), 0);
     // The key is released: another save goes through.
     h.auto_effects = true;
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s",
-            "save_token",
-            json!({"provider":"p","token":{"access_token":"newer","expiry":3,"token_type":"Bearer"}})
-        ),
-        ok("s", json!({}))
+    h.expect(
+        conn,
+        "save_token",
+        json!({"provider":"p","token":{"access_token":"newer","expiry":3,"token_type":"Bearer"}}),
+        ok("s", json!({})),
     );
     assert_eq!(
         h.store.token("p", "default").unwrap()["access_token"],
@@ -187,11 +182,10 @@ fn cancelled_save_token_still_persists() {
 #[test]
 fn cancelled_save_waiting_for_the_key_still_persists_in_order() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     let save = |at: &str, extra: &str| json!({"provider":"p","token":{"access_token":at,"expiry":1,"token_type":"Bearer", extra: true}});
-    assert!(send_req(&mut h, conn, "s1", "save_token", save("one", "x1")).is_empty());
-    assert!(send_req(&mut h, conn, "s2", "save_token", save("two", "x2")).is_empty());
+    h.no_reply_yet(conn, "s1", "save_token", save("one", "x1"));
+    h.no_reply_yet(conn, "s2", "save_token", save("two", "x2"));
     assert_eq!(h.held.len(), 1);
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"s2"})),
@@ -209,9 +203,8 @@ fn cancelled_save_waiting_for_the_key_still_persists_in_order() {
 fn cancelled_remove_token_still_removes() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "r", "remove_token", json!({"provider":"p"})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "r", "remove_token", json!({"provider":"p"}));
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"r"})),
         vec![cancelled("r"), ok("c", json!({"cancelled":true}))]
@@ -224,15 +217,14 @@ fn cancelled_remove_token_still_removes() {
 #[test]
 fn cancel_with_numeric_target_id() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     assert!(send_frame(&mut h, conn, &json!({"id":7,"op":"list_api_keys"})).is_empty());
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":7})),
         vec![cancelled("7"), ok("c", json!({"cancelled":true}))]
     );
     // A string id is found by a numeric targetId and vice versa.
-    assert!(send_req(&mut h, conn, "8", "list_api_keys", json!({})).is_empty());
+    h.no_reply_yet(conn, "8", "list_api_keys", json!({}));
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":8})),
         vec![cancelled("8"), ok("c", json!({"cancelled":true}))]
@@ -249,15 +241,14 @@ fn cancel_with_numeric_target_id() {
 #[test]
 fn cancel_frees_the_in_flight_slot_and_the_id() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     for i in 0..16 {
-        assert!(send_req(&mut h, conn, &format!("f{i}"), "list_api_keys", json!({})).is_empty());
+        h.no_reply_yet(conn, &format!("f{i}"), "list_api_keys", json!({}));
     }
     let replies = send_req(&mut h, conn, "c", "cancel", json!({"targetId":"f0"}));
     assert_eq!(replies.len(), 2);
     // The slot and the id are free again.
-    assert!(send_req(&mut h, conn, "f0", "list_api_keys", json!({})).is_empty());
+    h.no_reply_yet(conn, "f0", "list_api_keys", json!({}));
     h.complete_all();
     let replies = h.take_replies(conn);
     assert_eq!(replies.len(), 16);
@@ -280,15 +271,11 @@ fn cancel_is_not_rate_limited() {
     let mut h = Harness::with_config(common::with_limits(limits), 0);
     let conn = h.connect();
     for i in 0..50 {
-        assert_eq!(
-            one(
-                &mut h,
-                conn,
-                &format!("c{i}"),
-                "cancel",
-                json!({"targetId":"x"})
-            ),
-            ok(&format!("c{i}"), json!({"cancelled":false}))
+        h.expect(
+            conn,
+            "cancel",
+            json!({"targetId":"x"}),
+            ok(&format!("c{i}"), json!({"cancelled":false})),
         );
     }
 }

@@ -6,7 +6,9 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Effect, Limits};
 use serde_json::{Value, json};
 
-use crate::common::{err, ok, one, send_frame, send_req, token, with_limits};
+use crate::common::{
+    Scenario, connect_held, err, harness_with, ok, one, send_frame, send_req, token,
+};
 
 fn missing(id: &str) -> Value {
     err(id, "INVALID_REQUEST", "Missing request id or op")
@@ -86,9 +88,8 @@ fn v_is_ignored_after_the_handshake() {
 fn duplicate_id_while_in_flight() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "a", "get_token", json!({"provider":"p"})).is_empty());
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "a", "get_token", json!({"provider":"p"}));
     assert_eq!(
         send_req(&mut h, conn, "a", "list_providers", json!({})),
         vec![err("a", "INVALID_REQUEST", "Duplicate request id")]
@@ -122,19 +123,25 @@ fn id_is_reusable_after_completion() {
     let mut h = Harness::new();
     let conn = h.connect();
     for _ in 0..3 {
-        assert_eq!(
-            one(&mut h, conn, "same", "get_token", json!({"provider":"p"})),
-            err("same", "NOT_FOUND", "No token found for provider: p")
+        h.expect(
+            conn,
+            "get_token",
+            json!({"provider":"p"}),
+            err("same", "NOT_FOUND", "No token found for provider: p"),
         );
     }
     // Also after an error answered without an effect.
-    assert_eq!(
-        one(&mut h, conn, "same", "get_token", json!({})),
-        err("same", "INVALID_REQUEST", "Missing provider")
+    h.expect(
+        conn,
+        "get_token",
+        json!({}),
+        err("same", "INVALID_REQUEST", "Missing provider"),
     );
-    assert_eq!(
-        one(&mut h, conn, "same", "list_api_keys", json!({})),
-        ok("same", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("same", json!({"keys":[]})),
     );
 }
 
@@ -142,10 +149,9 @@ fn id_is_reusable_after_completion() {
 fn ids_are_per_connection() {
     let mut h = Harness::new();
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
-    assert!(send_req(&mut h, a, "x", "list_api_keys", json!({})).is_empty());
-    assert!(send_req(&mut h, b, "x", "list_api_keys", json!({})).is_empty());
+    let b = connect_held(&mut h);
+    h.no_reply_yet(a, "x", "list_api_keys", json!({}));
+    h.no_reply_yet(b, "x", "list_api_keys", json!({}));
     h.complete_all();
     assert_eq!(h.take_replies(a), vec![ok("x", json!({"keys":[]}))]);
     assert_eq!(h.take_replies(b), vec![ok("x", json!({"keys":[]}))]);
@@ -207,7 +213,7 @@ fn in_flight_cap() {
         h.take_replies(conn),
         vec![err("f0", "NOT_FOUND", "No token found for provider: p")]
     );
-    assert!(send_req(&mut h, conn, "17", "get_token", json!({"provider":"p"})).is_empty());
+    h.no_reply_yet(conn, "17", "get_token", json!({"provider":"p"}));
     assert_eq!(h.held.len(), 16);
     h.complete_all();
     assert_eq!(h.take_replies(conn).len(), 16);
@@ -233,11 +239,10 @@ fn cancel_is_exempt_from_the_cap() {
 
 #[test]
 fn in_flight_cap_is_configurable() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         max_in_flight: 2,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     fill_in_flight(&mut h, conn, 2);
     assert_eq!(
@@ -263,9 +268,11 @@ fn unknown_operation() {
         "get_token ",
         "handshake",
     ] {
-        assert_eq!(
-            one(&mut h, conn, "u", op, json!({})),
-            err("u", "INVALID_REQUEST", &format!("Unknown operation: {op}"))
+        h.expect(
+            conn,
+            op,
+            json!({}),
+            err("u", "INVALID_REQUEST", &format!("Unknown operation: {op}")),
         );
     }
     assert!(h.effects.is_empty());
@@ -363,18 +370,14 @@ fn unknown_payload_fields_are_ignored() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "1",
-            "get_token",
-            json!({"provider":"p","extra":{"deep":[1,2]},"redirect_uri":"x"})
-        ),
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","extra":{"deep":[1,2]},"redirect_uri":"x"}),
         ok(
             "1",
-            json!({"access_token":"at","expiry":1_767_229_200,"token_type":"Bearer"})
-        )
+            json!({"access_token":"at","expiry":1_767_229_200,"token_type":"Bearer"}),
+        ),
     );
 }
 
@@ -384,10 +387,9 @@ fn replies_follow_effect_completion_order() {
     h.store.put_token("a", "default", token("at-a"));
     h.store.put_token("b", "default", token("at-b"));
     h.store.put_token("c", "default", token("at-c"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     for p in ["a", "b", "c"] {
-        assert!(send_req(&mut h, conn, p, "get_token", json!({"provider":p})).is_empty());
+        h.no_reply_yet(conn, p, "get_token", json!({"provider":p}));
     }
     assert_eq!(h.held.len(), 3);
     for i in (0..3).rev() {
@@ -411,8 +413,7 @@ fn replies_follow_effect_completion_order() {
 #[test]
 fn requests_start_in_arrival_order() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     let mut chunk = Vec::new();
     for (i, p) in ["x", "y", "z"].iter().enumerate() {
         chunk.extend(credproxy_core::frame::encode(

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
 
-use crate::common::{self, ok, one, pause, raw_frame, resume, with_limits};
+use crate::common::{self, Scenario, harness_with, ok, pause, raw_frame, resume};
 
 fn sent_len(h: &Harness, conn: credproxy_core::ConnId) -> usize {
     h.sent.get(&conn).map_or(0, Vec::len)
@@ -199,9 +199,11 @@ fn pause_and_resume_without_a_partial_frame() {
     assert_eq!(h.engine.poll_timeout(), None);
     h.advance(60_000);
     assert!(!h.is_closed(conn));
-    assert_eq!(
-        one(&mut h, conn, "1", "list_api_keys", json!({})),
-        ok("1", json!({"keys":[]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("1", json!({"keys":[]})),
     );
 }
 
@@ -337,11 +339,10 @@ fn byte_by_byte_delivery() {
 
 #[test]
 fn max_frame_bytes_is_configurable() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         max_frame_bytes: 200,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     let base = json!({"id":"1","op":"list_api_keys","payload":{"pad":""}});
     let overhead = serde_json::to_vec(&base).unwrap().len();
@@ -383,11 +384,10 @@ fn max_frame_bytes_above_the_ceiling_is_refused() {
 
 #[test]
 fn partial_frame_ms_is_configurable() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         partial_frame_ms: 100,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     h.send(conn, &[0]);
     h.advance(99);

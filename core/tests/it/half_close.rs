@@ -6,14 +6,16 @@ use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
 use serde_json::json;
 
-use crate::common::{gone, ok, pause, read_closed, resume, send_req, token};
+use crate::common::{
+    Scenario, connect_held, gone, ok, pause, read_closed, resume, send_req, store_old_with_refresh,
+    token,
+};
 
 #[test]
 fn in_flight_requests_are_answered_before_the_close() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", token("at"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "a", "get_token", json!({"provider":"p"}));
     send_req(&mut h, conn, "b", "list_api_keys", json!({}));
     read_closed(&mut h, conn);
@@ -49,12 +51,11 @@ fn read_closed_before_the_handshake_closes_at_once() {
 #[test]
 fn bytes_after_read_closed_are_ignored() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "a", "list_api_keys", json!({}));
     read_closed(&mut h, conn);
     let effects = h.effects.len();
-    assert!(send_req(&mut h, conn, "b", "list_providers", json!({})).is_empty());
+    h.no_reply_yet(conn, "b", "list_providers", json!({}));
     assert_eq!(h.effects.len(), effects);
     h.complete_all();
     assert_eq!(h.take_replies(conn), vec![ok("a", json!({"keys":[]}))]);
@@ -64,8 +65,7 @@ fn bytes_after_read_closed_are_ignored() {
 #[test]
 fn a_partial_frame_at_eof_does_not_close_early() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "a", "list_api_keys", json!({}));
     let partial = frame::encode(&json!({"id":"b","op":"list_api_keys"}));
     h.send(conn, &partial[..6]);
@@ -81,8 +81,7 @@ fn a_partial_frame_at_eof_does_not_close_early() {
 #[test]
 fn a_paused_partial_frame_at_eof_does_not_close_early() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "a", "list_api_keys", json!({}));
     let partial = frame::encode(&json!({"id":"b","op":"list_api_keys"}));
     h.send(conn, &partial[..6]);
@@ -99,8 +98,7 @@ fn a_paused_partial_frame_at_eof_does_not_close_early() {
 #[test]
 fn half_close_with_a_cancelled_write_still_persists() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(
         &mut h,
         conn,
@@ -120,13 +118,8 @@ fn half_close_with_a_cancelled_write_still_persists() {
 #[test]
 fn connection_gone_detaches_writes_that_still_persist() {
     let mut h = Harness::new();
-    h.store.put_token(
-        "p",
-        "default",
-        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
-    );
-    let conn = h.connect();
-    h.auto_effects = false;
+    store_old_with_refresh(&mut h);
+    let conn = connect_held(&mut h);
     send_req(
         &mut h,
         conn,
@@ -162,8 +155,7 @@ fn connection_gone_detaches_writes_that_still_persist() {
 #[test]
 fn connection_gone_drops_reads() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     for i in 0..5 {
         send_req(&mut h, conn, &format!("g{i}"), "list_providers", json!({}));
     }
@@ -201,8 +193,7 @@ fn bytes_and_events_for_a_gone_connection_are_ignored() {
 fn other_connections_are_unaffected() {
     let mut h = Harness::new();
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
+    let b = connect_held(&mut h);
     send_req(&mut h, a, "x", "list_api_keys", json!({}));
     send_req(&mut h, b, "x", "list_api_keys", json!({}));
     gone(&mut h, a);

@@ -5,7 +5,7 @@ use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
 use serde_json::{Value, json};
 
-use crate::common::{self, cap_token, err, one, raw_frame, sandbox_config, send_req};
+use crate::common::{self, Scenario, cap_token, err, raw_frame, sandbox_config, send_req};
 
 const OK_V2: &[u8] = br#"{"v":2,"op":"handshake","ok":true,"data":{"version":2}}"#;
 const OK_V1: &[u8] = br#"{"v":1,"op":"handshake","ok":true,"data":{"version":1}}"#;
@@ -125,9 +125,11 @@ fn token_presented_to_a_server_without_one_is_ignored() {
     assert_eq!(sent, raw_frame(OK_V2));
     // Host class: list operations reach the store.
     h.store.put_token("p", "default", common::token("at"));
-    assert_eq!(
-        one(&mut h, conn, "1", "list_providers", json!({})),
-        json!({"id":"1","ok":true,"data":{"providers":["p"]}})
+    h.expect(
+        conn,
+        "list_providers",
+        json!({}),
+        json!({"id":"1","ok":true,"data":{"providers":["p"]}}),
     );
 }
 
@@ -272,9 +274,11 @@ fn handshake_completed_in_time_cancels_the_deadline() {
     // No idle timeout on a handshaken connection.
     h.advance(3_600_000);
     assert!(!h.is_closed(conn));
-    assert_eq!(
-        one(&mut h, conn, "1", "list_api_keys", json!({})),
-        json!({"id":"1","ok":true,"data":{"keys":[]}})
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        json!({"id":"1","ok":true,"data":{"keys":[]}}),
     );
 }
 

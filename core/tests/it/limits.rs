@@ -4,7 +4,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Limits, Peer, Secret, Transport};
 use serde_json::json;
 
-use crate::common::{err, ok, one, read_closed, with_limits};
+use crate::common::{Scenario, connect_held, err, harness_with, ok, one, read_closed};
 
 #[test]
 fn connection_limit_bounds_handshaken_connections() {
@@ -12,14 +12,12 @@ fn connection_limit_bounds_handshaken_connections() {
     // at accept (SPEC §3.1); it bounds handshaken connections, and a
     // newcomer displaces an idle one. With work in flight everywhere, the
     // newcomer is the one closed.
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         max_connections: 2,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let a = h.connect();
-    let b = h.connect();
-    h.auto_effects = false;
+    let b = connect_held(&mut h);
     h.request(a, "ka", "get_api_key", json!({"name":"K"}));
     h.request(b, "kb", "get_api_key", json!({"name":"K"}));
     let peer = Peer::anonymous(Transport::Unix);
@@ -46,10 +44,7 @@ fn connection_limit_bounds_handshaken_connections() {
     h.complete_all();
     assert_eq!(h.take_replies(a).len(), 1);
     h.auto_effects = true;
-    assert_eq!(
-        one(&mut h, a, "1", "list_api_keys", json!({})),
-        ok("1", json!({"keys":[]}))
-    );
+    h.expect(a, "list_api_keys", json!({}), ok("1", json!({"keys":[]})));
     // Once one closes, a new connection is served.
     read_closed(&mut h, b);
     assert!(h.is_closed(b));
@@ -102,19 +97,23 @@ fn v1_peer_gets_response_too_large_for_a_big_api_key() {
     let v1 = h.open();
     h.send_json(v1, &json!({"v":1,"op":"handshake"}));
     assert_eq!(h.take_replies(v1)[0]["data"]["version"], json!(1));
-    assert_eq!(
-        one(&mut h, v1, "b", "get_api_key", json!({"name":"big"})),
+    h.expect(
+        v1,
+        "get_api_key",
+        json!({"name":"big"}),
         err(
             "b",
             "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 1"
-        )
+            "Response exceeds maximum frame size for protocol version 1",
+        ),
     );
     // The connection survives and serves the next request.
     assert!(!h.is_closed(v1));
-    assert_eq!(
-        one(&mut h, v1, "s", "get_api_key", json!({"name":"small"})),
-        ok("s", json!({"key":"s"}))
+    h.expect(
+        v1,
+        "get_api_key",
+        json!({"name":"small"}),
+        ok("s", json!({"key":"s"})),
     );
     assert!(
         h.audit
@@ -123,9 +122,11 @@ fn v1_peer_gets_response_too_large_for_a_big_api_key() {
     );
     // A v2 peer gets it intact.
     let v2 = h.connect();
-    assert_eq!(
-        one(&mut h, v2, "b", "get_api_key", json!({"name":"big"})),
-        ok("b", json!({"key":big}))
+    h.expect(
+        v2,
+        "get_api_key",
+        json!({"name":"big"}),
+        ok("b", json!({"key":big})),
     );
 }
 
@@ -144,18 +145,22 @@ fn v1_bound_is_the_whole_frame_of_65536_bytes() {
     h.send_json(v1, &json!({"v":1,"op":"handshake"}));
     let _ = h.take_replies(v1);
     let before = h.sent[&v1].len();
-    assert_eq!(
-        one(&mut h, v1, "x", "get_api_key", json!({"name":"fits"})),
-        ok("x", json!({"key":fits}))
+    h.expect(
+        v1,
+        "get_api_key",
+        json!({"name":"fits"}),
+        ok("x", json!({"key":fits})),
     );
     assert_eq!(h.sent[&v1].len() - before, 65_536);
-    assert_eq!(
-        one(&mut h, v1, "x", "get_api_key", json!({"name":"over"})),
+    h.expect(
+        v1,
+        "get_api_key",
+        json!({"name":"over"}),
         err(
             "x",
             "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 1"
-        )
+            "Response exceeds maximum frame size for protocol version 1",
+        ),
     );
 }
 
@@ -173,24 +178,25 @@ fn v1_guard_applies_to_token_replies() {
         &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":1}}),
     );
     let _ = h.take_replies(v1);
-    assert_eq!(
-        one(&mut h, v1, "g", "get_token", json!({"provider":"p"})),
+    h.expect(
+        v1,
+        "get_token",
+        json!({"provider":"p"}),
         err(
             "g",
             "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 1"
-        )
+            "Response exceeds maximum frame size for protocol version 1",
+        ),
     );
     assert!(!h.is_closed(v1));
 }
 
 #[test]
 fn v2_bound_with_a_small_configured_maximum() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         v2_max_payload: 1_000,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
     let fits = "a".repeat(1_000 - overhead);
     h.store
@@ -200,22 +206,28 @@ fn v2_bound_with_a_small_configured_maximum() {
         .keys
         .insert("over".into(), Secret::new("a".repeat(1_000 - overhead + 1)));
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "x", "get_api_key", json!({"name":"fits"})),
-        ok("x", json!({"key":fits}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"fits"}),
+        ok("x", json!({"key":fits})),
     );
-    assert_eq!(
-        one(&mut h, conn, "x", "get_api_key", json!({"name":"over"})),
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"over"}),
         err(
             "x",
             "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 2"
-        )
+            "Response exceeds maximum frame size for protocol version 2",
+        ),
     );
     assert!(!h.is_closed(conn));
-    assert_eq!(
-        one(&mut h, conn, "y", "list_api_keys", json!({})),
-        ok("y", json!({"keys":["fits","over"]}))
+    h.expect(
+        conn,
+        "list_api_keys",
+        json!({}),
+        ok("y", json!({"keys":["fits","over"]})),
     );
 }
 
@@ -236,12 +248,14 @@ fn v2_default_bound_is_4_mib() {
         r["data"]["key"].as_str().map(str::len),
         Some(4 * 1024 * 1024 - overhead)
     );
-    assert_eq!(
-        one(&mut h, conn, "x", "get_api_key", json!({"name":"over"})),
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"over"}),
         err(
             "x",
             "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 2"
-        )
+            "Response exceeds maximum frame size for protocol version 2",
+        ),
     );
 }

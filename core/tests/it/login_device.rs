@@ -317,8 +317,10 @@ fn configured_provider_with_oidc_discovery() {
     assert_eq!(h.take_replies(b)[0]["ok"], json!(true));
 }
 
-#[test]
-fn discovery_issuer_mismatch_fails_initiation() {
+/// A harness whose `corp` provider (the qwen device flow) has only an
+/// issuer, a connection, and an `oauth_initiate` of it (id `1`) waiting on
+/// the discovery request.
+fn initiating_corp() -> (Harness, ConnId) {
     let mut config = Config::default();
     let mut spec = provider::qwen();
     spec.name = "corp".into();
@@ -329,6 +331,12 @@ fn discovery_issuer_mismatch_fails_initiation() {
     let mut h = Harness::with_config(config, 5);
     let a = h.connect();
     h.request(a, "1", "oauth_initiate", json!({"provider":"corp"}));
+    (h, a)
+}
+
+#[test]
+fn discovery_issuer_mismatch_fails_initiation() {
+    let (mut h, a) = initiating_corp();
     h.respond(200, json!({"issuer":"https://evil.example","device_authorization_endpoint":"https://evil.example/d"}));
     let r = h.take_replies(a).pop().unwrap();
     assert_eq!(r["code"], json!("FLOW_INITIATION_FAILED"));
@@ -344,16 +352,7 @@ fn discovery_issuer_mismatch_fails_initiation() {
 
 #[test]
 fn discovery_issuer_trailing_slash_is_named_in_the_error() {
-    let mut config = Config::default();
-    let mut spec = provider::qwen();
-    spec.name = "corp".into();
-    spec.issuer = Some("https://id.corp.example".into());
-    spec.device_url = None;
-    spec.token_url = None;
-    config.providers.insert("corp".into(), spec);
-    let mut h = Harness::with_config(config, 5);
-    let a = h.connect();
-    h.request(a, "1", "oauth_initiate", json!({"provider":"corp"}));
+    let (mut h, a) = initiating_corp();
     h.respond(200, json!({"issuer":"https://id.corp.example/","device_authorization_endpoint":"https://id.corp.example/d"}));
     let r = h.take_replies(a).pop().unwrap();
     assert_eq!(r["code"], json!("FLOW_INITIATION_FAILED"));

@@ -36,6 +36,21 @@ fn initiate(h: &mut Harness, conn: credproxy_core::ConnId, provider: &str) -> Va
     r["data"].clone()
 }
 
+/// Starts a login and returns its session id.
+fn new_session(h: &mut Harness, conn: credproxy_core::ConnId, provider: &str) -> String {
+    let d = initiate(h, conn, provider);
+    d["session_id"].as_str().unwrap().to_owned()
+}
+
+/// Sends `oauth_exchange` for `sid` with `code` and returns the reply.
+fn exchange(h: &mut Harness, conn: credproxy_core::ConnId, sid: &str, code: &str) -> Value {
+    h.call(
+        conn,
+        "oauth_exchange",
+        json!({"session_id": sid, "code": code}),
+    )
+}
+
 #[test]
 fn anthropic_auth_url_and_reply_shape() {
     let mut h = Harness::new();
@@ -124,11 +139,7 @@ fn anthropic_exchange_with_code_hash_state() {
         param(&url, "code_challenge").unwrap()
     );
     // While the exchange runs, a second exchange is refused.
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "again"}),
-    );
+    let r = exchange(&mut h, conn, &sid, "again");
     assert_eq!(r["code"], json!("SESSION_ALREADY_USED"));
     assert_eq!(r["error"], json!("OAuth session already used"));
     h.respond(200, json!({"access_token":"AT-1","refresh_token":"RT-1","expires_in":3600,"token_type":"bearer","scope":"s"}));
@@ -143,11 +154,7 @@ fn anthropic_exchange_with_code_hash_state() {
     let stored = h.store.token("anthropic", "default").unwrap();
     assert_eq!(stored["refresh_token"], json!("RT-1"));
     // Single use.
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "c"}),
-    );
+    let r = exchange(&mut h, conn, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"));
     assert!(!h.observable_text().contains("RT-1"));
     assert!(!h.observable_text().contains(verifier));
@@ -192,26 +199,15 @@ fn a_login_replaces_rather_than_merges_and_uses_the_bucket() {
 fn state_mismatch_ends_the_session() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let sid = initiate(&mut h, conn, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "c#wrong-state"}),
-    );
+    let sid = new_session(&mut h, conn, "anthropic");
+    let r = exchange(&mut h, conn, &sid, "c#wrong-state");
     assert_eq!(r["code"], json!("EXCHANGE_FAILED"));
     assert_eq!(
         r["error"],
         json!("Authorization response does not match this session")
     );
     assert!(h.http_log.is_empty());
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "c"}),
-    );
+    let r = exchange(&mut h, conn, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"));
 }
 
@@ -242,10 +238,7 @@ fn pasted_redirect_url_is_accepted() {
 fn transient_failures_keep_the_session_for_three_attempts() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let sid = initiate(&mut h, conn, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = new_session(&mut h, conn, "anthropic");
     for (i, failure) in [Some(TransportError::Timeout), None]
         .into_iter()
         .enumerate()
@@ -264,22 +257,14 @@ fn transient_failures_keep_the_session_for_three_attempts() {
         assert_eq!(r["code"], json!("EXCHANGE_FAILED"));
     }
     assert_eq!(
-        h.call(
-            conn,
-            "oauth_exchange",
-            json!({"session_id": sid, "code": "c"})
-        ),
+        exchange(&mut h, conn, &sid, "c"),
         Value::Null,
         "third attempt is in flight"
     );
     h.respond(429, json!({}));
     let r = h.take_replies(conn).pop().unwrap();
     assert_eq!(r["error"], json!("Provider unreachable (http 429)"));
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "c"}),
-    );
+    let r = exchange(&mut h, conn, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"), "attempts used up");
 }
 
@@ -287,10 +272,7 @@ fn transient_failures_keep_the_session_for_three_attempts() {
 fn provider_rejection_ends_the_session_without_echoing_upstream_text() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let sid = initiate(&mut h, conn, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = new_session(&mut h, conn, "anthropic");
     h.request(
         conn,
         "x",
@@ -307,11 +289,7 @@ fn provider_rejection_ends_the_session_without_echoing_upstream_text() {
         json!({"id":"x","ok":false,"code":"EXCHANGE_FAILED","error":"Provider rejected the request (invalid_grant)"})
     );
     assert!(!h.observable_text().contains("secret upstream detail"));
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "c"}),
-    );
+    let r = exchange(&mut h, conn, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"));
 }
 
@@ -319,10 +297,7 @@ fn provider_rejection_ends_the_session_without_echoing_upstream_text() {
 fn poll_on_a_pkce_session_is_a_flow_mismatch() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let sid = initiate(&mut h, conn, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = new_session(&mut h, conn, "anthropic");
     let r = h.call(conn, "oauth_poll", json!({"session_id": sid}));
     assert_eq!(
         r["error"],
@@ -347,17 +322,14 @@ fn sessions_are_bound_to_the_peer_and_expire() {
         .unwrap();
     h.send_json(b, &json!({"v":2,"op":"handshake"}));
     h.take_replies(b);
-    let sid = initiate(&mut h, a, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = h.call(b, "oauth_exchange", json!({"session_id": sid, "code": "c"}));
+    let sid = new_session(&mut h, a, "anthropic");
+    let r = exchange(&mut h, b, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"), "another peer");
     h.advance(1_000);
-    let r = h.call(a, "oauth_exchange", json!({"session_id": sid, "code": "c"}));
+    let r = exchange(&mut h, a, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_EXPIRED"));
     assert_eq!(r["error"], json!("OAuth session expired"));
-    let r = h.call(a, "oauth_exchange", json!({"session_id": sid, "code": "c"}));
+    let r = exchange(&mut h, a, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"));
 }
 
@@ -368,13 +340,10 @@ fn expired_sessions_are_swept_and_reported_once() {
     config.limits.session_sweep_ms = 500;
     let mut h = Harness::with_config(config, 1);
     let a = h.connect();
-    let sid = initiate(&mut h, a, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = new_session(&mut h, a, "anthropic");
     h.advance(1_000);
     assert_eq!(h.engine.session_count(), 0, "swept");
-    let r = h.call(a, "oauth_exchange", json!({"session_id": sid, "code": "c"}));
+    let r = exchange(&mut h, a, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_EXPIRED"));
     let r = h.call(a, "oauth_cancel", json!({"session_id": sid}));
     assert_eq!(r["data"], json!({}));
@@ -400,10 +369,7 @@ fn session_caps() {
 fn oauth_cancel_ends_the_session() {
     let mut h = Harness::new();
     let conn = h.connect();
-    let sid = initiate(&mut h, conn, "anthropic")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let sid = new_session(&mut h, conn, "anthropic");
     assert_eq!(
         h.call(conn, "oauth_cancel", json!({"session_id": sid}))["data"],
         json!({})
@@ -412,10 +378,6 @@ fn oauth_cancel_ends_the_session() {
         h.call(conn, "oauth_cancel", json!({"session_id": "nope"}))["data"],
         json!({})
     );
-    let r = h.call(
-        conn,
-        "oauth_exchange",
-        json!({"session_id": sid, "code": "c"}),
-    );
+    let r = exchange(&mut h, conn, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"));
 }

@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use credproxy_core::ConnId;
-use credproxy_core::http::TransportError;
+use credproxy_core::fuzzing::sessions::{SessionWatch, body_values, session_of_reply};
+use credproxy_core::http::{HttpRequest, TransportError};
 use credproxy_core::session::{SessionState, Step};
 use credproxy_core::testkit::Harness;
 use proptest::prelude::*;
@@ -103,20 +104,21 @@ struct Sut {
     conn: ConnId,
     /// Session ids in creation order with the state (the `state` param).
     sessions: Vec<(String, String)>,
-    /// Highest (rank, attempts) seen per session.
-    seen: BTreeMap<String, (u8, u8)>,
-    ended: BTreeSet<String>,
+    /// What was seen of the engine's sessions: the fuzz target's
+    /// bookkeeping, checked after every step.
+    watch: SessionWatch,
     completed: BTreeSet<String>,
     intervals: BTreeMap<String, u64>,
     counter: u64,
 }
 
-fn rank_attempts(s: &SessionState) -> (u8, u8) {
-    match s {
-        SessionState::Initiated(step) => (0, step.attempts()),
-        SessionState::Complete(_) => (1, u8::MAX),
-        SessionState::Used => (2, u8::MAX),
-    }
+/// Whether a provider call is a refresh (form or JSON body).
+fn is_refresh(request: &HttpRequest) -> bool {
+    request.body.as_ref().is_some_and(|b| {
+        body_values(b.expose(), "grant_type")
+            .iter()
+            .any(|g| g == "refresh_token")
+    })
 }
 
 impl Sut {
@@ -127,19 +129,7 @@ impl Sut {
 
     fn handle_replies(&mut self) {
         for r in self.h.take_replies(self.conn) {
-            let data = &r["data"];
-            if let Some(sid) = data["session_id"].as_str() {
-                let state = data["auth_url"]
-                    .as_str()
-                    .and_then(|u| url::Url::parse(u).ok())
-                    .and_then(|u| {
-                        u.query_pairs()
-                            .find(|(k, _)| k == "state")
-                            .map(|(_, v)| v.into_owned())
-                    })
-                    .unwrap_or_default();
-                self.sessions.push((sid.to_owned(), state));
-            }
+            self.sessions.extend(session_of_reply(&r));
         }
     }
 
@@ -167,12 +157,7 @@ impl StateMachineTest for Sut {
 
     fn init_test(_: &usize) -> Sut {
         let mut h = Harness::new();
-        h.script(
-            "https://chat.qwen.ai/api/v1/oauth2/device/code",
-            200,
-            json!({"device_code":"SECRET-DEV","user_code":"U-1","verification_uri":"https://chat.qwen.ai/a","interval":1}),
-        );
-        for _ in 0..20 {
+        for _ in 0..21 {
             h.script(
                 "https://chat.qwen.ai/api/v1/oauth2/device/code",
                 200,
@@ -189,8 +174,7 @@ impl StateMachineTest for Sut {
             h,
             conn,
             sessions: Vec::new(),
-            seen: BTreeMap::new(),
-            ended: BTreeSet::new(),
+            watch: SessionWatch::default(),
             completed: BTreeSet::new(),
             intervals: BTreeMap::new(),
             counter: 0,
@@ -262,12 +246,7 @@ impl StateMachineTest for Sut {
                     let index = index % sut.h.http_pending.len();
                     let request = sut.h.http_pending.remove(index).unwrap();
                     sut.h.http_pending.push_front(request.clone());
-                    let refresh = request
-                        .1
-                        .body
-                        .as_ref()
-                        .is_some_and(|b| b.expose().contains("grant_type=refresh_token"));
-                    match sut.provider_body(answer, refresh) {
+                    match sut.provider_body(answer, is_refresh(&request.1)) {
                         (0, _) => sut.h.respond_failure(TransportError::Connect),
                         (status, body) => sut.h.respond(status, body),
                     }
@@ -280,21 +259,6 @@ impl StateMachineTest for Sut {
     }
 
     fn check_invariants(sut: &Sut, _: &usize) {
-        let live: BTreeMap<String, (u8, u8)> = sut
-            .h
-            .engine
-            .session_states()
-            .map(|(id, s)| (id.to_owned(), rank_attempts(s)))
-            .collect();
-        for (id, (rank, attempts)) in &live {
-            assert!(!sut.ended.contains(id), "ended session {id} came back");
-            if let Some((r0, a0)) = sut.seen.get(id) {
-                assert!(rank >= r0, "session {id} moved backwards");
-                if *rank == 0 && *r0 == 0 {
-                    assert!(attempts >= a0, "attempts decreased");
-                }
-            }
-        }
         // Polling steps never lower the interval.
         for (_, state) in sut.h.engine.session_states() {
             if let SessionState::Initiated(Step::Polling { interval_ms, .. }) = state {
@@ -308,10 +272,7 @@ impl StateMachineTest for Sut {
         // token endpoint, so a refresh request's key is its URL.
         let mut refreshes: BTreeMap<&str, usize> = BTreeMap::new();
         for (_, r) in &sut.h.http_pending {
-            if r.body
-                .as_ref()
-                .is_some_and(|b| b.expose().contains("grant_type=refresh_token"))
-            {
+            if is_refresh(r) {
                 *refreshes.entry(r.url.as_str()).or_default() += 1;
             }
         }
@@ -323,36 +284,10 @@ impl StateMachineTest for Sut {
         assert!(!text.contains("SECRET-DEV"), "a device code left the host");
         for request in &sut.h.http_log {
             let Some(body) = &request.body else { continue };
-            for (k, v) in url::form_urlencoded::parse(body.expose().as_bytes()) {
-                if k == "code_verifier" {
-                    assert!(!text.contains(v.as_ref()), "a verifier left the host");
-                }
-            }
-            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body.expose())
-                && let Some(v) = m.get("code_verifier").and_then(Value::as_str)
-            {
-                assert!(!text.contains(v), "a verifier left the host");
+            for v in body_values(body.expose(), "code_verifier") {
+                assert!(!text.contains(&v), "a verifier left the host");
             }
         }
-    }
-}
-
-/// Tracks what was seen after each step (`check_invariants` is `&self`).
-fn remember(sut: &mut Sut) {
-    let live: BTreeMap<String, (u8, u8)> = sut
-        .h
-        .engine
-        .session_states()
-        .map(|(id, s)| (id.to_owned(), rank_attempts(s)))
-        .collect();
-    for id in sut.seen.keys() {
-        if !live.contains_key(id) {
-            sut.ended.insert(id.clone());
-        }
-    }
-    for (id, v) in live {
-        let e = sut.seen.entry(id).or_insert(v);
-        *e = (*e).max(v);
     }
 }
 
@@ -370,7 +305,9 @@ impl StateMachineTest for Tracked {
     fn apply(sut: Sut, s: &usize, t: Transition) -> Sut {
         let mut sut = <Sut as StateMachineTest>::apply(sut, s, t);
         <Sut as StateMachineTest>::check_invariants(&sut, s);
-        remember(&mut sut);
+        // The session bookkeeping checks and records in one step, so it
+        // runs here rather than in `check_invariants` (which is `&self`).
+        sut.watch.check(&sut.h);
         sut
     }
 }

@@ -5,49 +5,37 @@
 use credproxy_core::testkit::Harness;
 use serde_json::json;
 
-use crate::common::{self, err, ok, one};
+use crate::common::{self, Scenario, err, ok, one};
 
 #[test]
 fn oauth_initiate() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "i",
-            "oauth_initiate",
-            json!({"provider":"nobody"})
-        ),
+    h.expect(
+        conn,
+        "oauth_initiate",
+        json!({"provider":"nobody"}),
         err(
             "i",
             "PROVIDER_NOT_CONFIGURED",
-            "No OAuth flow factory configured for provider: nobody"
-        )
-    );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "i",
-            "oauth_initiate",
-            json!({"provider":"p","bucket":"b","redirect_uri":"https://evil.example"})
+            "No OAuth flow factory configured for provider: nobody",
         ),
+    );
+    h.expect(
+        conn,
+        "oauth_initiate",
+        json!({"provider":"p","bucket":"b","redirect_uri":"https://evil.example"}),
         err(
             "i",
             "PROVIDER_NOT_CONFIGURED",
-            "No OAuth flow factory configured for provider: p"
-        )
-    );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "i",
-            "oauth_initiate",
-            json!({"provider":"p","bucket":"a/b"})
+            "No OAuth flow factory configured for provider: p",
         ),
-        err("i", "INVALID_REQUEST", "Invalid bucket")
+    );
+    h.expect(
+        conn,
+        "oauth_initiate",
+        json!({"provider":"p","bucket":"a/b"}),
+        err("i", "INVALID_REQUEST", "Invalid bucket"),
     );
     assert!(h.effects.is_empty());
 }
@@ -57,28 +45,26 @@ fn refresh_token() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", common::token("at"));
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "r", "refresh_token", json!({"provider":"p"})),
+    h.expect(
+        conn,
+        "refresh_token",
+        json!({"provider":"p"}),
         err(
             "r",
             "PROVIDER_NOT_FOUND",
-            "No OAuth provider configured for: p"
-        )
+            "No OAuth provider configured for: p",
+        ),
     );
     // The provider check comes before the token lookup.
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "r",
-            "refresh_token",
-            json!({"provider":"none","bucket":"b"})
-        ),
+    h.expect(
+        conn,
+        "refresh_token",
+        json!({"provider":"none","bucket":"b"}),
         err(
             "r",
             "PROVIDER_NOT_FOUND",
-            "No OAuth provider configured for: none"
-        )
+            "No OAuth provider configured for: none",
+        ),
     );
     assert!(h.effects.is_empty());
 }
@@ -130,52 +116,40 @@ fn oauth_exchange_validation_order() {
 fn oauth_poll_and_cancel() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "p", "oauth_poll", json!({})),
-        err("p", "INVALID_REQUEST", "Missing session_id")
+    h.expect(
+        conn,
+        "oauth_poll",
+        json!({}),
+        err("p", "INVALID_REQUEST", "Missing session_id"),
     );
-    assert_eq!(
-        one(&mut h, conn, "p", "oauth_poll", json!({"session_id":{}})),
-        err("p", "INVALID_REQUEST", "Invalid session_id")
+    h.expect(
+        conn,
+        "oauth_poll",
+        json!({"session_id":{}}),
+        err("p", "INVALID_REQUEST", "Invalid session_id"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "p",
-            "oauth_poll",
-            json!({"session_id":"0123456789abcdef0123456789abcdef"})
-        ),
-        err("p", "SESSION_NOT_FOUND", "OAuth session not found")
+    h.expect(
+        conn,
+        "oauth_poll",
+        json!({"session_id":"0123456789abcdef0123456789abcdef"}),
+        err("p", "SESSION_NOT_FOUND", "OAuth session not found"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "c",
-            "oauth_cancel",
-            json!({"session_id":null})
-        ),
-        err("c", "INVALID_REQUEST", "Missing session_id")
+    h.expect(
+        conn,
+        "oauth_cancel",
+        json!({"session_id":null}),
+        err("c", "INVALID_REQUEST", "Missing session_id"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "c",
-            "oauth_cancel",
-            json!({"session_id":true})
-        ),
-        err("c", "INVALID_REQUEST", "Invalid session_id")
+    h.expect(
+        conn,
+        "oauth_cancel",
+        json!({"session_id":true}),
+        err("c", "INVALID_REQUEST", "Invalid session_id"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "c",
-            "oauth_cancel",
-            json!({"session_id":"unknown"})
-        ),
-        ok("c", json!({}))
+    h.expect(
+        conn,
+        "oauth_cancel",
+        json!({"session_id":"unknown"}),
+        ok("c", json!({})),
     );
 }

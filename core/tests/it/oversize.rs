@@ -7,7 +7,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{ConnId, Limits};
 use serde_json::json;
 
-use crate::common::{ok, raw_frame, with_limits};
+use crate::common::{harness_with, ok, raw_frame};
 
 const LIMIT: usize = 1_048_576;
 
@@ -119,11 +119,10 @@ fn before_the_handshake_an_id_is_not_answered() {
 
 #[test]
 fn exactly_the_limit_still_works_and_one_more_is_answered() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         max_frame_bytes: 300,
         ..Limits::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     let head = br#"{"id":"1","op":"list_api_keys","payload":{"pad":""#;
     let tail = br#""}}"#;

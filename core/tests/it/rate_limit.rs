@@ -4,7 +4,7 @@ use credproxy_core::Limits;
 use credproxy_core::testkit::Harness;
 use serde_json::{Value, json};
 
-use crate::common::{self, err, ok, one, token, with_limits};
+use crate::common::{self, Scenario, connect_held, err, harness_with, ok, one, token};
 
 fn limited(id: &str, retry_after: u64) -> Value {
     json!({"id":id,"ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":retry_after})
@@ -85,12 +85,11 @@ fn reads_are_never_rate_limited() {
 
 #[test]
 fn every_covered_operation_consumes_and_is_refused() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         rate_per_sec: 1,
         rate_burst: 5,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     let covered = [
         ("save_token", save_payload(0)),
@@ -112,14 +111,13 @@ fn every_covered_operation_consumes_and_is_refused() {
     }
     // Even an invalid request is counted before validation.
     h.advance(1_000);
-    assert_eq!(
-        one(&mut h, conn, "c", "save_token", json!({})),
-        err("c", "INVALID_REQUEST", "Missing provider or token")
+    h.expect(
+        conn,
+        "save_token",
+        json!({}),
+        err("c", "INVALID_REQUEST", "Missing provider or token"),
     );
-    assert_eq!(
-        one(&mut h, conn, "d", "save_token", save_payload(1)),
-        limited("d", 1)
-    );
+    h.expect(conn, "save_token", save_payload(1), limited("d", 1));
 }
 
 #[test]
@@ -129,25 +127,13 @@ fn the_clock_refills_the_bucket() {
     for i in 0..120 {
         one(&mut h, conn, "s", "save_token", save_payload(i));
     }
-    assert_eq!(
-        one(&mut h, conn, "s", "save_token", save_payload(0)),
-        limited("s", 1)
-    );
+    h.expect(conn, "save_token", save_payload(0), limited("s", 1));
     // 60 per second: one token every 16.7 ms.
     h.advance(16);
-    assert_eq!(
-        one(&mut h, conn, "s", "save_token", save_payload(0)),
-        limited("s", 1)
-    );
+    h.expect(conn, "save_token", save_payload(0), limited("s", 1));
     h.advance(1);
-    assert_eq!(
-        one(&mut h, conn, "s", "save_token", save_payload(0)),
-        ok("s", json!({}))
-    );
-    assert_eq!(
-        one(&mut h, conn, "s", "save_token", save_payload(0)),
-        limited("s", 1)
-    );
+    h.expect(conn, "save_token", save_payload(0), ok("s", json!({})));
+    h.expect(conn, "save_token", save_payload(0), limited("s", 1));
     // A long pause refills to the burst, not beyond.
     h.advance(60_000);
     for i in 0..120 {
@@ -157,10 +143,7 @@ fn the_clock_refills_the_bucket() {
             "{i}"
         );
     }
-    assert_eq!(
-        one(&mut h, conn, "s", "save_token", save_payload(0)),
-        limited("s", 1)
-    );
+    h.expect(conn, "save_token", save_payload(0), limited("s", 1));
 }
 
 #[test]
@@ -171,62 +154,63 @@ fn the_limit_is_per_connection() {
     for i in 0..120 {
         one(&mut h, a, "s", "save_token", save_payload(i));
     }
-    assert_eq!(
-        one(&mut h, a, "s", "save_token", save_payload(0)),
-        limited("s", 1)
-    );
-    assert_eq!(
-        one(&mut h, b, "s", "save_token", save_payload(0)),
-        ok("s", json!({}))
-    );
+    h.expect(a, "save_token", save_payload(0), limited("s", 1));
+    h.expect(b, "save_token", save_payload(0), ok("s", json!({})));
 }
 
 #[test]
 fn rate_is_configurable() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         rate_per_sec: 1,
         rate_burst: 2,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
+    });
     let conn = h.connect();
     for _ in 0..2 {
-        assert_eq!(
-            one(&mut h, conn, "s", "remove_token", json!({"provider":"p"})),
-            ok("s", json!({}))
+        h.expect(
+            conn,
+            "remove_token",
+            json!({"provider":"p"}),
+            ok("s", json!({})),
         );
     }
-    assert_eq!(
-        one(&mut h, conn, "s", "remove_token", json!({"provider":"p"})),
-        limited("s", 1)
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p"}),
+        limited("s", 1),
     );
     h.advance(999);
-    assert_eq!(
-        one(&mut h, conn, "s", "remove_token", json!({"provider":"p"})),
-        limited("s", 1)
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p"}),
+        limited("s", 1),
     );
     h.advance(1);
-    assert_eq!(
-        one(&mut h, conn, "s", "remove_token", json!({"provider":"p"})),
-        ok("s", json!({}))
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p"}),
+        ok("s", json!({})),
     );
 }
 
 #[test]
 fn rate_limit_comes_after_the_envelope_checks() {
-    let limits = Limits {
+    let mut h = harness_with(Limits {
         rate_per_sec: 1,
         rate_burst: 1,
         ..Default::default()
-    };
-    let mut h = Harness::with_config(with_limits(limits), 0);
-    let conn = h.connect();
-    h.auto_effects = false;
+    });
+    let conn = connect_held(&mut h);
     assert!(common::send_req(&mut h, conn, "a", "save_token", save_payload(0)).is_empty());
     // Duplicate id: answered as a duplicate, not as rate limited.
-    assert_eq!(
-        one(&mut h, conn, "a", "save_token", save_payload(1)),
-        err("a", "INVALID_REQUEST", "Duplicate request id")
+    h.expect(
+        conn,
+        "save_token",
+        save_payload(1),
+        err("a", "INVALID_REQUEST", "Duplicate request id"),
     );
     // Missing id or op first too.
     assert_eq!(
@@ -237,10 +221,7 @@ fn rate_limit_comes_after_the_envelope_checks() {
             "Missing request id or op"
         )]
     );
-    assert_eq!(
-        one(&mut h, conn, "b", "save_token", save_payload(1)),
-        limited("b", 1)
-    );
+    h.expect(conn, "save_token", save_payload(1), limited("b", 1));
     h.complete_all();
     assert_eq!(h.take_replies(conn), vec![ok("a", json!({}))]);
 }

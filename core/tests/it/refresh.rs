@@ -31,6 +31,21 @@ fn refresh(h: &mut Harness, conn: ConnId, id: &str) {
     h.request(conn, id, "refresh_token", json!({"provider":"anthropic"}));
 }
 
+/// A store whose token expired 10 s ago, a connection, and a
+/// `refresh_token` request under `id` already sent.
+fn refreshing(id: &str) -> (Harness, ConnId) {
+    let mut h = seeded(-10);
+    let conn = h.connect();
+    refresh(&mut h, conn, id);
+    (h, conn)
+}
+
+/// Asserts that the reply to `id` carries the access token `want`.
+#[track_caller]
+fn assert_access(h: &mut Harness, conn: ConnId, id: &str, want: &str) {
+    assert_eq!(reply(h, conn, id)["data"]["access_token"], json!(want));
+}
+
 fn reply(h: &mut Harness, conn: ConnId, id: &str) -> Value {
     h.take_replies(conn)
         .into_iter()
@@ -40,9 +55,7 @@ fn reply(h: &mut Harness, conn: ConnId, id: &str) -> Value {
 
 #[test]
 fn refresh_sends_the_stored_refresh_token_and_persists_before_replying() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, conn) = refreshing("r");
     assert_eq!(h.http_log.len(), 1);
     assert_eq!(h.http_log[0].url, TOKEN_URL);
     assert_eq!(h.http_log[0].timeout_ms, 8_000);
@@ -82,9 +95,7 @@ fn refresh_sends_the_stored_refresh_token_and_persists_before_replying() {
 
 #[test]
 fn keeps_the_old_refresh_token_when_none_is_returned() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, _conn) = refreshing("r");
     h.respond(200, json!({"access_token":"AT-1","refresh_token":null}));
     assert_eq!(
         h.store.token("anthropic", "default").unwrap()["refresh_token"],
@@ -115,9 +126,7 @@ fn concurrent_callers_share_one_provider_call() {
 
 #[test]
 fn cooldown_returns_a_valid_token_or_rate_limits() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r1");
+    let (mut h, conn) = refreshing("r1");
     h.respond(200, json!({"access_token":"AT-1","expires_in":3600}));
     reply(&mut h, conn, "r1");
     h.advance(5_000);
@@ -130,9 +139,7 @@ fn cooldown_returns_a_valid_token_or_rate_limits() {
     );
     assert_eq!(h.http_log.len(), 1);
     // An expired token during the cooldown is rate limited.
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r1");
+    let (mut h, conn) = refreshing("r1");
     h.respond(200, json!({"access_token":"AT-1","expires_in":30}));
     reply(&mut h, conn, "r1");
     h.advance(5_000);
@@ -179,9 +186,7 @@ fn cooldown_also_follows_a_failure_and_is_per_normalized_key() {
 
 #[test]
 fn transient_failures_retry_after_one_and_three_seconds() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, conn) = refreshing("r");
     h.respond_failure(TransportError::Timeout);
     h.advance(999);
     assert!(h.http_pending.is_empty());
@@ -197,23 +202,16 @@ fn transient_failures_retry_after_one_and_three_seconds() {
     );
     assert_eq!(h.http_log.len(), 3);
     // Transient then success.
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, conn) = refreshing("r");
     h.respond(500, json!({}));
     h.advance(1_000);
     h.respond(200, json!({"access_token":"AT-1"}));
-    assert_eq!(
-        reply(&mut h, conn, "r")["data"]["access_token"],
-        json!("AT-1")
-    );
+    assert_access(&mut h, conn, "r", "AT-1");
 }
 
 #[test]
 fn auth_failure_marks_the_refresh_token_unusable() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, conn) = refreshing("r");
     h.respond(
         400,
         json!({"error":"invalid_grant","error_description":"revoked"}),
@@ -263,10 +261,7 @@ fn auth_failure_after_a_sibling_rotated_uses_the_new_refresh_token() {
     );
     assert!(form(&h, 1).contains(&("refresh_token".to_owned(), "RT-S".to_owned())));
     h.respond(200, json!({"access_token":"AT-2","refresh_token":"RT-2"}));
-    assert_eq!(
-        reply(&mut h, conn, "r")["data"]["access_token"],
-        json!("AT-2")
-    );
+    assert_access(&mut h, conn, "r", "AT-2");
 }
 
 #[test]
@@ -282,17 +277,12 @@ fn a_token_refreshed_meanwhile_is_returned_without_a_provider_call() {
     h.store.put_token("anthropic", "default", json!({"access_token":"AT-OTHER","refresh_token":"RT-X","expiry":far,"token_type":"Bearer"}));
     h.complete_all();
     assert!(h.http_log.is_empty());
-    assert_eq!(
-        reply(&mut h, conn, "r")["data"]["access_token"],
-        json!("AT-OTHER")
-    );
+    assert_access(&mut h, conn, "r", "AT-OTHER");
 }
 
 #[test]
 fn remove_during_refresh_wins() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, conn) = refreshing("r");
     h.request(conn, "rm", "remove_token", json!({"provider":"anthropic"}));
     assert!(
         reply(&mut h, conn, "rm").is_null(),
@@ -313,18 +303,13 @@ fn remove_during_refresh_wins() {
 
 #[test]
 fn write_failure_keeps_the_merged_token_authoritative() {
-    let mut h = seeded(-10);
-    let conn = h.connect();
-    refresh(&mut h, conn, "r");
+    let (mut h, conn) = refreshing("r");
     h.store.fail_writes = true;
     h.respond(
         200,
         json!({"access_token":"AT-1","refresh_token":"RT-1","expires_in":3600}),
     );
-    assert_eq!(
-        reply(&mut h, conn, "r")["data"]["access_token"],
-        json!("AT-1")
-    );
+    assert_access(&mut h, conn, "r", "AT-1");
     assert_eq!(
         h.store.token("anthropic", "default").unwrap()["refresh_token"],
         json!("RT-0")

@@ -6,7 +6,7 @@ use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, Policy, Secret};
 use serde_json::{Value, json};
 
-use crate::common::{err, ok, one, sandbox_config, sandbox_with_policy, token};
+use crate::common::{Scenario, err, ok, one, sandbox_config, sandbox_with_policy, token};
 
 fn sandbox() -> Harness {
     let mut h = Harness::with_config(sandbox_config(), 0);
@@ -49,17 +49,23 @@ fn lists_are_empty_before_validation() {
         json!([1]),
         json!("x"),
     ] {
-        assert_eq!(
-            one(&mut h, conn, "1", "list_providers", payload.clone()),
-            ok("1", json!({"providers":[]}))
+        h.expect(
+            conn,
+            "list_providers",
+            payload.clone(),
+            ok("1", json!({"providers":[]})),
         );
-        assert_eq!(
-            one(&mut h, conn, "2", "list_buckets", payload.clone()),
-            ok("2", json!({"buckets":[]}))
+        h.expect(
+            conn,
+            "list_buckets",
+            payload.clone(),
+            ok("2", json!({"buckets":[]})),
         );
-        assert_eq!(
-            one(&mut h, conn, "3", "list_api_keys", payload.clone()),
-            ok("3", json!({"keys":[]}))
+        h.expect(
+            conn,
+            "list_api_keys",
+            payload.clone(),
+            ok("3", json!({"keys":[]})),
         );
     }
     assert!(h.effects.is_empty());
@@ -89,18 +95,14 @@ fn bucket_stats_are_zero_before_validation() {
             "{payload}"
         );
     }
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s",
-            "get_bucket_stats",
-            json!({"provider":"p","bucket":"work"})
-        ),
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p","bucket":"work"}),
         ok(
             "s",
-            json!({"bucket":"work","requestCount":0,"percentage":0})
-        )
+            json!({"bucket":"work","requestCount":0,"percentage":0}),
+        ),
     );
     assert_eq!(h.effects.len(), effects_before);
 }
@@ -140,22 +142,20 @@ fn writes_and_key_existence_are_forbidden_before_validation() {
 fn get_token_existing_is_served_sanitized() {
     let mut h = sandbox();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"p"})),
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
         ok(
             "g",
-            json!({"access_token":"at","expiry":5,"token_type":"Bearer","scope":"s"})
-        )
-    );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "g",
-            "get_token",
-            json!({"provider":"p","bucket":"work"})
+            json!({"access_token":"at","expiry":5,"token_type":"Bearer","scope":"s"}),
         ),
-        ok("g", token("at-work"))
+    );
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","bucket":"work"}),
+        ok("g", token("at-work")),
     );
 }
 
@@ -167,9 +167,11 @@ fn get_token_missing_is_access_denied_after_validation() {
         json!({"provider":"q"}),
         json!({"provider":"p","bucket":"nope"}),
     ] {
-        assert_eq!(
-            one(&mut h, conn, "g", "get_token", payload),
-            err("g", "FORBIDDEN", "Access denied")
+        h.expect(
+            conn,
+            "get_token",
+            payload,
+            err("g", "FORBIDDEN", "Access denied"),
         );
     }
     for (payload, msg) in [
@@ -192,13 +194,17 @@ fn get_token_missing_is_access_denied_after_validation() {
 fn get_api_key_sandbox_rules() {
     let mut h = sandbox();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "k", "get_api_key", json!({"name":"k"})),
-        ok("k", json!({"key":"key-value"}))
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"k"}),
+        ok("k", json!({"key":"key-value"})),
     );
-    assert_eq!(
-        one(&mut h, conn, "k", "get_api_key", json!({"name":"other"})),
-        err("k", "FORBIDDEN", "Access denied")
+    h.expect(
+        conn,
+        "get_api_key",
+        json!({"name":"other"}),
+        err("k", "FORBIDDEN", "Access denied"),
     );
     for (payload, msg) in [
         (json!({}), "Missing name"),
@@ -249,17 +255,21 @@ fn strict_sandbox_does_not_affect_host_connections() {
     };
     let mut h = Harness::with_config(config, 0);
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "o", "oauth_initiate", json!({"provider":"p"})),
+    h.expect(
+        conn,
+        "oauth_initiate",
+        json!({"provider":"p"}),
         err(
             "o",
             "PROVIDER_NOT_CONFIGURED",
-            "No OAuth flow factory configured for provider: p"
-        )
+            "No OAuth flow factory configured for provider: p",
+        ),
     );
-    assert_eq!(
-        one(&mut h, conn, "o", "oauth_cancel", json!({"session_id":"s"})),
-        ok("o", json!({}))
+    h.expect(
+        conn,
+        "oauth_cancel",
+        json!({"session_id":"s"}),
+        ok("o", json!({})),
     );
 }
 
@@ -348,14 +358,13 @@ fn sandbox_writes_are_rate_limited_before_the_refusal() {
     config.limits.rate_per_sec = 1;
     let mut h = Harness::with_config(config, 0);
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "1", "save_token", json!({})),
-        err("1", "FORBIDDEN", "Sandbox connections cannot modify tokens")
+    h.expect(
+        conn,
+        "save_token",
+        json!({}),
+        err("1", "FORBIDDEN", "Sandbox connections cannot modify tokens"),
     );
-    assert_eq!(
-        one(&mut h, conn, "2", "save_token", json!({})),
-        json!({"id":"2","ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":1})
-    );
+    h.expect(conn, "save_token", json!({}), json!({"id":"2","ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":1}));
 }
 
 #[test]
@@ -364,9 +373,11 @@ fn every_sandbox_connection_is_a_sandbox() {
     let a = h.connect();
     let b = h.connect();
     for conn in [a, b] {
-        assert_eq!(
-            one(&mut h, conn, "l", "list_providers", json!({})),
-            ok("l", json!({"providers":[]}))
+        h.expect(
+            conn,
+            "list_providers",
+            json!({}),
+            ok("l", json!({"providers":[]})),
         );
     }
 }

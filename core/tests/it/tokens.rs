@@ -6,7 +6,9 @@ use credproxy_core::testkit::{Harness, START_UNIX_MS};
 use credproxy_core::{Effect, EffectResult};
 use serde_json::{Value, json};
 
-use crate::common::{err, ok, one, send_req, token};
+use crate::common::{
+    Scenario, connect_held, err, ok, one, send_req, store_old_with_refresh, token,
+};
 
 fn at_token(access: &str) -> Value {
     token(access)
@@ -53,35 +55,31 @@ fn get_token_is_sanitized_and_passes_extras_through() {
 fn get_token_not_found() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "1", "get_token", json!({"provider":"p"})),
-        err("1", "NOT_FOUND", "No token found for provider: p")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
+        err("1", "NOT_FOUND", "No token found for provider: p"),
     );
     h.store.put_token("p", "work", at_token("at"));
     // Another bucket does not count.
-    assert_eq!(
-        one(&mut h, conn, "2", "get_token", json!({"provider":"p"})),
-        err("2", "NOT_FOUND", "No token found for provider: p")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
+        err("2", "NOT_FOUND", "No token found for provider: p"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "3",
-            "get_token",
-            json!({"provider":"p","bucket":"other"})
-        ),
-        err("3", "NOT_FOUND", "No token found for provider: p")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","bucket":"other"}),
+        err("3", "NOT_FOUND", "No token found for provider: p"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "4",
-            "get_token",
-            json!({"provider":"p","bucket":"work"})
-        ),
-        ok("4", at_token("at"))
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p","bucket":"work"}),
+        ok("4", at_token("at")),
     );
 }
 
@@ -117,20 +115,18 @@ fn default_bucket_spellings_are_one_entry() {
         "s",
         json!({"provider":"p","bucket":"default","token":at_token("two")}),
     );
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"p"})),
-        ok("g", at_token("two"))
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
+        ok("g", at_token("two")),
     );
     assert_eq!(h.store.tokens.len(), 1);
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "r",
-            "remove_token",
-            json!({"provider":"p","bucket":""})
-        ),
-        ok("r", json!({}))
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p","bucket":""}),
+        ok("r", json!({})),
     );
     assert!(h.store.tokens.is_empty());
 }
@@ -225,15 +221,17 @@ fn save_token_merge_rules() {
         "s",
         json!({"provider":"p","token":{"access_token":"newer","expiry":3,"token_type":"Bearer","scope":"s-new","account_id":null}}),
     );
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"p"})),
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
         ok(
             "g",
             json!({
                 "access_token":"newer","expiry":3,"token_type":"Bearer",
                 "scope":"s-new","resource_url":"https://old","account_id":"acc","id_token":"jwt"
-            })
-        )
+            }),
+        ),
     );
 }
 
@@ -398,30 +396,32 @@ fn remove_token() {
     h.store.put_token("p", "default", at_token("a"));
     h.store.put_token("p", "work", at_token("b"));
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "r", "remove_token", json!({"provider":"p"})),
-        ok("r", json!({}))
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p"}),
+        ok("r", json!({})),
     );
     assert_eq!(h.store.token("p", "default"), None);
     assert_eq!(h.store.token("p", "work"), Some(at_token("b")));
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"p"})),
-        err("g", "NOT_FOUND", "No token found for provider: p")
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
+        err("g", "NOT_FOUND", "No token found for provider: p"),
     );
     // Removing what is absent is success.
-    assert_eq!(
-        one(&mut h, conn, "r", "remove_token", json!({"provider":"p"})),
-        ok("r", json!({}))
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p"}),
+        ok("r", json!({})),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "r",
-            "remove_token",
-            json!({"provider":"p","bucket":"work"})
-        ),
-        ok("r", json!({}))
+    h.expect(
+        conn,
+        "remove_token",
+        json!({"provider":"p","bucket":"work"}),
+        ok("r", json!({})),
     );
     assert!(h.store.tokens.is_empty());
     assert!(h.effects.contains(&Effect::TokenDelete {
@@ -434,9 +434,11 @@ fn remove_token() {
 fn list_providers_and_buckets_sorted() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(&mut h, conn, "1", "list_providers", json!({})),
-        ok("1", json!({"providers":[]}))
+    h.expect(
+        conn,
+        "list_providers",
+        json!({}),
+        ok("1", json!({"providers":[]})),
     );
     for (p, b) in [
         ("zeta", "default"),
@@ -448,33 +450,27 @@ fn list_providers_and_buckets_sorted() {
     ] {
         h.store.put_token(p, b, at_token("a"));
     }
-    assert_eq!(
-        one(&mut h, conn, "2", "list_providers", json!({})),
-        ok("2", json!({"providers":["Beta","alpha","zeta"]}))
+    h.expect(
+        conn,
+        "list_providers",
+        json!({}),
+        ok("2", json!({"providers":["Beta","alpha","zeta"]})),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "3",
-            "list_buckets",
-            json!({"provider":"alpha"})
-        ),
-        ok("3", json!({"buckets":["Zed","default","home","work"]}))
+    h.expect(
+        conn,
+        "list_buckets",
+        json!({"provider":"alpha"}),
+        ok("3", json!({"buckets":["Zed","default","home","work"]})),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "4",
-            "list_buckets",
-            json!({"provider":"nobody"})
-        ),
-        ok("4", json!({"buckets":[]}))
+    h.expect(
+        conn,
+        "list_buckets",
+        json!({"provider":"nobody"}),
+        ok("4", json!({"buckets":[]})),
     );
     // The host's list order does not matter: the engine sorts and dedups.
     h.auto_effects = false;
-    assert!(send_req(&mut h, conn, "5", "list_providers", json!({})).is_empty());
+    h.no_reply_yet(conn, "5", "list_providers", json!({}));
     h.complete_with(
         0,
         EffectResult::Names(vec!["b".into(), "a".into(), "b".into(), "C".into()]),
@@ -489,25 +485,17 @@ fn list_providers_and_buckets_sorted() {
 fn bucket_stats_not_found_without_a_token() {
     let mut h = Harness::new();
     let conn = h.connect();
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "1",
-            "get_bucket_stats",
-            json!({"provider":"p"})
-        ),
-        err("1", "NOT_FOUND", "No stats found for p/default")
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p"}),
+        err("1", "NOT_FOUND", "No stats found for p/default"),
     );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "2",
-            "get_bucket_stats",
-            json!({"provider":"p","bucket":"work"})
-        ),
-        err("2", "NOT_FOUND", "No stats found for p/work")
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p","bucket":"work"}),
+        err("2", "NOT_FOUND", "No stats found for p/work"),
     );
 }
 
@@ -519,18 +507,14 @@ fn bucket_stats_count_served_get_tokens() {
     h.store.put_token("q", "default", at_token("c"));
     let conn = h.connect();
     // A stored token never served: zero stats without lastUsed.
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s0",
-            "get_bucket_stats",
-            json!({"provider":"p"})
-        ),
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p"}),
         ok(
             "s0",
-            json!({"bucket":"default","requestCount":0,"percentage":0})
-        )
+            json!({"bucket":"default","requestCount":0,"percentage":0}),
+        ),
     );
     for _ in 0..3 {
         h.call(conn, "get_token", json!({"provider":"p"}));
@@ -542,44 +526,32 @@ fn bucket_stats_count_served_get_tokens() {
     // Failed get_tokens are not counted.
     h.call(conn, "get_token", json!({"provider":"p","bucket":"none"}));
     h.call(conn, "get_token", json!({"provider":"p","bucket":"a/b"}));
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s1",
-            "get_bucket_stats",
-            json!({"provider":"p"})
-        ),
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p"}),
         ok(
             "s1",
-            json!({"bucket":"default","requestCount":3,"percentage":75,"lastUsed":START_UNIX_MS})
-        )
-    );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s2",
-            "get_bucket_stats",
-            json!({"provider":"p","bucket":"work"})
+            json!({"bucket":"default","requestCount":3,"percentage":75,"lastUsed":START_UNIX_MS}),
         ),
+    );
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p","bucket":"work"}),
         ok(
             "s2",
-            json!({"bucket":"work","requestCount":1,"percentage":25,"lastUsed":t1})
-        )
-    );
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s3",
-            "get_bucket_stats",
-            json!({"provider":"q","bucket":""})
+            json!({"bucket":"work","requestCount":1,"percentage":25,"lastUsed":t1}),
         ),
+    );
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"q","bucket":""}),
         ok(
             "s3",
-            json!({"bucket":"default","requestCount":1,"percentage":100,"lastUsed":t1})
-        )
+            json!({"bucket":"default","requestCount":1,"percentage":100,"lastUsed":t1}),
+        ),
     );
     // get_bucket_stats itself is not counted, and a non-integral share is a float.
     h.call(conn, "get_token", json!({"provider":"p","bucket":"work"}));
@@ -612,15 +584,11 @@ fn bucket_stats_counts_survive_removal_but_need_a_token() {
     let conn = h.connect();
     h.call(conn, "get_token", json!({"provider":"p"}));
     h.call(conn, "remove_token", json!({"provider":"p"}));
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s",
-            "get_bucket_stats",
-            json!({"provider":"p"})
-        ),
-        err("s", "NOT_FOUND", "No stats found for p/default")
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p"}),
+        err("s", "NOT_FOUND", "No stats found for p/default"),
     );
 }
 
@@ -628,69 +596,37 @@ fn bucket_stats_counts_survive_removal_but_need_a_token() {
 fn cancelled_get_token_is_not_counted() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", at_token("a"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "g", "get_token", json!({"provider":"p"}));
     send_req(&mut h, conn, "c", "cancel", json!({"targetId":"g"}));
     h.complete_all();
     h.auto_effects = true;
-    assert_eq!(
-        one(
-            &mut h,
-            conn,
-            "s",
-            "get_bucket_stats",
-            json!({"provider":"p"})
-        ),
+    h.expect(
+        conn,
+        "get_bucket_stats",
+        json!({"provider":"p"}),
         ok(
             "s",
-            json!({"bucket":"default","requestCount":0,"percentage":0})
-        )
+            json!({"bucket":"default","requestCount":0,"percentage":0}),
+        ),
     );
 }
 
 #[test]
 fn concurrent_saves_to_one_key_are_serialized() {
     let mut h = Harness::new();
-    h.store.put_token(
-        "p",
-        "default",
-        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
-    );
-    let conn = h.connect();
-    h.auto_effects = false;
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "s1",
-            "save_token",
-            json!({"provider":"p","token":{"access_token":"one","expiry":2,"token_type":"Bearer","scope":"s1"}})
-        )
-        .is_empty()
-    );
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "s2",
-            "save_token",
-            json!({"provider":"p","bucket":"default","token":{"access_token":"two","expiry":3,"token_type":"Bearer","account_id":"acc"}})
-        )
-        .is_empty()
-    );
+    store_old_with_refresh(&mut h);
+    let conn = connect_held(&mut h);
+    h.no_reply_yet(conn, "s1", "save_token", json!({"provider":"p","token":{"access_token":"one","expiry":2,"token_type":"Bearer","scope":"s1"}}));
+    h.no_reply_yet(conn, "s2", "save_token", json!({"provider":"p","bucket":"default","token":{"access_token":"two","expiry":3,"token_type":"Bearer","account_id":"acc"}}));
     // Only the first write reads; the second waits for the key.
     assert_eq!(h.held.len(), 1);
     // A write to another key is not blocked.
-    assert!(
-        send_req(
-            &mut h,
-            conn,
-            "o",
-            "save_token",
-            json!({"provider":"p","bucket":"other","token":at_token("x")})
-        )
-        .is_empty()
+    h.no_reply_yet(
+        conn,
+        "o",
+        "save_token",
+        json!({"provider":"p","bucket":"other","token":at_token("x")}),
     );
     assert_eq!(h.held.len(), 2);
     h.complete(1);
@@ -727,8 +663,7 @@ fn concurrent_saves_to_one_key_are_serialized() {
 fn remove_and_save_to_one_key_are_serialized() {
     let mut h = Harness::new();
     h.store.put_token("p", "default", at_token("a"));
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     send_req(&mut h, conn, "r", "remove_token", json!({"provider":"p"}));
     send_req(
         &mut h,
@@ -775,9 +710,11 @@ fn store_failure_is_internal_error_and_the_connection_survives() {
     }
     assert!(!h.is_closed(conn));
     h.store.fail_all = false;
-    assert_eq!(
-        one(&mut h, conn, "g", "get_token", json!({"provider":"p"})),
-        ok("g", at_token("a"))
+    h.expect(
+        conn,
+        "get_token",
+        json!({"provider":"p"}),
+        ok("g", at_token("a")),
     );
     // The failed save released its key.
     assert_eq!(
@@ -795,8 +732,7 @@ fn store_failure_is_internal_error_and_the_connection_survives() {
 #[test]
 fn failed_effect_results_at_each_write_step() {
     let mut h = Harness::new();
-    let conn = h.connect();
-    h.auto_effects = false;
+    let conn = connect_held(&mut h);
     // Fails at the fresh read.
     send_req(
         &mut h,

@@ -2,15 +2,15 @@
 //! is owed, sessions, bounds, refresh calls, secrets), and the final
 //! settling run after which nothing may be owed or pending.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
 use crate::effect::EffectResult;
-use crate::session::{SessionState, Step};
 
 use super::super::fixtures::KEY_SPACE;
 use super::super::sentinel::assert_no_marker;
+use super::super::sessions::{body_values, session_of_reply};
 use super::World;
 use super::client::Hs;
 use super::http::response;
@@ -66,72 +66,19 @@ impl World {
     }
 
     pub(super) fn remember_session(&mut self, r: &Value) {
-        let Some(sid) = r["data"]["session_id"].as_str() else {
+        let Some((sid, state)) = session_of_reply(r) else {
             return;
         };
-        if self.sessions.iter().any(|(s, _)| s == sid) {
+        if self.sessions.iter().any(|(s, _)| *s == sid) {
             return;
         }
-        let state = r["data"]["auth_url"]
-            .as_str()
-            .and_then(|u| url::Url::parse(u).ok())
-            .and_then(|u| {
-                u.query_pairs()
-                    .find(|(k, _)| k == "state")
-                    .map(|(_, v)| v.into_owned())
-            })
-            .unwrap_or_default();
         if self.sessions.len() < 16 {
-            self.sessions.push((sid.to_owned(), state));
+            self.sessions.push((sid, state));
         }
     }
 
     pub(super) fn check_sessions(&mut self) {
-        let live: BTreeMap<String, (u8, u8)> = self
-            .h
-            .engine
-            .session_states()
-            .map(|(id, s)| {
-                let v = match s {
-                    SessionState::Initiated(step) => (0, step.attempts()),
-                    SessionState::Complete(_) => (1, u8::MAX),
-                    SessionState::Used => (2, u8::MAX),
-                };
-                (id.to_owned(), v)
-            })
-            .collect();
-        for (id, state) in self.h.engine.session_states() {
-            if let SessionState::Initiated(Step::Polling { interval_ms, .. }) = state {
-                let prev = self.intervals.insert(id.to_owned(), *interval_ms);
-                assert!(
-                    prev.is_none_or(|p| *interval_ms >= p),
-                    "session {id}: polling interval lowered from {prev:?} to {interval_ms}"
-                );
-            }
-        }
-        for (id, (rank, attempts)) in &live {
-            assert!(!self.ended.contains(id), "ended session {id} came back");
-            if let Some((r0, a0)) = self.seen.get(id) {
-                assert!(rank >= r0, "session {id} moved backwards");
-                if *rank == 0 && *r0 == 0 {
-                    assert!(attempts >= a0, "session {id}: attempts decreased");
-                }
-            }
-        }
-        let gone: Vec<String> = self
-            .seen
-            .keys()
-            .filter(|id| !live.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.seen.remove(&id);
-            self.ended.insert(id);
-        }
-        for (id, v) in live {
-            let e = self.seen.entry(id).or_insert(v);
-            *e = (*e).max(v);
-        }
+        self.watch.check(&self.h);
     }
 
     pub(super) fn check_bounds(&self) {
@@ -162,16 +109,8 @@ impl World {
         let mut seen = BTreeSet::new();
         for (_, request) in &self.h.http_pending {
             let Some(body) = &request.body else { continue };
-            let body = body.expose();
-            let mut rt: Option<String> = url::form_urlencoded::parse(body.as_bytes())
-                .find(|(k, _)| k == "refresh_token")
-                .map(|(_, v)| v.into_owned());
-            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body)
-                && let Some(v) = m.get("refresh_token").and_then(Value::as_str)
-            {
-                rt = Some(v.to_owned());
-            }
-            if let Some(rt) = rt {
+            // The JSON value if the body is JSON, else the form's.
+            if let Some(rt) = body_values(body.expose(), "refresh_token").pop() {
                 assert!(seen.insert(rt), "two refresh calls for one key in flight");
             }
         }
@@ -183,17 +122,7 @@ impl World {
         let mut fresh = Vec::new();
         for request in &self.h.http_log[self.http_seen..] {
             let Some(body) = &request.body else { continue };
-            let body = body.expose();
-            for (k, v) in url::form_urlencoded::parse(body.as_bytes()) {
-                if k == "code_verifier" {
-                    fresh.push(v.into_owned());
-                }
-            }
-            if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body)
-                && let Some(v) = m.get("code_verifier").and_then(Value::as_str)
-            {
-                fresh.push(v.to_owned());
-            }
+            fresh.extend(body_values(body.expose(), "code_verifier"));
         }
         self.http_seen = self.h.http_log.len();
         let mut new_verifier = false;

@@ -17,6 +17,7 @@ use crate::testkit::Harness;
 
 use super::fixtures::{SEED, engine_config, seed_store};
 use super::ops::{EngineOp, Setup, decode_engine_ops};
+use super::sessions::SessionWatch;
 use client::Client;
 
 mod checks;
@@ -35,11 +36,8 @@ struct World {
     clients: Vec<Client>,
     /// (session id, state) from replies, oldest first.
     sessions: Vec<(String, String)>,
-    /// Highest (rank, attempts) seen per live session.
-    seen: BTreeMap<String, (u8, u8)>,
-    /// Last polling interval seen per session.
-    intervals: BTreeMap<String, u64>,
-    ended: BTreeSet<String>,
+    /// What was seen of the engine's sessions (shared with the model test).
+    watch: SessionWatch,
     /// Upper bound of tasks that may outlive their request (detached
     /// writes, logins, callbacks).
     detach_budget: usize,
@@ -60,9 +58,7 @@ impl World {
             h,
             clients: Vec::new(),
             sessions: Vec::new(),
-            seen: BTreeMap::new(),
-            intervals: BTreeMap::new(),
-            ended: BTreeSet::new(),
+            watch: SessionWatch::default(),
             detach_budget: 0,
             verifiers: BTreeSet::new(),
             http_seen: 0,

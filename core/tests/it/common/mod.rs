@@ -33,6 +33,11 @@ pub fn with_limits(limits: Limits) -> Config {
     }
 }
 
+/// A harness (seed 0) with a host configuration with the given limits.
+pub fn harness_with(limits: Limits) -> Harness {
+    Harness::with_config(with_limits(limits), 0)
+}
+
 /// A valid token as JSON.
 pub fn token(access: &str) -> Value {
     json!({"access_token": access, "expiry": 1_767_229_200, "token_type": "Bearer"})
@@ -57,10 +62,29 @@ pub fn send_req(h: &mut Harness, conn: ConnId, id: &str, op: &str, payload: Valu
 
 /// Sends one request and returns its single reply, asserting that exactly
 /// one frame came back.
+#[track_caller]
 pub fn one(h: &mut Harness, conn: ConnId, id: &str, op: &str, payload: Value) -> Value {
     let replies = send_req(h, conn, id, op, payload);
     assert_eq!(replies.len(), 1, "expected one reply to {op}: {replies:?}");
     replies.into_iter().next().unwrap_or(Value::Null)
+}
+
+/// Connects and turns automatic effects off, so the test completes the
+/// store effects itself (in any order, or never).
+pub fn connect_held(h: &mut Harness) -> ConnId {
+    let conn = h.connect();
+    h.auto_effects = false;
+    conn
+}
+
+/// Stores an expired token of `p/default` that has a refresh token (`rt`),
+/// the stored state the write-path tests merge into.
+pub fn store_old_with_refresh(h: &mut Harness) {
+    h.store.put_token(
+        "p",
+        "default",
+        json!({"access_token":"old","expiry":1,"token_type":"Bearer","refresh_token":"rt"}),
+    );
 }
 
 /// Sends a raw frame (any JSON value) and returns the replies.
@@ -102,4 +126,35 @@ pub fn gone(h: &mut Harness, conn: ConnId) {
     let now = h.now;
     h.engine.handle_connection_gone(conn, now);
     h.drain();
+}
+
+/// Scenario steps as harness methods, so that a request-and-answer step
+/// fits on one line.
+pub trait Scenario {
+    /// Sends one request under the id of `want` (the expected reply) and
+    /// asserts that its single reply is `want`: the step most scenario
+    /// tests are made of.
+    fn expect(&mut self, conn: ConnId, op: &str, payload: Value, want: Value);
+
+    /// Sends one request and asserts that nothing is sent back yet (its
+    /// effects are held).
+    fn no_reply_yet(&mut self, conn: ConnId, id: &str, op: &str, payload: Value);
+}
+
+impl Scenario for Harness {
+    #[track_caller]
+    fn expect(&mut self, conn: ConnId, op: &str, payload: Value, want: Value) {
+        let id = want["id"].as_str().expect("the expected reply has an id");
+        let got = one(self, conn, id, op, payload);
+        assert_eq!(got, want, "the reply to {op} (id {id})");
+    }
+
+    #[track_caller]
+    fn no_reply_yet(&mut self, conn: ConnId, id: &str, op: &str, payload: Value) {
+        let replies = send_req(self, conn, id, op, payload);
+        assert!(
+            replies.is_empty(),
+            "{op} (id {id}) answered early: {replies:?}"
+        );
+    }
 }
