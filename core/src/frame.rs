@@ -201,6 +201,36 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A large frame arriving in small reads is buffered with geometric
+    /// growth: a handful of reallocations, each at least doubling, never
+    /// past the announced length.
+    #[test]
+    fn body_grows_geometrically_up_to_the_announced_length() {
+        let body = vec![b' '; 64 * 1024];
+        let mut wire = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        wire.extend_from_slice(&body);
+        let mut dec = FrameDecoder::new(1 << 20);
+        let mut input = &wire[..4];
+        assert!(dec.decode(&mut input).unwrap().is_none());
+        let mut capacities = vec![dec.body.capacity()];
+        for chunk in wire[4..wire.len() - 1].chunks(1024) {
+            let mut input = chunk;
+            assert!(dec.decode(&mut input).unwrap().is_none());
+            let now = dec.body.capacity();
+            if now != *capacities.last().unwrap() {
+                capacities.push(now);
+            }
+        }
+        assert!(capacities.len() <= 9, "too many reallocations: {capacities:?}");
+        for pair in capacities.windows(2).skip(1) {
+            assert!(
+                pair[1] >= 2 * pair[0] || pair[1] == body.len(),
+                "growth below doubling: {capacities:?}"
+            );
+        }
+        assert_eq!(*capacities.last().unwrap(), body.len());
+    }
+
     fn decode_all(
         dec: &mut FrameDecoder,
         mut input: &[u8],
