@@ -93,3 +93,15 @@ impl AuditEvent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ConnId;
+
+    /// Audit lines and log messages name a connection by its number.
+    #[test]
+    fn a_connection_id_displays_as_its_number() {
+        assert_eq!(ConnId(42).to_string(), "42");
+        assert_eq!(format!("conn {}", ConnId(7)), "conn 7");
+    }
+}

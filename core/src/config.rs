@@ -260,4 +260,24 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().0.contains("non-empty string"));
     }
+
+    /// Each of a pair of limits checked together is refused alone, with
+    /// the message naming both; the error displays as its message.
+    #[test]
+    fn each_zero_limit_is_refused_on_its_own() {
+        type Case = (&'static str, fn(&mut Limits));
+        let cases: [Case; 4] = [
+            ("max_in_flight", |l| l.max_in_flight = 0),
+            ("max_connections", |l| l.max_connections = 0),
+            ("rate_per_sec", |l| l.rate_per_sec = 0),
+            ("rate_burst", |l| l.rate_burst = 0),
+        ];
+        for (name, zero) in cases {
+            let mut c = Config::default();
+            zero(&mut c.limits);
+            let err = c.validate().expect_err(name);
+            assert!(err.0.contains(name), "{name}: {err:?}");
+            assert_eq!(err.to_string(), err.0, "{name}");
+        }
+    }
 }

@@ -221,7 +221,10 @@ mod tests {
                 capacities.push(now);
             }
         }
-        assert!(capacities.len() <= 9, "too many reallocations: {capacities:?}");
+        assert!(
+            capacities.len() <= 9,
+            "too many reallocations: {capacities:?}"
+        );
         for pair in capacities.windows(2).skip(1) {
             assert!(
                 pair[1] >= 2 * pair[0] || pair[1] == body.len(),

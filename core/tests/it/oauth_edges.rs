@@ -155,6 +155,45 @@ fn refresh_right_after_a_refresh_returns_the_fresh_token() {
     );
 }
 
+/// In the cooldown, a token removed by another process between the cached
+/// read and the fresh re-read is answered as not found, not as a fault.
+#[test]
+fn refresh_in_the_cooldown_of_a_token_removed_meanwhile_is_not_found() {
+    let mut h = seeded_expired();
+    let conn = h.connect();
+    let stale = h.store.token("anthropic", "default").unwrap();
+    let stale = Token::from_map(stale.as_object().cloned().unwrap());
+    h.call(conn, "refresh_token", json!({"provider":"anthropic"}));
+    h.respond(200, json!({"access_token":"AT-1","expires_in":3600}));
+    h.take_replies(conn);
+    h.auto_effects = false;
+    h.request(conn, "r2", "refresh_token", json!({"provider":"anthropic"}));
+    let mut reread = false;
+    while let Some(i) = h.held.iter().position(|_| true) {
+        let result = match &h.held[i].1 {
+            Effect::TokenGet { fresh: false, .. } => EffectResult::Token(Some(stale.clone())),
+            Effect::TokenGet { fresh: true, .. } => {
+                reread = true;
+                EffectResult::Token(None)
+            }
+            _ => {
+                h.complete(i);
+                continue;
+            }
+        };
+        h.complete_with(i, result);
+    }
+    assert!(reread, "re-read fresh");
+    let r = h.take_replies(conn);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["code"], json!("NOT_FOUND"), "{r:?}");
+    assert_eq!(
+        r[0]["error"],
+        json!("No token found for provider: anthropic")
+    );
+    assert_eq!(h.http_log.len(), 1, "no second provider call");
+}
+
 #[test]
 fn refresh_in_the_cooldown_without_a_valid_token_is_rate_limited() {
     let mut h = seeded_expired();
