@@ -189,6 +189,57 @@ fn pasted_redirect_url_fallback_with_iss_check() {
     );
 }
 
+/// The browser's callback on the loopback listener carries `iss` (RFC
+/// 9207): the configured issuer is accepted and exchanged, another one
+/// fails the session before any provider call.
+#[test]
+fn loopback_callback_checks_iss_against_the_issuer() {
+    let mut config = Config::default();
+    let mut codex = credproxy_core::provider::codex();
+    codex.issuer = Some("https://auth.openai.com".into());
+    config.providers.insert("codex".into(), codex);
+    let mut h = Harness::with_config(config, 2);
+    let conn = h.connect();
+    h.script(
+        "https://auth.openai.com/.well-known/openid-configuration",
+        200,
+        json!({"issuer":"https://auth.openai.com","authorization_endpoint":"https://auth.openai.com/oauth/authorize"}),
+    );
+    let (good_sid, good) = codex_session(&mut h, conn);
+    let (bad_sid, bad) = codex_session(&mut h, conn);
+    let calls = h.http_log.len();
+    let (status, _) = h.loopback(
+        1455,
+        &format!("/auth/callback?code=BAD&state={bad}&iss=https%3A%2F%2Fevil.example"),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(h.http_log.len(), calls, "no exchange for a foreign issuer");
+    let r = h.call(conn, "oauth_poll", json!({"session_id": bad_sid}));
+    assert_eq!(
+        r["error"],
+        json!("Authorization response does not match this session"),
+        "{r}"
+    );
+    let (status, _) = h.loopback(
+        1455,
+        &format!("/auth/callback?code=GOOD&state={good}&iss=https%3A%2F%2Fauth.openai.com"),
+    );
+    assert_eq!(status, 200);
+    let body = h
+        .http_log
+        .last()
+        .unwrap()
+        .body
+        .as_ref()
+        .unwrap()
+        .expose()
+        .to_owned();
+    assert!(body.contains("code=GOOD"), "{body}");
+    h.respond(200, json!({"access_token":"AT-GOOD"}));
+    let r = h.call(conn, "oauth_poll", json!({"session_id": good_sid}));
+    assert_eq!(r["data"]["token"]["access_token"], json!("AT-GOOD"), "{r}");
+}
+
 #[test]
 fn listener_failure_fails_initiation() {
     let mut h = Harness::new();

@@ -402,6 +402,29 @@ fn renewal_fires_before_expiry_and_refreshes() {
     assert!(next > at);
 }
 
+/// A refresh that returns a short-lived token: its renewal would fall
+/// inside the refresh cooldown, so it waits for the cooldown's end (30 s
+/// after the attempt), and a token that expires before then gets none.
+#[test]
+fn renewal_never_fires_inside_the_refresh_cooldown() {
+    for (expires_in, want) in [(50, Some(30_000)), (20, None)] {
+        let mut h = seeded(3_600);
+        let conn = h.connect();
+        let start = h.now.mono.0;
+        h.call(conn, "refresh_token", json!({"provider":"anthropic"}));
+        h.respond(
+            200,
+            json!({"access_token":"AT-S","refresh_token":"RT-S","expires_in":expires_in}),
+        );
+        let at = h.engine.renewal_scheduled("anthropic", "default");
+        assert_eq!(
+            at.map(|at| at - start),
+            want,
+            "a token of {expires_in} s renews at the cooldown's end or not at all"
+        );
+    }
+}
+
 #[test]
 fn renewal_backs_off_on_transient_failures_and_stops_on_auth_failure() {
     let mut config = Config::default();
