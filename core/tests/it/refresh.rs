@@ -402,6 +402,36 @@ fn renewal_fires_before_expiry_and_refreshes() {
     assert!(next > at);
 }
 
+/// A renewal is scheduled once per (key, expiry): serving the same token
+/// again keeps the schedule (no new jitter drawn), a token with another
+/// expiry moves it.
+#[test]
+fn renewal_is_scheduled_once_per_expiry() {
+    let mut h = seeded(3_600);
+    let conn = h.connect();
+    let mut scheduled = |h: &mut Harness| {
+        h.call(conn, "get_token", json!({"provider":"anthropic"}));
+        h.engine.renewal_scheduled("anthropic", "default").unwrap()
+    };
+    let first = scheduled(&mut h);
+    for _ in 0..5 {
+        assert_eq!(scheduled(&mut h), first, "same expiry, same schedule");
+    }
+    let expiry = h.now.unix_secs() + 7_200;
+    let r = h.call(
+        conn,
+        "save_token",
+        json!({"provider":"anthropic","token":{"access_token":"AT-2","refresh_token":"RT-2","expiry":expiry,"token_type":"Bearer"}}),
+    );
+    assert_eq!(r["ok"], json!(true), "{r}");
+    let moved = scheduled(&mut h);
+    // lead = 720 s for a two-hour token, jitter below 30 s.
+    assert!(
+        (7_200_000 - 720_000 - 30_000..=7_200_000 - 720_000).contains(&moved),
+        "{moved}"
+    );
+}
+
 /// A refresh that returns a short-lived token: its renewal would fall
 /// inside the refresh cooldown, so it waits for the cooldown's end (30 s
 /// after the attempt), and a token that expires before then gets none.
