@@ -409,7 +409,7 @@ fn renewal_fires_before_expiry_and_refreshes() {
 fn renewal_is_scheduled_once_per_expiry() {
     let mut h = seeded(3_600);
     let conn = h.connect();
-    let mut scheduled = |h: &mut Harness| {
+    let scheduled = |h: &mut Harness| {
         h.call(conn, "get_token", json!({"provider":"anthropic"}));
         h.engine.renewal_scheduled("anthropic", "default").unwrap()
     };
