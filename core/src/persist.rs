@@ -18,15 +18,16 @@ use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::handshake::ConnClass;
 use crate::keylock::Key;
-use crate::login::{LoginStage, login_event, still_valid};
+use crate::login::{login_event, still_valid};
 use crate::reply::Failure;
 use crate::session::Outcome;
+use crate::task::LoginStage;
 use crate::task::{TaskId, Work};
 use crate::token::Token;
 
 impl<R: CryptoRng> Engine<R> {
     fn persist_parts(&mut self, task: TaskId) -> Option<(String, LoginStage, Option<Token>)> {
-        match self.tasks.get(&task).map(|t| &t.work) {
+        match self.tasks.work(task) {
             Some(Work::Login(w)) => Some((w.sid.clone(), w.stage, w.token.clone())),
             _ => None,
         }
@@ -34,14 +35,14 @@ impl<R: CryptoRng> Engine<R> {
 
     /// The key being written and whether the login is a sandbox's.
     fn persist_key(&self, task: TaskId) -> Option<(Key, bool)> {
-        match self.tasks.get(&task).map(|t| &t.work) {
+        match self.tasks.work(task) {
             Some(Work::Login(w)) => w.key.clone().map(|k| (k, w.sandbox)),
             _ => None,
         }
     }
 
     fn persist_stage(&mut self, task: TaskId, stage: LoginStage) {
-        if let Some(Work::Login(w)) = self.tasks.get_mut(&task).map(|t| &mut t.work) {
+        if let Some(Work::Login(w)) = self.tasks.work_mut(task) {
             w.stage = stage;
         }
     }
@@ -62,23 +63,23 @@ impl<R: CryptoRng> Engine<R> {
                 )),
             );
         };
-        if let Some(Work::Login(w)) = self.tasks.get_mut(&task).map(|t| &mut t.work) {
+        if let Some(Work::Login(w)) = self.tasks.work_mut(task) {
             w.stage = LoginStage::EngineLock;
             w.key = Some(key.clone());
             w.sandbox = class == ConnClass::Sandbox;
         }
-        if self.locks.acquire(&key, task) {
+        if self.keys.lock(&key, task) {
             self.persist_locked(task);
         }
     }
 
     /// The engine write lock is held: take the store lock.
     pub(crate) fn persist_locked(&mut self, task: TaskId) {
-        let Some(Work::Login(w)) = self.tasks.get(&task).map(|t| &t.work) else {
+        let Some(Work::Login(w)) = self.tasks.work(task) else {
             return;
         };
         let Some(key) = w.key.clone() else { return };
-        if let Some(t) = self.tasks.get_mut(&task) {
+        if let Some(t) = self.tasks.get_mut(task) {
             t.holds = Some(key.clone());
         }
         self.persist_stage(task, LoginStage::StoreLock);
@@ -152,7 +153,7 @@ impl<R: CryptoRng> Engine<R> {
 
     fn persist_put(&mut self, task: TaskId, key: &Key, token: Token) {
         self.persist_stage(task, LoginStage::Put);
-        self.overrides.remove(key);
+        self.keys.clear_override(key);
         self.emit_effect(task, Effect::token_put(key, token));
     }
 
@@ -168,7 +169,7 @@ impl<R: CryptoRng> Engine<R> {
         if store_locked {
             self.emit_detached(Effect::lock_release(&key));
         }
-        if let Some(t) = self.tasks.get_mut(&task)
+        if let Some(t) = self.tasks.get_mut(task)
             && let Some(held) = t.holds.take()
         {
             self.release_key(&held, task);

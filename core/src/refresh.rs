@@ -30,71 +30,11 @@ use crate::oauth_reply::with_codex_account;
 use crate::op::Op;
 use crate::provider::{BodyEncoding, Dialect};
 use crate::reply::{Answer, Data, Failure};
-use crate::task::{TaskId, Work};
-use crate::timer::TimerKey;
+use crate::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
 use crate::token::Token;
 
 /// Attempts of one refresh (the first and two retries).
 const MAX_ATTEMPTS: u8 = 3;
-
-/// Where a `refresh_token` request is before it joins a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CheckStage {
-    /// Reading the stored token.
-    Read,
-    /// Reading the key's metadata.
-    Meta,
-    /// Re-reading the token fresh during the cooldown (see `cooldown`).
-    Reread,
-}
-
-/// A `refresh_token` request's checks.
-#[derive(Debug)]
-pub(crate) struct RefreshCheck {
-    pub(crate) key: Key,
-    pub(crate) stage: CheckStage,
-    pub(crate) token: Option<Token>,
-}
-
-/// Where a refresh job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JobStage {
-    EngineLock,
-    StoreLock,
-    ReadFresh,
-    Meta,
-    Discovering,
-    Calling,
-    Backoff,
-    Reread,
-    Writing,
-    MarkUnusable,
-}
-
-/// One refresh of one key.
-#[derive(Debug)]
-pub(crate) struct RefreshJob {
-    pub(crate) key: Key,
-    pub(crate) stage: JobStage,
-    /// Digest of the access token the caller saw (to detect a refresh by
-    /// someone else).
-    pub(crate) seen: Option<[u8; 32]>,
-    pub(crate) current: Option<Token>,
-    pub(crate) merged: Option<Token>,
-    pub(crate) failure: Option<Failure>,
-    pub(crate) attempts: u8,
-    pub(crate) reread: bool,
-    pub(crate) renewal: bool,
-    pub(crate) logout: bool,
-    pub(crate) store_locked: bool,
-}
-
-/// A job in flight and the requests waiting for it.
-#[derive(Debug)]
-pub(crate) struct Refreshing {
-    pub(crate) job: TaskId,
-    pub(crate) waiters: Vec<TaskId>,
-}
 
 /// SHA-256 of a token's access token (kept instead of the token).
 pub(crate) fn access_digest(token: &Token) -> [u8; 32] {
@@ -126,7 +66,7 @@ impl<R: CryptoRng> Engine<R> {
                 format!("No OAuth provider configured for: {}", key.provider),
             )));
         }
-        let override_token = self.overrides.get(&key).cloned();
+        let override_token = self.keys.override_of(&key).cloned();
         let work = Work::RefreshCheck(RefreshCheck {
             key: key.clone(),
             stage: CheckStage::Read,
@@ -142,7 +82,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Continues a request's checks.
     pub(crate) fn check_step(&mut self, task: TaskId, result: EffectResult) {
-        let Some(Work::RefreshCheck(check)) = self.tasks.get_mut(&task).map(|t| &mut t.work) else {
+        let Some(Work::RefreshCheck(check)) = self.tasks.work_mut(task) else {
             return;
         };
         let key = check.key.clone();
@@ -177,8 +117,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Joins the key's job, answers from the cooldown, or starts a job.
     pub(crate) fn join_or_start(&mut self, task: TaskId, key: &Key, token: &Token) {
-        if let Some(r) = self.refreshing.get_mut(key) {
-            r.waiters.push(task);
+        if self.keys.wait_refresh(key, task) {
             self.await_job(task, key);
             return;
         }
@@ -186,14 +125,12 @@ impl<R: CryptoRng> Engine<R> {
             return;
         }
         self.start_refresh_job(key, Some(access_digest(token)), false);
-        if let Some(r) = self.refreshing.get_mut(key) {
-            r.waiters.push(task);
-        }
+        self.keys.wait_refresh(key, task);
         self.await_job(task, key);
     }
 
     fn await_job(&mut self, task: TaskId, key: &Key) {
-        if let Some(t) = self.tasks.get_mut(&task) {
+        if let Some(t) = self.tasks.get_mut(task) {
             t.work = Work::AwaitRefresh { key: key.clone() };
         }
     }
@@ -214,14 +151,8 @@ impl<R: CryptoRng> Engine<R> {
             store_locked: false,
         };
         let task = self.background_task(Op::RefreshToken, Work::Refresh(Box::new(job)));
-        self.refreshing.insert(
-            key.clone(),
-            Refreshing {
-                job: task,
-                waiters: Vec::new(),
-            },
-        );
-        if self.locks.acquire(key, task) {
+        self.keys.start_refresh(key, task);
+        if self.keys.lock(key, task) {
             self.refresh_locked(task);
         }
     }
@@ -230,7 +161,7 @@ impl<R: CryptoRng> Engine<R> {
     /// renewal (its end then reschedules, backs off or stops the renewal)
     /// and returns true.
     pub(crate) fn refresh_carries_renewal(&mut self, key: &Key) -> bool {
-        let Some(task) = self.refreshing.get(key).map(|r| r.job) else {
+        let Some(task) = self.keys.refresh_job(key) else {
             return false;
         };
         if let Some(job) = self.job(task) {
@@ -240,7 +171,7 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn job(&mut self, task: TaskId) -> Option<&mut RefreshJob> {
-        match self.tasks.get_mut(&task).map(|t| &mut t.work) {
+        match self.tasks.work_mut(task) {
             Some(Work::Refresh(j)) => Some(j),
             _ => None,
         }
@@ -252,7 +183,7 @@ impl<R: CryptoRng> Engine<R> {
         let Some(job) = self.job(task) else { return };
         job.stage = JobStage::StoreLock;
         let key = job.key.clone();
-        if let Some(t) = self.tasks.get_mut(&task) {
+        if let Some(t) = self.tasks.get_mut(task) {
             t.holds = Some(key.clone());
         }
         self.emit_effect(task, Effect::lock_acquire(&key, wait_ms));
@@ -268,7 +199,7 @@ impl<R: CryptoRng> Engine<R> {
             (JobStage::StoreLock, EffectResult::Locked(true)) => {
                 job.store_locked = true;
                 job.stage = JobStage::ReadFresh;
-                match self.overrides.get(&key).cloned() {
+                match self.keys.override_of(&key).cloned() {
                     Some(t) => self.refresh_step(task, EffectResult::Token(Some(t))),
                     None => self.emit_effect(task, Effect::token_get(&key, true)),
                 }
@@ -338,10 +269,9 @@ impl<R: CryptoRng> Engine<R> {
             }
             (JobStage::Writing, _) => {
                 let merged = job.merged.take().unwrap_or_default();
-                self.overrides.insert(key.clone(), merged.clone());
-                let serial = self.key_serial(&key);
-                self.timers
-                    .set(TimerKey::WriteBack(serial), self.now.mono.plus(1_000));
+                let retry_at = self.now.mono.plus(1_000);
+                self.keys
+                    .set_override(&key, merged.clone(), retry_at, &mut self.timers);
                 self.job_done(task, Ok(merged));
             }
             (JobStage::MarkUnusable, _) => {
@@ -430,9 +360,8 @@ impl<R: CryptoRng> Engine<R> {
             Verdict::Transient(_) if job.attempts < MAX_ATTEMPTS => {
                 let wait = retry[usize::from(job.attempts - 1).min(1)];
                 job.stage = JobStage::Backoff;
-                let serial = self.key_serial(&key);
-                self.timers
-                    .set(TimerKey::RefreshRetry(serial), self.now.mono.plus(wait));
+                let at = self.now.mono.plus(wait);
+                self.keys.arm_refresh_retry(&key, at, &mut self.timers);
             }
             Verdict::Transient(_) => {
                 self.job_done(
@@ -454,10 +383,10 @@ impl<R: CryptoRng> Engine<R> {
 
     /// A retry timer fired.
     pub(crate) fn refresh_retry_due(&mut self, serial: u64) {
-        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+        let Some(key) = self.keys.key_of(serial) else {
             return;
         };
-        let Some(job) = self.refreshing.get(&key).map(|r| r.job) else {
+        let Some(job) = self.keys.refresh_job(&key) else {
             return;
         };
         if self.job(job).is_some_and(|j| j.stage == JobStage::Backoff) {
@@ -485,14 +414,10 @@ impl<R: CryptoRng> Engine<R> {
             self.emit_detached(Effect::lock_release(&key));
         }
         if attempts > 0 {
-            self.cooldowns.insert(key.clone(), self.now.mono);
+            self.keys.record_attempt(&key, self.now.mono);
         }
         self.finish(task, Ok(Map::new().into()));
-        let waiters = self
-            .refreshing
-            .remove(&key)
-            .map(|r| r.waiters)
-            .unwrap_or_default();
+        let waiters = self.keys.end_refresh(&key);
         let answer: Answer = result
             .as_ref()
             .map(|t| Data::Token(t.clone()))
@@ -514,8 +439,8 @@ impl<R: CryptoRng> Engine<R> {
                     // cooldown of an attempt; the next fire re-reads the
                     // token recorded here, so it calls the provider unless
                     // someone changed the token again.
-                    self.renewals.remove(&key);
-                } else if let Some(r) = self.renewals.get_mut(&key) {
+                    self.keys.forget_renewal(&key, &mut self.timers);
+                } else if let Some(r) = self.keys.renewal_mut(&key) {
                     r.tries = 0;
                 }
                 self.schedule_renewal(&key, token);
@@ -528,9 +453,9 @@ impl<R: CryptoRng> Engine<R> {
 
     /// A `remove_token` arrived: a running job must not save its result.
     pub(crate) fn refresh_logout(&mut self, key: &Key) {
-        self.overrides.remove(key);
+        self.keys.clear_override(key);
         self.renewal_forget(key);
-        if let Some(job) = self.refreshing.get(key).map(|r| r.job)
+        if let Some(job) = self.keys.refresh_job(key)
             && let Some(j) = self.job(job)
         {
             j.logout = true;
@@ -539,10 +464,10 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Retries writing an authoritative token that failed to persist.
     pub(crate) fn write_back_due(&mut self, serial: u64) {
-        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+        let Some(key) = self.keys.key_of(serial) else {
             return;
         };
-        let Some(token) = self.overrides.get(&key).cloned() else {
+        let Some(token) = self.keys.override_of(&key).cloned() else {
             return;
         };
         let task = self.background_task(Op::RefreshToken, Work::WriteBack { key: key.clone() });
@@ -551,26 +476,13 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Result of a write-back.
     pub(crate) fn write_back_done(&mut self, task: TaskId, key: &Key, result: &EffectResult) {
-        self.tasks.remove(&task);
+        self.tasks.remove(task);
         if matches!(result, EffectResult::Done) {
-            self.overrides.remove(key);
-        } else if self.overrides.contains_key(key) {
-            let serial = self.key_serial(key);
-            self.timers
-                .set(TimerKey::WriteBack(serial), self.now.mono.plus(5_000));
+            self.keys.clear_override(key);
+        } else {
+            let at = self.now.mono.plus(5_000);
+            self.keys.retry_write_back(key, at, &mut self.timers);
         }
-    }
-
-    /// A stable small number for a key (timer keys).
-    pub(crate) fn key_serial(&mut self, key: &Key) -> u64 {
-        if let Some(s) = self.key_serials.get(key) {
-            return *s;
-        }
-        self.next_serial += 1;
-        let s = self.next_serial;
-        self.key_serials.insert(key.clone(), s);
-        self.key_by_serial.insert(s, key.clone());
-        s
     }
 }
 

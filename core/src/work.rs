@@ -9,16 +9,17 @@
 use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditEvent, Level};
+use crate::audit::{AuditEvent, ConnId, Level};
 use crate::connection::Phase;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::handshake::Accepted;
 use crate::keylock::Key;
+use crate::op::Op;
 use crate::ops::{filter_allowed, names};
 use crate::reply::{Answer, Data, Failure};
-use crate::task::{TaskId, Work, WriteStep};
+use crate::task::{ReplyTo, TaskId, Work, WriteStep};
 use crate::token::Token;
 
 /// What a task does after an effect result.
@@ -30,9 +31,27 @@ enum Next {
 }
 
 impl<R: CryptoRng> Engine<R> {
+    /// Creates a task answering request `id` on `conn`.
+    pub(crate) fn attach_task(&mut self, conn: ConnId, id: String, op: Op, work: Work) -> TaskId {
+        let reply = ReplyTo {
+            conn,
+            id: id.clone(),
+        };
+        let task = self.tasks.spawn(op, Some(reply), work);
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.in_flight.insert(id, task);
+        }
+        task
+    }
+
+    /// Creates a background task (no reply).
+    pub(crate) fn background_task(&mut self, op: Op, work: Work) -> TaskId {
+        self.tasks.spawn(op, None, work)
+    }
+
     /// Issues the first effect of a new task.
     pub(crate) fn begin(&mut self, task: TaskId) {
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.get(task) else {
             return;
         };
         if let Some(key) = t.work.write_key().cloned() {
@@ -40,13 +59,13 @@ impl<R: CryptoRng> Engine<R> {
                 let key = key.clone();
                 self.refresh_logout(&key);
             }
-            if self.locks.acquire(&key, task) {
+            if self.keys.lock(&key, task) {
                 self.lock_granted(task);
             }
             return;
         }
         if let Work::GetToken { key, .. } = &t.work
-            && let Some(token) = self.overrides.get(key).cloned()
+            && let Some(token) = self.keys.override_of(key).cloned()
         {
             return self.resume(task, EffectResult::Token(Some(token)));
         }
@@ -67,13 +86,13 @@ impl<R: CryptoRng> Engine<R> {
     /// A task now holds its key's engine write lock. Saves and removes
     /// then take the key's cross-process store lock.
     pub(crate) fn lock_granted(&mut self, task: TaskId) {
-        match self.tasks.get(&task).map(|t| &t.work) {
+        match self.tasks.work(task) {
             Some(Work::Login(_)) => return self.persist_locked(task),
             Some(Work::Refresh(_)) => return self.refresh_locked(task),
             _ => {}
         }
         let wait_ms = self.config.limits.lock_wait_ms;
-        let Some(t) = self.tasks.get_mut(&task) else {
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
         t.holds = t.work.write_key().cloned();
@@ -97,13 +116,13 @@ impl<R: CryptoRng> Engine<R> {
             _ => return self.finish(task, Err(Failure::internal())),
         };
         debug_assert!(acquired);
-        let Some(t) = self.tasks.get_mut(&task) else {
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
         let effect = match &mut t.work {
             Work::SaveToken { key, step, .. } => {
                 *step = WriteStep::Reading;
-                if let Some(existing) = self.overrides.get(key).cloned() {
+                if let Some(existing) = self.keys.override_of(key).cloned() {
                     return self.resume(task, EffectResult::Token(Some(existing)));
                 }
                 Effect::token_get(key, true)
@@ -119,7 +138,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Continues a task with the result of its effect.
     pub(crate) fn resume(&mut self, task: TaskId, result: EffectResult) {
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.get(task) else {
             return;
         };
         match &t.work {
@@ -149,7 +168,7 @@ impl<R: CryptoRng> Engine<R> {
             }
             _ => {}
         }
-        let Some(t) = self.tasks.get_mut(&task) else {
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
         let next = match &mut t.work {
@@ -173,7 +192,7 @@ impl<R: CryptoRng> Engine<R> {
                 {
                     let key = Key::new(provider.clone(), bucket.clone());
                     let token = token.clone();
-                    self.overrides.remove(&key);
+                    self.keys.clear_override(&key);
                     self.schedule_renewal(&key, &token);
                 }
                 self.emit_effect(task, effect);
@@ -184,7 +203,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Answers a task (if still attached), releases its key and forgets it.
     pub(crate) fn finish(&mut self, task: TaskId, answer: Answer) {
-        let Some(t) = self.tasks.remove(&task) else {
+        let Some(t) = self.tasks.remove(task) else {
             return;
         };
         if let Work::SaveToken { key, step, .. } | Work::RemoveToken { key, step } = &t.work
@@ -199,11 +218,11 @@ impl<R: CryptoRng> Engine<R> {
             self.stats.record(key, self.now.unix_ms);
         }
         let Some(reply) = t.reply else { return };
-        let Some(c) = self.conns.get_mut(&reply.conn) else {
+        let Some(c) = self.conns.get_mut(reply.conn) else {
             return;
         };
         c.in_flight.remove(&reply.id);
-        let Phase::Open(Accepted { version, .. }) = c.phase else {
+        let Phase::Open(Accepted { version, .. }) = c.phase() else {
             return;
         };
         let mut event = AuditEvent::new(Level::Info, Some(reply.conn), t.op.into(), "ok");
@@ -215,12 +234,12 @@ impl<R: CryptoRng> Engine<R> {
     /// Detaches a task from its request: reads are dropped, writes continue
     /// without a reply.
     pub(crate) fn detach(&mut self, task: TaskId) {
-        let Some(t) = self.tasks.get_mut(&task) else {
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
         t.reply = None;
         if !t.work.has_side_effects() {
-            self.tasks.remove(&task);
+            self.tasks.remove(task);
         }
     }
 }
@@ -233,7 +252,7 @@ fn describe(work: Work, event: &mut AuditEvent) {
         | Work::BucketStats { key }
         | Work::SaveToken { key, .. }
         | Work::RemoveToken { key, .. }
-        | Work::RefreshCheck(crate::refresh::RefreshCheck { key, .. })
+        | Work::RefreshCheck(crate::task::RefreshCheck { key, .. })
         | Work::AwaitRefresh { key }
         | Work::WriteBack { key } => key,
         Work::Refresh(job) => job.key,
