@@ -206,7 +206,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Emits an effect whose result `task` waits for.
     pub(crate) fn emit_effect(&mut self, task: TaskId, effect: Effect) {
-        let id = self.tasks.effect_for(task);
+        let id = self.tasks.effect_for(task, &effect);
         self.push(Output::Effect { id, effect });
     }
 
@@ -448,11 +448,18 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     /// The result of an effect. Unknown ids (work that was dropped) are
-    /// ignored.
+    /// ignored. A result of another kind than the effect's (a `Done` for a
+    /// token read, say) is a host fault and is handled as
+    /// [`EffectResult::Failed`].
     pub fn handle_effect_result(&mut self, id: EffectId, result: EffectResult, now: Now) {
         self.tick(now);
-        let Some(task) = self.tasks.take_result(id) else {
+        let Some((task, kind)) = self.tasks.take_result(id) else {
             return;
+        };
+        let result = if kind.accepts(&result) {
+            result
+        } else {
+            EffectResult::Failed
         };
         self.resume(task, result);
     }

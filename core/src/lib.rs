@@ -169,6 +169,9 @@ mod work;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
+#[cfg(test)]
+mod result_kind_tests;
+
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 

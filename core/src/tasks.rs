@@ -4,11 +4,12 @@
 //! unique across tasks and detached effects. An effect emitted for a task is
 //! recorded against it; removing the task drops those records, so a result
 //! that arrives later finds no task and is ignored, and no id outlives its
-//! task in the table.
+//! task in the table. Each record also says which kind of result the effect
+//! is answered with, so a result of another kind is caught on arrival.
 
 use std::collections::BTreeMap;
 
-use crate::effect::EffectId;
+use crate::effect::{Effect, EffectId, ResultKind};
 use crate::op::Op;
 use crate::task::{ReplyTo, Task, TaskId, Work};
 
@@ -23,13 +24,13 @@ struct Entry {
 
 /// The live tasks and the effects they wait on.
 ///
-/// Invariants: `effects[id] = t` exactly when `id` is in the entry of `t`;
-/// task and effect ids are never reused.
+/// Invariants: `effects[id] = (t, _)` exactly when `id` is in the entry of
+/// `t`; task and effect ids are never reused.
 #[derive(Debug)]
 pub(crate) struct Tasks {
     tasks: BTreeMap<TaskId, Entry>,
     next_task: u64,
-    effects: BTreeMap<EffectId, TaskId>,
+    effects: BTreeMap<EffectId, (TaskId, ResultKind)>,
     next_effect: u64,
 }
 
@@ -104,13 +105,13 @@ impl Tasks {
         Some(entry.task)
     }
 
-    /// Allocates the id of an effect emitted for `task`, recording that the
-    /// task waits for its result (when the task is live).
-    pub(crate) fn effect_for(&mut self, task: TaskId) -> EffectId {
+    /// Allocates the id of `effect`, emitted for `task`, recording that the
+    /// task waits for a result of the effect's kind (when the task is live).
+    pub(crate) fn effect_for(&mut self, task: TaskId, effect: &Effect) -> EffectId {
         let id = self.next_effect_id();
         if let Some(entry) = self.tasks.get_mut(&task) {
             entry.effects.push(id);
-            self.effects.insert(id, task);
+            self.effects.insert(id, (task, ResultKind::of(effect)));
         }
         id
     }
@@ -126,14 +127,15 @@ impl Tasks {
         id
     }
 
-    /// The task waiting for the result of effect `id`, which stops waiting.
-    /// `None` for a detached effect, a spent id, or a task that is gone.
-    pub(crate) fn take_result(&mut self, id: EffectId) -> Option<TaskId> {
-        let task = self.effects.remove(&id)?;
+    /// The task waiting for the result of effect `id`, which stops waiting,
+    /// and the kind of result it expects. `None` for a detached effect, a
+    /// spent id, or a task that is gone.
+    pub(crate) fn take_result(&mut self, id: EffectId) -> Option<(TaskId, ResultKind)> {
+        let (task, kind) = self.effects.remove(&id)?;
         if let Some(entry) = self.tasks.get_mut(&task) {
             entry.effects.retain(|e| *e != id);
         }
-        Some(task)
+        Some((task, kind))
     }
 }
 
@@ -145,18 +147,18 @@ mod tests {
     fn removing_a_task_drops_its_effect_ids() {
         let mut t = Tasks::default();
         let a = t.spawn(Op::ListProviders, None, Work::ListProviders);
-        let e1 = t.effect_for(a);
+        let e1 = t.effect_for(a, &Effect::ListProviders);
         let detached = t.detached_effect();
-        let e2 = t.effect_for(a);
+        let e2 = t.effect_for(a, &Effect::ApiKeyList);
         assert_eq!(t.pending_effects(), 2);
-        assert_eq!(t.take_result(e1), Some(a));
+        assert_eq!(t.take_result(e1), Some((a, ResultKind::Names)));
         assert_eq!(t.take_result(e1), None, "an id is spent once");
         assert_eq!(t.take_result(detached), None);
         assert!(t.remove(a).is_some());
         assert_eq!(t.pending_effects(), 0);
         assert_eq!(t.take_result(e2), None);
         // Ids are never reused, and an effect of a gone task is not recorded.
-        let e3 = t.effect_for(a);
+        let e3 = t.effect_for(a, &Effect::ListProviders);
         assert!(e3 > e2);
         assert_eq!(t.pending_effects(), 0);
     }
