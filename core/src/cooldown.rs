@@ -36,7 +36,7 @@ impl<R: CryptoRng> Engine<R> {
         let Some(Work::RefreshCheck(check)) = self.tasks.work_mut(task) else {
             return true;
         };
-        if check.stage == CheckStage::Reread {
+        if matches!(check.stage, CheckStage::Reread) {
             let secs = until.since(self.now.mono).div_ceil(1000);
             let f = Failure::rate_limited("Refresh rate limited", secs);
             self.finish(task, Err(f));

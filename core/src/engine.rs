@@ -502,7 +502,7 @@ impl<R: CryptoRng> Engine<R> {
     /// Releases a write lock and starts the next waiter.
     pub(crate) fn release_key(&mut self, key: &Key, holder: TaskId) {
         if let Some(next) = self.keys.unlock(key, holder) {
-            self.lock_granted(next);
+            self.write_granted(next);
         }
     }
 }

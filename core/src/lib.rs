@@ -102,7 +102,8 @@
 //! (borrowed decoding of request frames), [`payload`] (schemas), [`reply`]
 //! (envelopes and the size guard), `dispatch` (envelope checks and
 //! `cancel`), `ops` (per-operation policy and validation), `work` (requests waiting on effects), [`keylock`] (write
-//! serialization per key), [`rate`], [`timer`], [`token`] (sanitize and
+//! serialization per key), `locked_write` (the one state machine of writes
+//! under a key's locks), [`rate`], [`timer`], [`token`] (sanitize and
 //! merge), [`audit`], [`effect`], [`config`].
 //!
 //! ## Features
@@ -139,6 +140,7 @@ pub mod handshake;
 pub mod http;
 pub mod keylock;
 mod keys;
+mod locked_write;
 mod login;
 pub mod loopback;
 pub mod oauth_reply;
@@ -165,6 +167,7 @@ pub mod time;
 pub mod timer;
 pub mod token;
 mod work;
+mod write_lock;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -32,6 +32,7 @@ use crate::provider::{BodyEncoding, Dialect};
 use crate::reply::{Answer, Data, Failure};
 use crate::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
 use crate::token::Token;
+use crate::write_lock::LockedWrite;
 
 /// Attempts of one refresh (the first and two retries).
 const MAX_ATTEMPTS: u8 = 3;
@@ -70,7 +71,6 @@ impl<R: CryptoRng> Engine<R> {
         let work = Work::RefreshCheck(RefreshCheck {
             key: key.clone(),
             stage: CheckStage::Read,
-            token: None,
         });
         let task = self.attach_task(conn, id, Op::RefreshToken, work);
         match override_token {
@@ -86,7 +86,8 @@ impl<R: CryptoRng> Engine<R> {
             return;
         };
         let key = check.key.clone();
-        match (check.stage, result) {
+        let stage = std::mem::replace(&mut check.stage, CheckStage::Read);
+        match (stage, result) {
             (CheckStage::Read, EffectResult::Token(None)) => {
                 self.finish(task, Err(not_found(&key)))
             }
@@ -94,23 +95,24 @@ impl<R: CryptoRng> Engine<R> {
                 self.finish(task, Err(not_available(&key)));
             }
             (CheckStage::Read, EffectResult::Token(Some(t))) => {
-                check.token = Some(t);
-                check.stage = CheckStage::Meta;
+                check.stage = CheckStage::Meta(t);
                 self.emit_effect(task, Effect::meta_get(&key));
             }
             (
-                CheckStage::Meta,
+                CheckStage::Meta(_),
                 EffectResult::Meta {
                     refresh_unusable: true,
                 },
             ) => {
                 self.finish(task, Err(reauth_needed(&key)));
             }
-            (CheckStage::Meta, EffectResult::Meta { .. }) => {
-                let token = check.token.take().unwrap_or_default();
+            (CheckStage::Meta(token), EffectResult::Meta { .. }) => {
                 self.join_or_start(task, &key, &token);
             }
-            (CheckStage::Reread, result) => self.cooldown_reread(task, &key, result),
+            (CheckStage::Reread, result) => {
+                check.stage = CheckStage::Reread;
+                self.cooldown_reread(task, &key, result);
+            }
             _ => self.finish(task, Err(Failure::internal())),
         }
     }
@@ -138,23 +140,17 @@ impl<R: CryptoRng> Engine<R> {
     /// Starts the refresh job of `key` (the caller checked none runs).
     pub(crate) fn start_refresh_job(&mut self, key: &Key, seen: Option<[u8; 32]>, renewal: bool) {
         let job = RefreshJob {
-            key: key.clone(),
-            stage: JobStage::EngineLock,
+            write: LockedWrite::new(key.clone()),
             seen,
             current: None,
-            merged: None,
-            failure: None,
             attempts: 0,
             reread: false,
             renewal,
             logout: false,
-            store_locked: false,
         };
         let task = self.background_task(Op::RefreshToken, Work::Refresh(Box::new(job)));
         self.keys.start_refresh(key, task);
-        if self.keys.lock(key, task) {
-            self.refresh_locked(task);
-        }
+        self.write_queue(task);
     }
 
     /// When a refresh of `key` is running, makes it carry the key's due
@@ -177,16 +173,13 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
-    /// The engine write lock is held: take the store lock.
+    /// Both locks are held: read the token fresh (another process may have
+    /// refreshed it).
     pub(crate) fn refresh_locked(&mut self, task: TaskId) {
-        let wait_ms = self.config.limits.lock_wait_ms;
         let Some(job) = self.job(task) else { return };
-        job.stage = JobStage::StoreLock;
-        let key = job.key.clone();
-        if let Some(t) = self.tasks.get_mut(task) {
-            t.holds = Some(key.clone());
-        }
-        self.emit_effect(task, Effect::lock_acquire(&key, wait_ms));
+        job.write.set_stage(JobStage::ReadFresh);
+        let key = job.key().clone();
+        self.write_read_fresh(task, &key);
     }
 
     /// Continues a job with an effect result.
@@ -194,25 +187,11 @@ impl<R: CryptoRng> Engine<R> {
         let margin = self.config.limits.valid_margin_ms;
         let now_ms = self.now.unix_ms;
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
-        match (job.stage, result) {
-            (JobStage::StoreLock, EffectResult::Locked(true)) => {
-                job.store_locked = true;
-                job.stage = JobStage::ReadFresh;
-                match self.keys.override_of(&key).cloned() {
-                    Some(t) => self.refresh_step(task, EffectResult::Token(Some(t))),
-                    None => self.emit_effect(task, Effect::token_get(&key, true)),
-                }
-            }
-            (JobStage::StoreLock, EffectResult::Locked(false)) => {
-                self.job_done(
-                    task,
-                    Err(Failure::new(
-                        ErrorCode::RefreshFailed,
-                        "Credential store is busy",
-                    )),
-                );
-            }
+        let key = job.key().clone();
+        let Some(stage) = job.stage().cloned() else {
+            return self.job_done(task, Err(Failure::internal()));
+        };
+        match (stage, result) {
             (JobStage::ReadFresh, EffectResult::Token(None)) => {
                 self.job_done(task, Err(not_found(&key)))
             }
@@ -225,7 +204,7 @@ impl<R: CryptoRng> Engine<R> {
                     return self.job_done(task, Ok(t));
                 }
                 job.current = Some(t);
-                job.stage = JobStage::Meta;
+                job.write.set_stage(JobStage::Meta);
                 self.emit_effect(task, Effect::meta_get(&key));
             }
             (
@@ -239,7 +218,7 @@ impl<R: CryptoRng> Engine<R> {
             (JobStage::Meta, EffectResult::Meta { .. }) => {
                 if self.needs_discovery(&key.provider) {
                     if let Some(job) = self.job(task) {
-                        job.stage = JobStage::Discovering;
+                        job.write.set_stage(JobStage::Discovering);
                     }
                     return self.discover(&key.provider, task);
                 }
@@ -249,11 +228,11 @@ impl<R: CryptoRng> Engine<R> {
             (JobStage::Calling, EffectResult::Http(outcome)) => {
                 self.refresh_answered(task, &http::classify(&outcome))
             }
-            (JobStage::Reread, EffectResult::Token(Some(t))) => {
+            (JobStage::Reread(failure), EffectResult::Token(Some(t))) => {
                 let rotated = t.refresh_token().is_some()
                     && t.refresh_token() != job.current.as_ref().and_then(Token::refresh_token);
                 if !rotated {
-                    return self.mark_unusable(task);
+                    return self.mark_unusable(task, failure);
                 }
                 job.reread = true;
                 if still_valid(&t, now_ms, margin) {
@@ -262,22 +241,15 @@ impl<R: CryptoRng> Engine<R> {
                 job.current = Some(t);
                 self.call_provider(task);
             }
-            (JobStage::Reread, _) => self.mark_unusable(task),
-            (JobStage::Writing, EffectResult::Done) => {
-                let merged = job.merged.take().unwrap_or_default();
-                self.job_done(task, Ok(merged));
-            }
-            (JobStage::Writing, _) => {
-                let merged = job.merged.take().unwrap_or_default();
+            (JobStage::Reread(failure), _) => self.mark_unusable(task, failure),
+            (JobStage::Writing(merged), EffectResult::Done) => self.job_done(task, Ok(merged)),
+            (JobStage::Writing(merged), _) => {
                 let retry_at = self.now.mono.plus(1_000);
                 self.keys
                     .set_override(&key, merged.clone(), retry_at, &mut self.timers);
                 self.job_done(task, Ok(merged));
             }
-            (JobStage::MarkUnusable, _) => {
-                let f = job.failure.take().unwrap_or_else(|| reauth_needed(&key));
-                self.job_done(task, Err(f));
-            }
+            (JobStage::MarkUnusable(f), _) => self.job_done(task, Err(f)),
             _ => self.job_done(task, Err(Failure::internal())),
         }
     }
@@ -294,7 +266,7 @@ impl<R: CryptoRng> Engine<R> {
     fn call_provider(&mut self, task: TaskId) {
         let timeout = self.config.limits.provider_call_ms;
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
+        let key = job.key().clone();
         let rt = job
             .current
             .as_ref()
@@ -302,7 +274,7 @@ impl<R: CryptoRng> Engine<R> {
             .unwrap_or_default()
             .to_owned();
         job.attempts += 1;
-        job.stage = JobStage::Calling;
+        job.write.set_stage(JobStage::Calling);
         let Some(spec) = self.spec(&key.provider) else {
             return self.job_done(
                 task,
@@ -331,11 +303,11 @@ impl<R: CryptoRng> Engine<R> {
         let now_s = self.now.unix_secs();
         let provider = self
             .job(task)
-            .map(|j| j.key.provider.clone())
+            .map(|j| j.key().provider.clone())
             .unwrap_or_default();
         let dialect = self.config.providers.get(&provider).map(|s| s.dialect);
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
+        let key = job.key().clone();
         match verdict {
             Verdict::Ok(body) => {
                 let Some(new) = http::token_from_response(body.clone(), now_s) else {
@@ -353,13 +325,12 @@ impl<R: CryptoRng> Engine<R> {
                 if job.logout {
                     return self.job_done(task, Err(not_found(&key)));
                 }
-                job.merged = Some(merged.clone());
-                job.stage = JobStage::Writing;
+                job.write.set_stage(JobStage::Writing(merged.clone()));
                 self.emit_effect(task, Effect::token_put(&key, merged));
             }
             Verdict::Transient(_) if job.attempts < MAX_ATTEMPTS => {
                 let wait = retry[usize::from(job.attempts - 1).min(1)];
-                job.stage = JobStage::Backoff;
+                job.write.set_stage(JobStage::Backoff);
                 let at = self.now.mono.plus(wait);
                 self.keys.arm_refresh_retry(&key, at, &mut self.timers);
             }
@@ -370,11 +341,11 @@ impl<R: CryptoRng> Engine<R> {
                 );
             }
             v if is_auth_error(v) => {
-                job.failure = Some(provider_failure(ErrorCode::ReauthRequired, v));
+                let failure = provider_failure(ErrorCode::ReauthRequired, v);
                 if job.reread {
-                    return self.mark_unusable(task);
+                    return self.mark_unusable(task, failure);
                 }
-                job.stage = JobStage::Reread;
+                job.write.set_stage(JobStage::Reread(failure));
                 self.emit_effect(task, Effect::token_get(&key, true));
             }
             v => self.job_done(task, Err(provider_failure(ErrorCode::RefreshFailed, v))),
@@ -389,30 +360,29 @@ impl<R: CryptoRng> Engine<R> {
         let Some(job) = self.keys.refresh_job(&key) else {
             return;
         };
-        if self.job(job).is_some_and(|j| j.stage == JobStage::Backoff) {
+        if self
+            .job(job)
+            .is_some_and(|j| j.stage() == Some(&JobStage::Backoff))
+        {
             self.call_provider(job);
         }
     }
 
-    fn mark_unusable(&mut self, task: TaskId) {
+    /// The refresh token is dead: mark it, then answer `failure`.
+    fn mark_unusable(&mut self, task: TaskId, failure: Failure) {
         let Some(job) = self.job(task) else { return };
-        job.stage = JobStage::MarkUnusable;
-        if job.failure.is_none() {
-            job.failure = Some(reauth_needed(&job.key));
-        }
-        let key = job.key.clone();
+        job.write.set_stage(JobStage::MarkUnusable(failure));
+        let key = job.key().clone();
         self.emit_effect(task, Effect::meta_put(&key, true));
     }
 
     /// Ends a job: locks released, cooldown set, waiters answered,
     /// renewal rescheduled or stopped.
-    fn job_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
+    pub(crate) fn job_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
-        let (attempts, store_locked, renewal) = (job.attempts, job.store_locked, job.renewal);
-        if store_locked {
-            self.emit_detached(Effect::lock_release(&key));
-        }
+        let key = job.key().clone();
+        let (attempts, renewal) = (job.attempts, job.renewal);
+        self.write_release(task);
         if attempts > 0 {
             self.keys.record_attempt(&key, self.now.mono);
         }

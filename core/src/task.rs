@@ -13,8 +13,8 @@ use crate::audit::ConnId;
 use crate::keylock::Key;
 use crate::op::Op;
 use crate::reply::Failure;
-use crate::secret::Secret;
 use crate::token::Token;
+use crate::write_lock::{LockedWrite, WriteLock};
 
 /// Identifies a task inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,17 +27,20 @@ pub(crate) struct ReplyTo {
     pub(crate) id: String,
 }
 
-/// Progress of a write that holds its key.
+/// Where a `save_token` is while it holds its key's locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteStep {
-    /// Waiting for the key's write lock.
-    Queued,
-    /// Waiting for the key's cross-process store lock.
-    Locking,
+pub(crate) enum SaveStage {
     /// Reading the stored value fresh.
     Reading,
-    /// Writing (or deleting).
+    /// Writing the merged token.
     Writing,
+}
+
+/// Where a `remove_token` is while it holds its key's locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemoveStage {
+    /// Deleting the stored token.
+    Deleting,
 }
 
 /// The state of an operation between effects.
@@ -51,13 +54,11 @@ pub(crate) enum Work {
         key: Key,
     },
     SaveToken {
-        key: Key,
+        write: LockedWrite<SaveStage>,
         incoming: Token,
-        step: WriteStep,
     },
     RemoveToken {
-        key: Key,
-        step: WriteStep,
+        write: LockedWrite<RemoveStage>,
     },
     ListProviders,
     ListBuckets {
@@ -101,10 +102,31 @@ impl Work {
         )
     }
 
-    /// The key the work writes under the engine's write lock, if any.
-    pub(crate) fn write_key(&self) -> Option<&Key> {
+    /// The write under its key's locks the work does, if any (see
+    /// `locked_write`).
+    pub(crate) fn write_lock(&self) -> Option<&dyn WriteLock> {
         match self {
-            Work::SaveToken { key, .. } | Work::RemoveToken { key, .. } => Some(key),
+            Work::SaveToken { write, .. } => Some(write),
+            Work::RemoveToken { write } => Some(write),
+            Work::Login(LoginWork {
+                stage: LoginStage::Storing(s),
+                ..
+            }) => Some(&s.write),
+            Work::Refresh(job) => Some(&job.write),
+            _ => None,
+        }
+    }
+
+    /// [`Work::write_lock`], to move it along.
+    pub(crate) fn write_lock_mut(&mut self) -> Option<&mut dyn WriteLock> {
+        match self {
+            Work::SaveToken { write, .. } => Some(write),
+            Work::RemoveToken { write } => Some(write),
+            Work::Login(LoginWork {
+                stage: LoginStage::Storing(s),
+                ..
+            }) => Some(&mut s.write),
+            Work::Refresh(job) => Some(&mut job.write),
             _ => None,
         }
     }
@@ -116,12 +138,10 @@ pub(crate) struct Task {
     pub(crate) op: Op,
     pub(crate) reply: Option<ReplyTo>,
     pub(crate) work: Work,
-    /// The key whose engine write lock this task holds.
-    pub(crate) holds: Option<Key>,
 }
 
 /// Where a session's task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum LoginStage {
     /// Waiting for the provider's OIDC discovery.
     Discovering,
@@ -135,17 +155,30 @@ pub(crate) enum LoginStage {
     Polling,
     /// Codex device dialect: exchange of the code the poll returned.
     CodexExchanging,
-    /// Storing: waiting for the key's engine write lock.
-    EngineLock,
-    /// Storing: waiting for the key's cross-process lock.
-    StoreLock,
-    /// Storing (sandbox): reading the credential a login would replace.
+    /// Storing the token obtained, under its key's locks (see `persist`).
+    Storing(Box<Storing>),
+}
+
+/// A login's token being stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Storing {
+    pub(crate) write: LockedWrite<StoreStage>,
+    /// The token obtained.
+    pub(crate) token: Token,
+    /// Whether the login came from a sandbox connection.
+    pub(crate) sandbox: bool,
+}
+
+/// Where storing a login's token is while it holds the key's locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreStage {
+    /// Sandbox: reading the credential a login would replace.
     CheckExisting,
-    /// Storing (sandbox): whether that credential's refresh token is dead.
+    /// Sandbox: whether that credential's refresh token is dead.
     CheckMeta,
-    /// Storing: writing the token.
+    /// Writing the token.
     Put,
-    /// Storing: clearing the unusable-refresh mark.
+    /// Clearing the unusable-refresh mark.
     ClearMeta,
 }
 
@@ -154,14 +187,6 @@ pub(crate) enum LoginStage {
 pub(crate) struct LoginWork {
     pub(crate) sid: String,
     pub(crate) stage: LoginStage,
-    /// The token obtained, while it is being stored.
-    pub(crate) token: Option<Token>,
-    /// Codex device dialect: the server-generated verifier.
-    pub(crate) codex_verifier: Option<Secret>,
-    /// The key being written, once storing starts.
-    pub(crate) key: Option<Key>,
-    /// Whether the login came from a sandbox connection.
-    pub(crate) sandbox: bool,
 }
 
 impl LoginWork {
@@ -169,21 +194,17 @@ impl LoginWork {
         LoginWork {
             sid: sid.to_owned(),
             stage,
-            token: None,
-            codex_verifier: None,
-            key: None,
-            sandbox: false,
         }
     }
 }
 
 /// Where a `refresh_token` request is before it joins a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum CheckStage {
     /// Reading the stored token.
     Read,
-    /// Reading the key's metadata.
-    Meta,
+    /// Reading the key's metadata; carries the token read.
+    Meta(Token),
     /// Re-reading the token fresh during the cooldown (see `cooldown`).
     Reread,
 }
@@ -193,38 +214,54 @@ pub(crate) enum CheckStage {
 pub(crate) struct RefreshCheck {
     pub(crate) key: Key,
     pub(crate) stage: CheckStage,
-    pub(crate) token: Option<Token>,
 }
 
-/// Where a refresh job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a refresh job is while it holds its key's locks.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum JobStage {
-    EngineLock,
-    StoreLock,
+    /// Reading the token fresh.
     ReadFresh,
+    /// Reading the key's metadata.
     Meta,
+    /// Waiting for the provider's OIDC discovery.
     Discovering,
+    /// The provider call is in flight.
     Calling,
+    /// Waiting for the retry timer.
     Backoff,
-    Reread,
-    Writing,
-    MarkUnusable,
+    /// The provider refused the refresh token: re-reading once, in case a
+    /// sibling rotated it. Carries the refusal.
+    Reread(Failure),
+    /// Writing the merged token.
+    Writing(Token),
+    /// Marking the refresh token unusable; carries the failure to answer.
+    MarkUnusable(Failure),
 }
 
 /// One refresh of one key.
 #[derive(Debug)]
 pub(crate) struct RefreshJob {
-    pub(crate) key: Key,
-    pub(crate) stage: JobStage,
+    pub(crate) write: LockedWrite<JobStage>,
     /// Digest of the access token the caller saw (to detect a refresh by
     /// someone else).
     pub(crate) seen: Option<[u8; 32]>,
+    /// The token being refreshed, once read.
     pub(crate) current: Option<Token>,
-    pub(crate) merged: Option<Token>,
-    pub(crate) failure: Option<Failure>,
     pub(crate) attempts: u8,
+    /// Whether the token was re-read after a refusal already.
     pub(crate) reread: bool,
     pub(crate) renewal: bool,
     pub(crate) logout: bool,
-    pub(crate) store_locked: bool,
+}
+
+impl RefreshJob {
+    /// The key refreshed.
+    pub(crate) fn key(&self) -> &Key {
+        self.write.key()
+    }
+
+    /// The stage, while the job holds its locks.
+    pub(crate) fn stage(&self) -> Option<&JobStage> {
+        self.write.stage()
+    }
 }

@@ -60,12 +60,7 @@ impl Tasks {
     pub(crate) fn spawn(&mut self, op: Op, reply: Option<ReplyTo>, work: Work) -> TaskId {
         let id = TaskId(self.next_task);
         self.next_task += 1;
-        let task = Task {
-            op,
-            reply,
-            work,
-            holds: None,
-        };
+        let task = Task { op, reply, work };
         self.tasks.insert(
             id,
             Entry {

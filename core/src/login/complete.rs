@@ -43,11 +43,7 @@ impl<R: CryptoRng> Engine<R> {
         if let Some(s) = self.sessions.get_mut(&sid) {
             let _ = s.token_obtained();
         }
-        if let Some(w) = self.login_work(task) {
-            w.token = Some(token);
-            w.codex_verifier = None;
-        }
-        self.persist_start(task, &sid);
+        self.persist_start(task, &sid, token);
     }
 
     /// The flow failed for good: answer the request, or keep the failure

@@ -240,10 +240,7 @@ impl<R: CryptoRng> Engine<R> {
                     ],
                     self.config.limits.provider_call_ms,
                 );
-                if let Some(w) = self.login_work(task) {
-                    w.stage = LoginStage::CodexExchanging;
-                    w.codex_verifier = Some(verifier);
-                }
+                self.set_stage(task, LoginStage::CodexExchanging);
                 self.emit_effect(task, Effect::Http(request));
             }
             Verdict::Rejected {

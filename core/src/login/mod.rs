@@ -61,8 +61,15 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Routes an effect result to the login step waiting for it.
     pub(crate) fn resume_login(&mut self, task: TaskId, result: EffectResult) {
-        let Some(stage) = self.login_work(task).map(|w| w.stage) else {
+        let Some(stage) = self.login_work(task).map(|w| match &w.stage {
+            // Storing carries the token: route it without a copy.
+            LoginStage::Storing(_) => None,
+            stage => Some(stage.clone()),
+        }) else {
             return;
+        };
+        let Some(stage) = stage else {
+            return self.persist_step(task, result);
         };
         match stage {
             LoginStage::Discovering => self.discovery_result(task, &result),
@@ -86,7 +93,7 @@ impl<R: CryptoRng> Engine<R> {
                     }
                 }
             }
-            _ => self.persist_step(task, result),
+            LoginStage::Storing(_) => self.persist_step(task, result),
         }
     }
 }
