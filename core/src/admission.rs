@@ -24,33 +24,21 @@
 //!   outcome `per_pid_limit`). An unknown pid has no cap.
 //!
 //! Live connections are therefore at most [`Limits::max_sockets`]. The
-//! bookkeeping is kept incrementally (pending ids in open order, counts by
+//! bookkeeping is kept incrementally by `connection::Connections` (pending
+//! ids in open order, counts by
 //! pid) so accepting costs O(log n); only the eviction of an idle
 //! connection, which happens when the table is full, scans the table (and
 //! the live sessions once) — at most `max_connections` entries.
 //!
 //! [`Limits::max_sockets`]: crate::config::Limits::max_sockets
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use rand_core::CryptoRng;
 
 use crate::audit::{AuditEvent, ConnId, Level};
-use crate::connection::{Connection, Phase};
+use crate::connection::Phase;
 use crate::engine::Engine;
-
-/// Which connections are pending and how many each peer process holds.
-///
-/// Invariants: `pending` is exactly the set of connections in
-/// `Phase::AwaitingHandshake`; `per_pid[p]` is the number of live
-/// connections whose peer pid is `p` (entries are never zero).
-#[derive(Debug, Default)]
-pub(crate) struct Admission {
-    /// Pending connections; ids grow with open order, so the first is the
-    /// oldest.
-    pending: BTreeSet<ConnId>,
-    per_pid: BTreeMap<u32, usize>,
-}
 
 /// Why a new connection was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,50 +47,21 @@ pub(crate) enum Refusal {
     PerPid,
 }
 
-impl Admission {
-    /// Number of connections still in their handshake.
-    pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// A connection was admitted (pending).
-    fn opened(&mut self, conn: ConnId, pid: Option<u32>) {
-        self.pending.insert(conn);
-        if let Some(pid) = pid {
-            *self.per_pid.entry(pid).or_default() += 1;
-        }
-    }
-
-    /// A connection left the engine.
-    pub(crate) fn forgot(&mut self, conn: ConnId, c: &Connection) {
-        self.pending.remove(&conn);
-        if let Some(pid) = c.peer.pid
-            && let Some(n) = self.per_pid.get_mut(&pid)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.per_pid.remove(&pid);
-            }
-        }
-    }
-}
-
 impl<R: CryptoRng> Engine<R> {
     /// Admission at accept: the per-process cap, then room in the pending
     /// budget (made by closing the oldest pending connection).
     pub(crate) fn admit_open(&mut self, pid: Option<u32>) -> Result<(), Refusal> {
         let limits = &self.config.limits;
         if let Some(pid) = pid
-            && self.admission.per_pid.get(&pid).copied().unwrap_or(0)
-                >= limits.max_connections_per_pid
+            && self.conns.held_by(pid) >= limits.max_connections_per_pid
         {
             let mut ev = AuditEvent::new(Level::Warn, None, "connection_refused", "per_pid_limit");
             ev.limit = Some(limits.max_connections_per_pid as u64);
             self.audit(ev);
             return Err(Refusal::PerPid);
         }
-        while self.admission.pending.len() >= self.config.limits.max_pending_handshakes {
-            let Some(&oldest) = self.admission.pending.first() else {
+        while self.conns.pending() >= self.config.limits.max_pending_handshakes {
+            let Some(oldest) = self.conns.oldest_pending() else {
                 break;
             };
             let mut ev = AuditEvent::new(
@@ -118,17 +77,11 @@ impl<R: CryptoRng> Engine<R> {
         Ok(())
     }
 
-    /// Records an admitted connection.
-    pub(crate) fn admitted(&mut self, conn: ConnId, pid: Option<u32>) {
-        self.admission.opened(conn, pid);
-    }
-
     /// A handshake of `conn` succeeded: makes room in the handshaken table
-    /// if needed. False when there is none (the caller closes `conn`).
+    /// if needed. False when there is none (the caller closes `conn`); on
+    /// true the caller accepts `conn` (`Connections::accept`).
     pub(crate) fn admit_handshaken(&mut self, conn: ConnId) -> bool {
-        let open = self.conns.len() - self.admission.pending.len();
-        if open < self.config.limits.max_connections {
-            self.admission.pending.remove(&conn);
+        if self.conns.handshaken() < self.config.limits.max_connections {
             return true;
         }
         match self.idle_longest(conn) {
@@ -138,7 +91,6 @@ impl<R: CryptoRng> Engine<R> {
                 ev.limit = Some(self.config.limits.max_connections as u64);
                 self.audit(ev);
                 self.close(victim);
-                self.admission.pending.remove(&conn);
                 true
             }
             None => {
@@ -165,12 +117,12 @@ impl<R: CryptoRng> Engine<R> {
         self.conns
             .iter()
             .filter(|(id, c)| {
-                **id != except
-                    && matches!(c.phase, Phase::Open(_))
+                *id != except
+                    && matches!(c.phase(), Phase::Open(_))
                     && c.in_flight.is_empty()
                     && !with_sessions.contains(id)
             })
-            .min_by_key(|(id, c)| (c.last_active, **id))
-            .map(|(id, _)| *id)
+            .min_by_key(|(id, c)| (c.last_active, *id))
+            .map(|(id, _)| id)
     }
 }

@@ -15,8 +15,9 @@ use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::keylock::Key;
 use crate::login::still_valid;
-use crate::refresh::{CheckStage, not_available, not_found};
+use crate::refresh::{not_available, not_found};
 use crate::reply::{Data, Failure};
+use crate::task::CheckStage;
 use crate::task::{TaskId, Work};
 use crate::time::Mono;
 use crate::token::Token;
@@ -32,10 +33,10 @@ impl<R: CryptoRng> Engine<R> {
             self.finish(task, Ok(Data::Token(token.clone())));
             return true;
         }
-        let Some(Work::RefreshCheck(check)) = self.tasks.get_mut(&task).map(|t| &mut t.work) else {
+        let Some(Work::RefreshCheck(check)) = self.tasks.work_mut(task) else {
             return true;
         };
-        if check.stage == CheckStage::Reread {
+        if matches!(check.stage, CheckStage::Reread) {
             let secs = until.since(self.now.mono).div_ceil(1000);
             let f = Failure::rate_limited("Refresh rate limited", secs);
             self.finish(task, Err(f));
@@ -62,7 +63,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// End of the key's cooldown, while it runs.
     fn cooldown_until(&self, key: &Key) -> Option<Mono> {
-        let last = self.cooldowns.get(key).copied()?;
+        let last = self.keys.last_attempt(key)?;
         let until = last.plus(self.config.limits.refresh_cooldown_ms);
         (until > self.now.mono).then_some(until)
     }

@@ -11,20 +11,13 @@ use rand_core::CryptoRng;
 use serde_json::Value;
 
 use crate::effect::{Effect, EffectResult};
+use crate::endpoints::Endpoints;
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::http::{self, Verdict};
 use crate::provider::endpoint_allowed;
 use crate::reply::Failure;
 use crate::task::{TaskId, Work};
-
-/// Endpoints learned from a discovery document.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Endpoints {
-    pub(crate) authorize: Option<String>,
-    pub(crate) token: Option<String>,
-    pub(crate) device: Option<String>,
-}
 
 fn failed(why: &str) -> Failure {
     Failure::new(
@@ -36,8 +29,7 @@ fn failed(why: &str) -> Failure {
 impl<R: CryptoRng> Engine<R> {
     /// Makes `task` wait for `provider`'s discovery, starting it if needed.
     pub(crate) fn discover(&mut self, provider: &str, task: TaskId) {
-        if let Some(waiters) = self.discovering.get_mut(provider) {
-            waiters.push(task);
+        if self.endpoints.wait_discovery(provider, task) {
             return;
         }
         let Some(issuer) = self
@@ -48,7 +40,7 @@ impl<R: CryptoRng> Engine<R> {
         else {
             return self.after_discovery(task, Err(failed("no issuer")));
         };
-        self.discovering.insert(provider.to_owned(), vec![task]);
+        self.endpoints.start_discovery(provider, task);
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
@@ -59,12 +51,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// The discovery document arrived (or did not).
     pub(crate) fn discovery_result(&mut self, task: TaskId, result: &EffectResult) {
-        let Some(provider) = self
-            .discovering
-            .iter()
-            .find(|(_, w)| w.first() == Some(&task))
-            .map(|(p, _)| p.clone())
-        else {
+        let Some(provider) = self.endpoints.discovery_of(task) else {
             return;
         };
         let issuer = self
@@ -76,17 +63,15 @@ impl<R: CryptoRng> Engine<R> {
             EffectResult::Http(o) => parse(http::classify(o), issuer.as_deref()),
             _ => Err(failed("no response")),
         };
-        if let Ok(endpoints) = &outcome {
-            self.discovered.insert(provider.clone(), endpoints.clone());
-        }
-        for w in self.discovering.remove(&provider).unwrap_or_default() {
+        let found = outcome.as_ref().ok().cloned();
+        for w in self.endpoints.end_discovery(&provider, found) {
             self.after_discovery(w, outcome.clone().map(|_| ()));
         }
     }
 
     /// Continues a task that waited for discovery.
     fn after_discovery(&mut self, task: TaskId, result: Result<(), Failure>) {
-        match self.tasks.get(&task).map(|t| &t.work) {
+        match self.tasks.work(task) {
             Some(Work::Login(_)) => self.login_after_discovery(task, result),
             Some(Work::Refresh(_)) => self.refresh_after_discovery(task, result),
             _ => {}

@@ -53,7 +53,7 @@ impl<R: CryptoRng> Engine<R> {
             return self.send_answer(conn, accepted.version, &id, "unknown_op", &Err(f));
         };
         if op.is_rate_limited()
-            && let Some(c) = self.conns.get_mut(&conn)
+            && let Some(c) = self.conns.get_mut(conn)
             && let Err(secs) = c.rate.try_take(self.now.mono)
         {
             let f = Failure::rate_limited("Too many requests", secs);
@@ -65,7 +65,7 @@ impl<R: CryptoRng> Engine<R> {
         }
         let sandbox = accepted.class == ConnClass::Sandbox;
         let owner = owner_of(
-            self.conns.get(&conn).and_then(|c| c.peer.uid),
+            self.conns.get(conn).and_then(|c| c.peer.uid),
             accepted.class,
         );
         let version = accepted.version;
@@ -90,7 +90,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// The duplicate-id and in-flight-cap checks.
     fn admit(&self, conn: ConnId, id: &str, op: Option<Op>) -> Result<(), Failure> {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get(conn) else {
             return Err(Failure::internal());
         };
         if c.in_flight.contains_key(id) {
@@ -118,11 +118,11 @@ impl<R: CryptoRng> Engine<R> {
         };
         let found = self
             .conns
-            .get_mut(&conn)
+            .get_mut(conn)
             .and_then(|c| c.in_flight.remove(&target));
         let cancelled = found.is_some();
         if let Some(task) = found {
-            let op = self.tasks.get(&task).map_or("cancel", |t| t.op.into());
+            let op = self.tasks.get(task).map_or("cancel", |t| t.op.into());
             self.detach(task);
             let f = Failure::new(ErrorCode::Cancelled, "Operation cancelled");
             self.send_answer(conn, version, &target, op, &Err(f));

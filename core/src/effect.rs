@@ -187,6 +187,74 @@ impl Effect {
     }
 }
 
+/// The kind of result an effect is answered with; recorded with its
+/// [`EffectId`] when the effect is emitted, so a result of another kind is
+/// known for a host fault before any step looks at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResultKind {
+    /// [`EffectResult::Token`].
+    Token,
+    /// [`EffectResult::Done`].
+    Done,
+    /// [`EffectResult::Names`].
+    Names,
+    /// [`EffectResult::ApiKey`].
+    ApiKey,
+    /// [`EffectResult::Exists`].
+    Exists,
+    /// [`EffectResult::Meta`].
+    Meta,
+    /// [`EffectResult::Locked`].
+    Locked,
+    /// [`EffectResult::Http`].
+    Http,
+    /// [`EffectResult::Listening`].
+    Listening,
+    /// The result is ignored (lock release, listener stop): any is fine.
+    Ignored,
+}
+
+impl ResultKind {
+    /// The kind of result `effect` is answered with (its doc says which).
+    pub(crate) fn of(effect: &Effect) -> ResultKind {
+        match effect {
+            Effect::TokenGet { .. } => ResultKind::Token,
+            Effect::TokenPut { .. } | Effect::TokenDelete { .. } | Effect::MetaPut { .. } => {
+                ResultKind::Done
+            }
+            Effect::ListProviders | Effect::ListBuckets { .. } | Effect::ApiKeyList => {
+                ResultKind::Names
+            }
+            Effect::ApiKeyGet { .. } => ResultKind::ApiKey,
+            Effect::ApiKeyHas { .. } => ResultKind::Exists,
+            Effect::MetaGet { .. } => ResultKind::Meta,
+            Effect::LockAcquire { .. } => ResultKind::Locked,
+            Effect::Http(_) => ResultKind::Http,
+            Effect::StartListener { .. } => ResultKind::Listening,
+            Effect::LockRelease { .. } | Effect::StopListener { .. } => ResultKind::Ignored,
+        }
+    }
+
+    /// Whether `result` answers an effect of this kind. `Failed` answers
+    /// every kind.
+    pub(crate) fn accepts(self, result: &EffectResult) -> bool {
+        matches!(
+            (self, result),
+            (_, EffectResult::Failed)
+                | (ResultKind::Ignored, _)
+                | (ResultKind::Token, EffectResult::Token(_))
+                | (ResultKind::Done, EffectResult::Done)
+                | (ResultKind::Names, EffectResult::Names(_))
+                | (ResultKind::ApiKey, EffectResult::ApiKey(_))
+                | (ResultKind::Exists, EffectResult::Exists(_))
+                | (ResultKind::Meta, EffectResult::Meta { .. })
+                | (ResultKind::Locked, EffectResult::Locked(_))
+                | (ResultKind::Http, EffectResult::Http(_))
+                | (ResultKind::Listening, EffectResult::Listening(_))
+        )
+    }
+}
+
 /// The outcome of an effect.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EffectResult {
@@ -213,5 +281,7 @@ pub enum EffectResult {
     Listening(bool),
     /// The host could not perform the effect. The engine answers the request
     /// with `INTERNAL_ERROR` and a generic message; the host logs details.
+    /// A result of another kind than the effect's (see each [`Effect`]) is a
+    /// host fault and is treated exactly like `Failed`.
     Failed,
 }

@@ -4,31 +4,27 @@
 //! [`Engine::poll_output`] until it returns `None`; the next deadline comes
 //! from [`Engine::poll_timeout`]. See the crate docs for the driver loop.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use rand_core::CryptoRng;
 
-use crate::admission::Admission;
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::config::{Config, ConfigError};
-use crate::connection::{Connection, Phase};
-use crate::discovery::Endpoints;
+use crate::connection::{Connections, Phase};
 use crate::effect::{Effect, EffectId, EffectResult};
-use crate::frame::{self, DecodeError, FrameDecoder, encode_payload};
+use crate::endpoints::OauthEndpoints;
+use crate::frame::{self, DecodeError, encode_payload};
 use crate::handshake::{self, TokenDigest};
-use crate::keylock::{Key, KeyLocks};
-use crate::login::LoopbackListener;
+use crate::keylock::Key;
+use crate::keys::Keys;
 use crate::peer::Peer;
-use crate::rate::TokenBucket;
-use crate::refresh::Refreshing;
-use crate::renewal::Renewal;
 use crate::request;
-use crate::session::{Owner, Session};
+use crate::session_table::Sessions;
 use crate::stats::Stats;
-use crate::task::{Task, TaskId};
+use crate::task::TaskId;
+use crate::tasks::Tasks;
 use crate::time::{Mono, Now};
 use crate::timer::{TimerKey, Timers};
-use crate::token::Token;
 
 /// Something the driver must do, drained with [`Engine::poll_output`].
 #[derive(Debug, Clone, PartialEq)]
@@ -73,47 +69,28 @@ pub enum Output {
 pub struct ConnectionRefused;
 
 /// The sans-IO credential proxy engine. `R` is the injected crypto RNG.
+///
+/// It owns a few parts, each keeping its own invariants behind its own API
+/// (in the manner of quinn-proto's `Connection`): the connection table
+/// (`Connections`), the tasks and the effect ids they wait on (`Tasks`), the
+/// OAuth sessions (`Sessions`), the per-key write state (`Keys`) and the
+/// providers' endpoints and loopback listeners (`OauthEndpoints`). Parts that
+/// own deadlines take the engine's [`Timers`] in the calls that arm or drop
+/// them. The engine itself keeps the context every step reads (config,
+/// clock, RNG) and the output queue.
 pub struct Engine<R> {
     pub(crate) config: Config,
-    pub(crate) token: Option<TokenDigest>,
+    token: Option<TokenDigest>,
     pub(crate) rng: R,
     pub(crate) now: Now,
-    pub(crate) conns: BTreeMap<ConnId, Connection>,
-    next_conn: u64,
-    pub(crate) tasks: BTreeMap<TaskId, Task>,
-    next_task: u64,
-    pub(crate) effects: BTreeMap<EffectId, TaskId>,
-    next_effect: u64,
-    pub(crate) locks: KeyLocks<TaskId>,
     pub(crate) timers: Timers,
     pub(crate) stats: Stats,
     outputs: VecDeque<Output>,
-    /// Live OAuth sessions by id.
-    pub(crate) sessions: BTreeMap<String, Session>,
-    /// Session ids by serial (timer keys carry serials).
-    pub(crate) session_serials: BTreeMap<u64, String>,
-    /// Sessions that expired, reported once as `SESSION_EXPIRED`.
-    pub(crate) expired: BTreeMap<String, (Owner, Mono)>,
-    pub(crate) next_serial: u64,
-    /// Discovery documents fetched, by provider.
-    pub(crate) discovered: BTreeMap<String, Endpoints>,
-    /// Discovery requests in flight: provider → waiting tasks (the first
-    /// one owns the request).
-    pub(crate) discovering: BTreeMap<String, Vec<TaskId>>,
-    /// Loopback listeners by port.
-    pub(crate) listeners: BTreeMap<u16, LoopbackListener>,
-    /// Refresh jobs in flight by key.
-    pub(crate) refreshing: BTreeMap<Key, Refreshing>,
-    /// Time of the last provider refresh attempt per key.
-    pub(crate) cooldowns: BTreeMap<Key, Mono>,
-    /// Tokens that are authoritative because their write failed.
-    pub(crate) overrides: BTreeMap<Key, Token>,
-    /// Proactive renewal per key.
-    pub(crate) renewals: BTreeMap<Key, Renewal>,
-    pub(crate) key_serials: BTreeMap<Key, u64>,
-    pub(crate) key_by_serial: BTreeMap<u64, Key>,
-    /// Pending connections and per-process counts (see `admission`).
-    pub(crate) admission: Admission,
+    pub(crate) conns: Connections,
+    pub(crate) tasks: Tasks,
+    pub(crate) sessions: Sessions,
+    pub(crate) keys: Keys,
+    pub(crate) endpoints: OauthEndpoints,
 }
 
 impl<R> std::fmt::Debug for Engine<R> {
@@ -121,7 +98,7 @@ impl<R> std::fmt::Debug for Engine<R> {
         f.debug_struct("Engine")
             .field("connections", &self.conns.len())
             .field("tasks", &self.tasks.len())
-            .field("effects", &self.effects.len())
+            .field("effects", &self.tasks.pending_effects())
             .finish_non_exhaustive()
     }
 }
@@ -136,30 +113,14 @@ impl<R: CryptoRng> Engine<R> {
             token,
             rng,
             now: Now::default(),
-            conns: BTreeMap::new(),
-            next_conn: 1,
-            tasks: BTreeMap::new(),
-            next_task: 1,
-            effects: BTreeMap::new(),
-            next_effect: 1,
-            locks: KeyLocks::default(),
             timers: Timers::default(),
             stats: Stats::default(),
             outputs: VecDeque::new(),
-            sessions: BTreeMap::new(),
-            session_serials: BTreeMap::new(),
-            expired: BTreeMap::new(),
-            next_serial: 0,
-            discovered: BTreeMap::new(),
-            discovering: BTreeMap::new(),
-            listeners: BTreeMap::new(),
-            refreshing: BTreeMap::new(),
-            cooldowns: BTreeMap::new(),
-            overrides: BTreeMap::new(),
-            renewals: BTreeMap::new(),
-            key_serials: BTreeMap::new(),
-            key_by_serial: BTreeMap::new(),
-            admission: Admission::default(),
+            conns: Connections::default(),
+            tasks: Tasks::default(),
+            sessions: Sessions::default(),
+            keys: Keys::default(),
+            endpoints: OauthEndpoints::default(),
         })
     }
 }
@@ -181,7 +142,7 @@ impl<R: CryptoRng> Engine<R> {
     /// Number of connections still in their handshake.
     #[must_use]
     pub fn pending_handshakes(&self) -> usize {
-        self.admission.pending()
+        self.conns.pending()
     }
 
     /// Number of requests waiting for effects (attached or detached).
@@ -213,7 +174,7 @@ impl<R: CryptoRng> Engine<R> {
 
     pub(crate) fn push(&mut self, output: Output) {
         if let Output::Send { conn, .. } = &output
-            && let Some(c) = self.conns.get_mut(conn)
+            && let Some(c) = self.conns.get_mut(*conn)
         {
             c.last_active = self.now.mono;
         }
@@ -227,8 +188,7 @@ impl<R: CryptoRng> Engine<R> {
     /// Emits an effect whose result nobody waits for (lock release,
     /// listener stop).
     pub(crate) fn emit_detached(&mut self, effect: Effect) {
-        let id = EffectId(self.next_effect);
-        self.next_effect += 1;
+        let id = self.tasks.detached_effect();
         self.push(Output::Effect { id, effect });
     }
 
@@ -244,17 +204,10 @@ impl<R: CryptoRng> Engine<R> {
         self.sessions.iter().map(|(id, s)| (id.as_str(), s.state()))
     }
 
+    /// Emits an effect whose result `task` waits for.
     pub(crate) fn emit_effect(&mut self, task: TaskId, effect: Effect) {
-        let id = EffectId(self.next_effect);
-        self.next_effect += 1;
-        self.effects.insert(id, task);
+        let id = self.tasks.effect_for(task, &effect);
         self.push(Output::Effect { id, effect });
-    }
-
-    pub(crate) fn new_task_id(&mut self) -> TaskId {
-        let id = TaskId(self.next_task);
-        self.next_task += 1;
-        id
     }
 
     /// A transport accepted a connection. Refused (and audited) when its
@@ -266,26 +219,9 @@ impl<R: CryptoRng> Engine<R> {
         if self.admit_open(peer.pid).is_err() {
             return Err(ConnectionRefused);
         }
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        let limits = &self.config.limits;
-        self.conns.insert(
-            conn,
-            Connection {
-                peer,
-                phase: Phase::AwaitingHandshake,
-                decoder: FrameDecoder::new(limits.max_frame_bytes),
-                in_flight: BTreeMap::new(),
-                rate: TokenBucket::new(limits.rate_per_sec, limits.rate_burst, self.now.mono),
-                read_closed: false,
-                paused: false,
-                partial_left_ms: None,
-                last_active: self.now.mono,
-            },
-        );
-        self.admitted(conn, peer.pid);
-        let deadline = self.now.mono.plus(self.config.limits.handshake_ms);
-        self.timers.set(TimerKey::Handshake(conn), deadline);
+        let conn = self
+            .conns
+            .open(peer, &self.config.limits, self.now.mono, &mut self.timers);
         self.audit(AuditEvent::new(Level::Info, Some(conn), "connect", "ok"));
         Ok(conn)
     }
@@ -293,7 +229,7 @@ impl<R: CryptoRng> Engine<R> {
     /// The peer of a connection, while it is open.
     #[must_use]
     pub fn peer(&self, conn: ConnId) -> Option<Peer> {
-        self.conns.get(&conn).map(|c| c.peer)
+        self.conns.get(conn).map(|c| c.peer)
     }
 
     /// Bytes arrived on a connection.
@@ -301,7 +237,7 @@ impl<R: CryptoRng> Engine<R> {
         self.tick(now);
         let mut input = bytes;
         loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
+            let Some(c) = self.conns.get_mut(conn) else {
                 return;
             };
             if c.read_closed {
@@ -334,11 +270,11 @@ impl<R: CryptoRng> Engine<R> {
     /// Parses a complete frame as its connection's phase expects (the
     /// handshake as an object, requests borrowed) and handles it.
     fn on_payload(&mut self, conn: ConnId, payload: &[u8]) -> Result<(), DecodeError> {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return Ok(());
         };
         c.last_active = self.now.mono;
-        match c.phase {
+        match c.phase() {
             Phase::AwaitingHandshake => {
                 let frame = frame::parse_object(payload)?;
                 self.frame_done(conn);
@@ -355,7 +291,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// The frame whose deadline ran (or was suspended) is done.
     fn frame_done(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.partial_left_ms = None;
         }
         self.timers.cancel(TimerKey::PartialFrame(conn));
@@ -365,7 +301,7 @@ impl<R: CryptoRng> Engine<R> {
     /// paused, a frame that started gets its full time saved for the resume.
     fn arm_partial_deadline(&mut self, conn: ConnId) {
         let partial_ms = self.config.limits.partial_frame_ms;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let key = TimerKey::PartialFrame(conn);
@@ -393,9 +329,7 @@ impl<R: CryptoRng> Engine<R> {
                 self.close(conn);
             }
             Ok(accepted) => {
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.phase = Phase::Open(accepted);
-                }
+                self.conns.accept(conn, accepted);
                 let bytes = encode_payload(&handshake::accept_json(accepted.version));
                 self.push(Output::Send { conn, bytes });
                 let mut ev = AuditEvent::new(Level::Info, Some(conn), "handshake_ok", "ok");
@@ -420,12 +354,12 @@ impl<R: CryptoRng> Engine<R> {
     /// answered, then the connection closes.
     pub fn handle_read_closed(&mut self, conn: ConnId, now: Now) {
         self.tick(now);
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         c.read_closed = true;
         c.partial_left_ms = None;
-        let done = matches!(c.phase, Phase::AwaitingHandshake) || c.in_flight.is_empty();
+        let done = matches!(c.phase(), Phase::AwaitingHandshake) || c.in_flight.is_empty();
         self.timers.cancel(TimerKey::PartialFrame(conn));
         if done {
             self.close(conn);
@@ -450,7 +384,7 @@ impl<R: CryptoRng> Engine<R> {
     /// unsent. Its partial-frame deadline is suspended.
     pub fn handle_pause_reading(&mut self, conn: ConnId, now: Now) {
         self.tick(now);
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         if c.paused {
@@ -468,7 +402,7 @@ impl<R: CryptoRng> Engine<R> {
     /// deadline resumes with the time it had left.
     pub fn handle_resume_reading(&mut self, conn: ConnId, now: Now) {
         self.tick(now);
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         if !c.paused {
@@ -514,11 +448,18 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     /// The result of an effect. Unknown ids (work that was dropped) are
-    /// ignored.
+    /// ignored. A result of another kind than the effect's (a `Done` for a
+    /// token read, say) is a host fault and is handled as
+    /// [`EffectResult::Failed`].
     pub fn handle_effect_result(&mut self, id: EffectId, result: EffectResult, now: Now) {
         self.tick(now);
-        let Some(task) = self.effects.remove(&id) else {
+        let Some((task, kind)) = self.tasks.take_result(id) else {
             return;
+        };
+        let result = if kind.accepts(&result) {
+            result
+        } else {
+            EffectResult::Failed
         };
         self.resume(task, result);
     }
@@ -538,12 +479,9 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Drops a connection's state and detaches its requests.
     fn forget(&mut self, conn: ConnId) -> bool {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(c) = self.conns.remove(conn, &mut self.timers) else {
             return false;
         };
-        self.admission.forgot(conn, &c);
-        self.timers.cancel(TimerKey::Handshake(conn));
-        self.timers.cancel(TimerKey::PartialFrame(conn));
         for task in c.in_flight.into_values() {
             self.detach(task);
         }
@@ -554,7 +492,7 @@ impl<R: CryptoRng> Engine<R> {
     pub(crate) fn maybe_finish_half_close(&mut self, conn: ConnId) {
         if self
             .conns
-            .get(&conn)
+            .get(conn)
             .is_some_and(|c| c.read_closed && c.in_flight.is_empty())
         {
             self.close(conn);
@@ -563,8 +501,8 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Releases a write lock and starts the next waiter.
     pub(crate) fn release_key(&mut self, key: &Key, holder: TaskId) {
-        if let Some(next) = self.locks.release(key, holder) {
-            self.lock_granted(next);
+        if let Some(next) = self.keys.unlock(key, holder) {
+            self.write_granted(next);
         }
     }
 }

@@ -102,7 +102,8 @@
 //! (borrowed decoding of request frames), [`payload`] (schemas), [`reply`]
 //! (envelopes and the size guard), `dispatch` (envelope checks and
 //! `cancel`), `ops` (per-operation policy and validation), `work` (requests waiting on effects), [`keylock`] (write
-//! serialization per key), [`rate`], [`timer`], [`token`] (sanitize and
+//! serialization per key), `locked_write` (the one state machine of writes
+//! under a key's locks), [`rate`], [`timer`], [`token`] (sanitize and
 //! merge), [`audit`], [`effect`], [`config`].
 //!
 //! ## Features
@@ -130,6 +131,7 @@ mod cooldown;
 mod discovery;
 mod dispatch;
 pub mod effect;
+mod endpoints;
 mod engine;
 pub mod error;
 pub mod frame;
@@ -137,6 +139,8 @@ pub mod frame_peek;
 pub mod handshake;
 pub mod http;
 pub mod keylock;
+mod keys;
+mod locked_write;
 mod login;
 pub mod loopback;
 pub mod oauth_reply;
@@ -155,15 +159,21 @@ pub mod reply;
 pub mod request;
 pub mod secret;
 pub mod session;
+mod session_table;
 mod stats;
 mod task;
+mod tasks;
 pub mod time;
 pub mod timer;
 pub mod token;
 mod work;
+mod write_lock;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+
+#[cfg(test)]
+mod result_kind_tests;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -12,16 +12,17 @@ use rand_core::CryptoRng;
 use url::Url;
 
 use crate::effect::{Effect, EffectResult};
+use crate::endpoints::ListenerWait;
 use crate::engine::{Engine, Output};
 use crate::error::ErrorCode;
 use crate::http;
-use crate::login::{LoginStage, LoginWork, LoopbackListener};
 use crate::oauth_reply::Pasted;
 use crate::op::Op;
 use crate::pkce;
 use crate::reply::Failure;
 use crate::secret::Secret;
 use crate::session::{Outcome, SessionState, Step};
+use crate::task::{LoginStage, LoginWork};
 use crate::task::{TaskId, Work};
 use crate::time::Now;
 
@@ -38,21 +39,10 @@ impl<R: CryptoRng> Engine<R> {
     /// Makes sure a listener runs on `port`; true when it already does.
     /// Otherwise `task` waits for it (and may be the one that starts it).
     pub(crate) fn ensure_listener(&mut self, port: u16, path: String, task: TaskId) -> bool {
-        match self.listeners.get_mut(&port) {
-            Some(l) if l.running => true,
-            Some(l) => {
-                l.waiters.push(task);
-                false
-            }
-            None => {
-                self.listeners.insert(
-                    port,
-                    LoopbackListener {
-                        path: path.clone(),
-                        running: false,
-                        waiters: vec![task],
-                    },
-                );
+        match self.endpoints.wait_listener(port, path.clone(), task) {
+            ListenerWait::Running => true,
+            ListenerWait::Queued => false,
+            ListenerWait::Start => {
                 self.emit_effect(task, Effect::StartListener { port, path });
                 false
             }
@@ -61,26 +51,11 @@ impl<R: CryptoRng> Engine<R> {
 
     /// The host started (or failed to start) a listener.
     pub(crate) fn listener_result(&mut self, task: TaskId, result: &EffectResult) {
-        let Some(port) = self
-            .listeners
-            .iter()
-            .find(|(_, l)| !l.running && l.waiters.contains(&task))
-            .map(|(p, _)| *p)
-        else {
+        let Some(port) = self.endpoints.starting_port_of(task) else {
             return;
         };
         let ok = matches!(result, EffectResult::Listening(true));
-        let waiters = match self.listeners.get_mut(&port) {
-            Some(l) if ok => {
-                l.running = true;
-                std::mem::take(&mut l.waiters)
-            }
-            _ => self
-                .listeners
-                .remove(&port)
-                .map(|l| l.waiters)
-                .unwrap_or_default(),
-        };
+        let waiters = self.endpoints.listener_started(port, ok);
         for w in waiters {
             if ok {
                 self.listener_ready(w);
@@ -98,7 +73,7 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn listener_ready(&mut self, task: TaskId) {
-        let spec = match self.tasks.get(&task).map(|t| &t.work) {
+        let spec = match self.tasks.work(task) {
             Some(Work::Login(w)) => self
                 .sessions
                 .get(&w.sid)
@@ -119,13 +94,11 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Stops the listener on `port` when no initiated session uses it.
     pub(crate) fn stop_listener_if_idle(&mut self, port: u16) {
-        let running = self.listeners.get(&port).is_some_and(|l| l.running);
         let used = self
             .sessions
             .values()
             .any(|s| s.port == Some(port) && matches!(s.state(), SessionState::Initiated(_)));
-        if running && !used {
-            self.listeners.remove(&port);
+        if !used && self.endpoints.remove_running(port) {
             self.emit_detached(Effect::StopListener { port });
         }
     }
@@ -152,13 +125,13 @@ impl<R: CryptoRng> Engine<R> {
 
     fn route_callback(&mut self, port: u16, target: &str) -> (u16, &'static str) {
         let bad = (400, PAGE_BAD_REQUEST);
-        let Some(listener) = self.listeners.get(&port).filter(|l| l.running) else {
+        let Some(path) = self.endpoints.running_path(port) else {
             return bad;
         };
         let Ok(url) = Url::parse(&format!("http://127.0.0.1{target}")) else {
             return bad;
         };
-        if !target.starts_with('/') || url.path() != listener.path {
+        if !target.starts_with('/') || url.path() != path {
             return bad;
         }
         let pasted = Pasted::from_query(&url);

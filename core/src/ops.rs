@@ -16,7 +16,8 @@ use crate::op::Op;
 use crate::payload::{self, DEFAULT_BUCKET, FieldError};
 use crate::reply::{Answer, Data, Failure};
 use crate::request::{Field, Payload, PayloadField};
-use crate::task::{Work, WriteStep};
+use crate::task::Work;
+use crate::write_lock::LockedWrite;
 
 /// How a request proceeds.
 #[derive(Debug)]
@@ -185,14 +186,12 @@ fn validate(
             let key = Key::new(provider, bucket);
             allowed(policy, &key)?;
             Work::SaveToken {
-                key,
+                write: LockedWrite::new(key),
                 incoming: token.without_refresh_token(),
-                step: WriteStep::Queued,
             }
         }
         Op::RemoveToken => Work::RemoveToken {
-            key: key_of(policy, p)?,
-            step: WriteStep::Queued,
+            write: LockedWrite::new(key_of(policy, p)?),
         },
         Op::ListProviders => Work::ListProviders,
         Op::ListBuckets => {

@@ -25,7 +25,7 @@ impl<R: CryptoRng> Engine<R> {
     /// The header of the current frame announced `len` > `max` bytes;
     /// `body` is the rest of the input chunk.
     pub(crate) fn on_oversize(&mut self, conn: ConnId, len: u32, max: usize, body: &[u8]) {
-        let version = match self.conns.get(&conn).map(|c| c.phase) {
+        let version = match self.conns.get(conn).map(|c| c.phase()) {
             Some(Phase::Open(accepted)) => Some(accepted.version),
             Some(Phase::AwaitingHandshake) => None,
             None => return,

@@ -18,36 +18,37 @@ use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::handshake::ConnClass;
 use crate::keylock::Key;
-use crate::login::{LoginStage, login_event, still_valid};
+use crate::login::{login_event, still_valid};
 use crate::reply::Failure;
 use crate::session::Outcome;
-use crate::task::{TaskId, Work};
+use crate::task::{LoginStage, LoginWork, StoreStage, Storing, TaskId, Work};
 use crate::token::Token;
+use crate::write_lock::LockedWrite;
 
 impl<R: CryptoRng> Engine<R> {
-    fn persist_parts(&mut self, task: TaskId) -> Option<(String, LoginStage, Option<Token>)> {
-        match self.tasks.get(&task).map(|t| &t.work) {
-            Some(Work::Login(w)) => Some((w.sid.clone(), w.stage, w.token.clone())),
+    fn storing(&self, task: TaskId) -> Option<(&str, &Storing)> {
+        match self.tasks.work(task) {
+            Some(Work::Login(LoginWork {
+                sid,
+                stage: LoginStage::Storing(s),
+            })) => Some((sid, s)),
             _ => None,
         }
     }
 
-    /// The key being written and whether the login is a sandbox's.
-    fn persist_key(&self, task: TaskId) -> Option<(Key, bool)> {
-        match self.tasks.get(&task).map(|t| &t.work) {
-            Some(Work::Login(w)) => w.key.clone().map(|k| (k, w.sandbox)),
+    fn storing_mut(&mut self, task: TaskId) -> Option<&mut Storing> {
+        match self.tasks.work_mut(task) {
+            Some(Work::Login(LoginWork {
+                stage: LoginStage::Storing(s),
+                ..
+            })) => Some(s),
             _ => None,
         }
     }
 
-    fn persist_stage(&mut self, task: TaskId, stage: LoginStage) {
-        if let Some(Work::Login(w)) = self.tasks.get_mut(&task).map(|t| &mut t.work) {
-            w.stage = stage;
-        }
-    }
-
-    /// Starts storing the token of `sid`'s login.
-    pub(crate) fn persist_start(&mut self, task: TaskId, sid: &str) {
+    /// Starts storing `token`, obtained by `sid`'s login, under the key's
+    /// locks (see `locked_write`).
+    pub(crate) fn persist_start(&mut self, task: TaskId, sid: &str, token: Token) {
         let Some((key, class)) = self.sessions.get(sid).map(|s| {
             (
                 Key::new(s.provider.clone(), s.bucket.clone()),
@@ -62,117 +63,101 @@ impl<R: CryptoRng> Engine<R> {
                 )),
             );
         };
-        if let Some(Work::Login(w)) = self.tasks.get_mut(&task).map(|t| &mut t.work) {
-            w.stage = LoginStage::EngineLock;
-            w.key = Some(key.clone());
-            w.sandbox = class == ConnClass::Sandbox;
+        if let Some(Work::Login(w)) = self.tasks.work_mut(task) {
+            w.stage = LoginStage::Storing(Box::new(Storing {
+                write: LockedWrite::new(key),
+                token,
+                sandbox: class == ConnClass::Sandbox,
+            }));
         }
-        if self.locks.acquire(&key, task) {
-            self.persist_locked(task);
-        }
+        self.write_queue(task);
     }
 
-    /// The engine write lock is held: take the store lock.
+    /// Both locks are held: write the token, or first check what it would
+    /// replace (a sandbox login without `sandbox_login_overwrite`).
     pub(crate) fn persist_locked(&mut self, task: TaskId) {
-        let Some(Work::Login(w)) = self.tasks.get(&task).map(|t| &t.work) else {
+        let overwrite = self.config.policy.sandbox_login_overwrite;
+        let Some(s) = self.storing_mut(task) else {
             return;
         };
-        let Some(key) = w.key.clone() else { return };
-        if let Some(t) = self.tasks.get_mut(&task) {
-            t.holds = Some(key.clone());
+        if !s.sandbox || overwrite {
+            return self.persist_put(task);
         }
-        self.persist_stage(task, LoginStage::StoreLock);
-        let wait_ms = self.config.limits.lock_wait_ms;
-        self.emit_effect(task, Effect::lock_acquire(&key, wait_ms));
+        s.write.set_stage(StoreStage::CheckExisting);
+        let effect = Effect::token_get(s.write.key(), true);
+        self.emit_effect(task, effect);
     }
 
     /// Continues storing with an effect result.
     pub(crate) fn persist_step(&mut self, task: TaskId, result: EffectResult) {
-        let Some((_, stage, token)) = self.persist_parts(task) else {
+        let Some((_, s)) = self.storing(task) else {
             return;
         };
-        let Some((key, sandbox)) = self.persist_key(task) else {
+        let Some(stage) = s.write.stage().copied() else {
             return;
         };
-        let Some(token) = token else {
-            return self.persist_done(task, Err(Failure::internal()), false);
-        };
-        let may_overwrite = !sandbox || self.config.policy.sandbox_login_overwrite;
+        let key = s.write.key().clone();
         match (stage, result) {
-            (LoginStage::StoreLock, EffectResult::Locked(true)) if may_overwrite => {
-                self.persist_put(task, &key, token)
-            }
-            (LoginStage::StoreLock, EffectResult::Locked(true)) => {
-                self.persist_stage(task, LoginStage::CheckExisting);
-                self.emit_effect(task, Effect::token_get(&key, true));
-            }
-            (LoginStage::StoreLock, EffectResult::Locked(false)) => {
-                self.persist_done(
-                    task,
-                    Err(Failure::new(
-                        ErrorCode::InternalError,
-                        "Credential store is busy",
-                    )),
-                    false,
-                );
-            }
-            (LoginStage::CheckExisting, EffectResult::Token(existing)) => {
+            (StoreStage::CheckExisting, EffectResult::Token(existing)) => {
                 let margin = self.config.limits.valid_margin_ms;
                 if existing.is_some_and(|t| still_valid(&t, self.now.unix_ms, margin)) {
-                    self.persist_stage(task, LoginStage::CheckMeta);
+                    self.persist_stage(task, StoreStage::CheckMeta);
                     self.emit_effect(task, Effect::meta_get(&key));
                 } else {
-                    self.persist_put(task, &key, token);
+                    self.persist_put(task);
                 }
             }
             (
-                LoginStage::CheckMeta,
+                StoreStage::CheckMeta,
                 EffectResult::Meta {
                     refresh_unusable: true,
                 },
-            ) => self.persist_put(task, &key, token),
-            (LoginStage::CheckMeta, EffectResult::Meta { .. }) => {
+            ) => self.persist_put(task),
+            (StoreStage::CheckMeta, EffectResult::Meta { .. }) => {
                 let f = Failure::new(
                     ErrorCode::Forbidden,
                     "Login would replace an existing credential",
                 );
-                self.persist_done(task, Err(f), true);
+                self.persist_done(task, Err(f));
             }
-            (LoginStage::Put, EffectResult::Done) => {
-                self.persist_stage(task, LoginStage::ClearMeta);
+            (StoreStage::Put, EffectResult::Done) => {
+                self.persist_stage(task, StoreStage::ClearMeta);
                 self.emit_effect(task, Effect::meta_put(&key, false));
             }
-            (LoginStage::ClearMeta, _) => self.persist_done(task, Ok(token), true),
-            (stage, _) => {
-                let locked = stage != LoginStage::StoreLock;
-                self.persist_done(task, Err(Failure::internal()), locked);
+            (StoreStage::ClearMeta, _) => {
+                let token = s.token.clone();
+                self.persist_done(task, Ok(token));
             }
+            _ => self.persist_done(task, Err(Failure::internal())),
         }
     }
 
-    fn persist_put(&mut self, task: TaskId, key: &Key, token: Token) {
-        self.persist_stage(task, LoginStage::Put);
-        self.overrides.remove(key);
-        self.emit_effect(task, Effect::token_put(key, token));
+    fn persist_stage(&mut self, task: TaskId, stage: StoreStage) {
+        if let Some(s) = self.storing_mut(task) {
+            s.write.set_stage(stage);
+        }
+    }
+
+    fn persist_put(&mut self, task: TaskId) {
+        let Some(s) = self.storing_mut(task) else {
+            return;
+        };
+        s.write.set_stage(StoreStage::Put);
+        let (key, token) = (s.write.key().clone(), s.token.clone());
+        self.keys.clear_override(&key);
+        self.emit_effect(task, Effect::token_put(&key, token));
     }
 
     /// The store step is over: release the store lock, audit, schedule
     /// renewal and hand the outcome to the session.
-    fn persist_done(&mut self, task: TaskId, result: Result<Token, Failure>, store_locked: bool) {
-        let Some((sid, _, _)) = self.persist_parts(task) else {
+    pub(crate) fn persist_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
+        let Some((sid, key, sandbox)) = self
+            .storing(task)
+            .map(|(sid, s)| (sid.to_owned(), s.write.key().clone(), s.sandbox))
+        else {
             return;
         };
-        let Some((key, sandbox)) = self.persist_key(task) else {
-            return;
-        };
-        if store_locked {
-            self.emit_detached(Effect::lock_release(&key));
-        }
-        if let Some(t) = self.tasks.get_mut(&task)
-            && let Some(held) = t.holds.take()
-        {
-            self.release_key(&held, task);
-        }
+        self.write_release(task);
         let class = if sandbox {
             ConnClass::Sandbox
         } else {

@@ -30,71 +30,12 @@ use crate::oauth_reply::with_codex_account;
 use crate::op::Op;
 use crate::provider::{BodyEncoding, Dialect};
 use crate::reply::{Answer, Data, Failure};
-use crate::task::{TaskId, Work};
-use crate::timer::TimerKey;
+use crate::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
 use crate::token::Token;
+use crate::write_lock::LockedWrite;
 
 /// Attempts of one refresh (the first and two retries).
 const MAX_ATTEMPTS: u8 = 3;
-
-/// Where a `refresh_token` request is before it joins a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CheckStage {
-    /// Reading the stored token.
-    Read,
-    /// Reading the key's metadata.
-    Meta,
-    /// Re-reading the token fresh during the cooldown (see `cooldown`).
-    Reread,
-}
-
-/// A `refresh_token` request's checks.
-#[derive(Debug)]
-pub(crate) struct RefreshCheck {
-    pub(crate) key: Key,
-    pub(crate) stage: CheckStage,
-    pub(crate) token: Option<Token>,
-}
-
-/// Where a refresh job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JobStage {
-    EngineLock,
-    StoreLock,
-    ReadFresh,
-    Meta,
-    Discovering,
-    Calling,
-    Backoff,
-    Reread,
-    Writing,
-    MarkUnusable,
-}
-
-/// One refresh of one key.
-#[derive(Debug)]
-pub(crate) struct RefreshJob {
-    pub(crate) key: Key,
-    pub(crate) stage: JobStage,
-    /// Digest of the access token the caller saw (to detect a refresh by
-    /// someone else).
-    pub(crate) seen: Option<[u8; 32]>,
-    pub(crate) current: Option<Token>,
-    pub(crate) merged: Option<Token>,
-    pub(crate) failure: Option<Failure>,
-    pub(crate) attempts: u8,
-    pub(crate) reread: bool,
-    pub(crate) renewal: bool,
-    pub(crate) logout: bool,
-    pub(crate) store_locked: bool,
-}
-
-/// A job in flight and the requests waiting for it.
-#[derive(Debug)]
-pub(crate) struct Refreshing {
-    pub(crate) job: TaskId,
-    pub(crate) waiters: Vec<TaskId>,
-}
 
 /// SHA-256 of a token's access token (kept instead of the token).
 pub(crate) fn access_digest(token: &Token) -> [u8; 32] {
@@ -126,11 +67,10 @@ impl<R: CryptoRng> Engine<R> {
                 format!("No OAuth provider configured for: {}", key.provider),
             )));
         }
-        let override_token = self.overrides.get(&key).cloned();
+        let override_token = self.keys.override_of(&key).cloned();
         let work = Work::RefreshCheck(RefreshCheck {
             key: key.clone(),
             stage: CheckStage::Read,
-            token: None,
         });
         let task = self.attach_task(conn, id, Op::RefreshToken, work);
         match override_token {
@@ -142,11 +82,12 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Continues a request's checks.
     pub(crate) fn check_step(&mut self, task: TaskId, result: EffectResult) {
-        let Some(Work::RefreshCheck(check)) = self.tasks.get_mut(&task).map(|t| &mut t.work) else {
+        let Some(Work::RefreshCheck(check)) = self.tasks.work_mut(task) else {
             return;
         };
         let key = check.key.clone();
-        match (check.stage, result) {
+        let stage = std::mem::replace(&mut check.stage, CheckStage::Read);
+        match (stage, result) {
             (CheckStage::Read, EffectResult::Token(None)) => {
                 self.finish(task, Err(not_found(&key)))
             }
@@ -154,31 +95,31 @@ impl<R: CryptoRng> Engine<R> {
                 self.finish(task, Err(not_available(&key)));
             }
             (CheckStage::Read, EffectResult::Token(Some(t))) => {
-                check.token = Some(t);
-                check.stage = CheckStage::Meta;
+                check.stage = CheckStage::Meta(t);
                 self.emit_effect(task, Effect::meta_get(&key));
             }
             (
-                CheckStage::Meta,
+                CheckStage::Meta(_),
                 EffectResult::Meta {
                     refresh_unusable: true,
                 },
             ) => {
                 self.finish(task, Err(reauth_needed(&key)));
             }
-            (CheckStage::Meta, EffectResult::Meta { .. }) => {
-                let token = check.token.take().unwrap_or_default();
+            (CheckStage::Meta(token), EffectResult::Meta { .. }) => {
                 self.join_or_start(task, &key, &token);
             }
-            (CheckStage::Reread, result) => self.cooldown_reread(task, &key, result),
+            (CheckStage::Reread, result) => {
+                check.stage = CheckStage::Reread;
+                self.cooldown_reread(task, &key, result);
+            }
             _ => self.finish(task, Err(Failure::internal())),
         }
     }
 
     /// Joins the key's job, answers from the cooldown, or starts a job.
     pub(crate) fn join_or_start(&mut self, task: TaskId, key: &Key, token: &Token) {
-        if let Some(r) = self.refreshing.get_mut(key) {
-            r.waiters.push(task);
+        if self.keys.wait_refresh(key, task) {
             self.await_job(task, key);
             return;
         }
@@ -186,14 +127,12 @@ impl<R: CryptoRng> Engine<R> {
             return;
         }
         self.start_refresh_job(key, Some(access_digest(token)), false);
-        if let Some(r) = self.refreshing.get_mut(key) {
-            r.waiters.push(task);
-        }
+        self.keys.wait_refresh(key, task);
         self.await_job(task, key);
     }
 
     fn await_job(&mut self, task: TaskId, key: &Key) {
-        if let Some(t) = self.tasks.get_mut(&task) {
+        if let Some(t) = self.tasks.get_mut(task) {
             t.work = Work::AwaitRefresh { key: key.clone() };
         }
     }
@@ -201,36 +140,24 @@ impl<R: CryptoRng> Engine<R> {
     /// Starts the refresh job of `key` (the caller checked none runs).
     pub(crate) fn start_refresh_job(&mut self, key: &Key, seen: Option<[u8; 32]>, renewal: bool) {
         let job = RefreshJob {
-            key: key.clone(),
-            stage: JobStage::EngineLock,
+            write: LockedWrite::new(key.clone()),
             seen,
             current: None,
-            merged: None,
-            failure: None,
             attempts: 0,
             reread: false,
             renewal,
             logout: false,
-            store_locked: false,
         };
         let task = self.background_task(Op::RefreshToken, Work::Refresh(Box::new(job)));
-        self.refreshing.insert(
-            key.clone(),
-            Refreshing {
-                job: task,
-                waiters: Vec::new(),
-            },
-        );
-        if self.locks.acquire(key, task) {
-            self.refresh_locked(task);
-        }
+        self.keys.start_refresh(key, task);
+        self.write_queue(task);
     }
 
     /// When a refresh of `key` is running, makes it carry the key's due
     /// renewal (its end then reschedules, backs off or stops the renewal)
     /// and returns true.
     pub(crate) fn refresh_carries_renewal(&mut self, key: &Key) -> bool {
-        let Some(task) = self.refreshing.get(key).map(|r| r.job) else {
+        let Some(task) = self.keys.refresh_job(key) else {
             return false;
         };
         if let Some(job) = self.job(task) {
@@ -240,22 +167,19 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn job(&mut self, task: TaskId) -> Option<&mut RefreshJob> {
-        match self.tasks.get_mut(&task).map(|t| &mut t.work) {
+        match self.tasks.work_mut(task) {
             Some(Work::Refresh(j)) => Some(j),
             _ => None,
         }
     }
 
-    /// The engine write lock is held: take the store lock.
+    /// Both locks are held: read the token fresh (another process may have
+    /// refreshed it).
     pub(crate) fn refresh_locked(&mut self, task: TaskId) {
-        let wait_ms = self.config.limits.lock_wait_ms;
         let Some(job) = self.job(task) else { return };
-        job.stage = JobStage::StoreLock;
-        let key = job.key.clone();
-        if let Some(t) = self.tasks.get_mut(&task) {
-            t.holds = Some(key.clone());
-        }
-        self.emit_effect(task, Effect::lock_acquire(&key, wait_ms));
+        job.write.set_stage(JobStage::ReadFresh);
+        let key = job.key().clone();
+        self.write_read_fresh(task, &key);
     }
 
     /// Continues a job with an effect result.
@@ -263,25 +187,11 @@ impl<R: CryptoRng> Engine<R> {
         let margin = self.config.limits.valid_margin_ms;
         let now_ms = self.now.unix_ms;
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
-        match (job.stage, result) {
-            (JobStage::StoreLock, EffectResult::Locked(true)) => {
-                job.store_locked = true;
-                job.stage = JobStage::ReadFresh;
-                match self.overrides.get(&key).cloned() {
-                    Some(t) => self.refresh_step(task, EffectResult::Token(Some(t))),
-                    None => self.emit_effect(task, Effect::token_get(&key, true)),
-                }
-            }
-            (JobStage::StoreLock, EffectResult::Locked(false)) => {
-                self.job_done(
-                    task,
-                    Err(Failure::new(
-                        ErrorCode::RefreshFailed,
-                        "Credential store is busy",
-                    )),
-                );
-            }
+        let key = job.key().clone();
+        let Some(stage) = job.stage().cloned() else {
+            return self.job_done(task, Err(Failure::internal()));
+        };
+        match (stage, result) {
             (JobStage::ReadFresh, EffectResult::Token(None)) => {
                 self.job_done(task, Err(not_found(&key)))
             }
@@ -294,7 +204,7 @@ impl<R: CryptoRng> Engine<R> {
                     return self.job_done(task, Ok(t));
                 }
                 job.current = Some(t);
-                job.stage = JobStage::Meta;
+                job.write.set_stage(JobStage::Meta);
                 self.emit_effect(task, Effect::meta_get(&key));
             }
             (
@@ -308,7 +218,7 @@ impl<R: CryptoRng> Engine<R> {
             (JobStage::Meta, EffectResult::Meta { .. }) => {
                 if self.needs_discovery(&key.provider) {
                     if let Some(job) = self.job(task) {
-                        job.stage = JobStage::Discovering;
+                        job.write.set_stage(JobStage::Discovering);
                     }
                     return self.discover(&key.provider, task);
                 }
@@ -318,11 +228,11 @@ impl<R: CryptoRng> Engine<R> {
             (JobStage::Calling, EffectResult::Http(outcome)) => {
                 self.refresh_answered(task, &http::classify(&outcome))
             }
-            (JobStage::Reread, EffectResult::Token(Some(t))) => {
+            (JobStage::Reread(failure), EffectResult::Token(Some(t))) => {
                 let rotated = t.refresh_token().is_some()
                     && t.refresh_token() != job.current.as_ref().and_then(Token::refresh_token);
                 if !rotated {
-                    return self.mark_unusable(task);
+                    return self.mark_unusable(task, failure);
                 }
                 job.reread = true;
                 if still_valid(&t, now_ms, margin) {
@@ -331,23 +241,15 @@ impl<R: CryptoRng> Engine<R> {
                 job.current = Some(t);
                 self.call_provider(task);
             }
-            (JobStage::Reread, _) => self.mark_unusable(task),
-            (JobStage::Writing, EffectResult::Done) => {
-                let merged = job.merged.take().unwrap_or_default();
+            (JobStage::Reread(failure), _) => self.mark_unusable(task, failure),
+            (JobStage::Writing(merged), EffectResult::Done) => self.job_done(task, Ok(merged)),
+            (JobStage::Writing(merged), _) => {
+                let retry_at = self.now.mono.plus(1_000);
+                self.keys
+                    .set_override(&key, merged.clone(), retry_at, &mut self.timers);
                 self.job_done(task, Ok(merged));
             }
-            (JobStage::Writing, _) => {
-                let merged = job.merged.take().unwrap_or_default();
-                self.overrides.insert(key.clone(), merged.clone());
-                let serial = self.key_serial(&key);
-                self.timers
-                    .set(TimerKey::WriteBack(serial), self.now.mono.plus(1_000));
-                self.job_done(task, Ok(merged));
-            }
-            (JobStage::MarkUnusable, _) => {
-                let f = job.failure.take().unwrap_or_else(|| reauth_needed(&key));
-                self.job_done(task, Err(f));
-            }
+            (JobStage::MarkUnusable(f), _) => self.job_done(task, Err(f)),
             _ => self.job_done(task, Err(Failure::internal())),
         }
     }
@@ -364,7 +266,7 @@ impl<R: CryptoRng> Engine<R> {
     fn call_provider(&mut self, task: TaskId) {
         let timeout = self.config.limits.provider_call_ms;
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
+        let key = job.key().clone();
         let rt = job
             .current
             .as_ref()
@@ -372,7 +274,7 @@ impl<R: CryptoRng> Engine<R> {
             .unwrap_or_default()
             .to_owned();
         job.attempts += 1;
-        job.stage = JobStage::Calling;
+        job.write.set_stage(JobStage::Calling);
         let Some(spec) = self.spec(&key.provider) else {
             return self.job_done(
                 task,
@@ -401,11 +303,11 @@ impl<R: CryptoRng> Engine<R> {
         let now_s = self.now.unix_secs();
         let provider = self
             .job(task)
-            .map(|j| j.key.provider.clone())
+            .map(|j| j.key().provider.clone())
             .unwrap_or_default();
         let dialect = self.config.providers.get(&provider).map(|s| s.dialect);
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
+        let key = job.key().clone();
         match verdict {
             Verdict::Ok(body) => {
                 let Some(new) = http::token_from_response(body.clone(), now_s) else {
@@ -423,16 +325,14 @@ impl<R: CryptoRng> Engine<R> {
                 if job.logout {
                     return self.job_done(task, Err(not_found(&key)));
                 }
-                job.merged = Some(merged.clone());
-                job.stage = JobStage::Writing;
+                job.write.set_stage(JobStage::Writing(merged.clone()));
                 self.emit_effect(task, Effect::token_put(&key, merged));
             }
             Verdict::Transient(_) if job.attempts < MAX_ATTEMPTS => {
                 let wait = retry[usize::from(job.attempts - 1).min(1)];
-                job.stage = JobStage::Backoff;
-                let serial = self.key_serial(&key);
-                self.timers
-                    .set(TimerKey::RefreshRetry(serial), self.now.mono.plus(wait));
+                job.write.set_stage(JobStage::Backoff);
+                let at = self.now.mono.plus(wait);
+                self.keys.arm_refresh_retry(&key, at, &mut self.timers);
             }
             Verdict::Transient(_) => {
                 self.job_done(
@@ -441,11 +341,11 @@ impl<R: CryptoRng> Engine<R> {
                 );
             }
             v if is_auth_error(v) => {
-                job.failure = Some(provider_failure(ErrorCode::ReauthRequired, v));
+                let failure = provider_failure(ErrorCode::ReauthRequired, v);
                 if job.reread {
-                    return self.mark_unusable(task);
+                    return self.mark_unusable(task, failure);
                 }
-                job.stage = JobStage::Reread;
+                job.write.set_stage(JobStage::Reread(failure));
                 self.emit_effect(task, Effect::token_get(&key, true));
             }
             v => self.job_done(task, Err(provider_failure(ErrorCode::RefreshFailed, v))),
@@ -454,45 +354,40 @@ impl<R: CryptoRng> Engine<R> {
 
     /// A retry timer fired.
     pub(crate) fn refresh_retry_due(&mut self, serial: u64) {
-        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+        let Some(key) = self.keys.key_of(serial) else {
             return;
         };
-        let Some(job) = self.refreshing.get(&key).map(|r| r.job) else {
+        let Some(job) = self.keys.refresh_job(&key) else {
             return;
         };
-        if self.job(job).is_some_and(|j| j.stage == JobStage::Backoff) {
+        if self
+            .job(job)
+            .is_some_and(|j| j.stage() == Some(&JobStage::Backoff))
+        {
             self.call_provider(job);
         }
     }
 
-    fn mark_unusable(&mut self, task: TaskId) {
+    /// The refresh token is dead: mark it, then answer `failure`.
+    fn mark_unusable(&mut self, task: TaskId, failure: Failure) {
         let Some(job) = self.job(task) else { return };
-        job.stage = JobStage::MarkUnusable;
-        if job.failure.is_none() {
-            job.failure = Some(reauth_needed(&job.key));
-        }
-        let key = job.key.clone();
+        job.write.set_stage(JobStage::MarkUnusable(failure));
+        let key = job.key().clone();
         self.emit_effect(task, Effect::meta_put(&key, true));
     }
 
     /// Ends a job: locks released, cooldown set, waiters answered,
     /// renewal rescheduled or stopped.
-    fn job_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
+    pub(crate) fn job_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
         let Some(job) = self.job(task) else { return };
-        let key = job.key.clone();
-        let (attempts, store_locked, renewal) = (job.attempts, job.store_locked, job.renewal);
-        if store_locked {
-            self.emit_detached(Effect::lock_release(&key));
-        }
+        let key = job.key().clone();
+        let (attempts, renewal) = (job.attempts, job.renewal);
+        self.write_release(task);
         if attempts > 0 {
-            self.cooldowns.insert(key.clone(), self.now.mono);
+            self.keys.record_attempt(&key, self.now.mono);
         }
         self.finish(task, Ok(Map::new().into()));
-        let waiters = self
-            .refreshing
-            .remove(&key)
-            .map(|r| r.waiters)
-            .unwrap_or_default();
+        let waiters = self.keys.end_refresh(&key);
         let answer: Answer = result
             .as_ref()
             .map(|t| Data::Token(t.clone()))
@@ -514,8 +409,8 @@ impl<R: CryptoRng> Engine<R> {
                     // cooldown of an attempt; the next fire re-reads the
                     // token recorded here, so it calls the provider unless
                     // someone changed the token again.
-                    self.renewals.remove(&key);
-                } else if let Some(r) = self.renewals.get_mut(&key) {
+                    self.keys.forget_renewal(&key, &mut self.timers);
+                } else if let Some(r) = self.keys.renewal_mut(&key) {
                     r.tries = 0;
                 }
                 self.schedule_renewal(&key, token);
@@ -528,9 +423,9 @@ impl<R: CryptoRng> Engine<R> {
 
     /// A `remove_token` arrived: a running job must not save its result.
     pub(crate) fn refresh_logout(&mut self, key: &Key) {
-        self.overrides.remove(key);
+        self.keys.clear_override(key);
         self.renewal_forget(key);
-        if let Some(job) = self.refreshing.get(key).map(|r| r.job)
+        if let Some(job) = self.keys.refresh_job(key)
             && let Some(j) = self.job(job)
         {
             j.logout = true;
@@ -539,10 +434,10 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Retries writing an authoritative token that failed to persist.
     pub(crate) fn write_back_due(&mut self, serial: u64) {
-        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+        let Some(key) = self.keys.key_of(serial) else {
             return;
         };
-        let Some(token) = self.overrides.get(&key).cloned() else {
+        let Some(token) = self.keys.override_of(&key).cloned() else {
             return;
         };
         let task = self.background_task(Op::RefreshToken, Work::WriteBack { key: key.clone() });
@@ -551,26 +446,13 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Result of a write-back.
     pub(crate) fn write_back_done(&mut self, task: TaskId, key: &Key, result: &EffectResult) {
-        self.tasks.remove(&task);
+        self.tasks.remove(task);
         if matches!(result, EffectResult::Done) {
-            self.overrides.remove(key);
-        } else if self.overrides.contains_key(key) {
-            let serial = self.key_serial(key);
-            self.timers
-                .set(TimerKey::WriteBack(serial), self.now.mono.plus(5_000));
+            self.keys.clear_override(key);
+        } else {
+            let at = self.now.mono.plus(5_000);
+            self.keys.retry_write_back(key, at, &mut self.timers);
         }
-    }
-
-    /// A stable small number for a key (timer keys).
-    pub(crate) fn key_serial(&mut self, key: &Key) -> u64 {
-        if let Some(s) = self.key_serials.get(key) {
-            return *s;
-        }
-        self.next_serial += 1;
-        let s = self.next_serial;
-        self.key_serials.insert(key.clone(), s);
-        self.key_by_serial.insert(s, key.clone());
-        s
     }
 }
 

@@ -16,22 +16,11 @@ use rand_core::CryptoRng;
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::keylock::Key;
+use crate::keys::Renewal;
 use crate::login::mono_at;
 use crate::refresh::access_digest;
 use crate::reply::Failure;
-use crate::timer::TimerKey;
 use crate::token::Token;
-
-/// The renewal state of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Renewal {
-    /// The expiry (unix ms) the schedule was made for.
-    pub(crate) expiry_ms: u64,
-    /// Consecutive failed tries.
-    pub(crate) tries: u8,
-    /// Digest of the access token at scheduling time.
-    pub(crate) seen: [u8; 32],
-}
 
 /// When to renew a token expiring at `expiry_ms` (unix ms), seen at
 /// `now_ms`: `None` when it cannot be renewed before it expires.
@@ -66,7 +55,7 @@ impl<R: CryptoRng> Engine<R> {
     /// refreshed and its expiry is not the one already scheduled. Cheap, so
     /// the `get_token` hot path can ask it on every served token.
     pub(crate) fn renewal_wanted(&self, key: &Key, token: &Token) -> bool {
-        let scheduled = self.renewals.get(key).map(|r| r.expiry_ms);
+        let scheduled = self.keys.renewal(key).map(|r| r.expiry_ms);
         let expiry = token.expiry_secs().filter(|e| e.is_finite() && *e > 0.0);
         match (expiry, token.refresh_token()) {
             (Some(e), Some(_)) => scheduled != Some((e * 1000.0) as u64),
@@ -84,20 +73,20 @@ impl<R: CryptoRng> Engine<R> {
         };
         let expiry_ms = (expiry * 1000.0) as u64;
         if self
-            .renewals
-            .get(key)
+            .keys
+            .renewal(key)
             .is_some_and(|r| r.expiry_ms == expiry_ms)
         {
             return;
         }
-        let tries = self.renewals.get(key).map_or(0, |r| r.tries);
+        let tries = self.keys.renewal(key).map_or(0, |r| r.tries);
         let limits = &self.config.limits;
-        let earliest_ms = self.cooldowns.get(key).map_or(0, |last| {
+        let earliest_ms = self.keys.last_attempt(key).map_or(0, |last| {
             let until = last.plus(limits.refresh_cooldown_ms);
             self.now.unix_ms + until.since(self.now.mono)
         });
         let random = self.rng.next_u64();
-        let serial = self.key_serial(key);
+        self.keys.reserve_serial(key);
         let limits = &self.config.limits;
         let Some(at) = fire_at(
             self.now.unix_ms,
@@ -107,20 +96,16 @@ impl<R: CryptoRng> Engine<R> {
             random,
             earliest_ms,
         ) else {
-            self.renewals.remove(key);
-            self.timers.cancel(TimerKey::Renewal(serial));
-            return;
+            return self.renewal_forget(key);
         };
-        self.renewals.insert(
-            key.clone(),
-            Renewal {
-                expiry_ms,
-                tries,
-                seen: access_digest(token),
-            },
-        );
+        let renewal = Renewal {
+            expiry_ms,
+            tries,
+            seen: access_digest(token),
+        };
         let when = mono_at(self.now.mono, self.now.unix_ms, at);
-        self.timers.set(TimerKey::Renewal(serial), when);
+        self.keys
+            .schedule_renewal(key, renewal, when, &mut self.timers);
     }
 
     /// A renewal is due: refresh through the coordinator (joining the
@@ -128,10 +113,10 @@ impl<R: CryptoRng> Engine<R> {
     /// scheduled put the key in its cooldown; then wait for the cooldown's
     /// end, or give up if that is past the expiry.
     pub(crate) fn renewal_due(&mut self, serial: u64) {
-        let Some(key) = self.key_by_serial.get(&serial).cloned() else {
+        let Some(key) = self.keys.key_of(serial) else {
             return;
         };
-        let Some((seen, expiry_ms)) = self.renewals.get(&key).map(|r| (r.seen, r.expiry_ms)) else {
+        let Some((seen, expiry_ms)) = self.keys.renewal(&key).map(|r| (r.seen, r.expiry_ms)) else {
             return;
         };
         // A refresh of the key is running (a `refresh_token` request's):
@@ -143,14 +128,14 @@ impl<R: CryptoRng> Engine<R> {
         if self.refresh_carries_renewal(&key) {
             return;
         }
-        if let Some(last) = self.cooldowns.get(&key).copied() {
+        if let Some(last) = self.keys.last_attempt(&key) {
             let until = last.plus(self.config.limits.refresh_cooldown_ms);
             if until > self.now.mono {
                 let until_unix = self.now.unix_ms + until.since(self.now.mono);
                 if until_unix >= expiry_ms {
                     return self.renewal_forget(&key);
                 }
-                self.timers.set(TimerKey::Renewal(serial), until);
+                self.keys.rearm_renewal(&key, until, &mut self.timers);
                 return;
             }
         }
@@ -168,7 +153,7 @@ impl<R: CryptoRng> Engine<R> {
             limits.renewal_backoff_cap_ms,
             limits.renewal_max_tries,
         );
-        let Some(r) = self.renewals.get_mut(key) else {
+        let Some(r) = self.keys.renewal_mut(key) else {
             return;
         };
         r.tries = r.tries.saturating_add(1);
@@ -176,26 +161,20 @@ impl<R: CryptoRng> Engine<R> {
             return self.renewal_forget(key);
         }
         let wait = base.saturating_mul(1u64 << (r.tries - 1).min(20)).min(cap);
-        let serial = self.key_serial(key);
-        self.timers
-            .set(TimerKey::Renewal(serial), self.now.mono.plus(wait));
+        let at = self.now.mono.plus(wait);
+        self.keys.rearm_renewal(key, at, &mut self.timers);
     }
 
     /// Cancels the renewal of `key`.
     pub(crate) fn renewal_forget(&mut self, key: &Key) {
-        self.renewals.remove(key);
-        if let Some(serial) = self.key_serials.get(key).copied() {
-            self.timers.cancel(TimerKey::Renewal(serial));
-        }
+        self.keys.forget_renewal(key, &mut self.timers);
     }
 
     /// Whether a renewal is scheduled for `key`, and when (monotonic ms).
     #[must_use]
     pub fn renewal_scheduled(&self, provider: &str, bucket: &str) -> Option<u64> {
         let key = Key::new(provider, bucket);
-        let serial = self.key_serials.get(&key)?;
-        self.renewals.get(&key)?;
-        self.timers.get(TimerKey::Renewal(*serial)).map(|m| m.0)
+        self.keys.renewal_deadline(&key, &self.timers).map(|m| m.0)
     }
 }
 

@@ -4,13 +4,17 @@
 //! plus where to send the answer. Cancelling or losing the connection clears
 //! `reply` (the task is detached): pure reads are then dropped, while writes
 //! run to completion so nothing half-done is left behind.
+//!
+//! The state of every kind of work lives here, data only (the steps that
+//! move it are in `work`, `login`, `persist` and `refresh`), so the task
+//! table can hold it without depending on the engine.
 
 use crate::audit::ConnId;
 use crate::keylock::Key;
-use crate::login::LoginWork;
 use crate::op::Op;
-use crate::refresh::{RefreshCheck, RefreshJob};
+use crate::reply::Failure;
 use crate::token::Token;
+use crate::write_lock::{LockedWrite, WriteLock};
 
 /// Identifies a task inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,17 +27,20 @@ pub(crate) struct ReplyTo {
     pub(crate) id: String,
 }
 
-/// Progress of a write that holds its key.
+/// Where a `save_token` is while it holds its key's locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteStep {
-    /// Waiting for the key's write lock.
-    Queued,
-    /// Waiting for the key's cross-process store lock.
-    Locking,
+pub(crate) enum SaveStage {
     /// Reading the stored value fresh.
     Reading,
-    /// Writing (or deleting).
+    /// Writing the merged token.
     Writing,
+}
+
+/// Where a `remove_token` is while it holds its key's locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemoveStage {
+    /// Deleting the stored token.
+    Deleting,
 }
 
 /// The state of an operation between effects.
@@ -47,13 +54,11 @@ pub(crate) enum Work {
         key: Key,
     },
     SaveToken {
-        key: Key,
+        write: LockedWrite<SaveStage>,
         incoming: Token,
-        step: WriteStep,
     },
     RemoveToken {
-        key: Key,
-        step: WriteStep,
+        write: LockedWrite<RemoveStage>,
     },
     ListProviders,
     ListBuckets {
@@ -97,10 +102,31 @@ impl Work {
         )
     }
 
-    /// The key the work writes under the engine's write lock, if any.
-    pub(crate) fn write_key(&self) -> Option<&Key> {
+    /// The write under its key's locks the work does, if any (see
+    /// `locked_write`).
+    pub(crate) fn write_lock(&self) -> Option<&dyn WriteLock> {
         match self {
-            Work::SaveToken { key, .. } | Work::RemoveToken { key, .. } => Some(key),
+            Work::SaveToken { write, .. } => Some(write),
+            Work::RemoveToken { write } => Some(write),
+            Work::Login(LoginWork {
+                stage: LoginStage::Storing(s),
+                ..
+            }) => Some(&s.write),
+            Work::Refresh(job) => Some(&job.write),
+            _ => None,
+        }
+    }
+
+    /// [`Work::write_lock`], to move it along.
+    pub(crate) fn write_lock_mut(&mut self) -> Option<&mut dyn WriteLock> {
+        match self {
+            Work::SaveToken { write, .. } => Some(write),
+            Work::RemoveToken { write } => Some(write),
+            Work::Login(LoginWork {
+                stage: LoginStage::Storing(s),
+                ..
+            }) => Some(&mut s.write),
+            Work::Refresh(job) => Some(&mut job.write),
             _ => None,
         }
     }
@@ -112,6 +138,130 @@ pub(crate) struct Task {
     pub(crate) op: Op,
     pub(crate) reply: Option<ReplyTo>,
     pub(crate) work: Work,
-    /// The key whose engine write lock this task holds.
-    pub(crate) holds: Option<Key>,
+}
+
+/// Where a session's task is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LoginStage {
+    /// Waiting for the provider's OIDC discovery.
+    Discovering,
+    /// Device authorization request in flight.
+    DeviceAuthorizing,
+    /// Waiting for the loopback listener to start.
+    StartingListener,
+    /// Code exchange in flight.
+    Exchanging,
+    /// Device token poll in flight.
+    Polling,
+    /// Codex device dialect: exchange of the code the poll returned.
+    CodexExchanging,
+    /// Storing the token obtained, under its key's locks (see `persist`).
+    Storing(Box<Storing>),
+}
+
+/// A login's token being stored.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Storing {
+    pub(crate) write: LockedWrite<StoreStage>,
+    /// The token obtained.
+    pub(crate) token: Token,
+    /// Whether the login came from a sandbox connection.
+    pub(crate) sandbox: bool,
+}
+
+/// Where storing a login's token is while it holds the key's locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreStage {
+    /// Sandbox: reading the credential a login would replace.
+    CheckExisting,
+    /// Sandbox: whether that credential's refresh token is dead.
+    CheckMeta,
+    /// Writing the token.
+    Put,
+    /// Clearing the unusable-refresh mark.
+    ClearMeta,
+}
+
+/// The task state of a login.
+#[derive(Debug)]
+pub(crate) struct LoginWork {
+    pub(crate) sid: String,
+    pub(crate) stage: LoginStage,
+}
+
+impl LoginWork {
+    pub(crate) fn new(sid: &str, stage: LoginStage) -> LoginWork {
+        LoginWork {
+            sid: sid.to_owned(),
+            stage,
+        }
+    }
+}
+
+/// Where a `refresh_token` request is before it joins a job.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CheckStage {
+    /// Reading the stored token.
+    Read,
+    /// Reading the key's metadata; carries the token read.
+    Meta(Token),
+    /// Re-reading the token fresh during the cooldown (see `cooldown`).
+    Reread,
+}
+
+/// A `refresh_token` request's checks.
+#[derive(Debug)]
+pub(crate) struct RefreshCheck {
+    pub(crate) key: Key,
+    pub(crate) stage: CheckStage,
+}
+
+/// Where a refresh job is while it holds its key's locks.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum JobStage {
+    /// Reading the token fresh.
+    ReadFresh,
+    /// Reading the key's metadata.
+    Meta,
+    /// Waiting for the provider's OIDC discovery.
+    Discovering,
+    /// The provider call is in flight.
+    Calling,
+    /// Waiting for the retry timer.
+    Backoff,
+    /// The provider refused the refresh token: re-reading once, in case a
+    /// sibling rotated it. Carries the refusal.
+    Reread(Failure),
+    /// Writing the merged token.
+    Writing(Token),
+    /// Marking the refresh token unusable; carries the failure to answer.
+    MarkUnusable(Failure),
+}
+
+/// One refresh of one key.
+#[derive(Debug)]
+pub(crate) struct RefreshJob {
+    pub(crate) write: LockedWrite<JobStage>,
+    /// Digest of the access token the caller saw (to detect a refresh by
+    /// someone else).
+    pub(crate) seen: Option<[u8; 32]>,
+    /// The token being refreshed, once read.
+    pub(crate) current: Option<Token>,
+    pub(crate) attempts: u8,
+    /// Whether the token was re-read after a refusal already.
+    pub(crate) reread: bool,
+    pub(crate) renewal: bool,
+    pub(crate) logout: bool,
+}
+
+impl RefreshJob {
+    /// The key refreshed.
+    pub(crate) fn key(&self) -> &Key {
+        self.write.key()
+    }
+
+    /// The stage, while the job holds its locks.
+    pub(crate) fn stage(&self) -> Option<&JobStage> {
+        self.write.stage()
+    }
 }

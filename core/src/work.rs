@@ -9,17 +9,19 @@
 use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditEvent, Level};
+use crate::audit::{AuditEvent, ConnId, Level};
 use crate::connection::Phase;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::handshake::Accepted;
 use crate::keylock::Key;
+use crate::op::Op;
 use crate::ops::{filter_allowed, names};
 use crate::reply::{Answer, Data, Failure};
-use crate::task::{TaskId, Work, WriteStep};
+use crate::task::{RemoveStage, ReplyTo, SaveStage, TaskId, Work};
 use crate::token::Token;
+use crate::write_lock::LockedWrite;
 
 /// What a task does after an effect result.
 enum Next {
@@ -30,23 +32,40 @@ enum Next {
 }
 
 impl<R: CryptoRng> Engine<R> {
+    /// Creates a task answering request `id` on `conn`.
+    pub(crate) fn attach_task(&mut self, conn: ConnId, id: String, op: Op, work: Work) -> TaskId {
+        let reply = ReplyTo {
+            conn,
+            id: id.clone(),
+        };
+        let task = self.tasks.spawn(op, Some(reply), work);
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.in_flight.insert(id, task);
+        }
+        task
+    }
+
+    /// Creates a background task (no reply).
+    pub(crate) fn background_task(&mut self, op: Op, work: Work) -> TaskId {
+        self.tasks.spawn(op, None, work)
+    }
+
     /// Issues the first effect of a new task.
     pub(crate) fn begin(&mut self, task: TaskId) {
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.get(task) else {
             return;
         };
-        if let Some(key) = t.work.write_key().cloned() {
-            if let Work::RemoveToken { key, .. } = &t.work {
-                let key = key.clone();
+        match &t.work {
+            Work::RemoveToken { write } => {
+                let key = write.key().clone();
                 self.refresh_logout(&key);
+                return self.write_queue(task);
             }
-            if self.locks.acquire(&key, task) {
-                self.lock_granted(task);
-            }
-            return;
+            Work::SaveToken { .. } => return self.write_queue(task),
+            _ => {}
         }
         if let Work::GetToken { key, .. } = &t.work
-            && let Some(token) = self.overrides.get(key).cloned()
+            && let Some(token) = self.keys.override_of(key).cloned()
         {
             return self.resume(task, EffectResult::Token(Some(token)));
         }
@@ -64,73 +83,33 @@ impl<R: CryptoRng> Engine<R> {
         self.emit_effect(task, effect);
     }
 
-    /// A task now holds its key's engine write lock. Saves and removes
-    /// then take the key's cross-process store lock.
-    pub(crate) fn lock_granted(&mut self, task: TaskId) {
-        match self.tasks.get(&task).map(|t| &t.work) {
-            Some(Work::Login(_)) => return self.persist_locked(task),
-            Some(Work::Refresh(_)) => return self.refresh_locked(task),
+    /// A save or remove holds both of its key's locks: a save reads the
+    /// stored token fresh, a remove deletes it.
+    pub(crate) fn token_write_locked(&mut self, task: TaskId) {
+        match self.tasks.work_mut(task) {
+            Some(Work::SaveToken { write, .. }) => {
+                write.set_stage(SaveStage::Reading);
+                let key = write.key().clone();
+                self.write_read_fresh(task, &key);
+            }
+            Some(Work::RemoveToken { write }) => {
+                write.set_stage(RemoveStage::Deleting);
+                let effect = Effect::token_delete(write.key());
+                self.emit_effect(task, effect);
+            }
             _ => {}
         }
-        let wait_ms = self.config.limits.lock_wait_ms;
-        let Some(t) = self.tasks.get_mut(&task) else {
-            return;
-        };
-        t.holds = t.work.write_key().cloned();
-        let (Work::SaveToken { key, step, .. } | Work::RemoveToken { key, step }) = &mut t.work
-        else {
-            return;
-        };
-        *step = WriteStep::Locking;
-        let effect = Effect::lock_acquire(key, wait_ms);
-        self.emit_effect(task, effect);
-    }
-
-    /// A save or remove got (or did not get) the store lock.
-    fn store_locked(&mut self, task: TaskId, result: EffectResult) {
-        let acquired = match result {
-            EffectResult::Locked(true) => true,
-            EffectResult::Locked(false) => {
-                let f = Failure::new(ErrorCode::InternalError, "Credential store is busy");
-                return self.finish(task, Err(f));
-            }
-            _ => return self.finish(task, Err(Failure::internal())),
-        };
-        debug_assert!(acquired);
-        let Some(t) = self.tasks.get_mut(&task) else {
-            return;
-        };
-        let effect = match &mut t.work {
-            Work::SaveToken { key, step, .. } => {
-                *step = WriteStep::Reading;
-                if let Some(existing) = self.overrides.get(key).cloned() {
-                    return self.resume(task, EffectResult::Token(Some(existing)));
-                }
-                Effect::token_get(key, true)
-            }
-            Work::RemoveToken { key, step } => {
-                *step = WriteStep::Writing;
-                Effect::token_delete(key)
-            }
-            _ => return,
-        };
-        self.emit_effect(task, effect);
     }
 
     /// Continues a task with the result of its effect.
     pub(crate) fn resume(&mut self, task: TaskId, result: EffectResult) {
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.get(task) else {
             return;
         };
+        if self.write_locking(task) {
+            return self.write_store_locked(task, result);
+        }
         match &t.work {
-            Work::SaveToken {
-                step: WriteStep::Locking,
-                ..
-            }
-            | Work::RemoveToken {
-                step: WriteStep::Locking,
-                ..
-            } => return self.store_locked(task, result),
             Work::Login(_) => return self.resume_login(task, result),
             Work::RefreshCheck(_) => return self.check_step(task, result),
             Work::Refresh(_) => return self.refresh_step(task, result),
@@ -149,15 +128,11 @@ impl<R: CryptoRng> Engine<R> {
             }
             _ => {}
         }
-        let Some(t) = self.tasks.get_mut(&task) else {
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
         let next = match &mut t.work {
-            Work::SaveToken {
-                key,
-                incoming,
-                step,
-            } => save_step(key, incoming, step, result),
+            Work::SaveToken { write, incoming } => save_step(write, incoming, result),
             Work::BucketStats { key } if matches!(result, EffectResult::Token(Some(_))) => {
                 Next::Answer(Ok(self.stats.report(key).into()))
             }
@@ -173,7 +148,7 @@ impl<R: CryptoRng> Engine<R> {
                 {
                     let key = Key::new(provider.clone(), bucket.clone());
                     let token = token.clone();
-                    self.overrides.remove(&key);
+                    self.keys.clear_override(&key);
                     self.schedule_renewal(&key, &token);
                 }
                 self.emit_effect(task, effect);
@@ -184,26 +159,25 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Answers a task (if still attached), releases its key and forgets it.
     pub(crate) fn finish(&mut self, task: TaskId, answer: Answer) {
-        let Some(t) = self.tasks.remove(&task) else {
+        let Some(mut t) = self.tasks.remove(task) else {
             return;
         };
-        if let Work::SaveToken { key, step, .. } | Work::RemoveToken { key, step } = &t.work
-            && matches!(step, WriteStep::Reading | WriteStep::Writing)
-        {
-            self.emit_detached(Effect::lock_release(key));
-        }
-        if let Some(key) = &t.holds {
-            self.release_key(key, task);
+        // A save's or remove's locks (a login or refresh gave its own back
+        // before finishing, so this is a no-op for them).
+        if let Some(write) = t.work.write_lock_mut() {
+            let key = write.key().clone();
+            let was = write.release();
+            self.release_locks(task, &key, was);
         }
         if let (Work::GetToken { key, .. }, Ok(_)) = (&t.work, &answer) {
             self.stats.record(key, self.now.unix_ms);
         }
         let Some(reply) = t.reply else { return };
-        let Some(c) = self.conns.get_mut(&reply.conn) else {
+        let Some(c) = self.conns.get_mut(reply.conn) else {
             return;
         };
         c.in_flight.remove(&reply.id);
-        let Phase::Open(Accepted { version, .. }) = c.phase else {
+        let Phase::Open(Accepted { version, .. }) = c.phase() else {
             return;
         };
         let mut event = AuditEvent::new(Level::Info, Some(reply.conn), t.op.into(), "ok");
@@ -215,12 +189,12 @@ impl<R: CryptoRng> Engine<R> {
     /// Detaches a task from its request: reads are dropped, writes continue
     /// without a reply.
     pub(crate) fn detach(&mut self, task: TaskId) {
-        let Some(t) = self.tasks.get_mut(&task) else {
+        let Some(t) = self.tasks.get_mut(task) else {
             return;
         };
         t.reply = None;
         if !t.work.has_side_effects() {
-            self.tasks.remove(&task);
+            self.tasks.remove(task);
         }
     }
 }
@@ -231,12 +205,12 @@ fn describe(work: Work, event: &mut AuditEvent) {
     let key = match work {
         Work::GetToken { key, .. }
         | Work::BucketStats { key }
-        | Work::SaveToken { key, .. }
-        | Work::RemoveToken { key, .. }
-        | Work::RefreshCheck(crate::refresh::RefreshCheck { key, .. })
+        | Work::RefreshCheck(crate::task::RefreshCheck { key, .. })
         | Work::AwaitRefresh { key }
         | Work::WriteBack { key } => key,
-        Work::Refresh(job) => job.key,
+        Work::SaveToken { write, .. } => write.into_key(),
+        Work::RemoveToken { write } => write.into_key(),
+        Work::Refresh(job) => job.write.into_key(),
         Work::ListBuckets { provider } => {
             event.provider = Some(provider);
             return;
@@ -251,15 +225,15 @@ fn describe(work: Work, event: &mut AuditEvent) {
     event.bucket = Some(key.bucket);
 }
 
-/// `save_token` under its key: fresh read, merge, write.
-fn save_step(key: &Key, incoming: &Token, step: &mut WriteStep, result: EffectResult) -> Next {
-    match (*step, result) {
-        (WriteStep::Reading, EffectResult::Token(existing)) => {
-            *step = WriteStep::Writing;
+/// `save_token` under its key's locks: fresh read, merge, write.
+fn save_step(write: &mut LockedWrite<SaveStage>, incoming: &Token, result: EffectResult) -> Next {
+    match (write.stage().copied(), result) {
+        (Some(SaveStage::Reading), EffectResult::Token(existing)) => {
+            write.set_stage(SaveStage::Writing);
             let merged = existing.unwrap_or_default().merged_with(incoming);
-            Next::Effect(Effect::token_put(key, merged))
+            Next::Effect(Effect::token_put(write.key(), merged))
         }
-        (WriteStep::Writing, EffectResult::Done) => Next::Answer(Ok(Map::new().into())),
+        (Some(SaveStage::Writing), EffectResult::Done) => Next::Answer(Ok(Map::new().into())),
         _ => Next::Answer(Err(Failure::internal())),
     }
 }

@@ -16,7 +16,6 @@ use crate::provider::{Dialect, ProviderSpec};
 use crate::reply::{Data, Failure};
 use crate::session::Outcome;
 use crate::task::TaskId;
-use crate::timer::TimerKey;
 
 use super::errors::failure;
 
@@ -44,11 +43,7 @@ impl<R: CryptoRng> Engine<R> {
         if let Some(s) = self.sessions.get_mut(&sid) {
             let _ = s.token_obtained();
         }
-        if let Some(w) = self.login_work(task) {
-            w.token = Some(token);
-            w.codex_verifier = None;
-        }
-        self.persist_start(task, &sid);
+        self.persist_start(task, &sid, token);
     }
 
     /// The flow failed for good: answer the request, or keep the failure
@@ -65,7 +60,7 @@ impl<R: CryptoRng> Engine<R> {
     /// Finishes a session with an outcome: a request waiting for it gets it
     /// directly (the session ends); otherwise it waits for `oauth_poll`.
     pub(super) fn complete_session(&mut self, task: TaskId, sid: &str, outcome: Outcome) {
-        let attached = self.tasks.get(&task).is_some_and(|t| t.reply.is_some());
+        let attached = self.tasks.get(task).is_some_and(|t| t.reply.is_some());
         if attached {
             self.drop_session(sid);
             let answer = match outcome {
@@ -76,8 +71,7 @@ impl<R: CryptoRng> Engine<R> {
         }
         if let Some(s) = self.sessions.get_mut(sid) {
             let _ = s.complete(outcome);
-            let serial = s.serial;
-            self.timers.cancel(TimerKey::DevicePoll(serial));
+            self.sessions.disarm_poll(sid, &mut self.timers);
         }
         self.release_listener_if_unused(sid);
         self.finish(task, Ok(Map::new().into()));

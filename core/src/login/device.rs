@@ -16,10 +16,9 @@ use crate::provider::{BodyEncoding, Dialect, ProviderSpec};
 use crate::secret::Secret;
 use crate::session::{Outcome, Step};
 use crate::task::{TaskId, Work};
-use crate::timer::TimerKey;
 
 use super::errors::{failure, not_found, provider_failure, verdict_of};
-use super::{LoginStage, LoginWork};
+use crate::task::{LoginStage, LoginWork};
 
 impl<R: CryptoRng> Engine<R> {
     pub(super) fn device_authorization(&self, spec: &ProviderSpec, sid: &str) -> http::HttpRequest {
@@ -88,17 +87,14 @@ impl<R: CryptoRng> Engine<R> {
         session.user_code = Some(grant.user_code.clone());
         session.expires = session.expires.min(device_expiry);
         let _ = session.start_polling(interval_ms);
-        let serial = session.serial;
-        self.timers.set(
-            TimerKey::DevicePoll(serial),
-            self.now.mono.plus(interval_ms),
-        );
+        let at = self.now.mono.plus(interval_ms);
+        self.sessions.arm_poll(&sid, at, &mut self.timers);
         self.initiate_reply(task, &spec, Some(&grant));
     }
 
     /// A device poll is due.
     pub(crate) fn device_poll_due(&mut self, serial: u64) {
-        let Some(sid) = self.session_serials.get(&serial).cloned() else {
+        let Some(sid) = self.sessions.by_serial(serial).map(str::to_owned) else {
             return;
         };
         let Some(session) = self.sessions.get(&sid) else {
@@ -244,10 +240,7 @@ impl<R: CryptoRng> Engine<R> {
                     ],
                     self.config.limits.provider_call_ms,
                 );
-                if let Some(w) = self.login_work(task) {
-                    w.stage = LoginStage::CodexExchanging;
-                    w.codex_verifier = Some(verifier);
-                }
+                self.set_stage(task, LoginStage::CodexExchanging);
                 self.emit_effect(task, Effect::Http(request));
             }
             Verdict::Rejected {
@@ -280,10 +273,9 @@ impl<R: CryptoRng> Engine<R> {
     ) {
         if let Some(s) = self.sessions.get_mut(sid) {
             let _ = s.set_polling(interval_ms, slowed, errors);
-            let serial = s.serial;
-            self.timers
-                .set(TimerKey::DevicePoll(serial), self.now.mono.plus(wait_ms));
+            let at = self.now.mono.plus(wait_ms);
+            self.sessions.arm_poll(sid, at, &mut self.timers);
         }
-        self.tasks.remove(&task);
+        self.tasks.remove(task);
     }
 }

@@ -19,7 +19,7 @@ use crate::session::{Owner, Step, TransitionError};
 use crate::task::{TaskId, Work};
 
 use super::errors::{failure, flow_mismatch, mismatch, not_found, provider_failure, verdict_of};
-use super::{LoginStage, LoginWork};
+use crate::task::{LoginStage, LoginWork};
 
 impl<R: CryptoRng> Engine<R> {
     /// `oauth_exchange {session_id, code}` (validated).

@@ -22,13 +22,13 @@ use crate::session::{Owner, Session, Step};
 use crate::task::{TaskId, Work};
 
 use super::errors::{failure, not_found};
-use super::{LoginStage, LoginWork};
+use crate::task::{LoginStage, LoginWork};
 
 impl<R: CryptoRng> Engine<R> {
     /// The provider's spec with discovered endpoints filled in.
     pub(crate) fn spec(&self, provider: &str) -> Option<ProviderSpec> {
         let mut spec = self.config.providers.get(provider)?.clone();
-        if let Some(d) = self.discovered.get(provider) {
+        if let Some(d) = self.endpoints.discovered(provider) {
             spec.authorize_url = spec.authorize_url.or_else(|| d.authorize.clone());
             spec.token_url = spec.token_url.or_else(|| d.token.clone());
             spec.device_url = spec.device_url.or_else(|| d.device.clone());
@@ -41,7 +41,7 @@ impl<R: CryptoRng> Engine<R> {
         self.config
             .providers
             .get(provider)
-            .is_some_and(|s| s.issuer.is_some() && !self.discovered.contains_key(provider))
+            .is_some_and(|s| s.issuer.is_some() && self.endpoints.discovered(provider).is_none())
     }
 
     /// `oauth_initiate {provider, bucket?}` (validated).
@@ -75,25 +75,25 @@ impl<R: CryptoRng> Engine<R> {
             FlowType::DeviceCode => Step::Authorizing,
         };
         let expires = self.now.mono.plus(limits.session_ttl_ms);
-        self.next_serial += 1;
-        let serial = self.next_serial;
         let sid = pkce::session_id(&mut self.rng);
         let verifier = pkce::verifier(&mut self.rng);
         let state = pkce::state(&mut self.rng);
-        let mut session = Session::new(
-            serial,
-            key.provider,
-            key.bucket,
-            spec.flow,
-            (owner, conn),
-            expires,
-            verifier,
-            state,
-            first,
-        );
-        session.port = spec.loopback_redirect().map(|(port, _)| port);
-        self.session_serials.insert(serial, sid.clone());
-        self.sessions.insert(sid.clone(), session);
+        let port = spec.loopback_redirect().map(|(port, _)| port);
+        self.sessions.insert(sid.clone(), |serial| {
+            let mut session = Session::new(
+                serial,
+                key.provider,
+                key.bucket,
+                spec.flow,
+                (owner, conn),
+                expires,
+                verifier,
+                state,
+                first,
+            );
+            session.port = port;
+            session
+        });
         self.arm_sweep();
         let task = self.attach_task(
             conn,

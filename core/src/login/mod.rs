@@ -11,21 +11,17 @@
 //! By stage of a flow: `initiate.rs` (the start), `device.rs` (device
 //! authorization and polling), `exchange.rs` (code flows), `complete.rs`
 //! (the token and its outcome), `sessions.rs` (poll, cancel, expiry);
-//! `errors.rs` holds the failures they answer with. This file holds the
-//! task state and routes effect results to the step waiting for them.
+//! `errors.rs` holds the failures they answer with. This file routes
+//! effect results to the step waiting for them; the task state
+//! ([`LoginWork`]) is data in `task`.
 
 use rand_core::CryptoRng;
 
-use crate::audit::ConnId;
 use crate::effect::EffectResult;
 use crate::engine::Engine;
 use crate::error::ErrorCode;
 use crate::http::Verdict;
-use crate::keylock::Key;
-use crate::op::Op;
-use crate::secret::Secret;
-use crate::task::{ReplyTo, Task, TaskId, Work};
-use crate::token::Token;
+use crate::task::{LoginStage, LoginWork, TaskId, Work};
 
 mod complete;
 mod device;
@@ -42,108 +38,9 @@ pub(crate) use sessions::owner_of;
 
 use errors::verdict_of;
 
-/// Where a session's task is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LoginStage {
-    /// Waiting for the provider's OIDC discovery.
-    Discovering,
-    /// Device authorization request in flight.
-    DeviceAuthorizing,
-    /// Waiting for the loopback listener to start.
-    StartingListener,
-    /// Code exchange in flight.
-    Exchanging,
-    /// Device token poll in flight.
-    Polling,
-    /// Codex device dialect: exchange of the code the poll returned.
-    CodexExchanging,
-    /// Storing: waiting for the key's engine write lock.
-    EngineLock,
-    /// Storing: waiting for the key's cross-process lock.
-    StoreLock,
-    /// Storing (sandbox): reading the credential a login would replace.
-    CheckExisting,
-    /// Storing (sandbox): whether that credential's refresh token is dead.
-    CheckMeta,
-    /// Storing: writing the token.
-    Put,
-    /// Storing: clearing the unusable-refresh mark.
-    ClearMeta,
-}
-
-/// The task state of a login.
-#[derive(Debug)]
-pub(crate) struct LoginWork {
-    pub(crate) sid: String,
-    pub(crate) stage: LoginStage,
-    /// The token obtained, while it is being stored.
-    pub(crate) token: Option<Token>,
-    /// Codex device dialect: the server-generated verifier.
-    pub(crate) codex_verifier: Option<Secret>,
-    /// The key being written, once storing starts.
-    pub(crate) key: Option<Key>,
-    /// Whether the login came from a sandbox connection.
-    pub(crate) sandbox: bool,
-}
-
-impl LoginWork {
-    pub(crate) fn new(sid: &str, stage: LoginStage) -> LoginWork {
-        LoginWork {
-            sid: sid.to_owned(),
-            stage,
-            token: None,
-            codex_verifier: None,
-            key: None,
-            sandbox: false,
-        }
-    }
-}
-
-/// A loopback listener shared by the browser sessions on its port.
-#[derive(Debug)]
-pub(crate) struct LoopbackListener {
-    pub(crate) path: String,
-    pub(crate) running: bool,
-    pub(crate) waiters: Vec<TaskId>,
-}
-
 impl<R: CryptoRng> Engine<R> {
-    /// Creates a task answering request `id` on `conn`.
-    pub(crate) fn attach_task(&mut self, conn: ConnId, id: String, op: Op, work: Work) -> TaskId {
-        let task = self.new_task_id();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.in_flight.insert(id.clone(), task);
-        }
-        let reply = Some(ReplyTo { conn, id });
-        self.tasks.insert(
-            task,
-            Task {
-                op,
-                reply,
-                work,
-                holds: None,
-            },
-        );
-        task
-    }
-
-    /// Creates a background task (no reply).
-    pub(crate) fn background_task(&mut self, op: Op, work: Work) -> TaskId {
-        let task = self.new_task_id();
-        self.tasks.insert(
-            task,
-            Task {
-                op,
-                reply: None,
-                work,
-                holds: None,
-            },
-        );
-        task
-    }
-
     fn login_work(&mut self, task: TaskId) -> Option<&mut LoginWork> {
-        match self.tasks.get_mut(&task).map(|t| &mut t.work) {
+        match self.tasks.work_mut(task) {
             Some(Work::Login(w)) => Some(w),
             _ => None,
         }
@@ -156,7 +53,7 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn task_sid(&self, task: TaskId) -> Option<String> {
-        match self.tasks.get(&task).map(|t| &t.work) {
+        match self.tasks.work(task) {
             Some(Work::Login(w)) => Some(w.sid.clone()),
             _ => None,
         }
@@ -164,8 +61,15 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Routes an effect result to the login step waiting for it.
     pub(crate) fn resume_login(&mut self, task: TaskId, result: EffectResult) {
-        let Some(stage) = self.login_work(task).map(|w| w.stage) else {
+        let Some(stage) = self.login_work(task).map(|w| match &w.stage {
+            // Storing carries the token: route it without a copy.
+            LoginStage::Storing(_) => None,
+            stage => Some(stage.clone()),
+        }) else {
             return;
+        };
+        let Some(stage) = stage else {
+            return self.persist_step(task, result);
         };
         match stage {
             LoginStage::Discovering => self.discovery_result(task, &result),
@@ -189,7 +93,7 @@ impl<R: CryptoRng> Engine<R> {
                     }
                 }
             }
-            _ => self.persist_step(task, result),
+            LoginStage::Storing(_) => self.persist_step(task, result),
         }
     }
 }

@@ -57,9 +57,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// `oauth_cancel {session_id}`: ends the session; `{}` in every case.
     pub(crate) fn oauth_cancel(&mut self, owner: Owner, sid: &str) -> Answer {
-        if self.expired.get(sid).is_some_and(|(o, _)| *o == owner) {
-            self.expired.remove(sid);
-        }
+        self.sessions.take_tombstone(sid, owner);
         if self.sessions.get(sid).is_some_and(|s| s.owner == owner) {
             self.drop_session(sid);
         }
@@ -70,8 +68,7 @@ impl<R: CryptoRng> Engine<R> {
     /// reported once and removed.
     pub(super) fn lookup(&mut self, sid: &str, owner: Owner) -> Result<(), Failure> {
         let expired = || failure(ErrorCode::SessionExpired, "OAuth session expired");
-        if self.expired.get(sid).is_some_and(|(o, _)| *o == owner) {
-            self.expired.remove(sid);
+        if self.sessions.take_tombstone(sid, owner) {
             return Err(expired());
         }
         match self.sessions.get(sid) {
@@ -88,12 +85,9 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Removes a session with its timers and its use of a listener.
     pub(crate) fn drop_session(&mut self, sid: &str) {
-        let Some(mut s) = self.sessions.remove(sid) else {
+        let Some(s) = self.sessions.remove(sid, &mut self.timers) else {
             return;
         };
-        s.end();
-        self.session_serials.remove(&s.serial);
-        self.timers.cancel(TimerKey::DevicePoll(s.serial));
         if let Some(port) = s.port {
             self.stop_listener_if_idle(port);
         }
@@ -112,30 +106,17 @@ impl<R: CryptoRng> Engine<R> {
     pub(crate) fn sweep_sessions(&mut self) {
         let now = self.now.mono;
         let ttl = self.config.limits.session_ttl_ms;
-        self.expired.retain(|_, (_, at)| now.since(*at) < ttl);
-        let dead: Vec<String> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.expires <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for sid in dead {
-            if let Some(owner) = self.sessions.get(&sid).map(|s| s.owner) {
-                self.expired.insert(sid.clone(), (owner, now));
-            }
-            self.drop_session(&sid);
-        }
-        while self.expired.len() > self.config.limits.sessions_total {
-            let oldest = self
-                .expired
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                self.expired.remove(&k);
+        self.sessions.drop_old_tombstones(now, ttl);
+        for sid in self.sessions.expired_at(now) {
+            if let Some(s) = self.sessions.expire(&sid, now, &mut self.timers)
+                && let Some(port) = s.port
+            {
+                self.stop_listener_if_idle(port);
             }
         }
-        if !self.sessions.is_empty() || !self.expired.is_empty() {
+        self.sessions
+            .cap_tombstones(self.config.limits.sessions_total);
+        if self.sessions.needs_sweep() {
             self.timers.set(
                 TimerKey::SessionSweep,
                 now.plus(self.config.limits.session_sweep_ms),
