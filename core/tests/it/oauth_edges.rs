@@ -344,3 +344,46 @@ fn login_complete_is_info_for_the_host_and_warn_for_a_sandbox_or_a_failure() {
     pkce_login(&mut h, json!({"access_token":"AT","refresh_token":"RT"}));
     assert_eq!(level(&h), Some((Level::Warn, "FORBIDDEN")));
 }
+
+/// A provider without an issuer must name every endpoint its flow uses:
+/// each missing one is refused with its own message (and displays as it).
+#[test]
+fn a_spec_without_issuer_needs_the_endpoints_of_its_flow() {
+    use credproxy_core::provider::{self, ProviderSpec};
+    type Case = (ProviderSpec, fn(&mut ProviderSpec), &'static str);
+    let cases: [Case; 3] = [
+        (
+            provider::codex_device(provider::codex()),
+            |s| s.device_token_url = None,
+            "provider codex: device_token_url is required for the codex device dialect",
+        ),
+        (
+            provider::qwen(),
+            |s| s.device_url = None,
+            "provider qwen: device_url (or issuer) is required",
+        ),
+        (
+            provider::codex(),
+            |s| s.authorize_url = None,
+            "provider codex: authorize_url (or issuer) is required",
+        ),
+    ];
+    for (whole, drop, message) in cases {
+        assert_eq!(
+            whole.validate(),
+            Ok(()),
+            "{message}: the whole spec is valid"
+        );
+        let mut spec = whole.clone();
+        drop(&mut spec);
+        let err = spec.validate().expect_err(message);
+        assert_eq!(err.to_string(), message);
+        let mut with_issuer = spec;
+        with_issuer.issuer = Some("https://auth.example".into());
+        assert_eq!(
+            with_issuer.validate(),
+            Ok(()),
+            "{message}: an issuer discovers it"
+        );
+    }
+}
