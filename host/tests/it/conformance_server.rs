@@ -53,8 +53,8 @@ fn c003_printed_path_is_the_exported_socket_path() {
     let env = Env::new();
     let srv = env.serve(&[]);
     let s = srv.socket.display().to_string();
-    assert_eq!(srv.exports.get("CREDPROXY_SOCKET"), Some(&s));
-    assert_eq!(srv.exports.get("LLXPRT_CREDENTIAL_SOCKET"), Some(&s));
+    assert_eq!(srv.exports().get("CREDPROXY_SOCKET"), Some(&s));
+    assert_eq!(srv.exports().get("LLXPRT_CREDENTIAL_SOCKET"), Some(&s));
 }
 
 #[test]

@@ -337,21 +337,10 @@ fn runnable_sh_blocks_run() {
     for b in &blocks {
         let s = Scratch::new();
         let mut sh = Command::new("sh");
-        sh.arg("-ec")
-            .arg(&b.text)
-            .current_dir(s.root())
+        s.isolate(sh.arg("-ec").arg(&b.text).current_dir(s.root()))
             .env("PATH", &path)
-            .env("XDG_RUNTIME_DIR", s.runtime())
-            .env("TMPDIR", s.root())
-            .env("XDG_DATA_HOME", s.root().join("data"))
-            .env("XDG_CONFIG_HOME", s.root().join("config"))
-            .env("HOME", s.root())
             // A stand-in for the user's own key in the README's example.
-            .env("OPENAI_API_KEY", "sk-docs-example-0000")
-            .env_remove("CREDPROXY_SOCKET")
-            .env_remove("CREDPROXY_CAPABILITY_FILE")
-            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-            .env_remove("LLXPRT_CAPABILITY_FD");
+            .env("OPENAI_API_KEY", "sk-docs-example-0000");
         piped(&mut sh);
         let ran = run_bounded(sh, b"");
         assert_eq!(

@@ -343,22 +343,6 @@ fn command_starting_with_a_dash_needs_double_dash() {
     assert!(ran.stderr.contains("cannot run -la"), "{}", ran.stderr);
 }
 
-/// Environment of [`Scratch::command`] on `cmd`.
-fn scratch_env(s: &Scratch, cmd: &mut Command) {
-    cmd.env("XDG_RUNTIME_DIR", s.runtime())
-        .env("TMPDIR", s.root())
-        .env("XDG_DATA_HOME", s.root().join("data"))
-        .env("XDG_CONFIG_HOME", s.root().join("config"))
-        .env("HOME", s.root())
-        .env_remove("CREDPROXY_SOCKET")
-        .env_remove("CREDPROXY_CAPABILITY_FILE")
-        .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-        .env_remove("LLXPRT_CAPABILITY_FD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-}
-
 #[test]
 fn our_own_fd3_is_moved_not_lost() {
     let s = Scratch::new();
@@ -371,7 +355,7 @@ fn our_own_fd3_is_moved_not_lost() {
         .arg(&passed)
         .args([BIN, "exec", "--store", &store, "--audit-log", "off"])
         .args(["sh", "-c", child]);
-    scratch_env(&s, &mut cmd);
+    s.isolate(&mut cmd);
     let ran = support::run_bounded(cmd, b"");
     ran.assert_code(0);
     let lines: Vec<&str> = ran.stdout.lines().collect();
@@ -456,7 +440,7 @@ fn readme_container_entrypoint_gives_llxprt_the_token_on_fd3() {
     let container = |cmd: &[&str]| {
         let mut c = Command::new("sh");
         c.arg(&entrypoint).args(cmd);
-        scratch_env(&s, &mut c);
+        s.isolate(&mut c);
         for (k, v) in proxy.exports() {
             c.env(k, v);
         }
@@ -486,7 +470,7 @@ fn readme_container_entrypoint_gives_llxprt_the_token_on_fd3() {
     // Without the entrypoint (no file, no fd) the same call is refused.
     let mut bare = Command::new("sh");
     bare.args(["-c", call, BIN]);
-    scratch_env(&s, &mut bare);
+    s.isolate(&mut bare);
     for (k, v) in proxy.exports() {
         if k != "CREDPROXY_CAPABILITY_FILE" {
             bare.env(k, v);

@@ -24,20 +24,18 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use credproxy_unix::client::proto;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
 /// The binary under test.
@@ -154,24 +152,14 @@ impl Env {
         self.root().join("store").display().to_string()
     }
 
-    /// The binary with `args` and an environment pointing into this tree.
+    /// The binary with `args` and an environment pointing into this tree
+    /// (`XDG_CONFIG_HOME` apart from `config.toml`, which only `--config`
+    /// names).
     #[must_use]
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("XDG_RUNTIME_DIR", self.runtime())
-            .env("TMPDIR", self.root())
-            .env("XDG_DATA_HOME", self.root().join("data"))
-            .env("XDG_CONFIG_HOME", self.root().join("xdgconfig"))
-            .env("HOME", self.root())
-            .env_remove("CREDPROXY_SOCKET")
-            .env_remove("CREDPROXY_CAPABILITY_FILE")
-            .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
-            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-            .env_remove("LLXPRT_CAPABILITY_FD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
+        super::isolate(&mut cmd, self.root(), &self.root().join("xdgconfig"));
         cmd
     }
 
@@ -191,29 +179,14 @@ impl Env {
         let store = self.store();
         let mut cmd = self.command(&["key", "set", name, "--store", &store]);
         cmd.stdin(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn key set");
-        let mut w = child.stdin.take().expect("stdin");
-        let input = format!("{value}\n");
-        let writer = thread::spawn(move || {
-            let _ = w.write_all(input.as_bytes());
-        });
-        let out = collect(child.stdout.take().expect("stdout"));
-        let err = collect(child.stderr.take().expect("stderr"));
-        let st = wait_child(&mut child, WAIT, "key set");
-        let _ = writer.join();
-        let _ = out.join();
-        let err = err.join().unwrap_or_default();
-        assert!(
-            st.success(),
-            "key set {name}: {st:?}\n{}",
-            String::from_utf8_lossy(&err)
-        );
+        let ran = super::run_bounded(cmd, format!("{value}\n").as_bytes());
+        assert!(ran.status.success(), "key set {name}: {ran:?}");
     }
 
     /// An S-server: `serve` with its generated capability token.
     #[must_use]
     pub fn serve(&self, extra: &[&str]) -> Server {
-        Server::spawn(self.command_of(&self.proxy_args("serve", extra)), true)
+        Server::spawn_command(self.command_of(&self.proxy_args("serve", extra)), true)
     }
 
     /// An N-server: `serve --insecure-no-token`.
@@ -221,7 +194,7 @@ impl Env {
     pub fn serve_n(&self, extra: &[&str]) -> Server {
         let mut all = vec!["--insecure-no-token"];
         all.extend_from_slice(extra);
-        Server::spawn(self.command_of(&self.proxy_args("serve", &all)), false)
+        Server::spawn_command(self.command_of(&self.proxy_args("serve", &all)), false)
     }
 
     /// `serve` that is expected to fail before printing its start lines:
@@ -231,7 +204,7 @@ impl Env {
         let mut cmd = self.command_of(&self.proxy_args("serve", extra));
         cmd.stdout(Stdio::null());
         let mut child = cmd.spawn().expect("spawn serve");
-        let err = collect(child.stderr.take().expect("stderr"));
+        let err = super::collect(child.stderr.take().expect("stderr"));
         let st = wait_child(&mut child, WAIT, "failing serve");
         let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
         (st, err)
@@ -268,127 +241,39 @@ impl Env {
     }
 }
 
-/// Reads everything from `r` on a thread.
-fn collect<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Appends everything from `r` to a shared buffer on a thread.
-fn collect_shared<R: Read + Send + 'static>(mut r: R, into: Arc<Mutex<Vec<u8>>>) {
-    thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match r.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().expect("buffer").extend(&chunk[..n]),
-            }
-        }
-    });
-}
-
 /// Waits (polling) for `child` to exit; kills it and panics after `limit`.
-pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            return st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+pub use super::wait_bounded as wait_child;
+
+/// `credproxy stdio`: the suite's one stdio process (frames read by a
+/// thread, every wait bounded).
+pub use super::StdioProc;
+
+/// A running `credproxy serve` (the suite's one process launcher,
+/// [`super::Proxy`], which it derefs to), with connections of this
+/// suite's [`Conn`]; SIGKILLed and reaped on drop.
+pub struct Server {
+    proxy: super::Proxy,
 }
 
-/// A running `credproxy serve`; SIGKILLed and reaped on drop.
-pub struct Server {
-    child: Child,
-    /// First stdout line: the socket path.
-    pub socket: PathBuf,
-    /// The `KEY=VALUE` lines after it.
-    pub exports: BTreeMap<String, String>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    status: Option<ExitStatus>,
+impl std::ops::Deref for Server {
+    type Target = super::Proxy;
+    fn deref(&self) -> &super::Proxy {
+        &self.proxy
+    }
 }
 
 impl Server {
-    /// Spawns a prepared `serve` command (e.g. with an extra variable).
+    /// Spawns a prepared `serve` command (e.g. with an extra variable);
+    /// panics, with its stderr, when it exits before its start lines.
     #[must_use]
     pub fn spawn_command(cmd: Command, with_token: bool) -> Server {
-        Server::spawn(cmd, with_token)
-    }
-
-    fn spawn(mut cmd: Command, with_token: bool) -> Server {
-        let mut child = cmd.spawn().expect("spawn serve");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect_shared(child.stderr.take().expect("stderr"), stderr.clone());
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let want = if with_token { 4 } else { 3 };
-        let mut lines = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        while lines.len() < want {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => lines.push(l),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let err = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
-                    panic!("serve printed {lines:?} then {e:?}; stderr:\n{err}");
-                }
-            }
+        match super::Proxy::spawn(cmd, with_token) {
+            Ok(proxy) => Server { proxy },
+            Err(e) => panic!(
+                "serve did not start: exit {:?}; stdout {:?}; stderr:\n{}",
+                e.status, e.stdout, e.stderr
+            ),
         }
-        let socket = PathBuf::from(&lines[0]);
-        let exports = lines[1..]
-            .iter()
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect("KEY=VALUE");
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
-        Server {
-            child,
-            socket,
-            exports,
-            stderr,
-            status: None,
-        }
-    }
-
-    /// Process id.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The capability token file, when one was exported.
-    #[must_use]
-    pub fn token_file(&self) -> Option<PathBuf> {
-        self.exports
-            .get("CREDPROXY_CAPABILITY_FILE")
-            .map(PathBuf::from)
-    }
-
-    /// The capability token (panics on an N-server).
-    #[must_use]
-    pub fn token(&self) -> String {
-        let text =
-            fs::read_to_string(self.token_file().expect("a token file")).expect("read token");
-        text.trim_end_matches('\n').to_owned()
     }
 
     /// A new, unhandshaken connection.
@@ -428,105 +313,9 @@ impl Server {
         c
     }
 
-    /// Sends `sig`.
-    pub fn signal(&self, sig: Signal) {
-        let pid = i32::try_from(self.pid()).expect("pid");
-        kill(Pid::from_raw(pid), sig).expect("kill");
-    }
-
     /// SIGTERM, then a bounded wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
-        self.signal(Signal::SIGTERM);
-        let st = wait_child(&mut self.child, WAIT, "serve");
-        self.status = Some(st);
-        st
-    }
-
-    /// Everything on stderr so far (audit lines).
-    #[must_use]
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `credproxy stdio`; killed and reaped on drop.
-pub struct StdioProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    frames: Receiver<Option<Value>>,
-}
-
-impl StdioProc {
-    fn spawn(mut cmd: Command) -> StdioProc {
-        let mut child = cmd.spawn().expect("spawn stdio");
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout");
-        // stderr carries audit lines; drain it so the child never blocks.
-        let _ = collect(child.stderr.take().expect("stderr"));
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            loop {
-                let f = read_frame(&mut stdout, &mut buf);
-                let end = !matches!(f, Ok(Some(_)));
-                if tx.send(f.ok().flatten()).is_err() || end {
-                    return;
-                }
-            }
-        });
-        StdioProc {
-            child,
-            stdin,
-            frames: rx,
-        }
-    }
-
-    /// Writes one frame.
-    pub fn send(&mut self, v: &Value) {
-        let w = self.stdin.as_mut().expect("stdin open");
-        w.write_all(&encode(v)).expect("write stdin");
-        w.flush().expect("flush");
-    }
-
-    /// The next frame (`None` at EOF); panics after [`WAIT`].
-    pub fn recv(&mut self) -> Option<Value> {
-        self.frames.recv_timeout(WAIT).expect("a frame from stdio")
-    }
-
-    /// A host-class handshake (the client library's frame).
-    pub fn handshake(&mut self) {
-        self.send(&proto::handshake_request(None));
-        assert_eq!(
-            self.recv(),
-            Some(json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}}))
-        );
-    }
-
-    /// One request and its reply.
-    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&proto::request(2, id, op, &payload));
-        let r = self.recv().expect("a reply");
-        assert_eq!(r["id"], id, "{r}");
-        r
-    }
-}
-
-impl Drop for StdioProc {
-    fn drop(&mut self) {
-        self.stdin = None;
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        self.proxy.stop(Signal::SIGTERM)
     }
 }
 

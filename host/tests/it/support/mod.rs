@@ -185,20 +185,15 @@ impl Scratch {
     #[must_use]
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("XDG_RUNTIME_DIR", self.runtime())
-            .env("TMPDIR", self.root())
-            .env("XDG_DATA_HOME", self.root().join("data"))
-            .env("XDG_CONFIG_HOME", self.root().join("config"))
-            .env("HOME", self.root())
-            .env_remove("CREDPROXY_SOCKET")
-            .env_remove("CREDPROXY_CAPABILITY_FILE")
-            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-            .env_remove("LLXPRT_CAPABILITY_FD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
+        self.isolate(&mut cmd);
         cmd
+    }
+
+    /// [`isolate`]s `cmd` in this tree (`XDG_CONFIG_HOME` is `config/`):
+    /// for a wrapper (`sh`, a script) that runs the binary itself.
+    pub fn isolate<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        isolate(cmd, self.root(), &self.root().join("config"))
     }
 
     /// Runs the binary to completion with `stdin` as its input; bounded by
@@ -274,6 +269,26 @@ impl Scratch {
         cmd.stdin(Stdio::piped());
         StdioProc::spawn(cmd)
     }
+}
+
+/// Points `cmd`'s runtime, data, config and home directories into `root`
+/// (`root/run` is `XDG_RUNTIME_DIR`), strips what a client, an outer proxy
+/// or the user's shell might have set, and pipes stdout and stderr with
+/// stdin null: every test process sees only its own tree.
+pub fn isolate<'c>(cmd: &'c mut Command, root: &Path, config_home: &Path) -> &'c mut Command {
+    cmd.env("XDG_RUNTIME_DIR", root.join("run"))
+        .env("TMPDIR", root)
+        .env("XDG_DATA_HOME", root.join("data"))
+        .env("XDG_CONFIG_HOME", config_home)
+        .env("HOME", root)
+        .env_remove("CREDPROXY_SOCKET")
+        .env_remove("CREDPROXY_CAPABILITY_FILE")
+        .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
+        .env_remove("LLXPRT_CREDENTIAL_SOCKET")
+        .env_remove("LLXPRT_CAPABILITY_FD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
 }
 
 /// The outcome of a finished process.
