@@ -32,7 +32,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use credproxy_unix::client::proto;
 use nix::sys::signal::Signal;
@@ -50,20 +50,7 @@ pub const POLL: Duration = Duration::from_secs(5);
 /// A far future expiry (2100-01-01) for tokens that must stay valid.
 pub const FAR: u64 = 4_102_444_800;
 
-/// Polls `cond` every 10 ms until it holds; panics after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use super::wait_for;
 
 /// A value unique in this test run (for nonces, ids, names).
 pub fn nonce(prefix: &str) -> String {

@@ -55,19 +55,35 @@ pub const POLL_LIMIT: Duration = Duration::from_secs(5);
 /// Largest frame the test client accepts.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// Polls `cond` every 10 ms until it holds; panics after [`POLL_LIMIT`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if cond() {
-            return;
-        }
+/// Polls `cond` every 5 ms until it holds; panics after `limit`. The one
+/// wait of the suite: nothing sleeps for a timer instead.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
         assert!(
             Instant::now() < deadline,
-            "timed out after {POLL_LIMIT:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}"
         );
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// [`wait_for`] up to [`POLL_LIMIT`].
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_for(what, POLL_LIMIT, cond);
+}
+
+/// The entries of `dir` whose file names satisfy `keep` (temp files,
+/// kept corrupt files, token files), in directory order.
+pub fn files_where(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).expect("list the directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(&keep) {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Whether anything (even a dangling symlink) is at `path`.
@@ -401,22 +417,19 @@ impl Proxy {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_thread =
             collect_shared(child.stderr.take().expect("stderr piped"), stderr.clone());
+        let deadline = Instant::now() + TIMEOUT;
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
+        // Forwards stdout's lines until EOF, a read error or no receiver.
         thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            let _ = lines.try_for_each(|l| tx.send(l));
         });
+        // The socket path, then two variables (three with a token).
         let want = if with_token { 4 } else { 3 };
-        let deadline = Instant::now() + TIMEOUT;
-        let mut got = Vec::new();
+        let mut got = Vec::with_capacity(want);
         while got.len() < want {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => got.push(line),
                 Err(RecvTimeoutError::Disconnected) => {
                     // stdout closed: the process is ending.

@@ -68,20 +68,7 @@ pub const CANARY_ACCESS: &str = "at-canary-7d41";
 /// The canary's refresh token (never sent to a client, never logged).
 pub const CANARY_REFRESH: &str = "rt-canary-NEVER-LEAVES-91c2";
 
-/// Polls `cond` every 5 ms until it holds; panics after `limit`.
-pub fn poll(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
+pub use super::wait_for as poll;
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (bounded
 /// by the hard limit); children inherit it. Returns the soft limit now in
