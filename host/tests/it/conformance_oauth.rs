@@ -16,19 +16,9 @@ use serde_json::{Value, json};
 
 use crate::support::conformance::{
     self, Conn, Env, Gate, Server, Stub, b64url, device_stub, device_token, err_reply, free_port,
-    http_get, keys, login, login_ok, oauth_err, ok_json, path, pct, poll_until_done,
+    http_get, keys, login, login_ok, n_server, oauth_err, ok_json, path, pct, poll_until_done,
     providers_toml, sha256, std_stub, std_token, url_query, wait_for,
 };
-
-/// An N-server on `stub` with extra `[limits]` lines.
-fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
-    let env = Env::with_config(&format!(
-        "[limits]\n{limits}\n\n{}",
-        providers_toml(stub, None)
-    ));
-    let srv = env.serve_n(&[]);
-    (env, srv)
-}
 
 /// The fast device polling used by the poll tests.
 const FAST_POLL: &str = "device_poll_ms = 30";

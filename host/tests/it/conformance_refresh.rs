@@ -16,19 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::conformance::{
-    self, Conn, Env, Gate, Req, Resp, Server, Stub, encode, err_reply, login_ok, oauth_err,
+    self, Conn, Env, Gate, Req, Resp, Stub, encode, err_reply, login_ok, n_server, oauth_err,
     ok_json, path, providers_toml, status, std_stub, std_token, tok, wait_for,
 };
-
-/// An N-server on `stub` with extra `[limits]` lines.
-fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
-    let env = Env::with_config(&format!(
-        "[limits]\n{limits}\n\n{}",
-        providers_toml(stub, None)
-    ));
-    let srv = env.serve_n(&[]);
-    (env, srv)
-}
 
 /// Short retry delays (the defaults are 1 s and 3 s).
 const FAST_RETRY: &str = "refresh_retry_ms = [40, 80]";

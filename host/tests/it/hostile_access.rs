@@ -11,7 +11,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::thread;
 
 use serde_json::{Value, json};
@@ -20,7 +19,7 @@ use crate::support::hostile::{
     CANARY_ACCESS, CANARY_KEY, CANARY_PROVIDER, LIMIT, Raw, Stub, Target, Unwritable, WITNESS_KEY,
     poll, stored_token, token_file,
 };
-use crate::support::{self, PY_FRAMES, encode, euid, request, skip};
+use crate::support::{self, encode, euid, request, skip};
 
 /// `{"id":id,"ok":false,"code":code,"error":error}`.
 fn refusal(id: &str, code: &str, error: &str) -> Value {
@@ -150,29 +149,22 @@ fn sandbox_tries_every_forbidden_operation() {
     let t = Target::start(STRICT, &["--strict-sandbox"]);
     let w = t.witness();
     let mut c = t.client();
+    // Each refusal is "Sandbox connections cannot " and what was refused.
     let strict = [
-        (
-            "oauth_initiate",
-            "Sandbox connections cannot initiate OAuth",
-        ),
-        (
-            "oauth_exchange",
-            "Sandbox connections cannot exchange OAuth tokens",
-        ),
-        ("oauth_poll", "Sandbox connections cannot poll OAuth tokens"),
-        (
-            "oauth_cancel",
-            "Sandbox connections cannot cancel OAuth sessions",
-        ),
-        ("refresh_token", "Sandbox connections cannot refresh tokens"),
+        ("oauth_initiate", "initiate OAuth"),
+        ("oauth_exchange", "exchange OAuth tokens"),
+        ("oauth_poll", "poll OAuth tokens"),
+        ("oauth_cancel", "cancel OAuth sessions"),
+        ("refresh_token", "refresh tokens"),
     ];
-    for (i, (op, msg)) in strict.into_iter().enumerate() {
+    for (i, (op, what)) in strict.into_iter().enumerate() {
         let id = format!("s{i}");
+        let msg = format!("Sandbox connections cannot {what}");
         let payload =
             json!({"provider": CANARY_PROVIDER, "session_id": "00".repeat(16), "code": "x"});
         assert_eq!(
             c.call(&id, op, payload),
-            refusal(&id, "FORBIDDEN", msg),
+            refusal(&id, "FORBIDDEN", &msg),
             "{op}"
         );
     }
@@ -183,43 +175,6 @@ fn sandbox_tries_every_forbidden_operation() {
     w.during();
     w.stop(STRICT);
     t.finish(&[]);
-}
-
-/// A python interpreter that uid 65534 can run through `setpriv`.
-fn nobody_python() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|py| {
-            Command::new("setpriv")
-                .args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    py,
-                    "-c",
-                    "import os, sys; sys.exit(0 if os.getuid() == 65534 else 1)",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
-
-/// Makes the socket reachable for uid 65534 (directories 0711 from the
-/// scratch root down, the socket 0666), as only a deliberate operator
-/// (`--allow-uid`) would.
-fn open_up(t: &Target) {
-    let mut dir = t.proxy.instance_dir();
-    loop {
-        support::chmod(&dir, 0o711);
-        if dir == t.scratch.root() {
-            break;
-        }
-        dir = dir.parent().expect("under the scratch root").to_path_buf();
-    }
-    support::chmod(&t.proxy.socket, 0o666);
 }
 
 /// As uid 65534, with the capability token: tries `sid` with every
@@ -241,26 +196,8 @@ for i, (op, payload) in enumerate([
     out.append(recv(s))
 print(json.dumps(out))
 "#;
-    let script = format!("{PY_FRAMES}\n{body}");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        py,
-        "-c",
-        &script,
-    ])
-    .arg(socket)
-    .arg(token)
-    .arg(sid)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let ran = support::run_bounded(cmd, b"");
-    ran.assert_code(0);
-    serde_json::from_str(ran.stdout.trim())
-        .unwrap_or_else(|e| panic!("client output {:?}: {e}", ran.stdout))
+    let socket = socket.display().to_string();
+    support::py_as_nobody(py, body, &[&socket, token, sid])
 }
 
 #[test]
@@ -309,10 +246,11 @@ fn session_ids_tried_from_another_peer_are_not_found() {
     // cancel is a no-op.
     if euid() != 0 {
         skip(TEST, "cross-uid part needs root (setpriv to uid 65534)");
-    } else if let Some(py) = nobody_python() {
-        open_up(&t);
+    } else if let Some(py) = support::nobody_python(&["/usr/bin/python3", "/usr/local/bin/python3"])
+    {
+        support::open_up(&t.scratch, &t.proxy);
         let token = t.token().expect("token");
-        let seen = replies_as_nobody(py, &t.proxy.socket, &token, &sid);
+        let seen = replies_as_nobody(&py, &t.proxy.socket, &token, &sid);
         assert_eq!(
             seen,
             json!([
@@ -419,15 +357,7 @@ fn refresh_storm_for_one_key_makes_one_provider_call() {
     }
     assert_eq!(stub.refreshes(), 1, "exactly one provider call");
     drop(conns);
-    w.stop(TEST);
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("anthropic", "default", true)
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
-    t.finish(&[token_file("anthropic", "default")]);
+    t.finish_rotated(w, TEST);
 }
 
 #[test]
@@ -472,15 +402,7 @@ fn refresh_storm_across_two_processes_makes_one_provider_call() {
     }
     assert_eq!(stub.refreshes(), 1, "exactly one provider call");
     drop(second);
-    w.stop(TEST);
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("anthropic", "default", true)
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
-    t.finish(&[token_file("anthropic", "default")]);
+    t.finish_rotated(w, TEST);
 }
 
 #[test]

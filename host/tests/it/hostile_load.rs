@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::support::hostile::{
     LIMIT, Raw, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile,
-    rss_kib, stored_token, token_file,
+    rss_kib, stored_token,
 };
 use crate::support::{self, encode, handshake_frame, request};
 
@@ -254,15 +254,7 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
     assert_eq!(ids, want);
     assert_eq!(stub.refreshes(), 1, "one provider call for all of them");
     drop(c);
-    w.stop(TEST);
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("anthropic", "default", true)
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
-    t.finish(&[token_file("anthropic", "default")]);
+    t.finish_rotated(w, TEST);
 }
 
 #[test]

@@ -75,13 +75,16 @@ pub fn now_secs() -> u64 {
 /// A private tree for one test:
 ///
 /// ```text
-/// /tmp/cfXXXXXX/   (removed on drop)
+/// /tmp/cpXXXXXX/   (removed on drop)
 ///   run/           XDG_RUNTIME_DIR (0700)
 ///   store/         --store
 ///   config.toml    --config (when written)
 /// ```
+///
+/// The tree is a [`super::Scratch`] (which `Env` derefs to, for `root`
+/// and `runtime`) plus the configuration file.
 pub struct Env {
-    dir: tempfile::TempDir,
+    scratch: super::Scratch,
     config: Option<PathBuf>,
 }
 
@@ -91,19 +94,21 @@ impl Default for Env {
     }
 }
 
+impl std::ops::Deref for Env {
+    type Target = super::Scratch;
+    fn deref(&self) -> &super::Scratch {
+        &self.scratch
+    }
+}
+
 impl Env {
     /// A fresh tree.
     #[must_use]
     pub fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("cf")
-            .tempdir_in("/tmp")
-            .expect("temp dir under /tmp");
-        let run = dir.path().join("run");
-        fs::create_dir(&run).expect("mkdir run");
-        fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .expect("chmod run");
-        Env { dir, config: None }
+        Env {
+            scratch: super::Scratch::new(),
+            config: None,
+        }
     }
 
     /// A fresh tree with `toml` as its configuration file.
@@ -121,22 +126,10 @@ impl Env {
         self.config = Some(path);
     }
 
-    /// The root.
-    #[must_use]
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `XDG_RUNTIME_DIR`.
-    #[must_use]
-    pub fn runtime(&self) -> PathBuf {
-        self.root().join("run")
-    }
-
-    /// The store directory.
+    /// The store directory, as an argument.
     #[must_use]
     pub fn store(&self) -> String {
-        self.root().join("store").display().to_string()
+        self.store_arg()
     }
 
     /// The binary with `args` and an environment pointing into this tree
@@ -1058,6 +1051,17 @@ pub fn std_token(req: &Req, nth: usize) -> Resp {
         }
         _ => oauth_err(400, "unsupported_grant_type"),
     }
+}
+
+/// An N-server on `stub`'s providers with extra `[limits]` lines (the
+/// tree is returned to keep it alive).
+pub fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
+    let env = Env::with_config(&format!(
+        "[limits]\n{limits}\n\n{}",
+        providers_toml(stub, None)
+    ));
+    let srv = env.serve_n(&[]);
+    (env, srv)
 }
 
 /// A stub where every token endpoint answers [`std_token`].

@@ -843,6 +843,68 @@ impl Drop for StdioProc {
     }
 }
 
+/// The other peer of the cross-uid tests: `nobody` (uid and gid).
+pub const NOBODY: &str = "65534";
+
+/// `setpriv` running `program` as [`NOBODY`], without supplementary
+/// groups (the tests that use it need root).
+#[must_use]
+pub fn as_nobody(program: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(program);
+    cmd
+}
+
+/// The first of `candidates` that runs as [`NOBODY`] and really is that
+/// uid, or `None` (the caller skips).
+#[must_use]
+pub fn nobody_python(candidates: &[&str]) -> Option<String> {
+    let check = "import os, sys; sys.exit(0 if os.getuid() == 65534 else 1)";
+    candidates.iter().map(|py| (*py).to_owned()).find(|py| {
+        as_nobody(py)
+            .args(["-c", check])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Runs `body` (after [`PY_FRAMES`]) with `py` as [`NOBODY`], `args` as
+/// its `sys.argv[1..]`; asserts exit 0 and returns the JSON it printed.
+pub fn py_as_nobody(py: &str, body: &str, args: &[&str]) -> Value {
+    let mut cmd = as_nobody(py);
+    cmd.arg("-c")
+        .arg(format!("{PY_FRAMES}\n{body}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let ran = run_bounded(cmd, b"");
+    ran.assert_code(0);
+    serde_json::from_str(ran.stdout.trim())
+        .unwrap_or_else(|e| panic!("client output {:?}: {e}", ran.stdout))
+}
+
+/// Makes `p`'s socket reachable for other uids, as only a deliberate
+/// operator (`--allow-uid`) would: every directory from `s`'s root down
+/// to the socket 0711, the socket 0666.
+pub fn open_up(s: &Scratch, p: &Proxy) {
+    let mut dir = p.instance_dir();
+    loop {
+        chmod(&dir, 0o711);
+        if dir == s.root() {
+            break;
+        }
+        dir = dir.parent().expect("under the scratch root").to_path_buf();
+    }
+    chmod(&p.socket, 0o666);
+}
+
 /// Finds a Python 3 interpreter, or `None` (the caller skips).
 #[must_use]
 pub fn python3() -> Option<String> {

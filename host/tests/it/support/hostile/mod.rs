@@ -452,18 +452,37 @@ impl Target {
         let st = self.proxy.stop(Signal::SIGTERM);
         assert_eq!(st.code(), Some(0), "{}: exit {st:?}", self.name);
         let stderr = self.proxy.stderr();
-        let mut secrets = vec![CANARY_REFRESH, CANARY_KEY_VALUE, WITNESS_VALUE];
-        if let Some(t) = token.as_deref() {
-            secrets.push(t);
-        }
-        for s in secrets {
+        self.assert_no_secret_in(&stderr, token.as_deref());
+        stderr
+    }
+
+    /// Asserts that none of the seeded secrets, nor the capability
+    /// `token`, is in `stderr` (the audit stream of the stopped server).
+    fn assert_no_secret_in(&self, stderr: &str, token: Option<&str>) {
+        let seeded = [CANARY_REFRESH, CANARY_KEY_VALUE, WITNESS_VALUE];
+        for secret in seeded.into_iter().chain(token) {
             assert!(
-                !stderr.contains(s),
+                !stderr.contains(secret),
                 "{}: a secret reached stderr",
                 self.name
             );
         }
-        stderr
+    }
+
+    /// The end of a refresh storm: stops the witness `w`, asserts that the
+    /// stored `anthropic`/`default` token holds the provider's first
+    /// rotated refresh token, then [`Target::finish`]es with that token
+    /// file changed.
+    pub fn finish_rotated(self, w: Witness, test: &str) {
+        w.stop(test);
+        let stored = self
+            .scratch
+            .open_store()
+            .get_token("anthropic", "default", true)
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
+        self.finish(&[token_file("anthropic", "default")]);
     }
 }
 
