@@ -570,43 +570,45 @@ fn device_code_login_polls_and_backs_off_after_slow_down() {
     );
 }
 
-/// A qwen login whose device code the server scripts with `steps`; returns
-/// the final `oauth_poll` reply.
-fn device_login_ending_with(steps: &[DeviceStep]) -> (World, Value) {
+/// A qwen login whose device code the server scripts as one pending poll
+/// and then `last`: the final `oauth_poll` reply is the error `code` with
+/// `error`, reported once (a second poll finds no session), after exactly
+/// two polls (none after `last`), and nothing is stored.
+fn device_login_fails_with(last: DeviceStep, code: &str, error: &str) {
     let w = World::new();
     w.server.set_device_interval(None);
-    w.server.script_device(steps);
+    w.server.script_device(&[DeviceStep::Pending, last]);
     let proxy = w.serve();
     let mut c = Conn::open(&proxy);
     let init = c.ok("oauth_initiate", json!({"provider": "qwen"}));
     let sid = init["session_id"].as_str().expect("sid").to_owned();
     let (done, _) = c.poll_until_done(&sid);
-    // Reported once.
-    let (code, _) = c.err("oauth_poll", json!({ "session_id": sid }));
-    assert_eq!(code, "SESSION_NOT_FOUND");
+    let (again, _) = c.err("oauth_poll", json!({ "session_id": sid }));
+    assert_eq!(again, "SESSION_NOT_FOUND");
     drop(proxy);
-    (w, done)
+    assert_eq!(done["ok"], false, "{done}");
+    assert_eq!(
+        (&done["code"], &done["error"]),
+        (&json!(code), &json!(error))
+    );
+    assert_eq!(w.server.token_requests(DEVICE_GRANT).len(), 2);
+    assert_eq!(w.status(), json!({"tokens": []}));
 }
 
 #[test]
 fn device_code_access_denied_is_reported_as_access_denied() {
-    let (w, done) = device_login_ending_with(&[DeviceStep::Pending, DeviceStep::Denied]);
-    assert_eq!(done["ok"], false, "{done}");
-    assert_eq!(done["code"], "ACCESS_DENIED");
-    assert_eq!(done["error"], "User denied authorization");
-    assert_eq!(w.server.token_requests(DEVICE_GRANT).len(), 2);
-    assert_eq!(w.status(), json!({"tokens": []}));
+    let error = "User denied authorization";
+    device_login_fails_with(DeviceStep::Denied, "ACCESS_DENIED", error);
 }
 
 #[test]
 fn device_code_expired_token_is_reported_as_session_expired() {
-    let (w, done) = device_login_ending_with(&[DeviceStep::Pending, DeviceStep::Expired]);
-    assert_eq!(done["ok"], false, "{done}");
-    assert_eq!(done["code"], "SESSION_EXPIRED");
-    assert_eq!(done["error"], "Device code expired");
-    // The proxy stopped polling: no poll after the expired_token.
-    assert_eq!(w.server.token_requests(DEVICE_GRANT).len(), 2);
-    assert_eq!(w.status(), json!({"tokens": []}));
+    // The proxy stops polling: no poll after the expired_token.
+    device_login_fails_with(
+        DeviceStep::Expired,
+        "SESSION_EXPIRED",
+        "Device code expired",
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -102,26 +102,22 @@ fn accept_works_from_an_executor_task() {
     });
 }
 
+/// The flags that make `setpriv` run its program as uid and gid 65534
+/// without supplementary groups.
+const AS_NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
 /// A python3 that uid 65534 can run, if any.
 fn python_for_nobody() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "python3"]
-        .into_iter()
-        .find(|python| {
-            Command::new("setpriv")
-                .args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    python,
-                    "-c",
-                    "pass",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+    let candidates = ["/usr/bin/python3", "/usr/local/bin/python3", "python3"];
+    candidates.into_iter().find(|python| {
+        let mut probe = Command::new("setpriv");
+        probe.args(AS_NOBODY).args([python, "-c", "pass"]);
+        probe
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        probe.status().is_ok_and(|s| s.success())
+    })
 }
 
 #[test]
@@ -149,14 +145,8 @@ fn a_peer_of_another_uid_is_refused() {
         s.connect(sys.argv[1])\n\
         print(len(s.recv(1)))\n";
     let child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            python,
-            "-c",
-            CLIENT,
-        ])
+        .args(AS_NOBODY)
+        .args([python, "-c", CLIENT])
         .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -212,6 +212,27 @@ impl Scratch {
         isolate(cmd, self.root(), &self.root().join("config"))
     }
 
+    /// Writes `text` as the default configuration file
+    /// (`$XDG_CONFIG_HOME/credproxy/config.toml`); returns its path.
+    pub fn write_default_config(&self, text: &str) -> PathBuf {
+        let dir = self.root().join("config/credproxy");
+        fs::create_dir_all(&dir).expect("mkdir the config directory");
+        let path = dir.join("config.toml");
+        fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// `serve` with `text` as the default configuration file, which it
+    /// must refuse: exit 3, stderr naming the file and each of `names`.
+    pub fn serve_refuses_config(&self, text: &str, names: &[&str]) {
+        let path = self.write_default_config(text).display().to_string();
+        let ran = self.run(&["serve", "--store", &self.store_arg()], b"");
+        ran.assert_code(3);
+        for name in [path.as_str()].iter().chain(names) {
+            assert!(ran.stderr.contains(name), "{name}: {}", ran.stderr);
+        }
+    }
+
     /// Runs the binary to completion with `stdin` as its input; bounded by
     /// [`TIMEOUT`] (killed and panics when exceeded).
     #[must_use]
