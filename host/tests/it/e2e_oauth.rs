@@ -390,15 +390,21 @@ fn test_server_rotates_refresh_tokens_and_revokes_the_family_on_reuse() {
 // ---------------------------------------------------------------------------
 // pkce_redirect (anthropic).
 
+/// `oauth_initiate` for anthropic on a new connection to `proxy`: the
+/// connection, anthropic's client id and redirect URI, and the reply.
+fn anthropic_initiated(proxy: &Proxy) -> (Conn, String, String, Value) {
+    let spec = credproxy_core::provider::anthropic();
+    let redirect = spec.redirect_uri.clone().expect("redirect");
+    let mut c = Conn::open(proxy);
+    let init = c.ok("oauth_initiate", json!({"provider": "anthropic"}));
+    (c, spec.client_id.clone(), redirect, init)
+}
+
 #[test]
 fn pkce_redirect_login_stores_the_token_and_the_server_verifies_pkce() {
     let w = World::new();
     let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
-    let spec = credproxy_core::provider::anthropic();
-    let redirect = spec.redirect_uri.clone().expect("redirect");
-
-    let init = c.ok("oauth_initiate", json!({"provider": "anthropic"}));
+    let (mut c, client_id, redirect, init) = anthropic_initiated(&proxy);
     assert_eq!(init["flow_type"], "pkce_redirect");
     assert!(init["session_id"].as_str().is_some_and(|s| s.len() == 32));
     assert_no_secrets(&init);
@@ -408,7 +414,7 @@ fn pkce_redirect_login_stores_the_token_and_the_server_verifies_pkce() {
         "true",
         "anthropic asks for the code page"
     );
-    let (code, state) = authorize(&w.server, &init, &spec.client_id, &redirect);
+    let (code, state) = authorize(&w.server, &init, &client_id, &redirect);
 
     let token = c.ok(
         "oauth_exchange",
@@ -460,15 +466,12 @@ fn pkce_redirect_login_stores_the_token_and_the_server_verifies_pkce() {
 fn pkce_redirect_exchange_with_a_code_for_another_challenge_fails() {
     let w = World::new();
     let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
-    let spec = credproxy_core::provider::anthropic();
-    let redirect = spec.redirect_uri.clone().expect("redirect");
-    let init = c.ok("oauth_initiate", json!({"provider": "anthropic"}));
+    let (mut c, client_id, redirect, init) = anthropic_initiated(&proxy);
     let state = query(init["auth_url"].as_str().expect("url"))["state"].clone();
     // A code minted for someone else's challenge: the proxy's verifier
     // cannot match it.
     let foreign = w.server.approve(
-        &spec.client_id,
+        &client_id,
         &redirect,
         "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
     );

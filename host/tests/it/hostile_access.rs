@@ -16,10 +16,10 @@ use std::thread;
 use serde_json::{Value, json};
 
 use crate::support::hostile::{
-    CANARY_ACCESS, CANARY_KEY, CANARY_PROVIDER, LIMIT, Raw, Stub, Target, Unwritable, WITNESS_KEY,
-    poll, stored_token, token_file,
+    CANARY_ACCESS, CANARY_KEY, CANARY_PROVIDER, LIMIT, Stub, Target, Unwritable, WITNESS_KEY, poll,
+    stored_token, token_file,
 };
-use crate::support::{self, encode, euid, request, skip};
+use crate::support::{self, Client, encode, euid, request, skip};
 
 /// `{"id":id,"ok":false,"code":code,"error":error}`.
 fn refusal(id: &str, code: &str, error: &str) -> Value {
@@ -40,7 +40,7 @@ fn sandbox_tries_every_forbidden_operation() {
     ] {
         let mut c = t.raw();
         assert_eq!(c.handshake(token.as_deref()), support::unauthorized_reply());
-        c.eof();
+        c.assert_closed();
     }
 
     let mut c = t.client();
@@ -129,10 +129,10 @@ fn sandbox_tries_every_forbidden_operation() {
         };
         batch.extend(encode(&request(&format!("p{i}"), op, payload)));
     }
-    c.bytes(&batch).expect("send");
+    c.send_raw(&batch).expect("send");
     let mut ids = BTreeSet::new();
     for _ in 0..200 {
-        let r = c.frame();
+        let r = c.recv_frame();
         assert!(
             matches!(r["code"].as_str(), Some("FORBIDDEN" | "RATE_LIMITED")),
             "{r}"
@@ -233,9 +233,9 @@ fn session_ids_tried_from_another_peer_are_not_found() {
             json!({"session_id": guess}),
         )));
     }
-    guesser.bytes(&batch).expect("send");
+    guesser.send_raw(&batch).expect("send");
     for _ in 0..1000 {
-        let r = guesser.frame();
+        let r = guesser.recv_frame();
         assert_eq!(r["code"], "SESSION_NOT_FOUND", "{r}");
     }
     drop(guesser);
@@ -293,7 +293,7 @@ fn session_ids_tried_from_another_peer_are_not_found() {
 /// (`get_api_key`) and waits for the probe's reply: requests on one
 /// connection are dispatched in order, so every refresh has joined the
 /// refresh by then (their replies are held with the provider's answer).
-fn refreshes_then_probe(c: &mut Raw, tag: &str, n: usize) {
+fn refreshes_then_probe(c: &mut Client, tag: &str, n: usize) {
     let mut batch = Vec::new();
     for i in 0..n {
         batch.extend(encode(&request(
@@ -307,15 +307,15 @@ fn refreshes_then_probe(c: &mut Raw, tag: &str, n: usize) {
         "get_api_key",
         json!({"name": WITNESS_KEY}),
     )));
-    c.bytes(&batch).expect("send");
-    let r = c.frame();
+    c.send_raw(&batch).expect("send");
+    let r = c.recv_frame();
     assert_eq!(r["id"], format!("{tag}-probe"), "{r}");
 }
 
 /// Reads `n` replies on `c`; each must be the refreshed token.
-fn all_refreshed(c: &mut Raw, n: usize, access: &str) {
+fn all_refreshed(c: &mut Client, n: usize, access: &str) {
     for _ in 0..n {
-        let r = c.frame();
+        let r = c.recv_frame();
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["data"]["access_token"], access, "{r}");
         assert!(!r.to_string().contains("rt-"), "a refresh token left: {r}");
@@ -332,7 +332,7 @@ fn refresh_storm_for_one_key_makes_one_provider_call() {
     let w = t.witness();
     stub.hold();
     // 100 concurrent refreshes: 10 connections × 10.
-    let mut conns: Vec<Raw> = (0..10).map(|_| t.client()).collect();
+    let mut conns: Vec<Client> = (0..10).map(|_| t.client()).collect();
     for (i, c) in conns.iter_mut().enumerate() {
         refreshes_then_probe(c, &format!("c{i}"), 10);
     }
@@ -352,7 +352,7 @@ fn refresh_storm_for_one_key_makes_one_provider_call() {
                 json!({"provider":"anthropic"}),
             )));
         }
-        c.bytes(&batch).expect("send");
+        c.send_raw(&batch).expect("send");
         all_refreshed(c, 10, "at-refreshed-1");
     }
     assert_eq!(stub.refreshes(), 1, "exactly one provider call");
@@ -372,10 +372,10 @@ fn refresh_storm_across_two_processes_makes_one_provider_call() {
     let second = t.scratch.serve(&["--config", &config]);
     let w = t.witness();
     stub.hold();
-    let mut first_conns: Vec<Raw> = (0..5).map(|_| t.client()).collect();
-    let mut second_conns: Vec<Raw> = (0..5)
+    let mut first_conns: Vec<Client> = (0..5).map(|_| t.client()).collect();
+    let mut second_conns: Vec<Client> = (0..5)
         .map(|_| {
-            let mut c = Raw::connect(&second.socket);
+            let mut c = Client::connect(&second.socket).expect("connect");
             let r = c.handshake(Some(&second.token()));
             assert_eq!(r["ok"], true, "{r}");
             c

@@ -25,10 +25,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::support::hostile::{
-    LIMIT, Raw, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile,
+    LIMIT, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile,
     rss_kib, stored_token,
 };
-use crate::support::{self, encode, handshake_frame, request};
+use crate::support::{self, Client, encode, handshake_frame, request};
 
 #[test]
 fn request_flood_past_the_rate_limit_is_answered_rate_limited() {
@@ -56,12 +56,12 @@ fn request_flood_past_the_rate_limit_is_answered_rate_limited() {
             json!({"provider":"flood","token":{"access_token":format!("flood-{i}"),"expiry":4_102_444_800_u64,"token_type":"Bearer"}}),
         )));
     }
-    c.bytes(&batch).expect("send the flood");
+    c.send_raw(&batch).expect("send the flood");
     let mut ok = Vec::new();
     let mut limited = 0;
     let mut exhausted = 0;
     for _ in 0..N {
-        let r = c.frame();
+        let r = c.recv_frame();
         let i: usize = r["id"].as_str().expect("id")[1..].parse().expect("index");
         match r["code"].as_str() {
             None => {
@@ -207,9 +207,9 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
             json!({"provider":"anthropic"}),
         )));
     }
-    c.bytes(&batch).expect("send");
+    c.send_raw(&batch).expect("send");
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"r17","ok":false,"code":"RESOURCE_EXHAUSTED","error":"Too many concurrent requests"})
     );
     poll("the held refresh at the stub", LIMIT, || {
@@ -220,11 +220,11 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
     c.send(&request("c1", "cancel", json!({"targetId":"r1"})))
         .expect("send");
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"r1","ok":false,"code":"CANCELLED","error":"Operation cancelled"})
     );
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"c1","ok":true,"data":{"cancelled":true}})
     );
     // One slot free again: r18 is taken, r19 refused.
@@ -240,12 +240,12 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
         json!({"provider":"anthropic"}),
     ))
     .expect("send");
-    assert_eq!(c.frame()["id"], "r19");
+    assert_eq!(c.recv_frame()["id"], "r19");
     w.during();
     stub.release();
     let mut ids = BTreeSet::new();
     for _ in 0..16 {
-        let r = c.frame();
+        let r = c.recv_frame();
         assert_eq!(r["data"]["access_token"], "at-refreshed-1", "{r}");
         assert!(!r.to_string().contains("rt-"), "{r}");
         ids.insert(r["id"].as_str().expect("id").to_owned());
@@ -278,7 +278,7 @@ fn a_thousand_connections_then_the_next_displaces_the_idle_longest() {
     let w = t.witness();
     let started = Instant::now();
     // The witness holds one slot; 999 more fill the limit.
-    let mut conns: Vec<Raw> = (0..999).map(|_| t.client()).collect();
+    let mut conns: Vec<Client> = (0..999).map(|_| t.client()).collect();
     println!(
         "{TEST}: 999 connections past the handshake in {:?}",
         started.elapsed()
@@ -292,9 +292,9 @@ fn a_thousand_connections_then_the_next_displaces_the_idle_longest() {
     extra
         .send(&handshake_frame(t.token().as_deref()))
         .expect("send");
-    assert_eq!(extra.frame()["ok"], true);
+    assert_eq!(extra.recv_frame()["ok"], true);
     t.proxy.wait_for_stderr("\"connection_evicted\"");
-    conns.remove(0).eof();
+    conns.remove(0).assert_closed();
     conns.push(extra);
     let peak_fds = fd_count(t.pid());
     // Every one of the thousand is served.
@@ -403,13 +403,13 @@ fn connect_close_churn_leaks_no_slot_and_no_descriptor() {
     });
     // And every slot: 31 more fill the limit of 32; the next displaces
     // the connection idle longest (SPEC §3.1; it used to be refused).
-    let mut full: Vec<Raw> = (0..31).map(|_| t.client()).collect();
+    let mut full: Vec<Client> = (0..31).map(|_| t.client()).collect();
     let mut extra = t.raw();
     extra
         .send(&handshake_frame(t.token().as_deref()))
         .expect("send");
-    assert_eq!(extra.frame()["ok"], true);
-    full.remove(0).eof();
+    assert_eq!(extra.recv_frame()["ok"], true);
+    full.remove(0).assert_closed();
     drop((full, extra));
     w.stop(TEST);
     t.finish(&[]);

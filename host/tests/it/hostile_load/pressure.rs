@@ -18,8 +18,8 @@ use credproxy_unix::client::{BlockingClient, CapabilitySource, ConnectionState};
 use nix::sys::signal::Signal;
 
 use crate::support::hostile::launch::bounded;
-use crate::support::hostile::{CANARY_ACCESS, CANARY_PROVIDER, LIMIT, Raw, Target, fd_count, poll};
-use crate::support::{audit_events, encode, handshake_frame, read_frame};
+use crate::support::hostile::{CANARY_ACCESS, CANARY_PROVIDER, LIMIT, Target, fd_count, poll};
+use crate::support::{Client, audit_events, encode, handshake_frame, read_frame};
 
 /// The neighbour's `get_token` (process start to exit) must take less.
 const NEIGHBOUR: Duration = Duration::from_secs(1);
@@ -294,7 +294,7 @@ fn an_evicted_idle_client_reconnects_with_a_fresh_handshake() {
     assert_eq!(get()["access_token"], CANARY_ACCESS);
     // Four newer connections: the fourth finds the table full and evicts
     // the connection idle longest, the client's.
-    let fill: Vec<Raw> = (0..4).map(|_| t.client()).collect();
+    let fill: Vec<Client> = (0..4).map(|_| t.client()).collect();
     poll("the client's connection evicted", LIMIT, || {
         client.connection_state() == ConnectionState::Idle
     });

@@ -677,7 +677,8 @@ pub fn unauthorized_reply() -> Value {
 /// A raw frame client over a Unix socket; every read and write is bounded
 /// by [`TIMEOUT`].
 pub struct Client {
-    stream: UnixStream,
+    /// The socket, for byte-level attacks (half-closes, clones, timeouts).
+    pub stream: UnixStream,
 }
 
 impl Client {
@@ -724,6 +725,27 @@ impl Client {
         let reply = self.recv_frame();
         assert_eq!(reply["id"], id, "reply to another request: {reply}");
         reply
+    }
+
+    /// Asserts that the server closes the connection within `limit`
+    /// without sending a single byte; returns how long it took.
+    pub fn closed_without_reply(&mut self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        self.stream
+            .set_read_timeout(Some(limit))
+            .expect("read timeout");
+        let mut buf = [0u8; 256];
+        let outcome = self.stream.read(&mut buf);
+        let took = started.elapsed();
+        self.stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("read timeout");
+        match outcome {
+            Ok(0) => took,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => took,
+            Ok(n) => panic!("expected a close without reply, got {n} bytes"),
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
     }
 
     /// Asserts that the server closes the connection: the next read sees

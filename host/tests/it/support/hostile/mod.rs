@@ -26,9 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -39,7 +38,7 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{Proxy, Scratch, encode, euid, handshake_frame, read_frame, request};
+use crate::support::{Client, Proxy, Scratch, euid, request};
 pub mod launch;
 
 /// A well-behaved client's round trip must complete within this, whatever
@@ -303,13 +302,13 @@ impl Target {
 
     /// A raw connection (no handshake yet).
     #[must_use]
-    pub fn raw(&self) -> Raw {
-        Raw::connect(&self.proxy.socket)
+    pub fn raw(&self) -> Client {
+        Client::connect(&self.proxy.socket).expect("connect to the proxy")
     }
 
     /// A connection past the handshake (with the token when there is one).
     #[must_use]
-    pub fn client(&self) -> Raw {
+    pub fn client(&self) -> Client {
         let mut c = self.raw();
         let reply = c.handshake(self.token().as_deref());
         assert_eq!(reply["ok"], true, "handshake: {reply}");
@@ -510,91 +509,6 @@ pub fn key_list_json(s: &Scratch) -> Value {
     serde_json::from_str(ran.stdout.trim()).expect("key list --json")
 }
 
-/// A raw frame client: byte-level writes, frame reads, every read and
-/// write bounded by a socket timeout.
-pub struct Raw {
-    /// The socket.
-    pub stream: UnixStream,
-}
-
-impl Raw {
-    /// Connects to `path` (10 s read and write timeouts).
-    #[must_use]
-    pub fn connect(path: &Path) -> Raw {
-        let stream = UnixStream::connect(path).expect("connect to the proxy");
-        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
-        stream.set_write_timeout(Some(LIMIT)).expect("timeout");
-        Raw { stream }
-    }
-
-    /// Writes raw bytes.
-    pub fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
-        self.stream.write_all(b)
-    }
-
-    /// Writes one frame.
-    pub fn send(&mut self, v: &Value) -> io::Result<()> {
-        self.stream.write_all(&encode(v))
-    }
-
-    /// Reads one frame (`Ok(None)` at EOF).
-    pub fn recv(&mut self) -> io::Result<Option<Value>> {
-        read_frame(&mut self.stream)
-    }
-
-    /// Reads one frame; panics at EOF or on an error.
-    pub fn frame(&mut self) -> Value {
-        match self.recv() {
-            Ok(Some(v)) => v,
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
-
-    /// Sends a handshake and returns the reply.
-    pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        self.send(&handshake_frame(token)).expect("send handshake");
-        self.frame()
-    }
-
-    /// Sends a request and returns its reply (the only one outstanding).
-    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&request(id, op, payload)).expect("send request");
-        let reply = self.frame();
-        assert_eq!(reply["id"], id, "reply to another request: {reply}");
-        reply
-    }
-
-    /// Asserts that the server closes the connection within `limit`
-    /// without sending a single byte; returns how long it took.
-    pub fn closed_without_reply(&mut self, limit: Duration) -> Duration {
-        let started = Instant::now();
-        self.stream
-            .set_read_timeout(Some(limit))
-            .expect("read timeout");
-        let mut buf = [0u8; 256];
-        let outcome = self.stream.read(&mut buf);
-        let took = started.elapsed();
-        self.stream
-            .set_read_timeout(Some(LIMIT))
-            .expect("read timeout");
-        match outcome {
-            Ok(0) => took,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => took,
-            Ok(n) => panic!("expected a close without reply, got {n} bytes"),
-            Err(e) => panic!("not closed within {limit:?}: {e}"),
-        }
-    }
-
-    /// Asserts that the next thing on the connection is EOF (or a reset).
-    pub fn eof(&mut self) {
-        match self.recv() {
-            Ok(None) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-            other => panic!("expected EOF, got {other:?}"),
-        }
-    }
-}
-
 /// What a witness saw.
 #[derive(Debug, Clone, Copy)]
 #[expect(
@@ -619,7 +533,7 @@ pub struct Witness {
 impl Witness {
     /// Starts round trips on `client` (already past its handshake).
     #[must_use]
-    pub fn start(mut client: Raw) -> Witness {
+    pub fn start(mut client: Client) -> Witness {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
         let (stop2, count2) = (stop.clone(), count.clone());
