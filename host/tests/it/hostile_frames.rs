@@ -55,9 +55,7 @@ fn watch_close(c: Client) -> thread::JoinHandle<Instant> {
 /// first byte until the server closes; returns (time from the first byte
 /// to the close, bytes sent).
 fn dribble(mut c: Client, frame: &[u8], every: Duration) -> (Duration, usize) {
-    let closed = watch_close(Client {
-        stream: c.stream.try_clone().expect("clone"),
-    });
+    let closed = watch_close(Client::connect_stream(c.stream.try_clone().expect("clone")));
     let started = Instant::now();
     let mut sent = 0;
     for b in frame {

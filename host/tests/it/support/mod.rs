@@ -13,6 +13,9 @@
 //! - [`StdioProc`]: a running `credproxy stdio` with piped stdin/stdout, its
 //!   frames read by a thread and received with a timeout.
 //!
+//! - [`matcher::Matcher`]: the clients' handshake and reply matching, on
+//!   the client library's sans-IO protocol.
+//!
 //! Nothing here sleeps to wait for timing: waits poll a condition every
 //! 10 ms up to a bounded deadline.
 //!
@@ -24,6 +27,7 @@
 pub mod conformance;
 pub mod effects;
 pub mod hostile;
+pub mod matcher;
 pub mod oauth_server;
 
 use std::collections::BTreeMap;
@@ -38,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use credproxy_core::frame::{DecodeError, FrameDecoder};
 use credproxy_unix::client::proto;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -52,7 +57,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on polling for a condition (a path disappearing, a log line).
 pub const POLL_LIMIT: Duration = Duration::from_secs(5);
 
-/// Largest frame the test client accepts.
+/// Largest frame the test clients accept.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Polls `cond` every 5 ms until it holds; panics after `limit`. The one
@@ -615,8 +620,11 @@ pub fn encode(v: &Value) -> Vec<u8> {
     credproxy_core::frame::encode(v)
 }
 
-/// Reads one frame from `r`. `Ok(None)` on EOF before the first byte of a
-/// frame; an error on EOF inside a frame, a non-object, or invalid JSON.
+/// Reads one frame from `r`, decoded by core's [`FrameDecoder`]: exactly
+/// the frame's bytes are read (the length prefix says how many), so the
+/// stream holds nothing this reader took. `Ok(None)` on EOF before the
+/// first byte of a frame; an error on EOF inside a frame, an oversize
+/// length, a non-object, or invalid JSON.
 pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Value>> {
     let mut header = [0u8; 4];
     let mut got = 0;
@@ -629,24 +637,18 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Value>> {
             Err(e) => return Err(e),
         }
     }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes"),
-        ));
+    let bad = |e: DecodeError| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}"));
+    let mut decoder = FrameDecoder::new(MAX_FRAME);
+    // The header alone: an oversize length is refused before its body.
+    if let Some(frame) = decoder.decode(&mut &header[..]).map_err(bad)? {
+        return Ok(Some(Value::Object(frame)));
     }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
     r.read_exact(&mut body)?;
-    let v: Value =
-        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if !v.is_object() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("non-object frame {v}"),
-        ));
+    match decoder.decode(&mut &body[..]).map_err(bad)? {
+        Some(frame) => Ok(Some(Value::Object(frame))),
+        None => unreachable!("the whole body completes the frame"),
     }
-    Ok(Some(v))
 }
 
 /// A version-2 handshake frame, with the token when given: the one the
@@ -679,6 +681,7 @@ pub fn unauthorized_reply() -> Value {
 pub struct Client {
     /// The socket, for byte-level attacks (half-closes, clones, timeouts).
     pub stream: UnixStream,
+    matcher: matcher::Matcher,
 }
 
 impl Client {
@@ -687,7 +690,17 @@ impl Client {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
-        Ok(Client { stream })
+        Ok(Client::connect_stream(stream))
+    }
+
+    /// A client on an already connected `stream` (a clone, to watch the
+    /// same connection from another thread).
+    #[must_use]
+    pub fn connect_stream(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            matcher: matcher::Matcher::default(),
+        }
     }
 
     /// Sends one frame.
@@ -713,17 +726,23 @@ impl Client {
         }
     }
 
-    /// Sends a handshake (with `token` when given) and returns the reply.
+    /// Sends a handshake (with `token` when given) and returns the reply;
+    /// an accepted one readies the [`matcher::Matcher`].
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        self.send(&handshake_frame(token)).expect("send handshake");
-        self.recv_frame()
+        let bytes = self.matcher.handshake(token);
+        self.send_raw(&bytes).expect("send handshake");
+        let reply = self.recv_frame();
+        self.matcher.handshake_reply(&reply);
+        reply
     }
 
-    /// Sends a request and returns its reply (the only one outstanding).
+    /// Sends a request and returns its reply (the only one outstanding),
+    /// which must answer it.
     pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&request(id, op, payload)).expect("send request");
+        let bytes = self.matcher.request(id, op, &payload);
+        self.send_raw(&bytes).expect("send request");
         let reply = self.recv_frame();
-        assert_eq!(reply["id"], id, "reply to another request: {reply}");
+        self.matcher.reply(id, &reply);
         reply
     }
 
@@ -767,6 +786,7 @@ pub struct StdioProc {
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
     eof: bool,
+    matcher: matcher::Matcher,
 }
 
 impl StdioProc {
@@ -794,6 +814,7 @@ impl StdioProc {
             stderr,
             stderr_thread: Some(stderr_thread),
             eof: false,
+            matcher: matcher::Matcher::default(),
         }
     }
 
@@ -836,22 +857,26 @@ impl StdioProc {
         self.next().expect("a frame before EOF")
     }
 
-    /// Sends a request and returns its reply (the only one outstanding).
-    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&request(id, op, payload)).expect("send request");
-        let reply = self.recv_frame();
-        assert_eq!(reply["id"], id, "reply to another request: {reply}");
-        reply
-    }
-
     /// Handshakes without a token (host class) and checks the reply.
     pub fn handshake(&mut self) {
-        self.send(&handshake_frame(None)).expect("send handshake");
+        let bytes = self.matcher.handshake(None);
+        self.send_raw(&bytes).expect("send handshake");
         let reply = self.recv_frame();
         assert_eq!(
             reply,
             json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}})
         );
+        self.matcher.handshake_reply(&reply);
+    }
+
+    /// Sends a request and returns its reply (the only one outstanding),
+    /// which must answer it.
+    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
+        let bytes = self.matcher.request(id, op, &payload);
+        self.send_raw(&bytes).expect("send request");
+        let reply = self.recv_frame();
+        self.matcher.reply(id, &reply);
+        reply
     }
 
     /// Waits (bounded) for the exit and for stderr to close.
