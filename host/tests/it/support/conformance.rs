@@ -34,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use credproxy_core::frame::FrameDecoder;
 use credproxy_unix::client::proto;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
@@ -314,27 +315,31 @@ pub fn frame_bytes(payload: &[u8]) -> Vec<u8> {
     credproxy_core::frame::encode_payload(payload)
 }
 
-/// Reads one frame, keeping partial input in `buf` across calls.
-/// `Ok(None)`: EOF (or a reset) at a frame boundary. A timeout is an error
-/// of kind `WouldBlock`/`TimedOut`.
-fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<Value>> {
+/// Reads one frame with core's [`FrameDecoder`], keeping input past it in
+/// `buf` across calls. `Ok(None)`: EOF (or a reset) at a frame boundary. A
+/// timeout is an error of kind `WouldBlock`/`TimedOut`.
+fn read_frame(
+    r: &mut impl Read,
+    decoder: &mut FrameDecoder,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Value>> {
     loop {
-        if buf.len() >= 4 {
-            let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if buf.len() >= 4 + n {
-                let body: Vec<u8> = buf.drain(..4 + n).skip(4).collect();
-                let v: Value = serde_json::from_slice(&body)
-                    .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-                return Ok(Some(v));
-            }
+        let mut input = &buf[..];
+        let decoded = decoder.decode(&mut input);
+        let used = buf.len() - input.len();
+        buf.drain(..used);
+        match decoded {
+            Ok(Some(frame)) => return Ok(Some(Value::Object(frame))),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, format!("{e:?}"))),
         }
         let mut chunk = [0u8; 65536];
         match r.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) if !decoder.is_partial() => return Ok(None),
             Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset && buf.is_empty() => {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && !decoder.is_partial() => {
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -356,8 +361,10 @@ pub enum Got {
 /// A raw frame client over the proxy's Unix socket.
 pub struct Conn {
     stream: UnixStream,
+    decoder: FrameDecoder,
     buf: Vec<u8>,
     next_id: u64,
+    matcher: super::matcher::Matcher,
 }
 
 impl Conn {
@@ -373,8 +380,10 @@ impl Conn {
         stream.set_write_timeout(Some(WAIT))?;
         Ok(Conn {
             stream,
+            decoder: FrameDecoder::new(super::MAX_FRAME),
             buf: Vec::new(),
             next_id: 0,
+            matcher: super::matcher::Matcher::default(),
         })
     }
 
@@ -403,7 +412,7 @@ impl Conn {
         self.stream
             .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
             .expect("set timeout");
-        match read_frame(&mut self.stream, &mut self.buf) {
+        match read_frame(&mut self.stream, &mut self.decoder, &mut self.buf) {
             Ok(Some(v)) => Got::Frame(v),
             Ok(None) => Got::Closed,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -455,8 +464,11 @@ impl Conn {
     /// Sends a handshake frame `{v:2, op:"handshake", payload:{1..2, token}}`
     /// (the client library's) and returns the reply.
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        self.send(&proto::handshake_request(token));
-        self.recv()
+        let bytes = self.matcher.handshake(token);
+        self.send_raw(&bytes);
+        let reply = self.recv();
+        self.matcher.handshake_reply(&reply);
+        reply
     }
 
     /// A fresh request id.
@@ -471,13 +483,15 @@ impl Conn {
         self.send(&proto::request(2, id, op, &payload));
     }
 
-    /// One request and its reply (the only one outstanding); the reply's
-    /// id is checked and the whole frame returned.
+    /// One request and its reply (the only one outstanding), which must
+    /// answer it (matched by the client protocol after [`Conn::handshake`],
+    /// by id after a raw or v1 one); the whole frame is returned.
     pub fn call(&mut self, op: &str, payload: Value) -> Value {
         let id = self.id();
-        self.req(&id, op, payload);
+        let bytes = self.matcher.request(&id, op, &payload);
+        self.send_raw(&bytes);
         let r = self.recv();
-        assert_eq!(r["id"], json!(id), "reply to another request: {r}");
+        self.matcher.reply(&id, &r);
         r
     }
 
