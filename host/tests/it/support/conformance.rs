@@ -464,10 +464,9 @@ impl Conn {
     /// Sends a handshake frame `{v:2, op:"handshake", payload:{1..2, token}}`
     /// (the client library's) and returns the reply.
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        let bytes = self.matcher.handshake(token);
-        self.send_raw(&bytes);
-        let reply = self.recv();
-        self.matcher.handshake_reply(&reply);
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.handshake_on(self, token);
+        self.matcher = matcher;
         reply
     }
 
@@ -488,11 +487,10 @@ impl Conn {
     /// by id after a raw or v1 one); the whole frame is returned.
     pub fn call(&mut self, op: &str, payload: Value) -> Value {
         let id = self.id();
-        let bytes = self.matcher.request(&id, op, &payload);
-        self.send_raw(&bytes);
-        let r = self.recv();
-        self.matcher.reply(&id, &r);
-        r
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.call_on(self, &id, op, &payload);
+        self.matcher = matcher;
+        reply
     }
 
     /// Like [`Conn::call`], asserting `ok:true`; returns `data`.
@@ -508,6 +506,17 @@ impl Conn {
         let r = self.call(op, payload);
         assert_eq!(r["ok"], false, "{op}: {r}");
         code_of(&r)
+    }
+}
+
+/// The bounded reads of a [`Conn`], for the matcher.
+impl super::matcher::Wire for Conn {
+    fn put(&mut self, bytes: &[u8]) {
+        self.send_raw(bytes);
+    }
+
+    fn next_frame(&mut self) -> Value {
+        self.recv()
     }
 }
 

@@ -13,7 +13,30 @@ use credproxy_core::Secret;
 use credproxy_unix::client::proto::{ClientProto, Event, Handshake, IdGen};
 use serde_json::{Map, Value};
 
-use super::{MAX_FRAME, encode, request};
+use super::{MAX_FRAME, encode, read_frame, request};
+
+/// A connection a [`Matcher`] drives: it writes bytes and reads the next
+/// frame (panicking on EOF or an error, as every test client does).
+pub trait Wire {
+    /// Writes `bytes` (whole frames).
+    fn put(&mut self, bytes: &[u8]);
+    /// The next frame.
+    fn next_frame(&mut self) -> Value;
+}
+
+/// The socket of [`super::Client`].
+impl Wire for std::os::unix::net::UnixStream {
+    fn put(&mut self, bytes: &[u8]) {
+        std::io::Write::write_all(self, bytes).expect("write to the proxy");
+    }
+
+    fn next_frame(&mut self) -> Value {
+        match read_frame(self) {
+            Ok(Some(v)) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+}
 
 /// One connection's protocol, once its handshake was accepted.
 #[derive(Debug, Default)]
@@ -50,6 +73,24 @@ impl Matcher {
                 .expect("the protocol is ready"),
             None => encode(&request(id, op, payload.clone())),
         }
+    }
+
+    /// Handshakes on `wire` (with `token` when given) and returns the
+    /// reply, which readies the protocol when it accepts version 2.
+    pub fn handshake_on(&mut self, wire: &mut impl Wire, token: Option<&str>) -> Value {
+        wire.put(&self.handshake(token));
+        let reply = wire.next_frame();
+        self.handshake_reply(&reply);
+        reply
+    }
+
+    /// Sends request `id` on `wire` and returns its reply (the only one
+    /// outstanding), which must answer it.
+    pub fn call_on(&mut self, wire: &mut impl Wire, id: &str, op: &str, payload: &Value) -> Value {
+        wire.put(&self.request(id, op, payload));
+        let reply = wire.next_frame();
+        self.reply(id, &reply);
+        reply
     }
 
     /// Asserts that `reply` answers request `id` (the only one

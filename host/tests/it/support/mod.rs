@@ -729,21 +729,13 @@ impl Client {
     /// Sends a handshake (with `token` when given) and returns the reply;
     /// an accepted one readies the [`matcher::Matcher`].
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        let bytes = self.matcher.handshake(token);
-        self.send_raw(&bytes).expect("send handshake");
-        let reply = self.recv_frame();
-        self.matcher.handshake_reply(&reply);
-        reply
+        self.matcher.handshake_on(&mut self.stream, token)
     }
 
     /// Sends a request and returns its reply (the only one outstanding),
     /// which must answer it.
     pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        let bytes = self.matcher.request(id, op, &payload);
-        self.send_raw(&bytes).expect("send request");
-        let reply = self.recv_frame();
-        self.matcher.reply(id, &reply);
-        reply
+        self.matcher.call_on(&mut self.stream, id, op, &payload)
     }
 
     /// Asserts that the server closes the connection within `limit`
@@ -859,23 +851,21 @@ impl StdioProc {
 
     /// Handshakes without a token (host class) and checks the reply.
     pub fn handshake(&mut self) {
-        let bytes = self.matcher.handshake(None);
-        self.send_raw(&bytes).expect("send handshake");
-        let reply = self.recv_frame();
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.handshake_on(self, None);
+        self.matcher = matcher;
         assert_eq!(
             reply,
             json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}})
         );
-        self.matcher.handshake_reply(&reply);
     }
 
     /// Sends a request and returns its reply (the only one outstanding),
     /// which must answer it.
     pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        let bytes = self.matcher.request(id, op, &payload);
-        self.send_raw(&bytes).expect("send request");
-        let reply = self.recv_frame();
-        self.matcher.reply(id, &reply);
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.call_on(self, id, op, &payload);
+        self.matcher = matcher;
         reply
     }
 
@@ -898,6 +888,17 @@ impl StdioProc {
     #[must_use]
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
+    }
+}
+
+/// Frames over the pipes, for the [`matcher::Matcher`].
+impl matcher::Wire for StdioProc {
+    fn put(&mut self, bytes: &[u8]) {
+        self.send_raw(bytes).expect("write to stdio");
+    }
+
+    fn next_frame(&mut self) -> Value {
+        self.recv_frame()
     }
 }
 
