@@ -12,7 +12,6 @@
 //! bounded poll of an observable condition.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -106,9 +105,7 @@ impl World {
              redirect_uri = \"https://corp.example/oauth/callback\"\n\
              scopes = [\"openid\", \"offline_access\"]\n"
         );
-        let dir = s.root().join("config/credproxy");
-        fs::create_dir_all(&dir).expect("mkdir config");
-        fs::write(dir.join("config.toml"), text).expect("write config");
+        s.write_default_config(&text);
         World {
             s,
             server,
@@ -119,6 +116,13 @@ impl World {
     /// `credproxy serve` with its default capability token.
     fn serve(&self) -> Proxy {
         self.s.serve(&[])
+    }
+
+    /// [`World::serve`] and a sandbox connection to it.
+    fn serve_conn(&self) -> (Proxy, Conn) {
+        let proxy = self.serve();
+        let c = Conn::open(&proxy);
+        (proxy, c)
     }
 
     /// `credproxy status --json`.
@@ -498,8 +502,7 @@ fn device_code_login_polls_and_backs_off_after_slow_down() {
         DeviceStep::Pending,
         DeviceStep::Approve,
     ]);
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
 
     let init = c.ok("oauth_initiate", json!({"provider": "qwen"}));
     assert_eq!(init["flow_type"], "device_code");
@@ -581,8 +584,7 @@ fn device_login_fails_with(last: DeviceStep, code: &str, error: &str) {
     let w = World::new();
     w.server.set_device_interval(None);
     w.server.script_device(&[DeviceStep::Pending, last]);
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (proxy, mut c) = w.serve_conn();
     let init = c.ok("oauth_initiate", json!({"provider": "qwen"}));
     let sid = init["session_id"].as_str().expect("sid").to_owned();
     let (done, _) = c.poll_until_done(&sid);
@@ -623,8 +625,7 @@ fn browser_redirect_login_completes_through_the_loopback_callback() {
     w.server.set_id_token_claims(Some(json!({
         "https://api.openai.com/auth": {"chatgpt_account_id": "acct-42"}
     })));
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
     let spec = credproxy_core::provider::codex();
     let redirect = format!("http://localhost:{}/auth/callback", w.redirect_port);
 
@@ -693,8 +694,7 @@ fn refresh_until_new(c: &mut Conn, payload: &Value, old: &str) -> Value {
 #[test]
 fn refresh_rotates_and_persists_the_new_refresh_token() {
     let w = World::new();
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (proxy, mut c) = w.serve_conn();
     let login = anthropic_login(&w, &mut c, "default");
     let rt0 = w.stored_refresh_token("anthropic", "default");
 
@@ -835,8 +835,7 @@ fn two_processes_refreshing_one_rotating_token_never_reuse_it() {
 #[test]
 fn a_refresh_token_revoked_at_the_server_requires_a_new_login() {
     let w = World::new();
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
     let login = anthropic_login(&w, &mut c, "work");
     w.server.revoke_all();
 
@@ -892,8 +891,7 @@ fn discovery_providers_log_in_and_refresh_through_discovered_endpoints() {
     // The provider's own interval (1 s) governs the device polls.
     w.server
         .script_device(&[DeviceStep::Pending, DeviceStep::Approve]);
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
 
     let init = c.ok("oauth_initiate", json!({"provider": "corp"}));
     assert_eq!(init["flow_type"], "device_code");
@@ -977,8 +975,7 @@ fn a_discovery_document_for_another_issuer_fails_the_initiation() {
     let w = World::new();
     w.server
         .set_discovery_issuer(Some("https://impostor.example"));
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
     for provider in ["corp", "corpweb"] {
         let (code, message) = c.err("oauth_initiate", json!({ "provider": provider }));
         assert_eq!(code, "FLOW_INITIATION_FAILED", "{provider}");
