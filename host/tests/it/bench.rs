@@ -108,7 +108,7 @@ fn bench_table_with_its_own_server_and_a_token_file() {
         b"",
     );
     ran.assert_code(0);
-    assert!(ran.stdout.contains("req/s"), "{}", ran.stdout);
+    ran.assert_stdout_has(&["req/s"]);
     assert!(ran.stdout.lines().any(|l| l.starts_with("server ")));
     // Without --socket: the bench starts and seeds a server of its own.
     let v = bench_json(&s, "--duration 100ms --warmup 0");
@@ -116,8 +116,7 @@ fn bench_table_with_its_own_server_and_a_token_file() {
     check_aggregate(&v["server"], 1);
     // A missing token is a handshake refusal, reported as a failure.
     let ran = s.run(&["bench", "--socket", &sock, "--duration", "100ms"], b"");
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("UNAUTHORIZED"), "{}", ran.stderr);
+    ran.assert_stderr(1, &["UNAUTHORIZED"]);
 }
 
 #[test]

@@ -120,12 +120,7 @@ fn login(s: &Scratch, args: &[&str], stdin: &[u8]) -> Ran {
 fn unknown_provider_exits_1_with_provider_not_configured() {
     let s = Scratch::new();
     let ran = login(&s, &["nosuchprovider"], b"");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("PROVIDER_NOT_CONFIGURED"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["PROVIDER_NOT_CONFIGURED"]);
     assert!(
         ran.stderr
             .contains("No OAuth flow factory configured for provider: nosuchprovider"),
@@ -158,31 +153,16 @@ fn usage_errors_exit_2_and_a_broken_config_exits_1() {
         "[providers.anthropic]\ntoken_url = \"http://x.example/t\"\n",
     );
     let ran = login(&s, &["anthropic"], b"code\n");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains(&path.display().to_string()),
-        "{}",
-        ran.stderr
-    );
-    assert!(ran.stderr.contains("must be HTTPS"), "{}", ran.stderr);
+    ran.assert_stderr(1, &[&path.display().to_string(), "must be HTTPS"]);
 }
 
 #[test]
 fn pkce_login_without_a_code_fails_and_stores_nothing() {
     let s = Scratch::new();
     let ran = login(&s, &["anthropic", "--json"], b"");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("no authorization code"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["no authorization code"]);
     // The URL was shown (stderr for people, a JSON line for scripts).
-    assert!(
-        ran.stderr.contains("https://claude.ai/oauth/authorize?"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr_has(&["https://claude.ai/oauth/authorize?"]);
     let first: Value =
         serde_json::from_str(ran.stdout.lines().next().expect("a line")).expect("json line");
     assert_eq!(first["status"], "initiated");
@@ -302,7 +282,7 @@ fn device_code_login_polls_until_complete() {
     assert_eq!(lines[0]["user_code"], "ABCD-EFGH");
     assert_eq!(lines[0]["auth_url"], "https://verify.example/device");
     assert_eq!(lines[1]["status"], "complete");
-    assert!(ran.stderr.contains("ABCD-EFGH"), "{}", ran.stderr);
+    ran.assert_stderr_has(&["ABCD-EFGH"]);
     assert!(!ran.stdout.contains("dc-secret") && !ran.stderr.contains("dc-secret"));
     let device = seen.recv_timeout(TIMEOUT).expect("device request");
     assert!(

@@ -537,21 +537,11 @@ client_secret_file = "{}"
     // Text output: the same facts, the secret only as "configured".
     let ran = s.run(&["providers"], b"");
     ran.assert_code(0);
-    assert!(
-        ran.stdout.contains("client secret: configured"),
-        "{}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains("http://127.0.0.1:8080/token"),
-        "{}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains("CREDPROXY_GEMINI_CLIENT_SECRET"),
-        "{}",
-        ran.stdout
-    );
+    ran.assert_stdout_has(&[
+        "client secret: configured",
+        "http://127.0.0.1:8080/token",
+        "CREDPROXY_GEMINI_CLIENT_SECRET",
+    ]);
     assert!(!ran.stdout.contains("very-secret-value"));
 }
 
@@ -562,13 +552,11 @@ fn invalid_file_stops_serve_with_the_path_and_exit_3() {
     let store = s.store_arg();
     // An explicit --config that does not exist.
     let ran = s.run(&["providers", "--config", "/nonexistent/c.toml"], b"");
-    ran.assert_code(3);
-    assert!(ran.stderr.contains("/nonexistent/c.toml"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["/nonexistent/c.toml"]);
     // An insecure endpoint.
     s.write_default_config("[providers.qwen]\ntoken_url = \"http://qwen.example/t\"\n");
     let ran = s.run(&["stdio", "--store", &store], b"");
-    ran.assert_code(3);
-    assert!(ran.stderr.contains("must be HTTPS"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["must be HTTPS"]);
 }
 
 #[test]

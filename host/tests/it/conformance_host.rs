@@ -106,7 +106,7 @@ fn c167_exec_hands_the_token_to_the_child_on_a_descriptor() {
     fs::create_dir(&dir).expect("mkdir");
     let script = format!(
         "cat /dev/fd/$LLXPRT_CAPABILITY_FD > {d}/tok.tmp && mv {d}/tok.tmp {d}/tok; \
-         echo \"$LLXPRT_CREDENTIAL_SOCKET\" > {d}/sock; \
+         echo \"$LLXPRT_CREDENTIAL_SOCKET\" > {d}/sock.tmp && mv {d}/sock.tmp {d}/sock; \
          while [ ! -e {d}/done ]; do sleep 0.02; done",
         d = dir.display()
     );

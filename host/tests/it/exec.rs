@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
-use serde_json::json;
 
 use crate::support::{self, BIN, Scratch, exists, is_token, python3, skip, write_py};
 
@@ -146,12 +145,7 @@ fn exit_status_is_propagated() {
 fn unknown_command_fails_and_cleans_up() {
     let s = Scratch::new();
     let ran = exec(&s, &["--", "/nonexistent/credproxy-test-cmd"]);
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("/nonexistent/credproxy-test-cmd"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["/nonexistent/credproxy-test-cmd"]);
     assert_eq!(fs::read_dir(s.base()).expect("base").count(), 0);
 }
 
@@ -181,13 +175,7 @@ fn child_reads_a_token_through_the_socket() {
         skip("child_reads_a_token_through_the_socket", "python3 missing");
         return;
     };
-    let s = Scratch::new();
-    s.seed_token(
-        "anthropic",
-        "default",
-        &json!({"access_token":"at-for-child","refresh_token":"rt-never-leaves","expiry":4_102_444_800_u64,"token_type":"Bearer"}),
-    );
-    s.seed_api_key("OPENAI", "sk-for-child");
+    let s = Scratch::seeded("at-for-child", "rt-never-leaves", "OPENAI", "sk-for-child");
     let script = write_py(
         s.root(),
         "child.py",
@@ -316,7 +304,7 @@ fn command_without_double_dash_keeps_its_own_flags() {
     let dir_arg = dir.display().to_string();
     let ran = exec(&s, &["ls", "-la", &dir_arg]);
     ran.assert_code(0);
-    assert!(ran.stdout.contains(".hidden"), "{}", ran.stdout);
+    ran.assert_stdout_has(&[".hidden"]);
     assert!(ran.stdout.starts_with("total"), "{}", ran.stdout);
     // Our own options stay ours when they come before CMD; after it they
     // are CMD's.
@@ -339,8 +327,7 @@ fn command_starting_with_a_dash_needs_double_dash() {
     );
     // With `--` it is taken as the command (which does not exist here).
     let ran = exec(&s, &["--", "-la"]);
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("cannot run -la"), "{}", ran.stderr);
+    ran.assert_stderr(1, &["cannot run -la"]);
 }
 
 #[test]
@@ -466,7 +453,7 @@ fn readme_container_entrypoint_gives_llxprt_the_token_on_fd3() {
         r#"unset CREDPROXY_CAPABILITY_FILE; exec "$0" call get_api_key '{"name":"CONTAINER_KEY"}'"#;
     let ran = container(&["sh", "-c", call, BIN]);
     ran.assert_code(0);
-    assert!(ran.stdout.contains("sk-through-fd3"), "{}", ran.stdout);
+    ran.assert_stdout_has(&["sk-through-fd3"]);
     // Without the entrypoint (no file, no fd) the same call is refused.
     let mut bare = Command::new("sh");
     bare.args(["-c", call, BIN]);
@@ -477,6 +464,5 @@ fn readme_container_entrypoint_gives_llxprt_the_token_on_fd3() {
         }
     }
     let ran = support::run_bounded(bare, b"");
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("UNAUTHORIZED"), "{}", ran.stderr);
+    ran.assert_stderr(1, &["UNAUTHORIZED"]);
 }

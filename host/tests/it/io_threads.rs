@@ -23,14 +23,7 @@ fn io_threads_of(pid: u32) -> Vec<String> {
 }
 
 fn seeded() -> Scratch {
-    let s = Scratch::new();
-    s.seed_token(
-        "anthropic",
-        "default",
-        &json!({"access_token":"at-1","refresh_token":"rt-1","expiry":4_102_444_800_u64,"token_type":"Bearer"}),
-    );
-    s.seed_api_key("k", "key-value");
-    s
+    Scratch::seeded("at-1", "rt-1", "k", "key-value")
 }
 
 #[test]
@@ -119,8 +112,7 @@ fn zero_threads_are_refused_by_flag_and_by_file() {
     let s = Scratch::new();
     let store = s.store_arg();
     let ran = s.run(&["serve", "--store", &store, "--io-threads", "0"], b"");
-    ran.assert_code(2);
-    assert!(ran.stderr.contains("--io-threads"), "{}", ran.stderr);
+    ran.assert_stderr(2, &["--io-threads"]);
     s.serve_refuses_config("io_threads = 0\n", &["io_threads"]);
 }
 
@@ -132,12 +124,9 @@ fn too_many_threads_are_refused_naming_the_bound_by_flag_and_by_file() {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let bound = (4 * cores).max(8);
     let ran = s.run(&["serve", "--store", &store, "--io-threads", "100000"], b"");
-    ran.assert_code(2);
-    assert!(ran.stderr.contains("--io-threads"), "{}", ran.stderr);
-    assert!(
-        ran.stderr.contains(&format!("at most {bound} I/O threads")),
-        "{}",
-        ran.stderr
+    ran.assert_stderr(
+        2,
+        &["--io-threads", &format!("at most {bound} I/O threads")],
     );
     assert!(
         !ran.stderr.contains("Too many open files"),

@@ -171,6 +171,18 @@ impl Scratch {
         s
     }
 
+    /// A fresh tree whose store holds `anthropic`/`default` with `access`
+    /// and `refresh` (valid until 2100) and the API key `key` = `value`.
+    #[must_use]
+    pub fn seeded(access: &str, refresh: &str, key: &str, value: &str) -> Scratch {
+        let s = Scratch::new();
+        let mut token = token_json(access);
+        token["refresh_token"] = json!(refresh);
+        s.seed_token("anthropic", "default", &token);
+        s.seed_api_key(key, value);
+        s
+    }
+
     /// The root of the tree.
     #[must_use]
     pub fn root(&self) -> &Path {
@@ -361,6 +373,36 @@ impl Ran {
             self.stdout,
             self.stderr
         );
+        self
+    }
+
+    /// Panics, showing the output, unless the exit code is `code` and
+    /// stderr contains each of `needles`.
+    pub fn assert_stderr(&self, code: i32, needles: &[&str]) -> &Ran {
+        self.assert_code(code).assert_stderr_has(needles)
+    }
+
+    /// Panics unless stderr contains each of `needles`.
+    pub fn assert_stderr_has(&self, needles: &[&str]) -> &Ran {
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "{n:?} not on stderr:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+
+    /// Panics unless stdout contains each of `needles`.
+    pub fn assert_stdout_has(&self, needles: &[&str]) -> &Ran {
+        for n in needles {
+            assert!(
+                self.stdout.contains(n),
+                "{n:?} not on stdout:\n{}",
+                self.stdout
+            );
+        }
         self
     }
 }
