@@ -63,6 +63,14 @@ fn load(path: &Path, vars: &[(&str, &str)]) -> Result<Settings, String> {
     Ok(s)
 }
 
+/// `pairs` as the owned pairs a provider's `extra_auth_params` holds.
+fn owned_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[test]
 fn builtin_overridden_field_by_field() {
     let c = Cfg::new();
@@ -128,10 +136,7 @@ extra_auth_params = { z = "1", a = "2" }
     assert_eq!(p.exchange_encoding, BodyEncoding::Json);
     assert_eq!(
         p.extra_auth_params,
-        vec![
-            ("prompt".to_owned(), "consent".to_owned()),
-            ("access_type".to_owned(), "offline".to_owned())
-        ]
+        owned_pairs(&[("prompt", "consent"), ("access_type", "offline")])
     );
     assert_eq!(p.default_device_lifetime_s, 300);
     assert!(p.client_secret.is_none());
@@ -140,10 +145,7 @@ extra_auth_params = { z = "1", a = "2" }
     assert_eq!(d.device_encoding, BodyEncoding::Json);
     assert_eq!(
         d.extra_auth_params,
-        vec![
-            ("z".to_owned(), "1".to_owned()),
-            ("a".to_owned(), "2".to_owned())
-        ],
+        owned_pairs(&[("z", "1"), ("a", "2")]),
         "a table keeps the order written"
     );
     assert_eq!(s.config.providers.len(), 6);

@@ -101,6 +101,13 @@ fn piped(cmd: &mut Command) {
         .stderr(Stdio::piped());
 }
 
+/// The blocks of every document that satisfy `keep`.
+fn blocks_where(keep: impl Fn(&Block) -> bool) -> Vec<Block> {
+    let mut blocks = all_blocks();
+    blocks.retain(keep);
+    blocks
+}
+
 fn all_blocks() -> Vec<Block> {
     documents().iter().flat_map(|d| blocks_of(d)).collect()
 }
@@ -118,10 +125,7 @@ fn runnable(b: &Block) -> bool {
 /// `serve` starts with it and stops cleanly.
 #[test]
 fn every_toml_block_is_a_configuration_that_serves() {
-    let blocks: Vec<Block> = all_blocks()
-        .into_iter()
-        .filter(|b| language(b) == "toml")
-        .collect();
+    let blocks = blocks_where(|b| language(b) == "toml");
     assert!(!blocks.is_empty(), "the README has a configuration example");
     for b in &blocks {
         let s = Scratch::new();
@@ -256,10 +260,7 @@ fn invocations(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
 /// command in it exists with the flags it is given.
 #[test]
 fn every_sh_block_parses_and_names_real_commands_and_flags() {
-    let blocks: Vec<Block> = all_blocks()
-        .into_iter()
-        .filter(|b| language(b) == "sh")
-        .collect();
+    let blocks = blocks_where(|b| language(b) == "sh");
     assert!(blocks.len() >= 4, "{blocks:?}");
     let s = Scratch::new();
     let mut helps: BTreeMap<Vec<String>, String> = BTreeMap::new();
@@ -323,10 +324,7 @@ fn invocation_parser_sees_commands_and_flags() {
 /// XDG home with `credproxy` first on `PATH`.
 #[test]
 fn runnable_sh_blocks_run() {
-    let blocks: Vec<Block> = all_blocks()
-        .into_iter()
-        .filter(|b| language(b) == "sh" && runnable(b))
-        .collect();
+    let blocks = blocks_where(|b| language(b) == "sh" && runnable(b));
     assert!(!blocks.is_empty(), "no runnable block");
     let bin_dir = Path::new(BIN).parent().expect("binary directory");
     let path = format!(

@@ -125,6 +125,13 @@ impl World {
         (proxy, c)
     }
 
+    /// How many discovery documents the server has served.
+    fn discoveries(&self) -> usize {
+        let requests = self.server.requests();
+        let discovery = "/.well-known/openid-configuration";
+        requests.iter().filter(|r| r.path == discovery).count()
+    }
+
     /// `credproxy status --json`.
     fn status(&self) -> Value {
         let store = self.s.store_arg();
@@ -944,13 +951,7 @@ fn discovery_providers_log_in_and_refresh_through_discovered_endpoints() {
         access_token(&refreshed),
         access_token(&done["data"]["token"])
     );
-    let discoveries = w
-        .server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/.well-known/openid-configuration")
-        .count();
-    assert_eq!(discoveries, 2, "one per provider");
+    assert_eq!(w.discoveries(), 2, "one per provider");
     assert_eq!(w.status_row("corp", "default")["refreshable"], true);
     assert_eq!(w.status_row("corpweb", "default")["refreshable"], true);
 
@@ -959,13 +960,7 @@ fn discovery_providers_log_in_and_refresh_through_discovered_endpoints() {
     let mut cf = Conn::open(&fresh);
     let again = cf.ok("refresh_token", json!({"provider": "corpweb"}));
     assert_ne!(access_token(&again), access_token(&token));
-    let discoveries = w
-        .server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/.well-known/openid-configuration")
-        .count();
-    assert_eq!(discoveries, 3);
+    assert_eq!(w.discoveries(), 3);
     let stats = w.server.stats();
     assert_eq!((stats.refreshes, stats.reuse_detected), (2, 0));
 }

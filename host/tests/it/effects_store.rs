@@ -35,6 +35,15 @@ fn got_lock(ex: &Executor, provider: &str, bucket: &str, wait_ms: u64) -> bool {
     }
 }
 
+/// The `refresh_unusable` a `MetaGet` on `ex` reads; any other result
+/// than `Meta` panics.
+fn meta_of(ex: &Executor, get: Effect) -> bool {
+    match ex.execute(get) {
+        EffectResult::Meta { refresh_unusable } => refresh_unusable,
+        other => panic!("meta get: {other:?}"),
+    }
+}
+
 fn release(provider: &str, bucket: &str) -> Effect {
     Effect::LockRelease {
         provider: provider.into(),
@@ -56,34 +65,14 @@ fn meta_round_trip() {
         refresh_unusable: v,
     };
     assert_eq!(ex.try_inline(&get), None);
-    assert_eq!(
-        ex.execute(get.clone()),
-        EffectResult::Meta {
-            refresh_unusable: false
-        }
-    );
+    assert_eq!(meta_of(&ex, get.clone()), false);
     assert_eq!(ex.execute(put(true)), EffectResult::Done);
-    assert_eq!(
-        ex.execute(get.clone()),
-        EffectResult::Meta {
-            refresh_unusable: true
-        }
-    );
+    assert_eq!(meta_of(&ex, get.clone()), true);
     // Another instance on the same root sees it.
     let other = executor(&dir.path().join("store"));
-    assert_eq!(
-        other.execute(get.clone()),
-        EffectResult::Meta {
-            refresh_unusable: true
-        }
-    );
+    assert_eq!(meta_of(&other, get.clone()), true);
     assert_eq!(ex.execute(put(false)), EffectResult::Done);
-    assert_eq!(
-        ex.execute(get),
-        EffectResult::Meta {
-            refresh_unusable: false
-        }
-    );
+    assert_eq!(meta_of(&ex, get), false);
     // Names are checked before the disk is touched.
     let bad = Effect::MetaGet {
         provider: "../x".into(),

@@ -384,26 +384,21 @@ impl Ran {
 
     /// Panics unless stderr contains each of `needles`.
     pub fn assert_stderr_has(&self, needles: &[&str]) -> &Ran {
-        for n in needles {
-            assert!(
-                self.stderr.contains(n),
-                "{n:?} not on stderr:\n{}",
-                self.stderr
-            );
-        }
+        assert_all_in("stderr", &self.stderr, needles);
         self
     }
 
     /// Panics unless stdout contains each of `needles`.
     pub fn assert_stdout_has(&self, needles: &[&str]) -> &Ran {
-        for n in needles {
-            assert!(
-                self.stdout.contains(n),
-                "{n:?} not on stdout:\n{}",
-                self.stdout
-            );
-        }
+        assert_all_in("stdout", &self.stdout, needles);
         self
+    }
+}
+
+/// Panics, showing `text`, unless it contains each of `needles`.
+fn assert_all_in(what: &str, text: &str, needles: &[&str]) {
+    if let Some(missing) = needles.iter().find(|n| !text.contains(**n)) {
+        panic!("{missing:?} not on {what}:\n{text}");
     }
 }
 
