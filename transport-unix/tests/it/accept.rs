@@ -9,7 +9,7 @@ use credproxy_core::Transport;
 use credproxy_unix::{Accepted, Instance, Listener, PeerPolicy, RefusalReason, TokenMode};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{LIMIT, block_on_bounded, chmod, euid, is_root, short_tempdir};
+use crate::common::{LIMIT, block_on_bounded, chmod, euid, is_root, listening, short_tempdir};
 
 /// Connects a blocking client whose reads give up after [`LIMIT`].
 fn connect(path: &Path) -> StdStream {
@@ -20,9 +20,7 @@ fn connect(path: &Path) -> StdStream {
 
 #[test]
 fn our_own_uid_is_allowed_with_uid_gid_and_pid() {
-    let tmp = short_tempdir();
-    let instance = Instance::create(tmp.path(), TokenMode::Generate).expect("instance");
-    let listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    let (_tmp, instance, listener) = listening(TokenMode::Generate);
     // The kernel queues the connection; accept picks it up below.
     let mut client = connect(instance.socket_path());
 
@@ -83,9 +81,7 @@ fn an_excluded_uid_is_refused_and_sees_eof() {
 
 #[test]
 fn accept_works_from_an_executor_task() {
-    let tmp = short_tempdir();
-    let instance = Instance::create(tmp.path(), TokenMode::Disabled).expect("instance");
-    let listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    let (_tmp, instance, listener) = listening(TokenMode::Disabled);
     let path = instance.socket_path().to_path_buf();
     block_on_bounded(async move {
         let server = smol::spawn(async move { listener.accept().await });

@@ -6,7 +6,7 @@ use credproxy_unix::{
     ModeProblem, PRIVATE_DIR_HINT, UnixError, ensure_private_dir, verify_private_dir,
 };
 
-use crate::common::{chmod, euid, is_root, mode_of, short_tempdir};
+use crate::common::{chmod, euid, mode_of, root_or_skip, short_tempdir};
 
 #[test]
 fn creates_a_missing_directory_with_mode_0700_and_accepts_it_again() {
@@ -138,8 +138,7 @@ fn refuses_a_file_in_place_of_the_directory() {
 
 #[test]
 fn refuses_a_directory_owned_by_someone_else() {
-    if !is_root() {
-        eprintln!("skipped: needs root to chown a directory to another uid");
+    if !root_or_skip("chown a directory to another uid") {
         return;
     }
     let tmp = short_tempdir();
