@@ -714,38 +714,13 @@ impl Stub {
 
 fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
     let _ = stream.set_read_timeout(Some(WAIT));
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = find(&raw, b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
-        }
+    let Some(got) = super::effects::read_request(&mut stream) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+    let (method, target, body) = (got.method, got.target, got.body);
+    let headers: BTreeMap<String, String> = (got.headers.into_iter())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = raw[head_end + 4..].to_vec();
-    while body.len() < len {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), parse_query(q)),
         None => (target.clone(), BTreeMap::new()),
@@ -777,10 +752,6 @@ fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
     );
     let _ = stream.write_all(out.as_bytes());
     let _ = stream.flush();
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Decodes `a=b&c=d` (form encoding: `+` is a space).
