@@ -481,14 +481,8 @@ fn store_failures_mid_operation_answer_internal_error_and_lose_nothing() {
         json!({"provider":"victim","token": support::token_json("at-new")}),
     );
     assert_eq!(r["ok"], true, "{r}");
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("victim", "default", true)
-        .expect("read")
-        .expect("stored");
     // save_token keeps the stored refresh token.
-    assert_eq!(stored.refresh_token(), Some("rt-victim"));
+    assert_eq!(t.stored_refresh("victim").as_deref(), Some("rt-victim"));
     assert_eq!(stub.refreshes(), 1);
     drop(c);
     w.stop(TEST);

@@ -142,9 +142,9 @@ impl Server {
             .expect("connect")
     }
 
-    /// Like [`Server::connect`], with `opts`.
-    async fn connect_with(&self, opts: ClientOptions) -> Client {
-        Client::connect_with_options(&self.path, CapabilitySource::None, opts)
+    /// Like [`Server::connect`], with the default options changed by `f`.
+    async fn connect_with(&self, f: impl FnOnce(&mut ClientOptions)) -> Client {
+        Client::connect_with_options(&self.path, CapabilitySource::None, options(f))
             .await
             .expect("connect")
     }
@@ -605,9 +605,7 @@ fn blocking_client_works_from_sync_code() {
 fn a_timeout_sends_cancel_and_the_connection_stays_usable() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let client = server
-            .connect_with(options(|o| o.request_timeout_ms = 150))
-            .await;
+        let client = server.connect_with(|o| o.request_timeout_ms = 150).await;
         let err = client.get_token(SLOW, None).await.expect_err("times out");
         assert!(matches!(err, ClientError::Timeout { ms: 150 }), "{err:?}");
         assert!(
@@ -698,9 +696,7 @@ fn server_closing_mid_request_loses_the_connection_for_good() {
 fn idle_close_then_the_next_call_reconnects_and_handshakes() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let client = server
-            .connect_with(options(|o| o.idle_close_ms = 100))
-            .await;
+        let client = server.connect_with(|o| o.idle_close_ms = 100).await;
         // Nothing is asked: the connection idles out and the server sees a
         // graceful close.
         let Ev::Eof(first) = server.next(|e| matches!(e, Ev::Eof(_))).await else {
@@ -730,7 +726,7 @@ fn idle_close_then_the_next_call_reconnects_and_handshakes() {
 fn no_idle_close_while_a_request_is_pending() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let client = server.connect_with(options(|o| o.idle_close_ms = 50)).await;
+        let client = server.connect_with(|o| o.idle_close_ms = 50).await;
         let call = client.get_token(SLOW, None);
         let watch = async {
             let Ev::Received(conn, _) = server.next(|e| is_received(e, "get_token")).await else {

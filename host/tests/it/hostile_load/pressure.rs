@@ -278,10 +278,8 @@ fn a_thousand_idle_connections_past_the_table_are_evicted_idle_longest_first() {
 #[test]
 fn an_evicted_idle_client_reconnects_with_a_fresh_handshake() {
     const TEST: &str = "evicted_reconnects";
-    let t = Target::start(
-        TEST,
-        &["--max-connections", "4", "--max-connections-per-pid", "100"],
-    );
+    let limits = ["--max-connections", "4", "--max-connections-per-pid", "100"];
+    let t = Target::start(TEST, &limits);
     let token = t.proxy.token_file().expect("a token file");
     let client =
         BlockingClient::connect(&t.proxy.socket, CapabilitySource::File(token)).expect("connect");

@@ -474,14 +474,18 @@ impl Target {
     /// file changed.
     pub fn finish_rotated(self, w: Witness, test: &str) {
         w.stop(test);
-        let stored = self
-            .scratch
-            .open_store()
-            .get_token("anthropic", "default", true)
-            .expect("read")
-            .expect("stored");
-        assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
+        let refresh = self.stored_refresh("anthropic");
+        assert_eq!(refresh.as_deref(), Some("rt-rotated-1"));
         self.finish(&[token_file("anthropic", "default")]);
+    }
+
+    /// The refresh token stored for `provider`/`default`, read from the
+    /// store (the protocol never shows it); panics when nothing is stored.
+    #[must_use]
+    pub fn stored_refresh(&self, provider: &str) -> Option<String> {
+        let store = self.scratch.open_store();
+        let token = store.get_token(provider, "default", true).expect("read");
+        token.expect("stored").refresh_token().map(str::to_owned)
     }
 }
 
