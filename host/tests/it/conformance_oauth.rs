@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::support::conformance::{
     self, Conn, Env, Gate, Server, Stub, b64url, device_stub, device_token, err_reply, free_port,
-    http_get, keys, login, login_ok, n_server, oauth_err, ok_json, path, pct, poll_until_done,
-    providers_toml, sha256, std_stub, std_token, url_query, wait_for,
+    http_get, keys, login, login_ok, n_conn, n_server, oauth_err, ok_json, path, pct,
+    poll_until_done, providers_toml, sha256, std_stub, std_token, url_query, wait_for,
 };
 
 /// The fast device polling used by the poll tests.
@@ -73,9 +73,7 @@ fn c047_initiate_device_provider_is_device_code() {
 
 #[test]
 fn c048_initiate_unknown_provider_is_provider_not_configured() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_initiate", json!({"provider":"nosuch"})),
         err_reply(
@@ -249,9 +247,7 @@ fn c058_pkce_auth_url_present() {
 
 #[test]
 fn c059_initiate_without_provider_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_initiate", json!({})),
         err_reply("r1", "INVALID_REQUEST", "Missing provider")
@@ -336,9 +332,7 @@ fn c064_second_exchange_after_success_is_session_not_found() {
 
 #[test]
 fn c065_exchange_unknown_session_is_session_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call(
             "oauth_exchange",
@@ -382,9 +376,7 @@ fn c067_exchange_rejected_by_provider_is_exchange_failed() {
 
 #[test]
 fn c068_exchange_without_session_id_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_exchange", json!({"code":"x"})),
         err_reply("r1", "INVALID_REQUEST", "Missing session_id")
@@ -398,9 +390,7 @@ fn c068_exchange_without_session_id_is_invalid_request() {
 
 #[test]
 fn c069_exchange_without_code_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_exchange", json!({"session_id":"a".repeat(32)})),
         err_reply("r1", "INVALID_REQUEST", "Missing code")
@@ -658,9 +648,7 @@ fn c082_three_polls_while_pending_are_pending() {
 
 #[test]
 fn c083_poll_unknown_session_is_session_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_poll", json!({"session_id":"e".repeat(32)})),
         err_reply("r1", "SESSION_NOT_FOUND", "OAuth session not found")
@@ -728,9 +716,7 @@ fn code_and_msg(r: &Value) -> (&str, &str) {
 
 #[test]
 fn c087_poll_without_session_id_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_poll", json!({})),
         err_reply("r1", "INVALID_REQUEST", "Missing session_id")

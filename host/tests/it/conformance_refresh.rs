@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::conformance::{
-    self, Conn, Env, Gate, Req, Resp, Stub, encode, err_reply, login_ok, n_server, oauth_err,
-    ok_json, path, providers_toml, status, std_stub, std_token, tok, wait_for,
+    self, Conn, Env, Gate, Req, Resp, Stub, encode, err_reply, login_ok, n_conn, n_server,
+    oauth_err, ok_json, path, providers_toml, status, std_stub, std_token, tok, wait_for,
 };
 
 /// Short retry delays (the defaults are 1 s and 3 s).
@@ -242,9 +242,7 @@ fn c099_concurrent_refreshes_share_one_provider_call() {
 
 #[test]
 fn c100_refresh_without_stored_token_is_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("refresh_token", json!({"provider":"anthropic"})),
         err_reply("r1", "NOT_FOUND", "No token found for provider: anthropic")
@@ -253,9 +251,7 @@ fn c100_refresh_without_stored_token_is_not_found() {
 
 #[test]
 fn c101_refresh_without_refresh_token_is_refresh_not_available() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     c.ok(
         "save_token",
         json!({"provider":"anthropic","token":tok("a")}),
@@ -316,9 +312,7 @@ fn c103_fix_b25_invalid_grant_is_reauth_required_strictly() {
 
 #[test]
 fn c104_refresh_for_a_provider_without_factory_is_provider_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     c.ok("save_token", json!({"provider":"openai","token":tok("a")}));
     assert_eq!(
         c.call("refresh_token", json!({"provider":"openai"})),
@@ -332,9 +326,7 @@ fn c104_refresh_for_a_provider_without_factory_is_provider_not_found() {
 
 #[test]
 fn c105_refresh_without_provider_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("refresh_token", json!({})),
         err_reply("r1", "INVALID_REQUEST", "Missing provider")
@@ -381,9 +373,7 @@ fn c107_refresh_token_is_the_providers_exactly() {
 
 #[test]
 fn c108_error_reply_has_a_string_code() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let r = c.call("refresh_token", json!({"provider":"anthropic"}));
     assert!(r["code"].is_string() && r["error"].is_string(), "{r}");
     assert!(r.get("retryAfter").is_none());

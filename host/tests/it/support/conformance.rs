@@ -1047,6 +1047,16 @@ pub fn std_token(req: &Req, nth: usize) -> Resp {
     }
 }
 
+/// A fresh tree, an N-server on it and a connection past the handshake:
+/// what most checklist items start from.
+#[must_use]
+pub fn n_conn() -> (Env, Server, Conn) {
+    let env = Env::new();
+    let srv = env.serve_n(&[]);
+    let c = srv.hs();
+    (env, srv, c)
+}
+
 /// An N-server on `stub`'s providers with extra `[limits]` lines (the
 /// tree is returned to keep it alive).
 pub fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
