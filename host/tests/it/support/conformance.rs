@@ -1068,6 +1068,14 @@ pub fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
     (env, srv)
 }
 
+/// [`n_server`] and a connection to it past the handshake.
+#[must_use]
+pub fn n_client(stub: &Stub, limits: &str) -> (Env, Server, Conn) {
+    let (env, srv) = n_server(stub, limits);
+    let c = srv.hs();
+    (env, srv, c)
+}
+
 /// A stub where every token endpoint answers [`std_token`].
 #[must_use]
 pub fn std_stub() -> Stub {
