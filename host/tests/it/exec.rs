@@ -70,15 +70,8 @@ test -S "$CREDPROXY_SOCKET" && echo SOCKET_LIVE=yes
 #[test]
 fn the_fd_holds_exactly_the_token_and_a_newline() {
     let s = Scratch::new();
-    let ran = exec(
-        &s,
-        &[
-            "--",
-            "sh",
-            "-c",
-            r#"od -An -c "/proc/self/fd/$LLXPRT_CAPABILITY_FD" | tr -d ' \n'"#,
-        ],
-    );
+    let od = r#"od -An -c "/proc/self/fd/$LLXPRT_CAPABILITY_FD" | tr -d ' \n'"#;
+    let ran = exec(&s, &["--", "sh", "-c", od]);
     ran.assert_code(0);
     let shown = ran.stdout.trim();
     let hex = shown.strip_suffix("\\n").expect("ends with a newline");
@@ -152,16 +145,8 @@ fn unknown_command_fails_and_cleans_up() {
 #[test]
 fn insecure_no_token_exports_no_token() {
     let s = Scratch::new();
-    let ran = exec(
-        &s,
-        &[
-            "--insecure-no-token",
-            "--",
-            "sh",
-            "-c",
-            r#"echo "FILE=${CREDPROXY_CAPABILITY_FILE-unset}"; echo "FD=${LLXPRT_CAPABILITY_FD-unset}"; echo "SOCK=$CREDPROXY_SOCKET""#,
-        ],
-    );
+    let show = r#"echo "FILE=${CREDPROXY_CAPABILITY_FILE-unset}"; echo "FD=${LLXPRT_CAPABILITY_FD-unset}"; echo "SOCK=$CREDPROXY_SOCKET""#;
+    let ran = exec(&s, &["--insecure-no-token", "--", "sh", "-c", show]);
     ran.assert_code(0);
     let v = vars(&ran.stdout);
     assert_eq!(v["FILE"], "unset");

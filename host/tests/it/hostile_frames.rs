@@ -73,14 +73,9 @@ fn dribble(mut c: Client, frame: &[u8], every: Duration) -> (Duration, usize) {
 #[test]
 fn slowloris_is_closed_by_its_deadline_not_kept_alive_by_each_byte() {
     const TEST: &str = "slowloris";
-    let t = Target::start(
+    let t = Target::start_flags(
         TEST,
-        &[
-            "--partial-frame-timeout-ms",
-            "300",
-            "--handshake-timeout-ms",
-            "300",
-        ],
+        "--partial-frame-timeout-ms 300 --handshake-timeout-ms 300",
     );
     let w = t.witness();
     let token = t.token();
@@ -130,14 +125,9 @@ fn partial_headers_of_0_to_3_bytes_hit_the_handshake_or_partial_deadline() {
     const TEST: &str = "partial_headers";
     // Distinct deadlines: a silent connection is closed by the handshake
     // deadline (600 ms), one that started a frame by the partial one.
-    let t = Target::start(
+    let t = Target::start_flags(
         TEST,
-        &[
-            "--partial-frame-timeout-ms",
-            "300",
-            "--handshake-timeout-ms",
-            "600",
-        ],
+        "--partial-frame-timeout-ms 300 --handshake-timeout-ms 600",
     );
     let w = t.witness();
     let header = 80u32.to_be_bytes();

@@ -34,16 +34,7 @@ use crate::support::{self, Client, encode, handshake_frame, request};
 fn request_flood_past_the_rate_limit_is_answered_rate_limited() {
     const TEST: &str = "rate_flood";
     // Host class (no token) so save_token is allowed; 5 per second, burst 5.
-    let t = Target::start(
-        TEST,
-        &[
-            "--insecure-no-token",
-            "--rate-per-sec",
-            "5",
-            "--rate-burst",
-            "5",
-        ],
-    );
+    let t = Target::start_flags(TEST, "--insecure-no-token --rate-per-sec 5 --rate-burst 5");
     let w = t.witness();
     let mut c = t.client();
     const N: usize = 300;
@@ -266,14 +257,9 @@ fn a_thousand_connections_then_the_next_displaces_the_idle_longest() {
         return;
     }
     // One test process opens them all: lift the per-process cap (32).
-    let t = Target::start(
+    let t = Target::start_flags(
         TEST,
-        &[
-            "--max-connections",
-            "1000",
-            "--max-connections-per-pid",
-            "2000",
-        ],
+        "--max-connections 1000 --max-connections-per-pid 2000",
     );
     let w = t.witness();
     let started = Instant::now();
@@ -373,10 +359,7 @@ fn churn_once(socket: &std::path::Path, token: Option<&str>, i: usize) {
 #[test]
 fn connect_close_churn_leaks_no_slot_and_no_descriptor() {
     const TEST: &str = "churn";
-    let t = Target::start(
-        TEST,
-        &["--max-connections", "32", "--max-connections-per-pid", "64"],
-    );
+    let t = Target::start_flags(TEST, "--max-connections 32 --max-connections-per-pid 64");
     let w = t.witness();
     let started = Instant::now();
     let threads: Vec<_> = (0..2)

@@ -235,6 +235,14 @@ impl Target {
         Target::start_with(name, None, args, |_| {})
     }
 
+    /// [`Target::start`] with `flags` split at spaces (flags and their
+    /// values: none holds a space).
+    #[must_use]
+    pub fn start_flags(name: &str, flags: &str) -> Target {
+        let args: Vec<&str> = flags.split(' ').collect();
+        Target::start(name, &args)
+    }
+
     /// Like [`Target::start`], with a configuration file (`config`, TOML)
     /// and extra seeding done by `seed` before the snapshot.
     #[must_use]
