@@ -326,9 +326,7 @@ fn all_refreshed(c: &mut Client, n: usize, access: &str) {
 fn refresh_storm_for_one_key_makes_one_provider_call() {
     const TEST: &str = "refresh_storm";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     let w = t.witness();
     stub.hold();
     // 100 concurrent refreshes: 10 connections × 10.
@@ -364,9 +362,7 @@ fn refresh_storm_for_one_key_makes_one_provider_call() {
 fn refresh_storm_across_two_processes_makes_one_provider_call() {
     const TEST: &str = "refresh_storm_2proc";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     // A second proxy on the same store.
     let config = t.config.clone().expect("config").display().to_string();
     let second = t.scratch.serve(&["--config", &config]);

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::hostile::{
-    self, PROMPT, Stub, Target, WITNESS_KEY, WITNESS_VALUE, stored_token,
-};
+use crate::support::hostile::{self, PROMPT, Stub, Target, WITNESS_KEY, WITNESS_VALUE};
 use crate::support::{self, Client, encode, handshake_frame, request};
 
 /// The configured partial-frame deadline.
@@ -296,9 +294,7 @@ fn invalid_json_and_non_object_frames_close_without_reply() {
 fn half_close_after_requests_still_gets_every_reply_then_eof() {
     const TEST: &str = "half_close";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     let w = t.witness();
 
     // Pipelined requests, then shutdown(Write): every reply, then EOF.

@@ -25,8 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::support::hostile::{
-    LIMIT, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile,
-    rss_kib, stored_token,
+    LIMIT, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile, rss_kib,
 };
 use crate::support::{self, Client, encode, handshake_frame, request};
 
@@ -182,9 +181,7 @@ fn pipelined_read_flood_does_not_starve_other_connections() {
 fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
     const TEST: &str = "in_flight";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     let w = t.witness();
     stub.hold();
     let mut c = t.client();

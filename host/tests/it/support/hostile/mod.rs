@@ -235,6 +235,15 @@ impl Target {
         Target::start_with(name, None, args, |_| {})
     }
 
+    /// A target whose anthropic provider is `stub`, with a stored
+    /// anthropic token (`at-seed`, refresh token `rt-seed`) to refresh.
+    #[must_use]
+    pub fn refreshable(name: &str, stub: &Stub) -> Target {
+        Target::start_with(name, Some(&stub.anthropic_toml()), &[], |s| {
+            s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
+        })
+    }
+
     /// [`Target::start`] with `flags` split at spaces (flags and their
     /// values: none holds a space).
     #[must_use]
