@@ -65,14 +65,14 @@ fn meta_round_trip() {
         refresh_unusable: v,
     };
     assert_eq!(ex.try_inline(&get), None);
-    assert_eq!(meta_of(&ex, get.clone()), false);
+    assert!(!meta_of(&ex, get.clone()));
     assert_eq!(ex.execute(put(true)), EffectResult::Done);
-    assert_eq!(meta_of(&ex, get.clone()), true);
+    assert!(meta_of(&ex, get.clone()));
     // Another instance on the same root sees it.
     let other = executor(&dir.path().join("store"));
-    assert_eq!(meta_of(&other, get.clone()), true);
+    assert!(meta_of(&other, get.clone()));
     assert_eq!(ex.execute(put(false)), EffectResult::Done);
-    assert_eq!(meta_of(&ex, get), false);
+    assert!(!meta_of(&ex, get));
     // Names are checked before the disk is touched.
     let bad = Effect::MetaGet {
         provider: "../x".into(),
