@@ -8,8 +8,16 @@ use serde_json::Value;
 
 use crate::support::{Scratch, token_json};
 
-fn json_of(stdout: &str) -> Value {
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+/// Runs `credproxy bench ARGS… --json` (`args` split at spaces: no
+/// argument here holds one), asserts exit 0 and returns the report.
+fn bench_json(s: &Scratch, args: &str) -> Value {
+    let mut all = vec!["bench"];
+    all.extend(args.split(' '));
+    all.push("--json");
+    let ran = s.run(&all, b"");
+    ran.assert_code(0);
+    let out = ran.stdout.trim();
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 /// The checks every aggregate (server or baseline) must pass.
@@ -45,23 +53,8 @@ fn bench_json_against_serve() {
     s.seed_token("anthropic", "default", &token_json("tok-bench"));
     let proxy = s.serve(&["--insecure-no-token", "--audit-log", "off"]);
     let sock = proxy.socket.display().to_string();
-    let ran = s.run(
-        &[
-            "bench",
-            "--socket",
-            &sock,
-            "--duration",
-            "300ms",
-            "--warmup",
-            "0",
-            "--connections",
-            "2",
-            "--json",
-        ],
-        b"",
-    );
-    ran.assert_code(0);
-    let v = json_of(&ran.stdout);
+    let args = format!("--socket {sock} --duration 300ms --warmup 0 --connections 2");
+    let v = bench_json(&s, &args);
     assert_eq!(v["mode"], "load");
     assert_eq!(v["connections"], 2);
     assert_eq!(v["depth"], 1);
@@ -81,28 +74,9 @@ fn bench_baseline_with_a_mix_and_depth() {
     s.seed_api_key("bench", "sk-bench");
     let proxy = s.serve(&["--insecure-no-token", "--audit-log", "off"]);
     let sock = proxy.socket.display().to_string();
-    let ran = s.run(
-        &[
-            "bench",
-            "--socket",
-            &sock,
-            "--duration",
-            "200ms",
-            "--warmup",
-            "50ms",
-            "--depth",
-            "4",
-            "--runs",
-            "2",
-            "--mix",
-            "get_token:3,get_api_key:1",
-            "--baseline",
-            "--json",
-        ],
-        b"",
-    );
-    ran.assert_code(0);
-    let v = json_of(&ran.stdout);
+    let mix = "--mix get_token:3,get_api_key:1";
+    let args = format!("--socket {sock} --duration 200ms --warmup 50ms --depth 4 --runs 2 {mix}");
+    let v = bench_json(&s, &format!("{args} --baseline"));
     assert_eq!(v["mix"].as_array().unwrap().len(), 2);
     assert_eq!(v["mix"][1]["payload"]["name"], "bench");
     check_aggregate(&v["server"], 2);
@@ -134,40 +108,21 @@ fn bench_table_with_its_own_server_and_a_token_file() {
         b"",
     );
     ran.assert_code(0);
-    assert!(ran.stdout.contains("req/s"), "{}", ran.stdout);
+    ran.assert_stdout_has(&["req/s"]);
     assert!(ran.stdout.lines().any(|l| l.starts_with("server ")));
     // Without --socket: the bench starts and seeds a server of its own.
-    let ran = s.run(
-        &["bench", "--duration", "100ms", "--warmup", "0", "--json"],
-        b"",
-    );
-    ran.assert_code(0);
-    let v = json_of(&ran.stdout);
+    let v = bench_json(&s, "--duration 100ms --warmup 0");
     assert_eq!(v["spawned_server"], true);
     check_aggregate(&v["server"], 1);
     // A missing token is a handshake refusal, reported as a failure.
     let ran = s.run(&["bench", "--socket", &sock, "--duration", "100ms"], b"");
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("UNAUTHORIZED"), "{}", ran.stderr);
+    ran.assert_stderr(1, &["UNAUTHORIZED"]);
 }
 
 #[test]
 fn bench_memory_and_startup_modes() {
     let s = Scratch::new();
-    let ran = s.run(
-        &[
-            "bench",
-            "--memory",
-            "--idle-connections",
-            "50",
-            "--sessions",
-            "5",
-            "--json",
-        ],
-        b"",
-    );
-    ran.assert_code(0);
-    let v = json_of(&ran.stdout);
+    let v = bench_json(&s, "--memory --idle-connections 50 --sessions 5");
     assert_eq!(v["mode"], "memory");
     assert_eq!(v["connections"], 50);
     assert_eq!(v["sessions"], 5);
@@ -182,9 +137,7 @@ fn bench_memory_and_startup_modes() {
     assert!(v["bytes_per_connection"].is_number());
     assert!(v["bytes_per_session"].is_number());
 
-    let ran = s.run(&["bench", "--startup", "--runs", "2", "--json"], b"");
-    ran.assert_code(0);
-    let v = json_of(&ran.stdout);
+    let v = bench_json(&s, "--startup --runs 2");
     assert_eq!(v["mode"], "startup");
     assert_eq!(v["runs_ms"].as_array().unwrap().len(), 2);
     assert!(v["median_ms"].as_f64().unwrap() > 0.0);

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use credproxy::audit_log::AuditLog;
 use credproxy::driver::{Driver, Event, Lifetime};
@@ -27,6 +27,7 @@ use smol::{Async, LocalExecutor};
 use crate::support::effects::{
     Behavior, Server, TIMEOUT, free_port, get, json, raw_http, split_answer,
 };
+use crate::support::wait_for;
 
 /// The driver on its own thread, with one framed connection to it.
 struct Running {
@@ -141,13 +142,9 @@ fn query_param(url: &str, name: &str) -> String {
         .to_owned()
 }
 
-/// Polls `cond` every 10 ms until it holds, for at most 10 s.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
+/// [`wait_for`] for at most 10 s.
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_for(what, TIMEOUT, cond);
 }
 
 #[test]

@@ -114,12 +114,7 @@ fn capability_token_from_the_environment() {
         &proxy.socket,
         &["get_token", r#"{"provider":"anthropic"}"#],
     );
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("CREDPROXY_CAPABILITY_FILE"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["CREDPROXY_CAPABILITY_FILE"]);
     // With it: a sandbox connection that may read the token.
     let mut cmd = s.command(&["call", "get_token", r#"{"provider":"anthropic"}"#]);
     cmd.env("CREDPROXY_SOCKET", &proxy.socket)
@@ -147,20 +142,18 @@ fn wrong_socket_exits_1_with_an_actionable_message() {
     let s = Scratch::new();
     let missing = s.root().join("no-such.sock");
     let ran = call(&s, &missing, &["list_providers"]);
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("cannot connect"), "{}", ran.stderr);
-    assert!(
-        ran.stderr.contains(&missing.display().to_string()),
-        "{}",
-        ran.stderr
+    ran.assert_stderr(
+        1,
+        &[
+            "cannot connect",
+            &missing.display().to_string(),
+            "credproxy serve",
+        ],
     );
-    assert!(ran.stderr.contains("credproxy serve"), "{}", ran.stderr);
 
     // No socket at all.
     let ran = s.run(&["call", "list_providers"], b"");
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("--socket"), "{}", ran.stderr);
-    assert!(ran.stderr.contains("CREDPROXY_SOCKET"), "{}", ran.stderr);
+    ran.assert_stderr(1, &["--socket", "CREDPROXY_SOCKET"]);
 }
 
 #[test]
@@ -169,7 +162,6 @@ fn payload_must_be_a_json_object() {
     let sock = s.root().join("x.sock");
     for bad in ["[1,2]", "not json", "\"s\""] {
         let ran = call(&s, &sock, &["get_token", bad]);
-        ran.assert_code(2);
-        assert!(ran.stderr.contains("JSON"), "{}", ran.stderr);
+        ran.assert_stderr(2, &["JSON"]);
     }
 }

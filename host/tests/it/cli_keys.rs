@@ -58,12 +58,7 @@ fn key_set_list_get_rm() {
     assert_eq!(key(&s, &["list"], b"").stdout, "anthropic.work\n");
 
     let again = key(&s, &["rm", "OPENAI"], b"");
-    again.assert_code(1);
-    assert!(
-        again.stderr.contains("no API key named OPENAI"),
-        "{}",
-        again.stderr
-    );
+    again.assert_stderr(1, &["no API key named OPENAI"]);
 }
 
 #[test]
@@ -92,8 +87,7 @@ fn key_set_needs_a_value_on_stdin() {
     let s = Scratch::new();
     for empty in [&b""[..], b"\n", b"\r\n"] {
         let ran = key(&s, &["set", "OPENAI"], empty);
-        ran.assert_code(1);
-        assert!(ran.stderr.contains("stdin"), "{}", ran.stderr);
+        ran.assert_stderr(1, &["stdin"]);
     }
     // (Was "": an empty list now says so.)
     assert_eq!(key(&s, &["list"], b"").stdout, "no API keys stored\n");
@@ -104,7 +98,7 @@ fn status_shows_tokens_but_never_secrets() {
     let s = Scratch::new();
     let empty = s.run(&["status", "--store", &s.store_arg()], b"");
     empty.assert_code(0);
-    assert!(empty.stdout.contains("no tokens"), "{}", empty.stdout);
+    empty.assert_stdout_has(&["no tokens"]);
 
     s.seed_token(
         "anthropic",
@@ -139,12 +133,7 @@ fn status_shows_tokens_but_never_secrets() {
 
     let human = s.run(&["status", "--store", &s.store_arg()], b"");
     human.assert_code(0);
-    assert!(
-        human.stdout.contains("anthropic/default"),
-        "{}",
-        human.stdout
-    );
-    assert!(human.stdout.contains("gemini/work"), "{}", human.stdout);
+    human.assert_stdout_has(&["anthropic/default", "gemini/work"]);
     assert!(!human.stdout.contains("SENTINEL"), "{}", human.stdout);
 }
 
@@ -168,8 +157,7 @@ fn logout_removes_a_token() {
     s.run(&["logout", "anthropic", "--store", &store], b"")
         .assert_code(0);
     let again = s.run(&["logout", "anthropic", "--store", &store], b"");
-    again.assert_code(1);
-    assert!(again.stderr.contains("anthropic"), "{}", again.stderr);
+    again.assert_stderr(1, &["anthropic"]);
     let v: Value =
         serde_json::from_str(&s.run(&["status", "--json", "--store", &store], b"").stdout)
             .expect("json");
@@ -188,12 +176,7 @@ fn logout_removes_a_token() {
 fn logout_rejects_bad_names() {
     let s = Scratch::new();
     let ran = s.run(&["logout", "../x", "--store", &s.store_arg()], b"");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("invalid provider name"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["invalid provider name"]);
 }
 
 #[test]

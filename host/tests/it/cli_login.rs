@@ -4,10 +4,8 @@
 //! The provider's token endpoint is a tiny HTTP stub on 127.0.0.1, put in
 //! place of the built-in anthropic endpoint by the configuration file.
 
-use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 
@@ -92,13 +90,13 @@ fn answer(stream: TcpStream, reply: &Value) -> Option<Seen> {
     })
 }
 
-/// Writes `$XDG_CONFIG_HOME/credproxy/config.toml` for the binary.
-fn write_config(s: &Scratch, text: &str) -> PathBuf {
-    let dir = s.root().join("config/credproxy");
-    fs::create_dir_all(&dir).expect("mkdir");
-    let path = dir.join("config.toml");
-    fs::write(&path, text).expect("write config");
-    path
+/// A token stub answering [`stub_token`], configured as anthropic's token
+/// endpoint; what it saw.
+fn anthropic_on_a_stub(s: &Scratch) -> mpsc::Receiver<Seen> {
+    let (port, seen) = token_stub(stub_token());
+    let url = format!("http://127.0.0.1:{port}/token");
+    s.write_default_config(&format!("[providers.anthropic]\ntoken_url = \"{url}\"\n"));
+    seen
 }
 
 fn status_json(s: &Scratch) -> Value {
@@ -120,12 +118,7 @@ fn login(s: &Scratch, args: &[&str], stdin: &[u8]) -> Ran {
 fn unknown_provider_exits_1_with_provider_not_configured() {
     let s = Scratch::new();
     let ran = login(&s, &["nosuchprovider"], b"");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("PROVIDER_NOT_CONFIGURED"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["PROVIDER_NOT_CONFIGURED"]);
     assert!(
         ran.stderr
             .contains("No OAuth flow factory configured for provider: nosuchprovider"),
@@ -153,36 +146,19 @@ fn usage_errors_exit_2_and_a_broken_config_exits_1() {
     let s = Scratch::new();
     let ran = s.run(&["login"], b"");
     ran.assert_code(2);
-    let path = write_config(
-        &s,
-        "[providers.anthropic]\ntoken_url = \"http://x.example/t\"\n",
-    );
+    let path =
+        s.write_default_config("[providers.anthropic]\ntoken_url = \"http://x.example/t\"\n");
     let ran = login(&s, &["anthropic"], b"code\n");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains(&path.display().to_string()),
-        "{}",
-        ran.stderr
-    );
-    assert!(ran.stderr.contains("must be HTTPS"), "{}", ran.stderr);
+    ran.assert_stderr(1, &[&path.display().to_string(), "must be HTTPS"]);
 }
 
 #[test]
 fn pkce_login_without_a_code_fails_and_stores_nothing() {
     let s = Scratch::new();
     let ran = login(&s, &["anthropic", "--json"], b"");
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("no authorization code"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["no authorization code"]);
     // The URL was shown (stderr for people, a JSON line for scripts).
-    assert!(
-        ran.stderr.contains("https://claude.ai/oauth/authorize?"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr_has(&["https://claude.ai/oauth/authorize?"]);
     let first: Value =
         serde_json::from_str(ran.stdout.lines().next().expect("a line")).expect("json line");
     assert_eq!(first["status"], "initiated");
@@ -229,11 +205,7 @@ fn assert_stored(s: &Scratch, bucket: &str) {
 #[test]
 fn pkce_login_in_process_stores_the_token() {
     let s = Scratch::new();
-    let (port, seen) = token_stub(stub_token());
-    write_config(
-        &s,
-        &format!("[providers.anthropic]\ntoken_url = \"http://127.0.0.1:{port}/token\"\n"),
-    );
+    let seen = anthropic_on_a_stub(&s);
     let ran = login(&s, &["anthropic"], b"pasted-code\n");
     ran.assert_code(0);
     assert!(
@@ -249,11 +221,7 @@ fn pkce_login_in_process_stores_the_token() {
 #[test]
 fn pkce_login_through_a_running_proxy() {
     let s = Scratch::new();
-    let (port, seen) = token_stub(stub_token());
-    write_config(
-        &s,
-        &format!("[providers.anthropic]\ntoken_url = \"http://127.0.0.1:{port}/token\"\n"),
-    );
+    let seen = anthropic_on_a_stub(&s);
     // With a capability token: a sandbox-class login, allowed by default.
     let proxy = s.serve(&["--audit-log", "off"]);
     let mut cmd = s.command(&["login", "anthropic", "--bucket", "work", "--json"]);
@@ -282,14 +250,11 @@ fn device_code_login_polls_until_complete() {
     ]);
     // Built-in qwen pointed at the stub; the host polls every 50 ms (the
     // stub gives no interval).
-    write_config(
-        &s,
-        &format!(
-            "[limits]\ndevice_poll_ms = 50\n\n[providers.qwen]\n\
+    s.write_default_config(&format!(
+        "[limits]\ndevice_poll_ms = 50\n\n[providers.qwen]\n\
              device_url = \"http://127.0.0.1:{port}/device\"\n\
              token_url = \"http://127.0.0.1:{port}/token\"\n"
-        ),
-    );
+    ));
     let ran = login(&s, &["qwen", "--json"], b"");
     ran.assert_code(0);
     let lines: Vec<Value> = ran
@@ -302,7 +267,7 @@ fn device_code_login_polls_until_complete() {
     assert_eq!(lines[0]["user_code"], "ABCD-EFGH");
     assert_eq!(lines[0]["auth_url"], "https://verify.example/device");
     assert_eq!(lines[1]["status"], "complete");
-    assert!(ran.stderr.contains("ABCD-EFGH"), "{}", ran.stderr);
+    ran.assert_stderr_has(&["ABCD-EFGH"]);
     assert!(!ran.stdout.contains("dc-secret") && !ran.stderr.contains("dc-secret"));
     let device = seen.recv_timeout(TIMEOUT).expect("device request");
     assert!(
@@ -397,14 +362,11 @@ fn codex_config(s: &Scratch) -> (u16, u16, mpsc::Receiver<Seen>) {
     let (token_port, seen) = token_stub(json!({"access_token":"at-codex",
         "refresh_token":"rt-codex","expires_in":3600,"token_type":"Bearer"}));
     let redirect_port = free_port();
-    write_config(
-        s,
-        &format!(
-            "[limits]\ndevice_poll_ms = 100\n\n[providers.codex]\n\
+    s.write_default_config(&format!(
+        "[limits]\ndevice_poll_ms = 100\n\n[providers.codex]\n\
              token_url = \"http://127.0.0.1:{token_port}/token\"\n\
              redirect_uri = \"http://127.0.0.1:{redirect_port}/auth/callback\"\n"
-        ),
-    );
+    ));
     (token_port, redirect_port, seen)
 }
 

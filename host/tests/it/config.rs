@@ -63,6 +63,14 @@ fn load(path: &Path, vars: &[(&str, &str)]) -> Result<Settings, String> {
     Ok(s)
 }
 
+/// `pairs` as the owned pairs a provider's `extra_auth_params` holds.
+fn owned_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[test]
 fn builtin_overridden_field_by_field() {
     let c = Cfg::new();
@@ -128,10 +136,7 @@ extra_auth_params = { z = "1", a = "2" }
     assert_eq!(p.exchange_encoding, BodyEncoding::Json);
     assert_eq!(
         p.extra_auth_params,
-        vec![
-            ("prompt".to_owned(), "consent".to_owned()),
-            ("access_type".to_owned(), "offline".to_owned())
-        ]
+        owned_pairs(&[("prompt", "consent"), ("access_type", "offline")])
     );
     assert_eq!(p.default_device_lifetime_s, 300);
     assert!(p.client_secret.is_none());
@@ -140,10 +145,7 @@ extra_auth_params = { z = "1", a = "2" }
     assert_eq!(d.device_encoding, BodyEncoding::Json);
     assert_eq!(
         d.extra_auth_params,
-        vec![
-            ("z".to_owned(), "1".to_owned()),
-            ("a".to_owned(), "2".to_owned())
-        ],
+        owned_pairs(&[("z", "1"), ("a", "2")]),
         "a table keeps the order written"
     );
     assert_eq!(s.config.providers.len(), 6);
@@ -479,23 +481,13 @@ fn missing_default_file_is_fine() {
 
 // --- the binary ------------------------------------------------------------
 
-fn write_default_config(s: &Scratch, text: &str) -> PathBuf {
-    let dir = s.root().join("config/credproxy");
-    fs::create_dir_all(&dir).expect("mkdir");
-    let path = dir.join("config.toml");
-    fs::write(&path, text).expect("write config");
-    path
-}
-
 #[test]
 fn providers_json_shows_overrides_and_custom_providers_without_secrets() {
     let s = Scratch::new();
     let secret = s.root().join("corp-secret");
     fs::write(&secret, "very-secret-value\n").expect("secret");
-    let path = write_default_config(
-        &s,
-        &format!(
-            r#"
+    let path = s.write_default_config(&format!(
+        r#"
 [providers.anthropic]
 token_url = "http://127.0.0.1:8080/token"
 
@@ -508,9 +500,8 @@ issuer = "https://id.corp.example"
 client_id = "cp"
 client_secret_file = "{}"
 "#,
-            secret.display()
-        ),
-    );
+        secret.display()
+    ));
     let ran = s.run(&["providers", "--json"], b"");
     ran.assert_code(0);
     assert!(!ran.stdout.contains("very-secret-value"), "{}", ran.stdout);
@@ -548,56 +539,33 @@ client_secret_file = "{}"
     // Text output: the same facts, the secret only as "configured".
     let ran = s.run(&["providers"], b"");
     ran.assert_code(0);
-    assert!(
-        ran.stdout.contains("client secret: configured"),
-        "{}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains("http://127.0.0.1:8080/token"),
-        "{}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains("CREDPROXY_GEMINI_CLIENT_SECRET"),
-        "{}",
-        ran.stdout
-    );
+    ran.assert_stdout_has(&[
+        "client secret: configured",
+        "http://127.0.0.1:8080/token",
+        "CREDPROXY_GEMINI_CLIENT_SECRET",
+    ]);
     assert!(!ran.stdout.contains("very-secret-value"));
 }
 
 #[test]
 fn invalid_file_stops_serve_with_the_path_and_exit_3() {
     let s = Scratch::new();
-    let path = write_default_config(&s, "[limits]\nsession_ttl = 5\n");
+    s.serve_refuses_config("[limits]\nsession_ttl = 5\n", &["session_ttl"]);
     let store = s.store_arg();
-    let ran = s.run(&["serve", "--store", &store], b"");
-    ran.assert_code(3);
-    assert!(
-        ran.stderr.contains(&path.display().to_string()),
-        "{}",
-        ran.stderr
-    );
-    assert!(ran.stderr.contains("session_ttl"), "{}", ran.stderr);
     // An explicit --config that does not exist.
     let ran = s.run(&["providers", "--config", "/nonexistent/c.toml"], b"");
-    ran.assert_code(3);
-    assert!(ran.stderr.contains("/nonexistent/c.toml"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["/nonexistent/c.toml"]);
     // An insecure endpoint.
-    write_default_config(
-        &s,
-        "[providers.qwen]\ntoken_url = \"http://qwen.example/t\"\n",
-    );
+    s.write_default_config("[providers.qwen]\ntoken_url = \"http://qwen.example/t\"\n");
     let ran = s.run(&["stdio", "--store", &store], b"");
-    ran.assert_code(3);
-    assert!(ran.stderr.contains("must be HTTPS"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["must be HTTPS"]);
 }
 
 #[test]
 fn store_from_the_file_is_used_by_the_store_commands() {
     let s = Scratch::new();
     let store = s.root().join("configured-store");
-    write_default_config(&s, &format!("store = \"{}\"\n", store.display()));
+    s.write_default_config(&format!("store = \"{}\"\n", store.display()));
     s.run(&["key", "set", "K1"], b"value\n").assert_code(0);
     assert!(store.is_dir(), "the configured store was created");
     let ran = s.run(&["key", "list"], b"");

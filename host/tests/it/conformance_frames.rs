@@ -15,8 +15,8 @@ use credproxy_unix::client::{CapabilitySource, Client, ClientError, ClientOption
 use serde_json::{Value, json};
 
 use crate::support::conformance::{
-    self, Conn, Env, Gate, Got, Server, Stub, encode, err_reply, frame_bytes, login_ok, path,
-    providers_toml, std_token, tok, wait_for,
+    self, Conn, Env, Gate, Got, Server, Stub, encode, err_reply, frame_bytes, login_ok, n_conn,
+    path, providers_toml, std_token, tok, wait_for,
 };
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -193,9 +193,7 @@ fn c148_cancel_from_another_connection_does_not_cancel() {
 
 #[test]
 fn c149_cancel_of_an_unknown_id_is_not_cancelled() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.ok("cancel", json!({"targetId":"never-sent"})),
         json!({"cancelled":false})
@@ -515,9 +513,7 @@ fn b25_no_idle_timeout_after_the_handshake() {
 
 #[test]
 fn b25_complete_frames_in_pieces_are_served() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let f = encode(&json!({"v":2,"id":"s","op":"list_providers"}));
     for b in &f {
         c.send_raw(&[*b]);
@@ -547,9 +543,7 @@ fn b25_oversize_frame_closes_without_reply() {
 #[test]
 fn b25_fix_inbound_frames_capped_at_1mib_by_default() {
     // SPEC §3.1, §10: 1 MiB by default (the existing server allows 4 MiB).
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, srv, mut c) = n_conn();
     c.send_raw(&(1_048_577u32).to_be_bytes());
     c.assert_closed_within(CLOSE);
     let mut c = srv.hs();
@@ -570,9 +564,7 @@ fn b25_fix_inbound_frames_capped_at_1mib_by_default() {
 
 #[test]
 fn b25_invalid_json_closes_without_reply() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, srv, mut c) = n_conn();
     c.send_raw(&frame_bytes(b"{\"v\":2,\"id\":\"x\",\"op\":"));
     c.assert_closed_within(CLOSE);
     // Before the handshake too.
@@ -583,9 +575,7 @@ fn b25_invalid_json_closes_without_reply() {
 
 #[test]
 fn b25_invalid_utf8_closes_without_reply() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     c.send_raw(&frame_bytes(
         b"{\"v\":2,\"id\":\"\xff\",\"op\":\"list_providers\"}",
     ));
@@ -620,9 +610,7 @@ fn b25_fix_non_object_handshake_closes() {
 fn b25_fix_b16_burst_of_200_cancels_in_one_write_is_served() {
     // SPEC §10: no per-read frame-count flood guard (the existing server
     // drops a connection that sends more than 100 frames in one chunk).
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let bytes: Vec<u8> = (0..200)
         .flat_map(|i| {
             encode(&json!({"v":2,"id":format!("c{i}"),"op":"cancel","payload":{"targetId":"none"}}))
@@ -763,9 +751,7 @@ fn b25_fix_non_object_payload_is_invalid_request() {
 
 #[test]
 fn b25_fix_typed_validation_and_dot_names() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     for (p, msg) in [
         (json!({"provider":5}), "Invalid provider"),
         (json!({"provider":"."}), "Invalid provider"),
@@ -803,9 +789,7 @@ fn b25_fix_typed_validation_and_dot_names() {
 
 #[test]
 fn b25_envelope_ids() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     // A numeric id is echoed as a string.
     c.send(&json!({"v":2,"id":7,"op":"list_providers"}));
     assert_eq!(

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::conformance::{
-    self, Conn, Env, Got, encode, login_ok, path, providers_toml, std_stub, tok, wait_child,
-    wait_for,
+    self, Conn, Env, Got, encode, login_ok, n_conn, path, providers_toml, std_stub, tok,
+    wait_child, wait_for,
 };
 
 const CLOSE: Duration = Duration::from_secs(5);
@@ -106,7 +106,7 @@ fn c167_exec_hands_the_token_to_the_child_on_a_descriptor() {
     fs::create_dir(&dir).expect("mkdir");
     let script = format!(
         "cat /dev/fd/$LLXPRT_CAPABILITY_FD > {d}/tok.tmp && mv {d}/tok.tmp {d}/tok; \
-         echo \"$LLXPRT_CREDENTIAL_SOCKET\" > {d}/sock; \
+         echo \"$LLXPRT_CREDENTIAL_SOCKET\" > {d}/sock.tmp && mv {d}/sock.tmp {d}/sock; \
          while [ ! -e {d}/done ]; do sleep 0.02; done",
         d = dir.display()
     );
@@ -519,9 +519,7 @@ fn c188_default_and_staging_buckets_have_their_own_tokens() {
 
 #[test]
 fn c189_a_frame_round_trips() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("list_providers", json!({})),
         json!({"id":"r1","ok":true,"data":{"providers":[]}})
@@ -595,9 +593,7 @@ fn c194_unicode_nested_and_html_survive_byte_exact() {
 
 #[test]
 fn c195_a_32_kib_string_round_trips() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let big: String = (0..32 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();

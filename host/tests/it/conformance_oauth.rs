@@ -16,19 +16,9 @@ use serde_json::{Value, json};
 
 use crate::support::conformance::{
     self, Conn, Env, Gate, Server, Stub, b64url, device_stub, device_token, err_reply, free_port,
-    http_get, keys, login, login_ok, oauth_err, ok_json, path, pct, poll_until_done,
-    providers_toml, sha256, std_stub, std_token, url_query, wait_for,
+    http_get, keys, login, login_ok, n_client, n_conn, n_server, oauth_err, ok_json, path, pct,
+    poll_until_done, providers_toml, sha256, std_stub, std_token, url_query, wait_for,
 };
-
-/// An N-server on `stub` with extra `[limits]` lines.
-fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
-    let env = Env::with_config(&format!(
-        "[limits]\n{limits}\n\n{}",
-        providers_toml(stub, None)
-    ));
-    let srv = env.serve_n(&[]);
-    (env, srv)
-}
 
 /// The fast device polling used by the poll tests.
 const FAST_POLL: &str = "device_poll_ms = 30";
@@ -62,8 +52,7 @@ fn assert_no_secret_fields(init: &Value) {
 #[test]
 fn c046_initiate_anthropic_is_pkce_redirect() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
     assert_eq!(init["flow_type"], "pkce_redirect");
     // SPEC §4, §10: expires_in added (the session lifetime, 600 s default).
@@ -74,8 +63,7 @@ fn c046_initiate_anthropic_is_pkce_redirect() {
 #[test]
 fn c047_initiate_device_provider_is_device_code() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["flow_type"], "device_code");
     assert_eq!(stub.count(path::QWEN_DEVICE), 1);
@@ -83,9 +71,7 @@ fn c047_initiate_device_provider_is_device_code() {
 
 #[test]
 fn c048_initiate_unknown_provider_is_provider_not_configured() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_initiate", json!({"provider":"nosuch"})),
         err_reply(
@@ -100,8 +86,7 @@ fn c048_initiate_unknown_provider_is_provider_not_configured() {
 fn c049_fix_b9_pkce_auth_url_built_by_host_state_is_not_the_verifier() {
     // SPEC §4 (pkce_redirect), §10: S256 PKCE with a separate random state.
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
     let url = init["auth_url"].as_str().expect("auth_url");
     assert!(url.starts_with(&stub.url("/anthropic/authorize?")), "{url}");
@@ -136,8 +121,7 @@ fn c049_fix_b9_pkce_auth_url_built_by_host_state_is_not_the_verifier() {
 #[test]
 fn c050_device_auth_url_is_the_verification_uri() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["auth_url"], "https://example.com/device");
     assert_eq!(init["verification_uri"], "https://example.com/device");
@@ -150,8 +134,7 @@ fn c050_device_auth_url_is_the_verification_uri() {
 #[test]
 fn c051_device_user_code_is_the_providers() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["user_code"], "UC-0");
 }
@@ -159,8 +142,7 @@ fn c051_device_user_code_is_the_providers() {
 #[test]
 fn c052_session_id_is_32_lowercase_hex() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(sid.len(), 32);
     assert!(
@@ -172,8 +154,7 @@ fn c052_session_id_is_32_lowercase_hex() {
 #[test]
 fn c053_two_initiates_give_different_sessions() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let a = initiate(&mut c, json!({"provider":"anthropic"}));
     let b = initiate(&mut c, json!({"provider":"anthropic"}));
     assert_ne!(sid_of(&a), sid_of(&b));
@@ -186,8 +167,7 @@ fn c053_two_initiates_give_different_sessions() {
 #[test]
 fn c054_oauth_cancel_then_exchange_is_session_not_found() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(c.ok("oauth_cancel", json!({"session_id": sid})), json!({}));
     assert_eq!(
@@ -200,8 +180,7 @@ fn c054_oauth_cancel_then_exchange_is_session_not_found() {
 #[test]
 fn c055_initiate_reply_has_no_verifier_fields() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     assert_no_secret_fields(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_no_secret_fields(&initiate(&mut c, json!({"provider":"qwen"})));
 }
@@ -209,8 +188,7 @@ fn c055_initiate_reply_has_no_verifier_fields() {
 #[test]
 fn c056_initiate_reply_has_no_flow_internals() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     for p in ["anthropic", "qwen"] {
         let init = initiate(&mut c, json!({"provider":p}));
         let allowed: BTreeSet<&str> = [
@@ -235,8 +213,7 @@ fn c056_initiate_reply_has_no_flow_internals() {
 #[test]
 fn c057_device_poll_interval_ms_from_the_providers_interval() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], Some(5));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["pollIntervalMs"], 5000);
     // SPEC §4: expires_in is the lesser of the session and device lifetimes.
@@ -246,8 +223,7 @@ fn c057_device_poll_interval_ms_from_the_providers_interval() {
 #[test]
 fn c058_pkce_auth_url_present() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
     assert!(
         init["auth_url"]
@@ -259,9 +235,7 @@ fn c058_pkce_auth_url_present() {
 
 #[test]
 fn c059_initiate_without_provider_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_initiate", json!({})),
         err_reply("r1", "INVALID_REQUEST", "Missing provider")
@@ -273,8 +247,7 @@ fn c059_initiate_without_provider_is_invalid_request() {
 #[test]
 fn c060_exchange_stores_the_providers_token() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c60");
     assert_eq!(
         c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
@@ -285,8 +258,7 @@ fn c060_exchange_stores_the_providers_token() {
 #[test]
 fn c061_exchange_stores_under_the_initiate_bucket() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", Some("work"), "c61");
     assert_eq!(
         c.ok("get_token", json!({"provider":"anthropic","bucket":"work"}))["access_token"],
@@ -301,8 +273,7 @@ fn c061_exchange_stores_under_the_initiate_bucket() {
 #[test]
 fn c062_exchange_reply_has_no_refresh_token_store_keeps_it() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let r = login(&mut c, "anthropic", None, "c62");
     assert_eq!(r["ok"], true, "{r}");
     assert!(r["data"].get("refresh_token").is_none(), "{r}");
@@ -320,8 +291,7 @@ fn c062_exchange_reply_has_no_refresh_token_store_keeps_it() {
 #[test]
 fn c063_exchange_keeps_extra_provider_fields() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let t = login_ok(&mut c, "anthropic", None, "c63");
     assert_eq!(t["account_id"], "acct-c63");
     assert_eq!(
@@ -333,8 +303,7 @@ fn c063_exchange_keeps_extra_provider_fields() {
 #[test]
 fn c064_second_exchange_after_success_is_session_not_found() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     c.ok("oauth_exchange", json!({"session_id": sid, "code":"a"}));
     assert_eq!(
@@ -346,9 +315,7 @@ fn c064_second_exchange_after_success_is_session_not_found() {
 
 #[test]
 fn c065_exchange_unknown_session_is_session_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call(
             "oauth_exchange",
@@ -361,8 +328,7 @@ fn c065_exchange_unknown_session_is_session_not_found() {
 #[test]
 fn c066_exchange_sends_exactly_the_pasted_code_once() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "code-66_x.y");
     let sent = stub.to(path::ANTHROPIC);
     assert_eq!(sent.len(), 1);
@@ -376,8 +342,7 @@ fn c066_exchange_sends_exactly_the_pasted_code_once() {
 #[test]
 fn c067_exchange_rejected_by_provider_is_exchange_failed() {
     let stub = Stub::start(|_, _| oauth_err(400, "invalid_grant"));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let r = login(&mut c, "anthropic", None, "bad");
     // SPEC §3.6: the provider's error code, never its raw body (B13).
     assert_eq!(
@@ -392,9 +357,7 @@ fn c067_exchange_rejected_by_provider_is_exchange_failed() {
 
 #[test]
 fn c068_exchange_without_session_id_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_exchange", json!({"code":"x"})),
         err_reply("r1", "INVALID_REQUEST", "Missing session_id")
@@ -408,9 +371,7 @@ fn c068_exchange_without_session_id_is_invalid_request() {
 
 #[test]
 fn c069_exchange_without_code_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_exchange", json!({"session_id":"a".repeat(32)})),
         err_reply("r1", "INVALID_REQUEST", "Missing code")
@@ -420,8 +381,7 @@ fn c069_exchange_without_code_is_invalid_request() {
 #[test]
 fn c070_exchange_reply_has_access_token_bearer_and_expiry() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let before = conformance::now_secs();
     let t = login_ok(&mut c, "anthropic", None, "c70");
     assert_eq!(t["access_token"], "at-c70");
@@ -433,8 +393,7 @@ fn c070_exchange_reply_has_access_token_bearer_and_expiry() {
 #[test]
 fn c071_extra_state_field_in_exchange_payload_is_ignored() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     let t = c.ok(
         "oauth_exchange",
@@ -457,8 +416,7 @@ fn c072_exchange_token_is_the_providers_exactly() {
             std_token(req, nth)
         }
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let t = login_ok(&mut c, "anthropic", None, "c72");
     assert_eq!(t["access_token"], format!("at-{nonce}"));
     assert_eq!(
@@ -480,8 +438,7 @@ fn c073_concurrent_exchanges_one_wins_provider_called_once() {
         g.wait();
         std_token(req, nth)
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     let mut bytes = conformance::encode(
         &json!({"v":2,"id":"x1","op":"oauth_exchange","payload":{"session_id":sid,"code":"one"}}),
@@ -521,8 +478,7 @@ fn device_login(c: &mut Conn, bucket: Option<&str>) -> String {
 #[test]
 fn c074_poll_pending_has_no_token() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     stub.wait_count(path::QWEN_TOKEN, 1);
     let p = c.ok("oauth_poll", json!({"session_id": sid}));
@@ -540,8 +496,7 @@ fn c075_slow_down_reports_a_larger_interval() {
         ],
         None,
     );
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     stub.wait_count(path::QWEN_TOKEN, 1);
     let mut p = Value::Null;
@@ -559,8 +514,7 @@ fn c075_slow_down_reports_a_larger_interval() {
 #[test]
 fn c076_nothing_stored_while_pending() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     stub.wait_count(path::QWEN_TOKEN, 3);
     assert_eq!(
@@ -576,8 +530,7 @@ fn c076_nothing_stored_while_pending() {
 #[test]
 fn c077_poll_complete_returns_the_token() {
     let stub = device_stub(vec![device_token("at-77", "rt-77")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(r["ok"], true, "{r}");
@@ -588,8 +541,7 @@ fn c077_poll_complete_returns_the_token() {
 #[test]
 fn c078_completion_stores_the_token_under_the_provider() {
     let stub = device_stub(vec![device_token("at-78", "rt-78")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     poll_until_done(&mut c, &sid);
     let t = c.ok("get_token", json!({"provider":"qwen"}));
@@ -609,8 +561,7 @@ fn c079_fix_b3_host_polls_pending_pending_then_complete() {
         ],
         None,
     );
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(r["data"]["status"], "complete", "{r}");
@@ -624,8 +575,7 @@ fn c079_fix_b3_host_polls_pending_pending_then_complete() {
 #[test]
 fn c080_complete_token_has_no_refresh_token_store_has_it() {
     let stub = device_stub(vec![device_token("at-80", "rt-80")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert!(r["data"]["token"].get("refresh_token").is_none(), "{r}");
@@ -642,8 +592,7 @@ fn c080_complete_token_has_no_refresh_token_store_has_it() {
 #[test]
 fn c081_poll_after_completion_is_session_not_found() {
     let stub = device_stub(vec![device_token("at-81", "rt-81")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     poll_until_done(&mut c, &sid);
     assert_eq!(
@@ -655,8 +604,7 @@ fn c081_poll_after_completion_is_session_not_found() {
 #[test]
 fn c082_three_polls_while_pending_are_pending() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     for _ in 0..3 {
         assert_eq!(
@@ -668,9 +616,7 @@ fn c082_three_polls_while_pending_are_pending() {
 
 #[test]
 fn c083_poll_unknown_session_is_session_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_poll", json!({"session_id":"e".repeat(32)})),
         err_reply("r1", "SESSION_NOT_FOUND", "OAuth session not found")
@@ -680,8 +626,7 @@ fn c083_poll_unknown_session_is_session_not_found() {
 #[test]
 fn c084_fix_b3_host_polls_with_the_issued_device_code() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     // A device code in the request is ignored.
     c.ok(
@@ -703,8 +648,7 @@ fn c084_fix_b3_host_polls_with_the_issued_device_code() {
 #[test]
 fn c085_access_denied_is_access_denied() {
     let stub = device_stub(vec![oauth_err(400, "access_denied")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(
@@ -721,8 +665,7 @@ fn c085_access_denied_is_access_denied() {
 #[test]
 fn c086_expired_token_is_session_expired() {
     let stub = device_stub(vec![oauth_err(400, "expired_token")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(code_and_msg(&r), ("SESSION_EXPIRED", "Device code expired"));
@@ -738,9 +681,7 @@ fn code_and_msg(r: &Value) -> (&str, &str) {
 
 #[test]
 fn c087_poll_without_session_id_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("oauth_poll", json!({})),
         err_reply("r1", "INVALID_REQUEST", "Missing session_id")
@@ -750,8 +691,7 @@ fn c087_poll_without_session_id_is_invalid_request() {
 #[test]
 fn c088_complete_token_has_bearer_and_expiry() {
     let stub = device_stub(vec![device_token("at-88", "rt-88")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     let t = &r["data"]["token"];
@@ -766,8 +706,7 @@ fn c088_complete_token_has_bearer_and_expiry() {
 #[test]
 fn c089_completed_token_stored_under_the_initiate_bucket_only() {
     let stub = device_stub(vec![device_token("at-89", "rt-89")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, Some("team"));
     poll_until_done(&mut c, &sid);
     assert_eq!(
@@ -791,8 +730,7 @@ fn c090_completed_token_is_the_providers_exactly() {
         vec![device_token(&format!("at-{n}"), &format!("rt-{n}"))],
         None,
     );
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(r["data"]["token"]["access_token"], format!("at-{n}"));
@@ -904,8 +842,7 @@ fn b25_fix_failed_exchange_ends_the_session() {
     // SPEC §10: EXCHANGE_FAILED, then SESSION_NOT_FOUND (the existing
     // server answers SESSION_ALREADY_USED forever).
     let stub = Stub::start(|_, _| oauth_err(400, "invalid_grant"));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(
         c.err("oauth_exchange", json!({"session_id": sid, "code":"a"}))
@@ -932,8 +869,7 @@ fn b25_fix_transient_exchange_failure_keeps_the_session() {
             std_token(req, nth)
         }
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(
         c.err("oauth_exchange", json!({"session_id": sid, "code":"t1"})),
@@ -949,8 +885,7 @@ fn b25_fix_transient_exchange_failure_keeps_the_session() {
 #[test]
 fn b25_fix_state_mismatch_ends_the_session() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(
         c.err(
@@ -968,8 +903,7 @@ fn b25_fix_state_mismatch_ends_the_session() {
 #[test]
 fn b25_fix_op_must_fit_the_flow_type() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let pkce = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(
         c.err("oauth_poll", json!({"session_id": pkce})),
@@ -991,8 +925,7 @@ fn b25_fix_op_must_fit_the_flow_type() {
 #[test]
 fn b25_fix_b10_redirect_uri_from_the_client_is_ignored() {
     let stub = std_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let init = initiate(
         &mut c,
         json!({"provider":"anthropic","redirect_uri":"http://evil.example/cb"}),
@@ -1019,8 +952,7 @@ fn b25_flow_initiation_failed() {
         status: 500,
         body: json!({"error":"server_error","detail":"secret upstream text"}),
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     let r = c.call("oauth_initiate", json!({"provider":"qwen"}));
     assert_eq!(
         r,
@@ -1035,8 +967,7 @@ fn b25_flow_initiation_failed() {
 #[test]
 fn b25_poll_failed() {
     let stub = device_stub(vec![oauth_err(400, "invalid_request")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(
@@ -1055,8 +986,7 @@ fn b25_poll_failed() {
 #[test]
 fn b25_fix_b6_oauth_cancel_stops_background_polling() {
     let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, srv) = n_server(&stub, FAST_POLL);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
     let sid = device_login(&mut c, None);
     stub.wait_count(path::QWEN_TOKEN, 1);
     assert_eq!(c.ok("oauth_cancel", json!({"session_id": sid})), json!({}));

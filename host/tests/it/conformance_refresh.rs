@@ -16,19 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::conformance::{
-    self, Conn, Env, Gate, Req, Resp, Server, Stub, encode, err_reply, login_ok, oauth_err,
-    ok_json, path, providers_toml, status, std_stub, std_token, tok, wait_for,
+    self, Conn, Env, Gate, Req, Resp, Stub, encode, err_reply, login_ok, n_client, n_conn,
+    n_server, oauth_err, ok_json, path, providers_toml, status, std_stub, std_token, tok, wait_for,
 };
-
-/// An N-server on `stub` with extra `[limits]` lines.
-fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
-    let env = Env::with_config(&format!(
-        "[limits]\n{limits}\n\n{}",
-        providers_toml(stub, None)
-    ));
-    let srv = env.serve_n(&[]);
-    (env, srv)
-}
 
 /// Short retry delays (the defaults are 1 s and 3 s).
 const FAST_RETRY: &str = "refresh_retry_ms = [40, 80]";
@@ -76,8 +66,7 @@ fn refreshed(access: &str, rotated: Option<&str>, expires_in: u64) -> Resp {
 #[test]
 fn c091_refresh_of_an_expired_token_stores_the_new_one() {
     let stub = refresh_stub(|_, _| refreshed("at-91-new", None, 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c91");
     expire(&mut c, "anthropic", "default");
     let t = c.ok("refresh_token", json!({"provider":"anthropic"}));
@@ -115,8 +104,7 @@ fn c092_rotated_refresh_token_is_stored() {
 #[test]
 fn c093_refresh_of_a_bucket_updates_only_that_bucket() {
     let stub = refresh_stub(|_, _| refreshed("at-93-new", None, 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", Some("enterprise"), "c93");
     let t = c.ok(
         "refresh_token",
@@ -139,8 +127,7 @@ fn c093_refresh_of_a_bucket_updates_only_that_bucket() {
 #[test]
 fn c094_refresh_reply_has_no_refresh_token() {
     let stub = refresh_stub(|_, _| refreshed("at-94", Some("rt-94-rotated"), 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c94");
     let r = c.call("refresh_token", json!({"provider":"anthropic"}));
     assert_eq!(r["data"]["access_token"], "at-94");
@@ -151,8 +138,7 @@ fn c094_refresh_reply_has_no_refresh_token() {
 #[test]
 fn c095_refresh_reply_has_bearer_and_the_providers_expiry() {
     let stub = refresh_stub(|_, _| refreshed("at-95", None, 1234));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c95");
     let before = conformance::now_secs();
     let t = c.ok("refresh_token", json!({"provider":"anthropic"}));
@@ -169,8 +155,7 @@ fn c096_second_refresh_in_cooldown_is_rate_limited() {
     // The refreshed token is not "still valid" (30 s < the 60 s margin), so
     // the cooldown answers RATE_LIMITED (with a valid token, see c112).
     let stub = refresh_stub(|_, _| refreshed("at-96", None, 30));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c96");
     c.ok("refresh_token", json!({"provider":"anthropic"}));
     let r = c.call("refresh_token", json!({"provider":"anthropic"}));
@@ -184,8 +169,7 @@ fn c096_second_refresh_in_cooldown_is_rate_limited() {
 #[test]
 fn c097_buckets_have_independent_cooldowns() {
     let stub = refresh_stub(|_, n| refreshed(&format!("at-97-{n}"), None, 30));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", Some("bucket1"), "b1");
     login_ok(&mut c, "anthropic", Some("bucket2"), "b2");
     c.ok(
@@ -202,8 +186,7 @@ fn c097_buckets_have_independent_cooldowns() {
 #[test]
 fn c098_providers_have_independent_cooldowns() {
     let stub = refresh_stub(|_, n| refreshed(&format!("at-98-{n}"), None, 30));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "a98");
     login_ok(&mut c, "gemini", None, "g98");
     c.ok("refresh_token", json!({"provider":"anthropic"}));
@@ -221,8 +204,7 @@ fn five_concurrent_refreshes(n: usize) {
         g.wait();
         refreshed(&format!("at-shared-{k}"), None, 3600)
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c99");
     let frames: Vec<u8> = (0..n)
         .flat_map(|i| {
@@ -252,9 +234,7 @@ fn c099_concurrent_refreshes_share_one_provider_call() {
 
 #[test]
 fn c100_refresh_without_stored_token_is_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("refresh_token", json!({"provider":"anthropic"})),
         err_reply("r1", "NOT_FOUND", "No token found for provider: anthropic")
@@ -263,9 +243,7 @@ fn c100_refresh_without_stored_token_is_not_found() {
 
 #[test]
 fn c101_refresh_without_refresh_token_is_refresh_not_available() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     c.ok(
         "save_token",
         json!({"provider":"anthropic","token":tok("a")}),
@@ -283,8 +261,7 @@ fn c101_refresh_without_refresh_token_is_refresh_not_available() {
 #[test]
 fn c102_provider_failure_is_refresh_failed_after_the_retries() {
     let stub = refresh_stub(|_, _| status(500));
-    let (_e, srv) = n_server(&stub, FAST_RETRY);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_RETRY);
     login_ok(&mut c, "anthropic", None, "c102");
     assert_eq!(
         c.err("refresh_token", json!({"provider":"anthropic"})),
@@ -300,8 +277,7 @@ fn c102_provider_failure_is_refresh_failed_after_the_retries() {
 fn c103_fix_b25_invalid_grant_is_reauth_required_strictly() {
     // B25: the existing test accepts REFRESH_FAILED too; ours is exact.
     let stub = refresh_stub(|_, _| oauth_err(400, "invalid_grant"));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c103");
     assert_eq!(
         c.err("refresh_token", json!({"provider":"anthropic"})),
@@ -326,9 +302,7 @@ fn c103_fix_b25_invalid_grant_is_reauth_required_strictly() {
 
 #[test]
 fn c104_refresh_for_a_provider_without_factory_is_provider_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     c.ok("save_token", json!({"provider":"openai","token":tok("a")}));
     assert_eq!(
         c.call("refresh_token", json!({"provider":"openai"})),
@@ -342,9 +316,7 @@ fn c104_refresh_for_a_provider_without_factory_is_provider_not_found() {
 
 #[test]
 fn c105_refresh_without_provider_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("refresh_token", json!({})),
         err_reply("r1", "INVALID_REQUEST", "Missing provider")
@@ -358,8 +330,7 @@ fn c105_refresh_without_provider_is_invalid_request() {
 #[test]
 fn c106_provider_receives_the_buckets_own_refresh_token() {
     let stub = refresh_stub(|_, _| refreshed("at-106", None, 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "dflt");
     login_ok(&mut c, "anthropic", Some("work"), "wrk");
     c.ok(
@@ -376,8 +347,7 @@ fn c107_refresh_token_is_the_providers_exactly() {
     let n = conformance::nonce("n107");
     let n2 = n.clone();
     let stub = refresh_stub(move |_, _| refreshed(&format!("at-{n2}"), None, 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c107");
     assert_eq!(
         c.ok("refresh_token", json!({"provider":"anthropic"}))["access_token"],
@@ -391,9 +361,7 @@ fn c107_refresh_token_is_the_providers_exactly() {
 
 #[test]
 fn c108_error_reply_has_a_string_code() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let r = c.call("refresh_token", json!({"provider":"anthropic"}));
     assert!(r["code"].is_string() && r["error"].is_string(), "{r}");
     assert!(r.get("retryAfter").is_none());
@@ -406,8 +374,7 @@ fn c109_refresh_sends_the_stored_refresh_token_and_saves_the_merge() {
     let stub = refresh_stub(|_, _| {
         ok_json(json!({"access_token":"at-109","expires_in":3600,"scope":"new-scope"}))
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c109");
     let t = c.ok("refresh_token", json!({"provider":"anthropic"}));
     assert_eq!(t["access_token"], "at-109");
@@ -427,8 +394,7 @@ fn c109_refresh_sends_the_stored_refresh_token_and_saves_the_merge() {
 #[test]
 fn c110_refresh_reply_never_has_a_refresh_token() {
     let stub = refresh_stub(|_, _| refreshed("at-110", Some("rt-110"), 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c110");
     let t = c.ok("refresh_token", json!({"provider":"anthropic"}));
     assert!(t.get("refresh_token").is_none(), "{t}");
@@ -444,8 +410,7 @@ fn c111_fix_remove_during_refresh_wins() {
         g.wait();
         refreshed("at-111", None, 3600)
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c111");
     c.req("rf", "refresh_token", json!({"provider":"anthropic"}));
     wait_for("the held refresh", Duration::from_secs(5), || {
@@ -474,8 +439,7 @@ fn c112_fix_cooldown_returns_a_still_valid_token() {
     // SPEC §5.3, §10: during the cooldown a still-valid token is returned
     // as is (the existing server answers RATE_LIMITED).
     let stub = refresh_stub(|_, _| refreshed("at-112", None, 3600));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "c112");
     let first = c.ok("refresh_token", json!({"provider":"anthropic"}));
     let second = c.ok("refresh_token", json!({"provider":"anthropic"}));
@@ -509,8 +473,7 @@ fn c113_after_the_cooldown_the_refresh_proceeds() {
 #[test]
 fn c114_cooldown_is_per_key() {
     let stub = refresh_stub(|_, n| refreshed(&format!("at-114-{n}"), None, 30));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "a114");
     login_ok(&mut c, "gemini", None, "g114");
     c.ok("refresh_token", json!({"provider":"anthropic"}));
@@ -536,8 +499,7 @@ fn c116_concurrent_refreshes_of_two_keys_call_twice() {
         let rt = req.field("refresh_token").unwrap_or_default();
         refreshed(&format!("new-{rt}"), None, 3600)
     });
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", Some("one"), "k1");
     login_ok(&mut c, "anthropic", Some("two"), "k2");
     c.req(
@@ -562,8 +524,7 @@ fn c116_concurrent_refreshes_of_two_keys_call_twice() {
 #[test]
 fn c117_auth_error_after_exactly_one_provider_call() {
     let stub = refresh_stub(|_, _| status(401));
-    let (_e, srv) = n_server(&stub, FAST_RETRY);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_RETRY);
     login_ok(&mut c, "anthropic", None, "c117");
     assert_eq!(
         c.err("refresh_token", json!({"provider":"anthropic"})),
@@ -602,8 +563,7 @@ fn c119_transient_failure_then_success_after_two_calls() {
             refreshed("at-119", None, 3600)
         }
     });
-    let (_e, srv) = n_server(&stub, FAST_RETRY);
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, FAST_RETRY);
     login_ok(&mut c, "anthropic", None, "c119");
     assert_eq!(
         c.ok("refresh_token", json!({"provider":"anthropic"}))["access_token"],
@@ -636,8 +596,7 @@ fn c120_refresh_without_new_refresh_token_keeps_the_stored_one() {
 fn b25_fix_b12_default_bucket_normalized_for_the_cooldown() {
     // B12: "anthropic" and "anthropic:default" are one key here.
     let stub = refresh_stub(|_, _| refreshed("at-b12", None, 30));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "b12");
     c.ok("refresh_token", json!({"provider":"anthropic"}));
     for p in [
@@ -653,8 +612,7 @@ fn b25_fix_b12_default_bucket_normalized_for_the_cooldown() {
 fn b25_fix_b12_failed_attempt_starts_the_cooldown() {
     // B12 / SPEC §5.3: a cooldown follows any attempt, not only a success.
     let stub = refresh_stub(|_, _| oauth_err(400, "invalid_request"));
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "b12f");
     expire(&mut c, "anthropic", "default");
     assert_eq!(
@@ -713,8 +671,7 @@ fn c125_fix_token_inside_the_renewal_lead_is_renewed_once_before_expiry() {
     // remaining lifetime, so a 4-second token is renewed once, before it
     // expires.
     let stub = short_lived_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "short122");
     wait_for("the renewal", Duration::from_secs(5), || {
         !refreshes(&stub, path::ANTHROPIC).is_empty()
@@ -725,8 +682,7 @@ fn c125_fix_token_inside_the_renewal_lead_is_renewed_once_before_expiry() {
 #[test]
 fn c124_no_renewal_for_a_token_already_expired() {
     let stub = short_lived_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "short124");
     expire(&mut c, "anthropic", "default");
     assert_no_renewal(&stub);
@@ -735,8 +691,7 @@ fn c124_no_renewal_for_a_token_already_expired() {
 #[test]
 fn c126_no_renewal_for_expiry_zero() {
     let stub = short_lived_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "short126");
     c.ok(
         "save_token",
@@ -748,8 +703,7 @@ fn c126_no_renewal_for_expiry_zero() {
 #[test]
 fn c127_rescheduling_replaces_the_earlier_renewal() {
     let stub = short_lived_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "short127");
     // A later expiry replaces the 4-second one: nothing fires now.
     c.ok(
@@ -762,8 +716,7 @@ fn c127_rescheduling_replaces_the_earlier_renewal() {
 #[test]
 fn c128_remove_token_cancels_the_renewal() {
     let stub = short_lived_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", None, "short128");
     c.ok("remove_token", json!({"provider":"anthropic"}));
     assert_no_renewal(&stub);
@@ -772,8 +725,7 @@ fn c128_remove_token_cancels_the_renewal() {
 #[test]
 fn c131_renewals_of_several_keys_use_their_own_refresh_tokens() {
     let stub = short_lived_stub();
-    let (_e, srv) = n_server(&stub, "");
-    let mut c = srv.hs();
+    let (_e, _srv, mut c) = n_client(&stub, "");
     login_ok(&mut c, "anthropic", Some("one"), "short131a");
     login_ok(&mut c, "anthropic", Some("two"), "short131b");
     for (b, code) in [("one", "short131a"), ("two", "short131b")] {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::conformance::{
-    self, Env, err_reply, login_ok, path, providers_toml, std_stub, tok,
+    self, Env, err_reply, login_ok, n_conn, path, providers_toml, std_stub, tok,
 };
 
 /// An N-server whose anthropic/gemini/qwen point at a standard stub.
@@ -53,8 +53,8 @@ fn c003_printed_path_is_the_exported_socket_path() {
     let env = Env::new();
     let srv = env.serve(&[]);
     let s = srv.socket.display().to_string();
-    assert_eq!(srv.exports.get("CREDPROXY_SOCKET"), Some(&s));
-    assert_eq!(srv.exports.get("LLXPRT_CREDENTIAL_SOCKET"), Some(&s));
+    assert_eq!(srv.exports().get("CREDPROXY_SOCKET"), Some(&s));
+    assert_eq!(srv.exports().get("LLXPRT_CREDENTIAL_SOCKET"), Some(&s));
 }
 
 #[test]
@@ -107,9 +107,7 @@ fn c007_get_token_strips_refresh_token() {
 
 #[test]
 fn c008_get_token_missing_is_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let r = c.call("get_token", json!({"provider":"nonexistent"}));
     assert_eq!(
         r,
@@ -123,9 +121,7 @@ fn c008_get_token_missing_is_not_found() {
 
 #[test]
 fn c009_save_token_is_stored() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (env, srv, mut c) = n_conn();
     assert_eq!(
         c.ok(
             "save_token",
@@ -202,9 +198,7 @@ fn c013_get_api_key_returns_the_stored_value() {
 
 #[test]
 fn c014_get_api_key_missing_is_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("get_api_key", json!({"name":"nonexistent"})),
         err_reply("r1", "NOT_FOUND", "No API key found for: nonexistent")
@@ -319,9 +313,7 @@ fn c020_save_token_keeps_the_stored_refresh_token() {
 
 #[test]
 fn c021_unknown_op_is_invalid_request() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call("totally_bogus_op", json!({})),
         err_reply(
@@ -609,9 +601,7 @@ fn c039_s_server_bucket_stats_are_exactly_zero() {
 
 #[test]
 fn c040_n_server_bucket_stats_without_token_is_not_found() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     assert_eq!(
         c.call(
             "get_bucket_stats",
@@ -623,9 +613,7 @@ fn c040_n_server_bucket_stats_without_token_is_not_found() {
 
 #[test]
 fn c041_n_server_save_token_with_refresh_token_on_empty_store() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = n_conn();
     let mut t = tok("at-41");
     t["refresh_token"] = json!("rt-41");
     assert_eq!(

@@ -101,6 +101,13 @@ fn piped(cmd: &mut Command) {
         .stderr(Stdio::piped());
 }
 
+/// The blocks of every document that satisfy `keep`.
+fn blocks_where(keep: impl Fn(&Block) -> bool) -> Vec<Block> {
+    let mut blocks = all_blocks();
+    blocks.retain(keep);
+    blocks
+}
+
 fn all_blocks() -> Vec<Block> {
     documents().iter().flat_map(|d| blocks_of(d)).collect()
 }
@@ -118,10 +125,7 @@ fn runnable(b: &Block) -> bool {
 /// `serve` starts with it and stops cleanly.
 #[test]
 fn every_toml_block_is_a_configuration_that_serves() {
-    let blocks: Vec<Block> = all_blocks()
-        .into_iter()
-        .filter(|b| language(b) == "toml")
-        .collect();
+    let blocks = blocks_where(|b| language(b) == "toml");
     assert!(!blocks.is_empty(), "the README has a configuration example");
     for b in &blocks {
         let s = Scratch::new();
@@ -256,10 +260,7 @@ fn invocations(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
 /// command in it exists with the flags it is given.
 #[test]
 fn every_sh_block_parses_and_names_real_commands_and_flags() {
-    let blocks: Vec<Block> = all_blocks()
-        .into_iter()
-        .filter(|b| language(b) == "sh")
-        .collect();
+    let blocks = blocks_where(|b| language(b) == "sh");
     assert!(blocks.len() >= 4, "{blocks:?}");
     let s = Scratch::new();
     let mut helps: BTreeMap<Vec<String>, String> = BTreeMap::new();
@@ -323,10 +324,7 @@ fn invocation_parser_sees_commands_and_flags() {
 /// XDG home with `credproxy` first on `PATH`.
 #[test]
 fn runnable_sh_blocks_run() {
-    let blocks: Vec<Block> = all_blocks()
-        .into_iter()
-        .filter(|b| language(b) == "sh" && runnable(b))
-        .collect();
+    let blocks = blocks_where(|b| language(b) == "sh" && runnable(b));
     assert!(!blocks.is_empty(), "no runnable block");
     let bin_dir = Path::new(BIN).parent().expect("binary directory");
     let path = format!(
@@ -337,21 +335,10 @@ fn runnable_sh_blocks_run() {
     for b in &blocks {
         let s = Scratch::new();
         let mut sh = Command::new("sh");
-        sh.arg("-ec")
-            .arg(&b.text)
-            .current_dir(s.root())
+        s.isolate(sh.arg("-ec").arg(&b.text).current_dir(s.root()))
             .env("PATH", &path)
-            .env("XDG_RUNTIME_DIR", s.runtime())
-            .env("TMPDIR", s.root())
-            .env("XDG_DATA_HOME", s.root().join("data"))
-            .env("XDG_CONFIG_HOME", s.root().join("config"))
-            .env("HOME", s.root())
             // A stand-in for the user's own key in the README's example.
-            .env("OPENAI_API_KEY", "sk-docs-example-0000")
-            .env_remove("CREDPROXY_SOCKET")
-            .env_remove("CREDPROXY_CAPABILITY_FILE")
-            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-            .env_remove("LLXPRT_CAPABILITY_FD");
+            .env("OPENAI_API_KEY", "sk-docs-example-0000");
         piped(&mut sh);
         let ran = run_bounded(sh, b"");
         assert_eq!(

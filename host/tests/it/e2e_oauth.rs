@@ -12,7 +12,6 @@
 //! bounded poll of an observable condition.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
@@ -106,9 +105,7 @@ impl World {
              redirect_uri = \"https://corp.example/oauth/callback\"\n\
              scopes = [\"openid\", \"offline_access\"]\n"
         );
-        let dir = s.root().join("config/credproxy");
-        fs::create_dir_all(&dir).expect("mkdir config");
-        fs::write(dir.join("config.toml"), text).expect("write config");
+        s.write_default_config(&text);
         World {
             s,
             server,
@@ -119,6 +116,20 @@ impl World {
     /// `credproxy serve` with its default capability token.
     fn serve(&self) -> Proxy {
         self.s.serve(&[])
+    }
+
+    /// [`World::serve`] and a sandbox connection to it.
+    fn serve_conn(&self) -> (Proxy, Conn) {
+        let proxy = self.serve();
+        let c = Conn::open(&proxy);
+        (proxy, c)
+    }
+
+    /// How many discovery documents the server has served.
+    fn discoveries(&self) -> usize {
+        let requests = self.server.requests();
+        let discovery = "/.well-known/openid-configuration";
+        requests.iter().filter(|r| r.path == discovery).count()
     }
 
     /// `credproxy status --json`.
@@ -390,15 +401,21 @@ fn test_server_rotates_refresh_tokens_and_revokes_the_family_on_reuse() {
 // ---------------------------------------------------------------------------
 // pkce_redirect (anthropic).
 
+/// `oauth_initiate` for anthropic on a new connection to `proxy`: the
+/// connection, anthropic's client id and redirect URI, and the reply.
+fn anthropic_initiated(proxy: &Proxy) -> (Conn, String, String, Value) {
+    let spec = credproxy_core::provider::anthropic();
+    let redirect = spec.redirect_uri.clone().expect("redirect");
+    let mut c = Conn::open(proxy);
+    let init = c.ok("oauth_initiate", json!({"provider": "anthropic"}));
+    (c, spec.client_id.clone(), redirect, init)
+}
+
 #[test]
 fn pkce_redirect_login_stores_the_token_and_the_server_verifies_pkce() {
     let w = World::new();
     let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
-    let spec = credproxy_core::provider::anthropic();
-    let redirect = spec.redirect_uri.clone().expect("redirect");
-
-    let init = c.ok("oauth_initiate", json!({"provider": "anthropic"}));
+    let (mut c, client_id, redirect, init) = anthropic_initiated(&proxy);
     assert_eq!(init["flow_type"], "pkce_redirect");
     assert!(init["session_id"].as_str().is_some_and(|s| s.len() == 32));
     assert_no_secrets(&init);
@@ -408,7 +425,7 @@ fn pkce_redirect_login_stores_the_token_and_the_server_verifies_pkce() {
         "true",
         "anthropic asks for the code page"
     );
-    let (code, state) = authorize(&w.server, &init, &spec.client_id, &redirect);
+    let (code, state) = authorize(&w.server, &init, &client_id, &redirect);
 
     let token = c.ok(
         "oauth_exchange",
@@ -460,15 +477,12 @@ fn pkce_redirect_login_stores_the_token_and_the_server_verifies_pkce() {
 fn pkce_redirect_exchange_with_a_code_for_another_challenge_fails() {
     let w = World::new();
     let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
-    let spec = credproxy_core::provider::anthropic();
-    let redirect = spec.redirect_uri.clone().expect("redirect");
-    let init = c.ok("oauth_initiate", json!({"provider": "anthropic"}));
+    let (mut c, client_id, redirect, init) = anthropic_initiated(&proxy);
     let state = query(init["auth_url"].as_str().expect("url"))["state"].clone();
     // A code minted for someone else's challenge: the proxy's verifier
     // cannot match it.
     let foreign = w.server.approve(
-        &spec.client_id,
+        &client_id,
         &redirect,
         "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
     );
@@ -495,8 +509,7 @@ fn device_code_login_polls_and_backs_off_after_slow_down() {
         DeviceStep::Pending,
         DeviceStep::Approve,
     ]);
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
 
     let init = c.ok("oauth_initiate", json!({"provider": "qwen"}));
     assert_eq!(init["flow_type"], "device_code");
@@ -570,43 +583,44 @@ fn device_code_login_polls_and_backs_off_after_slow_down() {
     );
 }
 
-/// A qwen login whose device code the server scripts with `steps`; returns
-/// the final `oauth_poll` reply.
-fn device_login_ending_with(steps: &[DeviceStep]) -> (World, Value) {
+/// A qwen login whose device code the server scripts as one pending poll
+/// and then `last`: the final `oauth_poll` reply is the error `code` with
+/// `error`, reported once (a second poll finds no session), after exactly
+/// two polls (none after `last`), and nothing is stored.
+fn device_login_fails_with(last: DeviceStep, code: &str, error: &str) {
     let w = World::new();
     w.server.set_device_interval(None);
-    w.server.script_device(steps);
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    w.server.script_device(&[DeviceStep::Pending, last]);
+    let (proxy, mut c) = w.serve_conn();
     let init = c.ok("oauth_initiate", json!({"provider": "qwen"}));
     let sid = init["session_id"].as_str().expect("sid").to_owned();
     let (done, _) = c.poll_until_done(&sid);
-    // Reported once.
-    let (code, _) = c.err("oauth_poll", json!({ "session_id": sid }));
-    assert_eq!(code, "SESSION_NOT_FOUND");
+    let (again, _) = c.err("oauth_poll", json!({ "session_id": sid }));
+    assert_eq!(again, "SESSION_NOT_FOUND");
     drop(proxy);
-    (w, done)
+    assert_eq!(done["ok"], false, "{done}");
+    assert_eq!(
+        (&done["code"], &done["error"]),
+        (&json!(code), &json!(error))
+    );
+    assert_eq!(w.server.token_requests(DEVICE_GRANT).len(), 2);
+    assert_eq!(w.status(), json!({"tokens": []}));
 }
 
 #[test]
 fn device_code_access_denied_is_reported_as_access_denied() {
-    let (w, done) = device_login_ending_with(&[DeviceStep::Pending, DeviceStep::Denied]);
-    assert_eq!(done["ok"], false, "{done}");
-    assert_eq!(done["code"], "ACCESS_DENIED");
-    assert_eq!(done["error"], "User denied authorization");
-    assert_eq!(w.server.token_requests(DEVICE_GRANT).len(), 2);
-    assert_eq!(w.status(), json!({"tokens": []}));
+    let error = "User denied authorization";
+    device_login_fails_with(DeviceStep::Denied, "ACCESS_DENIED", error);
 }
 
 #[test]
 fn device_code_expired_token_is_reported_as_session_expired() {
-    let (w, done) = device_login_ending_with(&[DeviceStep::Pending, DeviceStep::Expired]);
-    assert_eq!(done["ok"], false, "{done}");
-    assert_eq!(done["code"], "SESSION_EXPIRED");
-    assert_eq!(done["error"], "Device code expired");
-    // The proxy stopped polling: no poll after the expired_token.
-    assert_eq!(w.server.token_requests(DEVICE_GRANT).len(), 2);
-    assert_eq!(w.status(), json!({"tokens": []}));
+    // The proxy stops polling: no poll after the expired_token.
+    device_login_fails_with(
+        DeviceStep::Expired,
+        "SESSION_EXPIRED",
+        "Device code expired",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -618,8 +632,7 @@ fn browser_redirect_login_completes_through_the_loopback_callback() {
     w.server.set_id_token_claims(Some(json!({
         "https://api.openai.com/auth": {"chatgpt_account_id": "acct-42"}
     })));
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
     let spec = credproxy_core::provider::codex();
     let redirect = format!("http://localhost:{}/auth/callback", w.redirect_port);
 
@@ -688,8 +701,7 @@ fn refresh_until_new(c: &mut Conn, payload: &Value, old: &str) -> Value {
 #[test]
 fn refresh_rotates_and_persists_the_new_refresh_token() {
     let w = World::new();
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (proxy, mut c) = w.serve_conn();
     let login = anthropic_login(&w, &mut c, "default");
     let rt0 = w.stored_refresh_token("anthropic", "default");
 
@@ -830,8 +842,7 @@ fn two_processes_refreshing_one_rotating_token_never_reuse_it() {
 #[test]
 fn a_refresh_token_revoked_at_the_server_requires_a_new_login() {
     let w = World::new();
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
     let login = anthropic_login(&w, &mut c, "work");
     w.server.revoke_all();
 
@@ -887,8 +898,7 @@ fn discovery_providers_log_in_and_refresh_through_discovered_endpoints() {
     // The provider's own interval (1 s) governs the device polls.
     w.server
         .script_device(&[DeviceStep::Pending, DeviceStep::Approve]);
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
 
     let init = c.ok("oauth_initiate", json!({"provider": "corp"}));
     assert_eq!(init["flow_type"], "device_code");
@@ -941,13 +951,7 @@ fn discovery_providers_log_in_and_refresh_through_discovered_endpoints() {
         access_token(&refreshed),
         access_token(&done["data"]["token"])
     );
-    let discoveries = w
-        .server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/.well-known/openid-configuration")
-        .count();
-    assert_eq!(discoveries, 2, "one per provider");
+    assert_eq!(w.discoveries(), 2, "one per provider");
     assert_eq!(w.status_row("corp", "default")["refreshable"], true);
     assert_eq!(w.status_row("corpweb", "default")["refreshable"], true);
 
@@ -956,13 +960,7 @@ fn discovery_providers_log_in_and_refresh_through_discovered_endpoints() {
     let mut cf = Conn::open(&fresh);
     let again = cf.ok("refresh_token", json!({"provider": "corpweb"}));
     assert_ne!(access_token(&again), access_token(&token));
-    let discoveries = w
-        .server
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/.well-known/openid-configuration")
-        .count();
-    assert_eq!(discoveries, 3);
+    assert_eq!(w.discoveries(), 3);
     let stats = w.server.stats();
     assert_eq!((stats.refreshes, stats.reuse_detected), (2, 0));
 }
@@ -972,8 +970,7 @@ fn a_discovery_document_for_another_issuer_fails_the_initiation() {
     let w = World::new();
     w.server
         .set_discovery_issuer(Some("https://impostor.example"));
-    let proxy = w.serve();
-    let mut c = Conn::open(&proxy);
+    let (_proxy, mut c) = w.serve_conn();
     for provider in ["corp", "corpweb"] {
         let (code, message) = c.err("oauth_initiate", json!({ "provider": provider }));
         assert_eq!(code, "FLOW_INITIATION_FAILED", "{provider}");

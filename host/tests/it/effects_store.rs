@@ -18,6 +18,32 @@ fn acquire(provider: &str, bucket: &str, wait_ms: u64) -> Effect {
     }
 }
 
+/// Two store instances (as two processes would have) on one new store.
+fn two_instances() -> (tempfile::TempDir, Executor, Executor) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let (ours, theirs) = (executor(&root), executor(&root));
+    (dir, ours, theirs)
+}
+
+/// Whether an acquire of `provider`/`bucket` on `ex` (waiting up to
+/// `wait_ms`) got the lock; any other result than `Locked` panics.
+fn got_lock(ex: &Executor, provider: &str, bucket: &str, wait_ms: u64) -> bool {
+    match ex.execute(acquire(provider, bucket, wait_ms)) {
+        EffectResult::Locked(got) => got,
+        other => panic!("acquire {provider}/{bucket}: {other:?}"),
+    }
+}
+
+/// The `refresh_unusable` a `MetaGet` on `ex` reads; any other result
+/// than `Meta` panics.
+fn meta_of(ex: &Executor, get: Effect) -> bool {
+    match ex.execute(get) {
+        EffectResult::Meta { refresh_unusable } => refresh_unusable,
+        other => panic!("meta get: {other:?}"),
+    }
+}
+
 fn release(provider: &str, bucket: &str) -> Effect {
     Effect::LockRelease {
         provider: provider.into(),
@@ -39,34 +65,14 @@ fn meta_round_trip() {
         refresh_unusable: v,
     };
     assert_eq!(ex.try_inline(&get), None);
-    assert_eq!(
-        ex.execute(get.clone()),
-        EffectResult::Meta {
-            refresh_unusable: false
-        }
-    );
+    assert!(!meta_of(&ex, get.clone()));
     assert_eq!(ex.execute(put(true)), EffectResult::Done);
-    assert_eq!(
-        ex.execute(get.clone()),
-        EffectResult::Meta {
-            refresh_unusable: true
-        }
-    );
+    assert!(meta_of(&ex, get.clone()));
     // Another instance on the same root sees it.
     let other = executor(&dir.path().join("store"));
-    assert_eq!(
-        other.execute(get.clone()),
-        EffectResult::Meta {
-            refresh_unusable: true
-        }
-    );
+    assert!(meta_of(&other, get.clone()));
     assert_eq!(ex.execute(put(false)), EffectResult::Done);
-    assert_eq!(
-        ex.execute(get),
-        EffectResult::Meta {
-            refresh_unusable: false
-        }
-    );
+    assert!(!meta_of(&ex, get));
     // Names are checked before the disk is touched.
     let bad = Effect::MetaGet {
         provider: "../x".into(),
@@ -77,27 +83,15 @@ fn meta_round_trip() {
 
 #[test]
 fn lock_excludes_another_store_instance_until_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let ours = executor(&root);
-    let theirs = executor(&root);
+    let (_dir, ours, theirs) = two_instances();
 
-    assert_eq!(
-        ours.execute(acquire("codex", "default", 0)),
-        EffectResult::Locked(true)
-    );
+    assert!(got_lock(&ours, "codex", "default", 0));
     assert!(ours.locks().is_held("codex", "default"));
     // Held: another instance (another process, as far as flock is
     // concerned) times out after its wait.
-    assert_eq!(
-        theirs.execute(acquire("codex", "default", 50)),
-        EffectResult::Locked(false)
-    );
+    assert!(!got_lock(&theirs, "codex", "default", 50));
     // Another key is independent.
-    assert_eq!(
-        theirs.execute(acquire("codex", "work", 0)),
-        EffectResult::Locked(true)
-    );
+    assert!(got_lock(&theirs, "codex", "work", 0));
 
     // A release is performed inline, never on the pool.
     assert_eq!(
@@ -105,10 +99,7 @@ fn lock_excludes_another_store_instance_until_released() {
         Some(EffectResult::Done)
     );
     assert!(ours.locks().is_empty());
-    assert_eq!(
-        theirs.execute(acquire("codex", "default", 0)),
-        EffectResult::Locked(true)
-    );
+    assert!(got_lock(&theirs, "codex", "default", 0));
     // Releasing what is not held is harmless.
     assert_eq!(
         ours.execute(release("codex", "default")),
@@ -119,26 +110,14 @@ fn lock_excludes_another_store_instance_until_released() {
     // Shutdown releases everything.
     theirs.locks().shutdown();
     assert!(theirs.locks().is_empty());
-    assert_eq!(
-        ours.execute(acquire("codex", "default", 0)),
-        EffectResult::Locked(true)
-    );
-    assert_eq!(
-        ours.execute(acquire("codex", "work", 0)),
-        EffectResult::Locked(true)
-    );
+    assert!(got_lock(&ours, "codex", "default", 0));
+    assert!(got_lock(&ours, "codex", "work", 0));
 }
 
 #[test]
 fn waiting_acquire_gets_the_lock_once_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let ours = executor(&root);
-    let theirs = executor(&root);
-    assert_eq!(
-        ours.execute(acquire("p", "b", 0)),
-        EffectResult::Locked(true)
-    );
+    let (_dir, ours, theirs) = two_instances();
+    assert!(got_lock(&ours, "p", "b", 0));
     let waiter = std::thread::spawn(move || theirs.execute(acquire("p", "b", 10_000)));
     ours.locks().release("p", "b");
     assert_eq!(waiter.join().unwrap(), EffectResult::Locked(true));

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
-use serde_json::json;
 
 use crate::support::{self, BIN, Scratch, exists, is_token, python3, skip, write_py};
 
@@ -71,15 +70,8 @@ test -S "$CREDPROXY_SOCKET" && echo SOCKET_LIVE=yes
 #[test]
 fn the_fd_holds_exactly_the_token_and_a_newline() {
     let s = Scratch::new();
-    let ran = exec(
-        &s,
-        &[
-            "--",
-            "sh",
-            "-c",
-            r#"od -An -c "/proc/self/fd/$LLXPRT_CAPABILITY_FD" | tr -d ' \n'"#,
-        ],
-    );
+    let od = r#"od -An -c "/proc/self/fd/$LLXPRT_CAPABILITY_FD" | tr -d ' \n'"#;
+    let ran = exec(&s, &["--", "sh", "-c", od]);
     ran.assert_code(0);
     let shown = ran.stdout.trim();
     let hex = shown.strip_suffix("\\n").expect("ends with a newline");
@@ -146,28 +138,15 @@ fn exit_status_is_propagated() {
 fn unknown_command_fails_and_cleans_up() {
     let s = Scratch::new();
     let ran = exec(&s, &["--", "/nonexistent/credproxy-test-cmd"]);
-    ran.assert_code(1);
-    assert!(
-        ran.stderr.contains("/nonexistent/credproxy-test-cmd"),
-        "{}",
-        ran.stderr
-    );
+    ran.assert_stderr(1, &["/nonexistent/credproxy-test-cmd"]);
     assert_eq!(fs::read_dir(s.base()).expect("base").count(), 0);
 }
 
 #[test]
 fn insecure_no_token_exports_no_token() {
     let s = Scratch::new();
-    let ran = exec(
-        &s,
-        &[
-            "--insecure-no-token",
-            "--",
-            "sh",
-            "-c",
-            r#"echo "FILE=${CREDPROXY_CAPABILITY_FILE-unset}"; echo "FD=${LLXPRT_CAPABILITY_FD-unset}"; echo "SOCK=$CREDPROXY_SOCKET""#,
-        ],
-    );
+    let show = r#"echo "FILE=${CREDPROXY_CAPABILITY_FILE-unset}"; echo "FD=${LLXPRT_CAPABILITY_FD-unset}"; echo "SOCK=$CREDPROXY_SOCKET""#;
+    let ran = exec(&s, &["--insecure-no-token", "--", "sh", "-c", show]);
     ran.assert_code(0);
     let v = vars(&ran.stdout);
     assert_eq!(v["FILE"], "unset");
@@ -181,13 +160,7 @@ fn child_reads_a_token_through_the_socket() {
         skip("child_reads_a_token_through_the_socket", "python3 missing");
         return;
     };
-    let s = Scratch::new();
-    s.seed_token(
-        "anthropic",
-        "default",
-        &json!({"access_token":"at-for-child","refresh_token":"rt-never-leaves","expiry":4_102_444_800_u64,"token_type":"Bearer"}),
-    );
-    s.seed_api_key("OPENAI", "sk-for-child");
+    let s = Scratch::seeded("at-for-child", "rt-never-leaves", "OPENAI", "sk-for-child");
     let script = write_py(
         s.root(),
         "child.py",
@@ -316,7 +289,7 @@ fn command_without_double_dash_keeps_its_own_flags() {
     let dir_arg = dir.display().to_string();
     let ran = exec(&s, &["ls", "-la", &dir_arg]);
     ran.assert_code(0);
-    assert!(ran.stdout.contains(".hidden"), "{}", ran.stdout);
+    ran.assert_stdout_has(&[".hidden"]);
     assert!(ran.stdout.starts_with("total"), "{}", ran.stdout);
     // Our own options stay ours when they come before CMD; after it they
     // are CMD's.
@@ -339,24 +312,7 @@ fn command_starting_with_a_dash_needs_double_dash() {
     );
     // With `--` it is taken as the command (which does not exist here).
     let ran = exec(&s, &["--", "-la"]);
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("cannot run -la"), "{}", ran.stderr);
-}
-
-/// Environment of [`Scratch::command`] on `cmd`.
-fn scratch_env(s: &Scratch, cmd: &mut Command) {
-    cmd.env("XDG_RUNTIME_DIR", s.runtime())
-        .env("TMPDIR", s.root())
-        .env("XDG_DATA_HOME", s.root().join("data"))
-        .env("XDG_CONFIG_HOME", s.root().join("config"))
-        .env("HOME", s.root())
-        .env_remove("CREDPROXY_SOCKET")
-        .env_remove("CREDPROXY_CAPABILITY_FILE")
-        .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-        .env_remove("LLXPRT_CAPABILITY_FD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    ran.assert_stderr(1, &["cannot run -la"]);
 }
 
 #[test]
@@ -371,7 +327,7 @@ fn our_own_fd3_is_moved_not_lost() {
         .arg(&passed)
         .args([BIN, "exec", "--store", &store, "--audit-log", "off"])
         .args(["sh", "-c", child]);
-    scratch_env(&s, &mut cmd);
+    s.isolate(&mut cmd);
     let ran = support::run_bounded(cmd, b"");
     ran.assert_code(0);
     let lines: Vec<&str> = ran.stdout.lines().collect();
@@ -456,7 +412,7 @@ fn readme_container_entrypoint_gives_llxprt_the_token_on_fd3() {
     let container = |cmd: &[&str]| {
         let mut c = Command::new("sh");
         c.arg(&entrypoint).args(cmd);
-        scratch_env(&s, &mut c);
+        s.isolate(&mut c);
         for (k, v) in proxy.exports() {
             c.env(k, v);
         }
@@ -482,17 +438,16 @@ fn readme_container_entrypoint_gives_llxprt_the_token_on_fd3() {
         r#"unset CREDPROXY_CAPABILITY_FILE; exec "$0" call get_api_key '{"name":"CONTAINER_KEY"}'"#;
     let ran = container(&["sh", "-c", call, BIN]);
     ran.assert_code(0);
-    assert!(ran.stdout.contains("sk-through-fd3"), "{}", ran.stdout);
+    ran.assert_stdout_has(&["sk-through-fd3"]);
     // Without the entrypoint (no file, no fd) the same call is refused.
     let mut bare = Command::new("sh");
     bare.args(["-c", call, BIN]);
-    scratch_env(&s, &mut bare);
+    s.isolate(&mut bare);
     for (k, v) in proxy.exports() {
         if k != "CREDPROXY_CAPABILITY_FILE" {
             bare.env(k, v);
         }
     }
     let ran = support::run_bounded(bare, b"");
-    ran.assert_code(1);
-    assert!(ran.stderr.contains("UNAUTHORIZED"), "{}", ran.stderr);
+    ran.assert_stderr(1, &["UNAUTHORIZED"]);
 }

@@ -11,16 +11,15 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::thread;
 
 use serde_json::{Value, json};
 
 use crate::support::hostile::{
-    CANARY_ACCESS, CANARY_KEY, CANARY_PROVIDER, LIMIT, Raw, Stub, Target, Unwritable, WITNESS_KEY,
-    poll, stored_token, token_file,
+    CANARY_ACCESS, CANARY_KEY, CANARY_PROVIDER, LIMIT, Stub, Target, Unwritable, WITNESS_KEY, poll,
+    stored_token, token_file,
 };
-use crate::support::{self, PY_FRAMES, encode, euid, request, skip};
+use crate::support::{self, Client, encode, euid, request, skip};
 
 /// `{"id":id,"ok":false,"code":code,"error":error}`.
 fn refusal(id: &str, code: &str, error: &str) -> Value {
@@ -41,7 +40,7 @@ fn sandbox_tries_every_forbidden_operation() {
     ] {
         let mut c = t.raw();
         assert_eq!(c.handshake(token.as_deref()), support::unauthorized_reply());
-        c.eof();
+        c.assert_closed();
     }
 
     let mut c = t.client();
@@ -130,10 +129,10 @@ fn sandbox_tries_every_forbidden_operation() {
         };
         batch.extend(encode(&request(&format!("p{i}"), op, payload)));
     }
-    c.bytes(&batch).expect("send");
+    c.send_raw(&batch).expect("send");
     let mut ids = BTreeSet::new();
     for _ in 0..200 {
-        let r = c.frame();
+        let r = c.recv_frame();
         assert!(
             matches!(r["code"].as_str(), Some("FORBIDDEN" | "RATE_LIMITED")),
             "{r}"
@@ -150,29 +149,22 @@ fn sandbox_tries_every_forbidden_operation() {
     let t = Target::start(STRICT, &["--strict-sandbox"]);
     let w = t.witness();
     let mut c = t.client();
+    // Each refusal is "Sandbox connections cannot " and what was refused.
     let strict = [
-        (
-            "oauth_initiate",
-            "Sandbox connections cannot initiate OAuth",
-        ),
-        (
-            "oauth_exchange",
-            "Sandbox connections cannot exchange OAuth tokens",
-        ),
-        ("oauth_poll", "Sandbox connections cannot poll OAuth tokens"),
-        (
-            "oauth_cancel",
-            "Sandbox connections cannot cancel OAuth sessions",
-        ),
-        ("refresh_token", "Sandbox connections cannot refresh tokens"),
+        ("oauth_initiate", "initiate OAuth"),
+        ("oauth_exchange", "exchange OAuth tokens"),
+        ("oauth_poll", "poll OAuth tokens"),
+        ("oauth_cancel", "cancel OAuth sessions"),
+        ("refresh_token", "refresh tokens"),
     ];
-    for (i, (op, msg)) in strict.into_iter().enumerate() {
+    for (i, (op, what)) in strict.into_iter().enumerate() {
         let id = format!("s{i}");
+        let msg = format!("Sandbox connections cannot {what}");
         let payload =
             json!({"provider": CANARY_PROVIDER, "session_id": "00".repeat(16), "code": "x"});
         assert_eq!(
             c.call(&id, op, payload),
-            refusal(&id, "FORBIDDEN", msg),
+            refusal(&id, "FORBIDDEN", &msg),
             "{op}"
         );
     }
@@ -183,43 +175,6 @@ fn sandbox_tries_every_forbidden_operation() {
     w.during();
     w.stop(STRICT);
     t.finish(&[]);
-}
-
-/// A python interpreter that uid 65534 can run through `setpriv`.
-fn nobody_python() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|py| {
-            Command::new("setpriv")
-                .args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    py,
-                    "-c",
-                    "import os, sys; sys.exit(0 if os.getuid() == 65534 else 1)",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-}
-
-/// Makes the socket reachable for uid 65534 (directories 0711 from the
-/// scratch root down, the socket 0666), as only a deliberate operator
-/// (`--allow-uid`) would.
-fn open_up(t: &Target) {
-    let mut dir = t.proxy.instance_dir();
-    loop {
-        support::chmod(&dir, 0o711);
-        if dir == t.scratch.root() {
-            break;
-        }
-        dir = dir.parent().expect("under the scratch root").to_path_buf();
-    }
-    support::chmod(&t.proxy.socket, 0o666);
 }
 
 /// As uid 65534, with the capability token: tries `sid` with every
@@ -241,26 +196,8 @@ for i, (op, payload) in enumerate([
     out.append(recv(s))
 print(json.dumps(out))
 "#;
-    let script = format!("{PY_FRAMES}\n{body}");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        py,
-        "-c",
-        &script,
-    ])
-    .arg(socket)
-    .arg(token)
-    .arg(sid)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let ran = support::run_bounded(cmd, b"");
-    ran.assert_code(0);
-    serde_json::from_str(ran.stdout.trim())
-        .unwrap_or_else(|e| panic!("client output {:?}: {e}", ran.stdout))
+    let socket = socket.display().to_string();
+    support::py_as_nobody(py, body, &[&socket, token, sid])
 }
 
 #[test]
@@ -296,9 +233,9 @@ fn session_ids_tried_from_another_peer_are_not_found() {
             json!({"session_id": guess}),
         )));
     }
-    guesser.bytes(&batch).expect("send");
+    guesser.send_raw(&batch).expect("send");
     for _ in 0..1000 {
-        let r = guesser.frame();
+        let r = guesser.recv_frame();
         assert_eq!(r["code"], "SESSION_NOT_FOUND", "{r}");
     }
     drop(guesser);
@@ -309,10 +246,11 @@ fn session_ids_tried_from_another_peer_are_not_found() {
     // cancel is a no-op.
     if euid() != 0 {
         skip(TEST, "cross-uid part needs root (setpriv to uid 65534)");
-    } else if let Some(py) = nobody_python() {
-        open_up(&t);
+    } else if let Some(py) = support::nobody_python(&["/usr/bin/python3", "/usr/local/bin/python3"])
+    {
+        support::open_up(&t.scratch, &t.proxy);
         let token = t.token().expect("token");
-        let seen = replies_as_nobody(py, &t.proxy.socket, &token, &sid);
+        let seen = replies_as_nobody(&py, &t.proxy.socket, &token, &sid);
         assert_eq!(
             seen,
             json!([
@@ -355,7 +293,7 @@ fn session_ids_tried_from_another_peer_are_not_found() {
 /// (`get_api_key`) and waits for the probe's reply: requests on one
 /// connection are dispatched in order, so every refresh has joined the
 /// refresh by then (their replies are held with the provider's answer).
-fn refreshes_then_probe(c: &mut Raw, tag: &str, n: usize) {
+fn refreshes_then_probe(c: &mut Client, tag: &str, n: usize) {
     let mut batch = Vec::new();
     for i in 0..n {
         batch.extend(encode(&request(
@@ -369,15 +307,15 @@ fn refreshes_then_probe(c: &mut Raw, tag: &str, n: usize) {
         "get_api_key",
         json!({"name": WITNESS_KEY}),
     )));
-    c.bytes(&batch).expect("send");
-    let r = c.frame();
+    c.send_raw(&batch).expect("send");
+    let r = c.recv_frame();
     assert_eq!(r["id"], format!("{tag}-probe"), "{r}");
 }
 
 /// Reads `n` replies on `c`; each must be the refreshed token.
-fn all_refreshed(c: &mut Raw, n: usize, access: &str) {
+fn all_refreshed(c: &mut Client, n: usize, access: &str) {
     for _ in 0..n {
-        let r = c.frame();
+        let r = c.recv_frame();
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["data"]["access_token"], access, "{r}");
         assert!(!r.to_string().contains("rt-"), "a refresh token left: {r}");
@@ -388,13 +326,11 @@ fn all_refreshed(c: &mut Raw, n: usize, access: &str) {
 fn refresh_storm_for_one_key_makes_one_provider_call() {
     const TEST: &str = "refresh_storm";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     let w = t.witness();
     stub.hold();
     // 100 concurrent refreshes: 10 connections × 10.
-    let mut conns: Vec<Raw> = (0..10).map(|_| t.client()).collect();
+    let mut conns: Vec<Client> = (0..10).map(|_| t.client()).collect();
     for (i, c) in conns.iter_mut().enumerate() {
         refreshes_then_probe(c, &format!("c{i}"), 10);
     }
@@ -414,38 +350,28 @@ fn refresh_storm_for_one_key_makes_one_provider_call() {
                 json!({"provider":"anthropic"}),
             )));
         }
-        c.bytes(&batch).expect("send");
+        c.send_raw(&batch).expect("send");
         all_refreshed(c, 10, "at-refreshed-1");
     }
     assert_eq!(stub.refreshes(), 1, "exactly one provider call");
     drop(conns);
-    w.stop(TEST);
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("anthropic", "default", true)
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
-    t.finish(&[token_file("anthropic", "default")]);
+    t.finish_rotated(w, TEST);
 }
 
 #[test]
 fn refresh_storm_across_two_processes_makes_one_provider_call() {
     const TEST: &str = "refresh_storm_2proc";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     // A second proxy on the same store.
     let config = t.config.clone().expect("config").display().to_string();
     let second = t.scratch.serve(&["--config", &config]);
     let w = t.witness();
     stub.hold();
-    let mut first_conns: Vec<Raw> = (0..5).map(|_| t.client()).collect();
-    let mut second_conns: Vec<Raw> = (0..5)
+    let mut first_conns: Vec<Client> = (0..5).map(|_| t.client()).collect();
+    let mut second_conns: Vec<Client> = (0..5)
         .map(|_| {
-            let mut c = Raw::connect(&second.socket);
+            let mut c = Client::connect(&second.socket).expect("connect");
             let r = c.handshake(Some(&second.token()));
             assert_eq!(r["ok"], true, "{r}");
             c
@@ -472,15 +398,7 @@ fn refresh_storm_across_two_processes_makes_one_provider_call() {
     }
     assert_eq!(stub.refreshes(), 1, "exactly one provider call");
     drop(second);
-    w.stop(TEST);
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("anthropic", "default", true)
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
-    t.finish(&[token_file("anthropic", "default")]);
+    t.finish_rotated(w, TEST);
 }
 
 #[test]
@@ -559,14 +477,8 @@ fn store_failures_mid_operation_answer_internal_error_and_lose_nothing() {
         json!({"provider":"victim","token": support::token_json("at-new")}),
     );
     assert_eq!(r["ok"], true, "{r}");
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("victim", "default", true)
-        .expect("read")
-        .expect("stored");
     // save_token keeps the stored refresh token.
-    assert_eq!(stored.refresh_token(), Some("rt-victim"));
+    assert_eq!(t.stored_refresh("victim").as_deref(), Some("rt-victim"));
     assert_eq!(stub.refreshes(), 1);
     drop(c);
     w.stop(TEST);

@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::hostile::{
-    self, PROMPT, Raw, Stub, Target, WITNESS_KEY, WITNESS_VALUE, stored_token,
-};
-use crate::support::{self, encode, handshake_frame, request};
+use crate::support::hostile::{self, PROMPT, Stub, Target, WITNESS_KEY, WITNESS_VALUE};
+use crate::support::{self, Client, encode, handshake_frame, request};
 
 /// The configured partial-frame deadline.
 const PARTIAL_MS: u64 = 300;
@@ -39,7 +37,7 @@ fn count_events(stderr: &str, op: &str, outcome: Option<&str>) -> usize {
 
 /// Waits on a thread for the server to close `c` (EOF or reset, never a
 /// byte of reply); the thread returns when that was seen.
-fn watch_close(c: Raw) -> thread::JoinHandle<Instant> {
+fn watch_close(c: Client) -> thread::JoinHandle<Instant> {
     let mut reader = c.stream;
     thread::spawn(move || {
         let mut buf = [0u8; 64];
@@ -54,14 +52,12 @@ fn watch_close(c: Raw) -> thread::JoinHandle<Instant> {
 /// A byte-dribbling client: one byte of `frame` every `every`, from the
 /// first byte until the server closes; returns (time from the first byte
 /// to the close, bytes sent).
-fn dribble(mut c: Raw, frame: &[u8], every: Duration) -> (Duration, usize) {
-    let closed = watch_close(Raw {
-        stream: c.stream.try_clone().expect("clone"),
-    });
+fn dribble(mut c: Client, frame: &[u8], every: Duration) -> (Duration, usize) {
+    let closed = watch_close(Client::connect_stream(c.stream.try_clone().expect("clone")));
     let started = Instant::now();
     let mut sent = 0;
     for b in frame {
-        if closed.is_finished() || c.bytes(&[*b]).is_err() {
+        if closed.is_finished() || c.send_raw(&[*b]).is_err() {
             break;
         }
         sent += 1;
@@ -75,14 +71,9 @@ fn dribble(mut c: Raw, frame: &[u8], every: Duration) -> (Duration, usize) {
 #[test]
 fn slowloris_is_closed_by_its_deadline_not_kept_alive_by_each_byte() {
     const TEST: &str = "slowloris";
-    let t = Target::start(
+    let t = Target::start_flags(
         TEST,
-        &[
-            "--partial-frame-timeout-ms",
-            "300",
-            "--handshake-timeout-ms",
-            "300",
-        ],
+        "--partial-frame-timeout-ms 300 --handshake-timeout-ms 300",
     );
     let w = t.witness();
     let token = t.token();
@@ -132,14 +123,9 @@ fn partial_headers_of_0_to_3_bytes_hit_the_handshake_or_partial_deadline() {
     const TEST: &str = "partial_headers";
     // Distinct deadlines: a silent connection is closed by the handshake
     // deadline (600 ms), one that started a frame by the partial one.
-    let t = Target::start(
+    let t = Target::start_flags(
         TEST,
-        &[
-            "--partial-frame-timeout-ms",
-            "300",
-            "--handshake-timeout-ms",
-            "600",
-        ],
+        "--partial-frame-timeout-ms 300 --handshake-timeout-ms 600",
     );
     let w = t.witness();
     let header = 80u32.to_be_bytes();
@@ -147,12 +133,12 @@ fn partial_headers_of_0_to_3_bytes_hit_the_handshake_or_partial_deadline() {
     let mut watched = Vec::new();
     for k in 0..=3 {
         let mut c = t.raw();
-        c.bytes(&header[..k]).expect("send");
+        c.send_raw(&header[..k]).expect("send");
         watched.push(("before the handshake", k, watch_close(c), Instant::now()));
     }
     for k in 1..=3 {
         let mut c = t.client();
-        c.bytes(&header[..k]).expect("send");
+        c.send_raw(&header[..k]).expect("send");
         watched.push(("after the handshake", k, watch_close(c), Instant::now()));
     }
     // A handshaken connection that sent nothing more: no idle timeout.
@@ -196,7 +182,7 @@ fn oversize_length_prefix_is_refused_before_any_body() {
     ];
     for (handshaken, len) in cases {
         let mut c = if handshaken { t.client() } else { t.raw() };
-        c.bytes(&len.to_be_bytes()).expect("send");
+        c.send_raw(&len.to_be_bytes()).expect("send");
         let took = c.closed_without_reply(Duration::from_secs(3));
         assert!(took < PROMPT, "{len}: closed only after {took:?}");
     }
@@ -205,12 +191,12 @@ fn oversize_length_prefix_is_refused_before_any_body() {
     let mut c = t.client();
     let mut head = (max + 1).to_be_bytes().to_vec();
     head.extend_from_slice(br#"{"v":2,"id":"big","op":"save_token","payload":{"#);
-    c.bytes(&head).expect("send");
+    c.send_raw(&head).expect("send");
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"big","ok":false,"code":"INVALID_REQUEST","error":"Frame exceeds maximum size (1048576 bytes)"})
     );
-    c.eof();
+    c.assert_closed();
     w.during();
     // A frame of exactly the limit is accepted.
     let mut c = t.client();
@@ -220,8 +206,8 @@ fn oversize_length_prefix_is_refused_before_any_body() {
     frame["pad"] = json!("p".repeat(max as usize - base));
     let bytes = encode(&frame);
     assert_eq!(bytes.len(), 4 + max as usize);
-    c.bytes(&bytes).expect("send");
-    assert_eq!(c.frame()["data"]["key"], WITNESS_VALUE);
+    c.send_raw(&bytes).expect("send");
+    assert_eq!(c.recv_frame()["data"]["key"], WITNESS_VALUE);
     drop(c);
     w.stop(TEST);
     let stderr = t.finish_keep(&[]);
@@ -266,7 +252,7 @@ fn invalid_json_and_non_object_frames_close_without_reply() {
     for handshaken in [false, true] {
         for (body, _) in &bad {
             let mut c = if handshaken { t.client() } else { t.raw() };
-            c.bytes(&raw_frame(body)).expect("send");
+            c.send_raw(&raw_frame(body)).expect("send");
             let took = c.closed_without_reply(Duration::from_secs(3));
             assert!(took < PROMPT, "{body:?}: closed only after {took:?}");
         }
@@ -277,8 +263,8 @@ fn invalid_json_and_non_object_frames_close_without_reply() {
     let mut c = t.raw();
     c.send(&request("1", "get_api_key", json!({"name": WITNESS_KEY})))
         .expect("send");
-    assert_eq!(c.frame(), support::unauthorized_reply());
-    c.eof();
+    assert_eq!(c.recv_frame(), support::unauthorized_reply());
+    c.assert_closed();
     let mut c = t.raw();
     c.send(&request(
         "1",
@@ -287,10 +273,10 @@ fn invalid_json_and_non_object_frames_close_without_reply() {
     ))
     .expect("send");
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"v":2,"op":"handshake","ok":false,"code":"INVALID_REQUEST","error":"Handshake required"})
     );
-    c.eof();
+    c.assert_closed();
     drop(c);
     w.stop(TEST);
     let stderr = t.finish_keep(&[]);
@@ -308,9 +294,7 @@ fn invalid_json_and_non_object_frames_close_without_reply() {
 fn half_close_after_requests_still_gets_every_reply_then_eof() {
     const TEST: &str = "half_close";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     let w = t.witness();
 
     // Pipelined requests, then shutdown(Write): every reply, then EOF.
@@ -326,14 +310,14 @@ fn half_close_after_requests_still_gets_every_reply_then_eof() {
     c.stream.shutdown(Shutdown::Write).expect("half-close");
     let mut ids: Vec<String> = (0..5)
         .map(|_| {
-            let r = c.frame();
+            let r = c.recv_frame();
             assert_eq!(r["data"]["key"], WITNESS_VALUE, "{r}");
             r["id"].as_str().expect("id").to_owned()
         })
         .collect();
     ids.sort();
     assert_eq!(ids, ["h0", "h1", "h2", "h3", "h4"]);
-    c.eof();
+    c.assert_closed();
 
     // A request that is still running (its provider call held) when the
     // client half-closes: the reply comes when it finishes, then EOF.
@@ -351,16 +335,16 @@ fn half_close_after_requests_still_gets_every_reply_then_eof() {
     });
     w.during();
     stub.release();
-    let r = c.frame();
+    let r = c.recv_frame();
     assert_eq!(r["id"], "held");
     assert_eq!(r["data"]["access_token"], "at-refreshed-1", "{r}");
     assert!(r["data"].get("refresh_token").is_none(), "{r}");
-    c.eof();
+    c.assert_closed();
 
     // Half-close in the middle of a frame: the fragment is dropped, EOF.
     let mut c = t.client();
     let frame = encode(&request("cut", "get_api_key", json!({"name": WITNESS_KEY})));
-    c.bytes(&frame[..frame.len() / 2]).expect("send");
+    c.send_raw(&frame[..frame.len() / 2]).expect("send");
     c.stream.shutdown(Shutdown::Write).expect("half-close");
     let took = c.closed_without_reply(Duration::from_secs(3));
     assert!(took < PROMPT, "closed only after {took:?}");

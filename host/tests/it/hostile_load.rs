@@ -25,25 +25,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::support::hostile::{
-    LIMIT, Raw, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile,
-    rss_kib, stored_token, token_file,
+    LIMIT, Stub, Target, WITNESS_KEY, WITNESS_VALUE, fd_count, hwm_kib, poll, raise_nofile, rss_kib,
 };
-use crate::support::{self, encode, handshake_frame, request};
+use crate::support::{self, Client, encode, handshake_frame, request};
 
 #[test]
 fn request_flood_past_the_rate_limit_is_answered_rate_limited() {
     const TEST: &str = "rate_flood";
     // Host class (no token) so save_token is allowed; 5 per second, burst 5.
-    let t = Target::start(
-        TEST,
-        &[
-            "--insecure-no-token",
-            "--rate-per-sec",
-            "5",
-            "--rate-burst",
-            "5",
-        ],
-    );
+    let t = Target::start_flags(TEST, "--insecure-no-token --rate-per-sec 5 --rate-burst 5");
     let w = t.witness();
     let mut c = t.client();
     const N: usize = 300;
@@ -56,12 +46,12 @@ fn request_flood_past_the_rate_limit_is_answered_rate_limited() {
             json!({"provider":"flood","token":{"access_token":format!("flood-{i}"),"expiry":4_102_444_800_u64,"token_type":"Bearer"}}),
         )));
     }
-    c.bytes(&batch).expect("send the flood");
+    c.send_raw(&batch).expect("send the flood");
     let mut ok = Vec::new();
     let mut limited = 0;
     let mut exhausted = 0;
     for _ in 0..N {
-        let r = c.frame();
+        let r = c.recv_frame();
         let i: usize = r["id"].as_str().expect("id")[1..].parse().expect("index");
         match r["code"].as_str() {
             None => {
@@ -191,9 +181,7 @@ fn pipelined_read_flood_does_not_starve_other_connections() {
 fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
     const TEST: &str = "in_flight";
     let stub = Stub::start();
-    let t = Target::start_with(TEST, Some(&stub.anthropic_toml()), &[], |s| {
-        s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
-    });
+    let t = Target::refreshable(TEST, &stub);
     let w = t.witness();
     stub.hold();
     let mut c = t.client();
@@ -207,9 +195,9 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
             json!({"provider":"anthropic"}),
         )));
     }
-    c.bytes(&batch).expect("send");
+    c.send_raw(&batch).expect("send");
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"r17","ok":false,"code":"RESOURCE_EXHAUSTED","error":"Too many concurrent requests"})
     );
     poll("the held refresh at the stub", LIMIT, || {
@@ -220,11 +208,11 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
     c.send(&request("c1", "cancel", json!({"targetId":"r1"})))
         .expect("send");
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"r1","ok":false,"code":"CANCELLED","error":"Operation cancelled"})
     );
     assert_eq!(
-        c.frame(),
+        c.recv_frame(),
         json!({"id":"c1","ok":true,"data":{"cancelled":true}})
     );
     // One slot free again: r18 is taken, r19 refused.
@@ -240,12 +228,12 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
         json!({"provider":"anthropic"}),
     ))
     .expect("send");
-    assert_eq!(c.frame()["id"], "r19");
+    assert_eq!(c.recv_frame()["id"], "r19");
     w.during();
     stub.release();
     let mut ids = BTreeSet::new();
     for _ in 0..16 {
-        let r = c.frame();
+        let r = c.recv_frame();
         assert_eq!(r["data"]["access_token"], "at-refreshed-1", "{r}");
         assert!(!r.to_string().contains("rt-"), "{r}");
         ids.insert(r["id"].as_str().expect("id").to_owned());
@@ -254,15 +242,7 @@ fn seventeen_in_flight_the_seventeenth_is_refused_and_cancel_still_works() {
     assert_eq!(ids, want);
     assert_eq!(stub.refreshes(), 1, "one provider call for all of them");
     drop(c);
-    w.stop(TEST);
-    let stored = t
-        .scratch
-        .open_store()
-        .get_token("anthropic", "default", true)
-        .expect("read")
-        .expect("stored");
-    assert_eq!(stored.refresh_token(), Some("rt-rotated-1"));
-    t.finish(&[token_file("anthropic", "default")]);
+    t.finish_rotated(w, TEST);
 }
 
 #[test]
@@ -274,19 +254,14 @@ fn a_thousand_connections_then_the_next_displaces_the_idle_longest() {
         return;
     }
     // One test process opens them all: lift the per-process cap (32).
-    let t = Target::start(
+    let t = Target::start_flags(
         TEST,
-        &[
-            "--max-connections",
-            "1000",
-            "--max-connections-per-pid",
-            "2000",
-        ],
+        "--max-connections 1000 --max-connections-per-pid 2000",
     );
     let w = t.witness();
     let started = Instant::now();
     // The witness holds one slot; 999 more fill the limit.
-    let mut conns: Vec<Raw> = (0..999).map(|_| t.client()).collect();
+    let mut conns: Vec<Client> = (0..999).map(|_| t.client()).collect();
     println!(
         "{TEST}: 999 connections past the handshake in {:?}",
         started.elapsed()
@@ -300,9 +275,9 @@ fn a_thousand_connections_then_the_next_displaces_the_idle_longest() {
     extra
         .send(&handshake_frame(t.token().as_deref()))
         .expect("send");
-    assert_eq!(extra.frame()["ok"], true);
+    assert_eq!(extra.recv_frame()["ok"], true);
     t.proxy.wait_for_stderr("\"connection_evicted\"");
-    conns.remove(0).eof();
+    conns.remove(0).assert_closed();
     conns.push(extra);
     let peak_fds = fd_count(t.pid());
     // Every one of the thousand is served.
@@ -381,10 +356,7 @@ fn churn_once(socket: &std::path::Path, token: Option<&str>, i: usize) {
 #[test]
 fn connect_close_churn_leaks_no_slot_and_no_descriptor() {
     const TEST: &str = "churn";
-    let t = Target::start(
-        TEST,
-        &["--max-connections", "32", "--max-connections-per-pid", "64"],
-    );
+    let t = Target::start_flags(TEST, "--max-connections 32 --max-connections-per-pid 64");
     let w = t.witness();
     let started = Instant::now();
     let threads: Vec<_> = (0..2)
@@ -411,13 +383,13 @@ fn connect_close_churn_leaks_no_slot_and_no_descriptor() {
     });
     // And every slot: 31 more fill the limit of 32; the next displaces
     // the connection idle longest (SPEC §3.1; it used to be refused).
-    let mut full: Vec<Raw> = (0..31).map(|_| t.client()).collect();
+    let mut full: Vec<Client> = (0..31).map(|_| t.client()).collect();
     let mut extra = t.raw();
     extra
         .send(&handshake_frame(t.token().as_deref()))
         .expect("send");
-    assert_eq!(extra.frame()["ok"], true);
-    full.remove(0).eof();
+    assert_eq!(extra.recv_frame()["ok"], true);
+    full.remove(0).assert_closed();
     drop((full, extra));
     w.stop(TEST);
     t.finish(&[]);

@@ -4,7 +4,6 @@
 //! count.
 
 use std::fs;
-use std::io::Write as _;
 
 use serde_json::{Value, json};
 
@@ -24,14 +23,7 @@ fn io_threads_of(pid: u32) -> Vec<String> {
 }
 
 fn seeded() -> Scratch {
-    let s = Scratch::new();
-    s.seed_token(
-        "anthropic",
-        "default",
-        &json!({"access_token":"at-1","refresh_token":"rt-1","expiry":4_102_444_800_u64,"token_type":"Bearer"}),
-    );
-    s.seed_api_key("k", "key-value");
-    s
+    Scratch::seeded("at-1", "rt-1", "k", "key-value")
 }
 
 #[test]
@@ -104,11 +96,7 @@ fn the_flag_sets_the_thread_count_and_every_request_gets_one_reply() {
 #[test]
 fn the_file_sets_the_count_and_the_flag_wins() {
     let s = seeded();
-    let dir = s.root().join("config").join("credproxy");
-    fs::create_dir_all(&dir).expect("config dir");
-    fs::File::create(dir.join("config.toml"))
-        .and_then(|mut f| f.write_all(b"io_threads = 6\n"))
-        .expect("write config");
+    s.write_default_config("io_threads = 6\n");
     // Six is no machine's default, so only the file can have asked for it.
     let p = s.serve(&[]);
     assert_eq!(io_threads_of(p.pid()).len(), 6);
@@ -124,20 +112,8 @@ fn zero_threads_are_refused_by_flag_and_by_file() {
     let s = Scratch::new();
     let store = s.store_arg();
     let ran = s.run(&["serve", "--store", &store, "--io-threads", "0"], b"");
-    ran.assert_code(2);
-    assert!(ran.stderr.contains("--io-threads"), "{}", ran.stderr);
-    let dir = s.root().join("config").join("credproxy");
-    fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("config.toml");
-    fs::write(&path, "io_threads = 0\n").expect("write config");
-    let ran = s.run(&["serve", "--store", &store], b"");
-    ran.assert_code(3);
-    assert!(
-        ran.stderr.contains(&path.display().to_string()),
-        "{}",
-        ran.stderr
-    );
-    assert!(ran.stderr.contains("io_threads"), "{}", ran.stderr);
+    ran.assert_stderr(2, &["--io-threads"]);
+    s.serve_refuses_config("io_threads = 0\n", &["io_threads"]);
 }
 
 #[test]
@@ -148,12 +124,9 @@ fn too_many_threads_are_refused_naming_the_bound_by_flag_and_by_file() {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let bound = (4 * cores).max(8);
     let ran = s.run(&["serve", "--store", &store, "--io-threads", "100000"], b"");
-    ran.assert_code(2);
-    assert!(ran.stderr.contains("--io-threads"), "{}", ran.stderr);
-    assert!(
-        ran.stderr.contains(&format!("at most {bound} I/O threads")),
-        "{}",
-        ran.stderr
+    ran.assert_stderr(
+        2,
+        &["--io-threads", &format!("at most {bound} I/O threads")],
     );
     assert!(
         !ran.stderr.contains("Too many open files"),
@@ -164,21 +137,6 @@ fn too_many_threads_are_refused_naming_the_bound_by_flag_and_by_file() {
     let p = s.serve(&["--io-threads", &bound.to_string()]);
     assert_eq!(io_threads_of(p.pid()).len(), bound);
     drop(p);
-    let dir = s.root().join("config").join("credproxy");
-    fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("config.toml");
-    fs::write(&path, "io_threads = 100000\n").expect("write config");
-    let ran = s.run(&["serve", "--store", &store], b"");
-    ran.assert_code(3);
-    assert!(
-        ran.stderr.contains(&path.display().to_string()),
-        "{}",
-        ran.stderr
-    );
-    assert!(ran.stderr.contains("io_threads"), "{}", ran.stderr);
-    assert!(
-        ran.stderr.contains(&format!("at most {bound} I/O threads")),
-        "{}",
-        ran.stderr
-    );
+    let at_most = format!("at most {bound} I/O threads");
+    s.serve_refuses_config("io_threads = 100000\n", &["io_threads", &at_most]);
 }

@@ -35,6 +35,14 @@ struct Harness {
 }
 
 impl Harness {
+    /// A harness whose listener is started on a free port.
+    fn started() -> (Harness, u16) {
+        let h = Harness::new();
+        let port = free_port();
+        h.start(port).unwrap();
+        (h, port)
+    }
+
     fn new() -> Harness {
         let (cmds, cmd_rx) = unbounded::<Cmd>();
         let (target_tx, targets) = mpsc::channel();
@@ -148,9 +156,7 @@ fn ipv6_loopback_is_served_when_available() {
 
 #[test]
 fn non_get_and_malformed_requests_get_400_without_the_engine() {
-    let h = Harness::new();
-    let port = free_port();
-    h.start(port).unwrap();
+    let (h, port) = Harness::started();
     let requests: Vec<Vec<u8>> = vec![
         b"POST /auth/callback?code=a&state=b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
             .to_vec(),
@@ -190,9 +196,7 @@ fn non_get_and_malformed_requests_get_400_without_the_engine() {
 
 #[test]
 fn connection_closed_without_a_request_gets_nothing() {
-    let h = Harness::new();
-    let port = free_port();
-    h.start(port).unwrap();
+    let (h, port) = Harness::started();
     let mut stream = TcpStream::connect(v4(port)).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -204,9 +208,7 @@ fn connection_closed_without_a_request_gets_nothing() {
 
 #[test]
 fn stop_closes_the_port_and_it_can_be_started_again() {
-    let h = Harness::new();
-    let port = free_port();
-    h.start(port).unwrap();
+    let (h, port) = Harness::started();
     assert!(get(v4(port), "/a").starts_with("HTTP/1.1 200"));
     h.stop();
     let err = TcpStream::connect(v4(port)).expect_err("the port is closed");

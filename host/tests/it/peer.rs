@@ -9,62 +9,22 @@
 //! socket 0666) after the start, as only a deliberate operator would.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{self, PY_FRAMES, Proxy, Scratch, chmod, euid, skip};
-
-const NOBODY: &str = "65534";
-
-/// A python interpreter that uid 65534 can run through `setpriv`.
-fn nobody_python() -> Option<String> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "python3"]
-        .into_iter()
-        .find(|py| {
-            Command::new("setpriv")
-                .args([
-                    &format!("--reuid={NOBODY}"),
-                    &format!("--regid={NOBODY}"),
-                    "--clear-groups",
-                    py,
-                    "-c",
-                    "import os, sys; sys.exit(0 if os.getuid() == 65534 else 1)",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(str::to_owned)
-}
+use crate::support::{self, NOBODY, Scratch, euid, nobody_python, open_up, py_as_nobody, skip};
 
 fn setup(test: &str) -> Option<String> {
     if euid() != 0 {
         skip(test, "needs root to connect as another uid");
         return None;
     }
-    let py = nobody_python();
+    let py = nobody_python(&["/usr/bin/python3", "/usr/local/bin/python3", "python3"]);
     if py.is_none() {
         skip(test, "setpriv or a python3 usable by uid 65534 is missing");
     }
     py
-}
-
-/// Makes the socket reachable for other uids: every directory from the
-/// scratch root down to the socket 0711, the socket 0666.
-fn open_up(s: &Scratch, p: &Proxy) {
-    let mut dir = p.instance_dir();
-    loop {
-        chmod(&dir, 0o711);
-        if dir == s.root() {
-            break;
-        }
-        dir = dir.parent().expect("under the scratch root").to_path_buf();
-    }
-    chmod(&p.socket, 0o666);
 }
 
 /// As uid 65534: connects, sends a handshake (with `token` when given) and
@@ -95,27 +55,9 @@ except socket.timeout:
     sys.exit(0)
 print(json.dumps({"result": "eof"} if frame is None else {"result": "reply", "frame": frame}))
 "#;
-    let script = format!("{PY_FRAMES}\n{body}");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-        "--clear-groups",
-        py,
-        "-c",
-        &script,
-    ])
-    .arg(socket);
-    if let Some(t) = token {
-        cmd.arg(t);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let ran = support::run_bounded(cmd, b"");
-    ran.assert_code(0);
-    serde_json::from_str(ran.stdout.trim())
-        .unwrap_or_else(|e| panic!("client output {:?}: {e}", ran.stdout))
+    let socket = socket.display().to_string();
+    let args: Vec<&str> = [socket.as_str()].into_iter().chain(token).collect();
+    py_as_nobody(py, body, &args)
 }
 
 #[test]

@@ -124,8 +124,7 @@ fn fixed_socket_path() {
         .try_serve(&["--socket", &path_arg])
         .err()
         .expect("second serve on a live socket fails");
-    assert_eq!(second.code(), Some(3), "{}", second.stderr);
-    assert!(second.stderr.contains("in use"), "{}", second.stderr);
+    second.assert_stderr(3, &["in use"]);
     assert!(exists(&path), "the live socket is kept");
 
     assert_eq!(p.stop(Signal::SIGTERM).code(), Some(0));
@@ -144,8 +143,7 @@ fn fixed_socket_in_an_open_directory_is_refused() {
         .try_serve(&["--socket", &path.display().to_string()])
         .err()
         .expect("refused");
-    assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
-    assert!(ran.stderr.contains("chmod 700"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["chmod 700"]);
     assert!(!exists(&path));
     assert_eq!(mode_of(&dir), 0o755, "never chmod-ed");
 }
@@ -165,15 +163,21 @@ fn stale_fixed_socket_is_replaced() {
     assert_eq!(p.stop(Signal::SIGTERM).code(), Some(0));
 }
 
-#[test]
-fn unsafe_base_directory_is_refused() {
+/// `serve` over a socket base directory of `mode`, which it must refuse
+/// (exit 3) with stderr containing `says`.
+fn refused_over_base(mode: u32, says: &str) -> (Scratch, support::Ran) {
     let s = Scratch::new();
     mkdir(&s.base(), 0o700);
-    chmod(&s.base(), 0o770);
+    chmod(&s.base(), mode);
     let ran = s.try_serve(&[]).err().expect("refused");
-    assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
-    assert!(ran.stderr.contains("group-writable"), "{}", ran.stderr);
-    assert!(ran.stderr.contains("chmod 700"), "{}", ran.stderr);
+    ran.assert_stderr(3, &[says]);
+    (s, ran)
+}
+
+#[test]
+fn unsafe_base_directory_is_refused() {
+    let (s, ran) = refused_over_base(0o770, "group-writable");
+    ran.assert_stderr_has(&["chmod 700"]);
     assert!(
         ran.stderr.contains(&s.base().display().to_string()),
         "names the directory: {}",
@@ -190,16 +194,11 @@ fn unsafe_base_directory_is_refused() {
 
 #[test]
 fn world_writable_base_directory_is_refused() {
-    let s = Scratch::new();
-    mkdir(&s.base(), 0o700);
-    chmod(&s.base(), 0o707);
-    let ran = s.try_serve(&[]).err().expect("refused");
-    assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
-    assert!(ran.stderr.contains("world-writable"), "{}", ran.stderr);
+    let (_s, ran) = refused_over_base(0o707, "world-writable");
     // Was "chmod 700": a world-writable directory is shared; the hint is a
     // private directory instead.
     assert!(!ran.stderr.contains("chmod"), "{}", ran.stderr);
-    assert!(ran.stderr.contains("mkdir -m 700"), "{}", ran.stderr);
+    ran.assert_stderr_has(&["mkdir -m 700"]);
 }
 
 #[test]
@@ -304,15 +303,14 @@ fn too_long_socket_path_is_refused_before_creating_anything() {
     let mut cmd = s.command(&["serve", "--store", &s.store_arg()]);
     cmd.env("XDG_RUNTIME_DIR", &long);
     let ran = support::run_bounded(cmd, b"");
-    assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
-    assert!(ran.stderr.contains("too long"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["too long"]);
     let prefix = format!("socket path {}/credproxy/", long.display());
     assert!(
         ran.stderr.contains(&prefix),
         "names the socket path: {}",
         ran.stderr
     );
-    assert!(ran.stderr.contains("proxy.sock"), "{}", ran.stderr);
+    ran.assert_stderr_has(&["proxy.sock"]);
     assert!(ran.stdout.is_empty(), "{:?}", ran.stdout);
     assert_eq!(
         fs::read_dir(&long).expect("list").count(),
@@ -329,8 +327,7 @@ fn too_long_fixed_socket_path_is_refused() {
         .try_serve(&["--socket", &path.display().to_string()])
         .err()
         .expect("refused");
-    assert_eq!(ran.code(), Some(3), "{}", ran.stderr);
-    assert!(ran.stderr.contains("too long"), "{}", ran.stderr);
+    ran.assert_stderr(3, &["too long"]);
     assert!(!exists(&path));
 }
 

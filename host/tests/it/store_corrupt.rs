@@ -4,23 +4,35 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{self, Scratch};
+
+/// A store whose one token (`anthropic`/`default`) holds `garbage`: the
+/// tokens directory and the token file.
+fn corrupt_store(s: &Scratch, garbage: &[u8]) -> (PathBuf, PathBuf) {
+    s.seed_token("anthropic", "default", &json!({"access_token": "old"}));
+    let tokens = s.store().join("tokens");
+    let files = support::files_where(&tokens, |n| n.ends_with(".json"));
+    let path = files.first().expect("the token file").clone();
+    fs::write(&path, garbage).expect("corrupt it");
+    (tokens, path)
+}
+
+/// The `corrupt_replaced` events among the audit lines in `text`.
+fn corrupt_reports(text: &str) -> Vec<Value> {
+    let mut events = support::audit_events(text);
+    events.retain(|e| e["outcome"] == "corrupt_replaced");
+    events
+}
 
 #[test]
 fn save_token_over_a_corrupt_file_replaces_it_and_reports_once() {
     let s = Scratch::new();
-    s.seed_token("anthropic", "default", &json!({"access_token": "old"}));
-    let tokens = s.store().join("tokens");
-    let path = fs::read_dir(&tokens)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("the token file");
     let garbage = b"{\"access_token\": \"TORN-SENTINEL";
-    fs::write(&path, garbage).expect("corrupt it");
+    let (tokens, path) = corrupt_store(&s, garbage);
 
     // No token: connections are host class, which may write tokens.
     let proxy = s.serve(&["--insecure-no-token"]);
@@ -36,15 +48,7 @@ fn save_token_over_a_corrupt_file_replaces_it_and_reports_once() {
     let got = c.call("3", "get_token", json!({"provider": "anthropic"}));
     assert_eq!(got["data"]["access_token"], "fresh", "{got}");
 
-    let kept: Vec<_> = fs::read_dir(&tokens)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(".corrupt-"))
-        })
-        .collect();
+    let kept = support::files_where(&tokens, |n| n.starts_with(".corrupt-"));
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(fs::read(&kept[0]).expect("kept"), garbage);
     assert_eq!(fs::metadata(&kept[0]).expect("stat").mode() & 0o777, 0o600);
@@ -59,10 +63,7 @@ fn save_token_over_a_corrupt_file_replaces_it_and_reports_once() {
     let mut proxy = proxy;
     proxy.stop(nix::sys::signal::Signal::SIGTERM);
     let stderr = proxy.stderr();
-    let reports: Vec<_> = support::audit_events(&stderr)
-        .into_iter()
-        .filter(|e| e["outcome"] == "corrupt_replaced")
-        .collect();
+    let reports = corrupt_reports(&stderr);
     assert_eq!(reports.len(), 1, "reported once: {stderr}");
     assert_eq!(reports[0]["path"], path.display().to_string());
     assert_eq!(reports[0]["kept"], kept[0].display().to_string());
@@ -74,14 +75,7 @@ fn save_token_over_a_corrupt_file_replaces_it_and_reports_once() {
 #[test]
 fn the_corrupt_report_goes_to_the_configured_audit_log() {
     let s = Scratch::new();
-    s.seed_token("anthropic", "default", &json!({"access_token": "old"}));
-    let tokens = s.store().join("tokens");
-    let path = fs::read_dir(&tokens)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .expect("the token file");
-    fs::write(&path, b"{\"access_token\": \"TORN").expect("corrupt it");
+    corrupt_store(&s, b"{\"access_token\": \"TORN");
     let log = s.root().join("audit.jsonl");
     let log_arg = log.display().to_string();
     let mut proxy = s.serve(&["--insecure-no-token", "--audit-log", &log_arg]);
@@ -91,11 +85,7 @@ fn the_corrupt_report_goes_to_the_configured_audit_log() {
     drop(c);
     proxy.stop(nix::sys::signal::Signal::SIGTERM);
     let text = fs::read_to_string(&log).expect("audit log");
-    let reports = support::audit_events(&text)
-        .into_iter()
-        .filter(|e| e["outcome"] == "corrupt_replaced")
-        .count();
-    assert_eq!(reports, 1, "{text}");
+    assert_eq!(corrupt_reports(&text).len(), 1, "{text}");
     assert!(
         !proxy.stderr().contains("corrupt_replaced"),
         "{}",

@@ -118,13 +118,7 @@ fn crash_leaves_old_or_new_token_never_torn() {
         // A write in progress elsewhere: a temp file whose lock is held.
         let tokens = root.join("tokens");
         let live = tokens.join(format!(".tmp-live-writer.{round}"));
-        std::fs::write(&live, b"{\"partial").expect("write");
-        let held = Flock::lock(
-            std::fs::File::open(&live).expect("open"),
-            FlockArg::LockExclusiveNonblock,
-        )
-        .map_err(|(_, e)| e)
-        .expect("lock");
+        let held = live_writer(&live);
         let store = FileStore::open(&root).expect("store opens after a crash");
         assert_eq!(
             temp_files(&tokens),
@@ -212,13 +206,7 @@ fn kill_mid_write_leaves_temp_files_the_next_open_removes() {
     let on_disk = temp_files(&tokens);
     assert!(!on_disk.is_empty(), "the last kill left a partial write");
     let live = tokens.join(".tmp-live-writer");
-    std::fs::write(&live, b"{\"partial").expect("write");
-    let held = Flock::lock(
-        std::fs::File::open(&live).expect("open"),
-        FlockArg::LockExclusiveNonblock,
-    )
-    .map_err(|(_, e)| e)
-    .expect("lock");
+    let held = live_writer(&live);
     let store = FileStore::open(&root).expect("opens after the kills");
     assert_eq!(
         temp_files(&tokens),
@@ -235,13 +223,15 @@ fn kill_mid_write_leaves_temp_files_the_next_open_removes() {
 
 /// Temp files in `dir` (names starting with `.tmp-`).
 fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(".tmp-"))
-        })
-        .collect()
+    crate::support::files_where(dir, |n| n.starts_with(".tmp-"))
+}
+
+/// A write in progress elsewhere: a partial temp file at `path` whose lock
+/// is held (until the returned lock is dropped).
+fn live_writer(path: &Path) -> Flock<std::fs::File> {
+    std::fs::write(path, b"{\"partial").expect("write");
+    let file = std::fs::File::open(path).expect("open");
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("lock")
 }

@@ -12,13 +12,7 @@ use crate::support::{self, Scratch, exists, handshake_frame, token_json, unautho
 
 /// A store with a token and an API key, and a proxy on it.
 fn seeded() -> (Scratch, support::Proxy) {
-    let s = Scratch::new();
-    s.seed_token(
-        "anthropic",
-        "default",
-        &json!({"access_token":"at-seeded","refresh_token":"rt-seeded","expiry":4_102_444_800_u64,"token_type":"Bearer"}),
-    );
-    s.seed_api_key("OPENAI", "sk-seeded");
+    let s = Scratch::seeded("at-seeded", "rt-seeded", "OPENAI", "sk-seeded");
     let p = s.serve(&[]);
     (s, p)
 }
@@ -205,5 +199,5 @@ fn insecure_no_token_gives_host_class() {
     // Written through the socket, persisted in the store.
     let status = s.run(&["status", "--json", "--store", &s.store_arg()], b"");
     status.assert_code(0);
-    assert!(status.stdout.contains("\"gemini\""), "{}", status.stdout);
+    status.assert_stdout_has(&["\"gemini\""]);
 }

@@ -9,7 +9,7 @@ use credproxy_core::Transport;
 use credproxy_unix::{Accepted, Instance, Listener, PeerPolicy, RefusalReason, TokenMode};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{LIMIT, block_on_bounded, chmod, euid, is_root, short_tempdir};
+use crate::common::{LIMIT, block_on_bounded, chmod, euid, is_root, listening, short_tempdir};
 
 /// Connects a blocking client whose reads give up after [`LIMIT`].
 fn connect(path: &Path) -> StdStream {
@@ -20,9 +20,7 @@ fn connect(path: &Path) -> StdStream {
 
 #[test]
 fn our_own_uid_is_allowed_with_uid_gid_and_pid() {
-    let tmp = short_tempdir();
-    let instance = Instance::create(tmp.path(), TokenMode::Generate).expect("instance");
-    let listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    let (_tmp, instance, listener) = listening(TokenMode::Generate);
     // The kernel queues the connection; accept picks it up below.
     let mut client = connect(instance.socket_path());
 
@@ -83,9 +81,7 @@ fn an_excluded_uid_is_refused_and_sees_eof() {
 
 #[test]
 fn accept_works_from_an_executor_task() {
-    let tmp = short_tempdir();
-    let instance = Instance::create(tmp.path(), TokenMode::Disabled).expect("instance");
-    let listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    let (_tmp, instance, listener) = listening(TokenMode::Disabled);
     let path = instance.socket_path().to_path_buf();
     block_on_bounded(async move {
         let server = smol::spawn(async move { listener.accept().await });
@@ -102,26 +98,22 @@ fn accept_works_from_an_executor_task() {
     });
 }
 
+/// The flags that make `setpriv` run its program as uid and gid 65534
+/// without supplementary groups.
+const AS_NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
 /// A python3 that uid 65534 can run, if any.
 fn python_for_nobody() -> Option<&'static str> {
-    ["/usr/bin/python3", "/usr/local/bin/python3", "python3"]
-        .into_iter()
-        .find(|python| {
-            Command::new("setpriv")
-                .args([
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    python,
-                    "-c",
-                    "pass",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+    let candidates = ["/usr/bin/python3", "/usr/local/bin/python3", "python3"];
+    candidates.into_iter().find(|python| {
+        let mut probe = Command::new("setpriv");
+        probe.args(AS_NOBODY).args([python, "-c", "pass"]);
+        probe
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        probe.status().is_ok_and(|s| s.success())
+    })
 }
 
 #[test]
@@ -149,14 +141,8 @@ fn a_peer_of_another_uid_is_refused() {
         s.connect(sys.argv[1])\n\
         print(len(s.recv(1)))\n";
     let child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            python,
-            "-c",
-            CLIENT,
-        ])
+        .args(AS_NOBODY)
+        .args([python, "-c", CLIENT])
         .arg(&path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -135,6 +135,20 @@ fn locked(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
 }
 
 impl Server {
+    /// A client of this server without a capability token.
+    async fn connect(&self) -> Client {
+        Client::connect(&self.path, CapabilitySource::None)
+            .await
+            .expect("connect")
+    }
+
+    /// Like [`Server::connect`], with the default options changed by `f`.
+    async fn connect_with(&self, f: impl FnOnce(&mut ClientOptions)) -> Client {
+        Client::connect_with_options(&self.path, CapabilitySource::None, options(f))
+            .await
+            .expect("connect")
+    }
+
     fn start(config: Config) -> Server {
         Server::start_with(config, |_| {})
     }
@@ -334,9 +348,7 @@ fn is_received(ev: &Ev, op: &str) -> bool {
 fn handshake_without_a_token_negotiates_version_2() {
     let server = Server::start(Config::default());
     block_on_bounded(async {
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
+        let client = server.connect().await;
         assert_eq!(client.protocol_version(), 2);
         assert_eq!(
             client.connection_state(),
@@ -414,9 +426,7 @@ fn a_missing_or_wrong_token_is_refused_with_advice() {
 fn typed_calls_round_trip() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
+        let client = server.connect().await;
 
         let mut saved = token_json("at-1");
         saved.insert("refresh_token".into(), json!("rt-from-sandbox"));
@@ -534,9 +544,7 @@ fn typed_calls_round_trip() {
 fn concurrent_calls_share_one_connection() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
+        let client = server.connect().await;
         let slow = {
             let c = client.clone();
             smol::spawn(async move { c.get_token(SLOW, None).await })
@@ -597,10 +605,7 @@ fn blocking_client_works_from_sync_code() {
 fn a_timeout_sends_cancel_and_the_connection_stays_usable() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let opts = options(|o| o.request_timeout_ms = 150);
-        let client = Client::connect_with_options(&server.path, CapabilitySource::None, opts)
-            .await
-            .expect("connect");
+        let client = server.connect_with(|o| o.request_timeout_ms = 150).await;
         let err = client.get_token(SLOW, None).await.expect_err("times out");
         assert!(matches!(err, ClientError::Timeout { ms: 150 }), "{err:?}");
         assert!(
@@ -661,9 +666,7 @@ fn server_closing_mid_request_loses_the_connection_for_good() {
     block_on_bounded(async {
         // The default 30 s timeout is far beyond the bound of this test: the
         // failure must come from the closed socket, promptly.
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
+        let client = server.connect().await;
         let call = client.get_token(SLOW, None);
         let kill = async {
             server.next(|e| is_received(e, "get_token")).await;
@@ -693,10 +696,7 @@ fn server_closing_mid_request_loses_the_connection_for_good() {
 fn idle_close_then_the_next_call_reconnects_and_handshakes() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let opts = options(|o| o.idle_close_ms = 100);
-        let client = Client::connect_with_options(&server.path, CapabilitySource::None, opts)
-            .await
-            .expect("connect");
+        let client = server.connect_with(|o| o.idle_close_ms = 100).await;
         // Nothing is asked: the connection idles out and the server sees a
         // graceful close.
         let Ev::Eof(first) = server.next(|e| matches!(e, Ev::Eof(_))).await else {
@@ -726,10 +726,7 @@ fn idle_close_then_the_next_call_reconnects_and_handshakes() {
 fn no_idle_close_while_a_request_is_pending() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let opts = options(|o| o.idle_close_ms = 50);
-        let client = Client::connect_with_options(&server.path, CapabilitySource::None, opts)
-            .await
-            .expect("connect");
+        let client = server.connect_with(|o| o.idle_close_ms = 50).await;
         let call = client.get_token(SLOW, None);
         let watch = async {
             let Ev::Received(conn, _) = server.next(|e| is_received(e, "get_token")).await else {
@@ -763,9 +760,7 @@ fn no_idle_close_while_a_request_is_pending() {
 fn dropping_the_client_closes_the_connection() {
     let server = Server::start(Config::default());
     block_on_bounded(async {
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
+        let client = server.connect().await;
         let other = client.clone();
         drop(client);
         assert!(

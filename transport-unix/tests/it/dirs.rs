@@ -6,7 +6,20 @@ use credproxy_unix::{
     ModeProblem, PRIVATE_DIR_HINT, UnixError, ensure_private_dir, verify_private_dir,
 };
 
-use crate::common::{chmod, euid, is_root, mode_of, short_tempdir};
+use crate::common::{chmod, euid, mode_of, root_or_skip, short_tempdir};
+
+/// A fresh directory of `mode` and the error `check` refuses it with; the
+/// mode must be left as it was.
+fn refused_at(
+    mode: u32,
+    check: fn(&std::path::Path) -> Result<(), UnixError>,
+) -> (tempfile::TempDir, UnixError) {
+    let tmp = short_tempdir();
+    chmod(tmp.path(), mode);
+    let err = check(tmp.path()).expect_err("refused");
+    assert_eq!(mode_of(tmp.path()), mode, "mode must not be changed");
+    (tmp, err)
+}
 
 #[test]
 fn creates_a_missing_directory_with_mode_0700_and_accepts_it_again() {
@@ -31,9 +44,7 @@ fn creates_only_the_last_component() {
 
 #[test]
 fn refuses_a_group_writable_directory_without_changing_it() {
-    let tmp = short_tempdir();
-    chmod(tmp.path(), 0o770);
-    let err = ensure_private_dir(tmp.path()).expect_err("group-writable");
+    let (tmp, err) = refused_at(0o770, ensure_private_dir);
     let p = tmp.path().display();
     assert_eq!(
         err.to_string(),
@@ -53,9 +64,7 @@ fn refuses_a_group_writable_directory_without_changing_it() {
 fn refuses_a_world_writable_directory() {
     // Was "fix with chmod 700": a world-writable directory is shared, and
     // changing its mode would break its other users.
-    let tmp = short_tempdir();
-    chmod(tmp.path(), 0o777);
-    let err = ensure_private_dir(tmp.path()).expect_err("world-writable");
+    let (tmp, err) = refused_at(0o777, ensure_private_dir);
     let p = tmp.path().display();
     assert_eq!(
         err.to_string(),
@@ -91,9 +100,7 @@ fn a_tmp_like_directory_gets_the_private_directory_hint_never_chmod() {
 
 #[test]
 fn refuses_a_directory_readable_by_others() {
-    let tmp = short_tempdir();
-    chmod(tmp.path(), 0o755);
-    let err = verify_private_dir(tmp.path()).expect_err("0755");
+    let (tmp, err) = refused_at(0o755, verify_private_dir);
     let p = tmp.path().display();
     assert_eq!(
         err.to_string(),
@@ -138,8 +145,7 @@ fn refuses_a_file_in_place_of_the_directory() {
 
 #[test]
 fn refuses_a_directory_owned_by_someone_else() {
-    if !is_root() {
-        eprintln!("skipped: needs root to chown a directory to another uid");
+    if !root_or_skip("chown a directory to another uid") {
         return;
     }
     let tmp = short_tempdir();

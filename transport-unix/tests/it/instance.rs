@@ -9,7 +9,7 @@ use credproxy_unix::{
     Instance, Listener, PeerPolicy, SUN_PATH_MAX, TokenMode, UnixError, is_instance_dir_name,
 };
 
-use crate::common::{self, chmod, is_token_file, mode_of, short_tempdir};
+use crate::common::{self, chmod, is_token_file, listening, mode_of, short_tempdir};
 
 fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
@@ -111,9 +111,7 @@ fn base_directory_with_wrong_mode_is_refused() {
 
 #[test]
 fn cleanup_removes_everything_and_is_idempotent() {
-    let tmp = short_tempdir();
-    let instance = Instance::create(tmp.path(), TokenMode::Generate).expect("instance");
-    let listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    let (tmp, instance, listener) = listening(TokenMode::Generate);
     let dir = instance.dir().to_path_buf();
     assert!(is_socket(instance.socket_path()));
     instance.cleanup().expect("cleanup");
@@ -126,9 +124,7 @@ fn cleanup_removes_everything_and_is_idempotent() {
 
 #[test]
 fn drop_cleans_up() {
-    let tmp = short_tempdir();
-    let instance = Instance::create(tmp.path(), TokenMode::Generate).expect("instance");
-    let _listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    let (_tmp, instance, _listener) = listening(TokenMode::Generate);
     let dir = instance.dir().to_path_buf();
     drop(instance);
     assert!(!dir.exists());

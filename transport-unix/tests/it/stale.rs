@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use credproxy_unix::{Instance, Listener, PeerPolicy, TokenMode, remove_stale_instances};
 
-use crate::common::{self, is_root, short_tempdir};
+use crate::common::{self, root_or_skip, short_tempdir};
 
 /// An instance whose process "crashed": socket file and token left behind.
 fn dead_instance(base: &Path) -> PathBuf {
@@ -101,8 +101,7 @@ fn refuses_a_base_that_is_not_private() {
 
 #[test]
 fn skips_instances_owned_by_someone_else() {
-    if !is_root() {
-        eprintln!("skipped: needs root to chown a directory to another uid");
+    if !root_or_skip("chown a directory to another uid") {
         return;
     }
     let tmp = short_tempdir();

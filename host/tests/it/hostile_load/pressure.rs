@@ -18,8 +18,8 @@ use credproxy_unix::client::{BlockingClient, CapabilitySource, ConnectionState};
 use nix::sys::signal::Signal;
 
 use crate::support::hostile::launch::bounded;
-use crate::support::hostile::{CANARY_ACCESS, CANARY_PROVIDER, LIMIT, Raw, Target, fd_count, poll};
-use crate::support::{audit_events, encode, handshake_frame, read_frame};
+use crate::support::hostile::{CANARY_ACCESS, CANARY_PROVIDER, LIMIT, Target, fd_count, poll};
+use crate::support::{Client, audit_events, encode, handshake_frame, read_frame};
 
 /// The neighbour's `get_token` (process start to exit) must take less.
 const NEIGHBOUR: Duration = Duration::from_secs(1);
@@ -278,10 +278,8 @@ fn a_thousand_idle_connections_past_the_table_are_evicted_idle_longest_first() {
 #[test]
 fn an_evicted_idle_client_reconnects_with_a_fresh_handshake() {
     const TEST: &str = "evicted_reconnects";
-    let t = Target::start(
-        TEST,
-        &["--max-connections", "4", "--max-connections-per-pid", "100"],
-    );
+    let limits = ["--max-connections", "4", "--max-connections-per-pid", "100"];
+    let t = Target::start(TEST, &limits);
     let token = t.proxy.token_file().expect("a token file");
     let client =
         BlockingClient::connect(&t.proxy.socket, CapabilitySource::File(token)).expect("connect");
@@ -294,7 +292,7 @@ fn an_evicted_idle_client_reconnects_with_a_fresh_handshake() {
     assert_eq!(get()["access_token"], CANARY_ACCESS);
     // Four newer connections: the fourth finds the table full and evicts
     // the connection idle longest, the client's.
-    let fill: Vec<Raw> = (0..4).map(|_| t.client()).collect();
+    let fill: Vec<Client> = (0..4).map(|_| t.client()).collect();
     poll("the client's connection evicted", LIMIT, || {
         client.connection_state() == ConnectionState::Idle
     });

@@ -24,20 +24,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::thread;
+use std::time::Duration;
 
+use credproxy_core::frame::FrameDecoder;
 use credproxy_unix::client::proto;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
 /// The binary under test.
@@ -52,20 +51,7 @@ pub const POLL: Duration = Duration::from_secs(5);
 /// A far future expiry (2100-01-01) for tokens that must stay valid.
 pub const FAR: u64 = 4_102_444_800;
 
-/// Polls `cond` every 10 ms until it holds; panics after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use super::wait_for;
 
 /// A value unique in this test run (for nonces, ids, names).
 pub fn nonce(prefix: &str) -> String {
@@ -90,13 +76,16 @@ pub fn now_secs() -> u64 {
 /// A private tree for one test:
 ///
 /// ```text
-/// /tmp/cfXXXXXX/   (removed on drop)
+/// /tmp/cpXXXXXX/   (removed on drop)
 ///   run/           XDG_RUNTIME_DIR (0700)
 ///   store/         --store
 ///   config.toml    --config (when written)
 /// ```
+///
+/// The tree is a [`super::Scratch`] (which `Env` derefs to, for `root`
+/// and `runtime`) plus the configuration file.
 pub struct Env {
-    dir: tempfile::TempDir,
+    scratch: super::Scratch,
     config: Option<PathBuf>,
 }
 
@@ -106,19 +95,21 @@ impl Default for Env {
     }
 }
 
+impl std::ops::Deref for Env {
+    type Target = super::Scratch;
+    fn deref(&self) -> &super::Scratch {
+        &self.scratch
+    }
+}
+
 impl Env {
     /// A fresh tree.
     #[must_use]
     pub fn new() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("cf")
-            .tempdir_in("/tmp")
-            .expect("temp dir under /tmp");
-        let run = dir.path().join("run");
-        fs::create_dir(&run).expect("mkdir run");
-        fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .expect("chmod run");
-        Env { dir, config: None }
+        Env {
+            scratch: super::Scratch::new(),
+            config: None,
+        }
     }
 
     /// A fresh tree with `toml` as its configuration file.
@@ -136,42 +127,20 @@ impl Env {
         self.config = Some(path);
     }
 
-    /// The root.
-    #[must_use]
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `XDG_RUNTIME_DIR`.
-    #[must_use]
-    pub fn runtime(&self) -> PathBuf {
-        self.root().join("run")
-    }
-
-    /// The store directory.
+    /// The store directory, as an argument.
     #[must_use]
     pub fn store(&self) -> String {
-        self.root().join("store").display().to_string()
+        self.store_arg()
     }
 
-    /// The binary with `args` and an environment pointing into this tree.
+    /// The binary with `args` and an environment pointing into this tree
+    /// (`XDG_CONFIG_HOME` apart from `config.toml`, which only `--config`
+    /// names).
     #[must_use]
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("XDG_RUNTIME_DIR", self.runtime())
-            .env("TMPDIR", self.root())
-            .env("XDG_DATA_HOME", self.root().join("data"))
-            .env("XDG_CONFIG_HOME", self.root().join("xdgconfig"))
-            .env("HOME", self.root())
-            .env_remove("CREDPROXY_SOCKET")
-            .env_remove("CREDPROXY_CAPABILITY_FILE")
-            .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
-            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-            .env_remove("LLXPRT_CAPABILITY_FD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
+        super::isolate(&mut cmd, self.root(), &self.root().join("xdgconfig"));
         cmd
     }
 
@@ -191,29 +160,14 @@ impl Env {
         let store = self.store();
         let mut cmd = self.command(&["key", "set", name, "--store", &store]);
         cmd.stdin(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn key set");
-        let mut w = child.stdin.take().expect("stdin");
-        let input = format!("{value}\n");
-        let writer = thread::spawn(move || {
-            let _ = w.write_all(input.as_bytes());
-        });
-        let out = collect(child.stdout.take().expect("stdout"));
-        let err = collect(child.stderr.take().expect("stderr"));
-        let st = wait_child(&mut child, WAIT, "key set");
-        let _ = writer.join();
-        let _ = out.join();
-        let err = err.join().unwrap_or_default();
-        assert!(
-            st.success(),
-            "key set {name}: {st:?}\n{}",
-            String::from_utf8_lossy(&err)
-        );
+        let ran = super::run_bounded(cmd, format!("{value}\n").as_bytes());
+        assert!(ran.status.success(), "key set {name}: {ran:?}");
     }
 
     /// An S-server: `serve` with its generated capability token.
     #[must_use]
     pub fn serve(&self, extra: &[&str]) -> Server {
-        Server::spawn(self.command_of(&self.proxy_args("serve", extra)), true)
+        Server::spawn_command(self.command_of(&self.proxy_args("serve", extra)), true)
     }
 
     /// An N-server: `serve --insecure-no-token`.
@@ -221,7 +175,7 @@ impl Env {
     pub fn serve_n(&self, extra: &[&str]) -> Server {
         let mut all = vec!["--insecure-no-token"];
         all.extend_from_slice(extra);
-        Server::spawn(self.command_of(&self.proxy_args("serve", &all)), false)
+        Server::spawn_command(self.command_of(&self.proxy_args("serve", &all)), false)
     }
 
     /// `serve` that is expected to fail before printing its start lines:
@@ -231,7 +185,7 @@ impl Env {
         let mut cmd = self.command_of(&self.proxy_args("serve", extra));
         cmd.stdout(Stdio::null());
         let mut child = cmd.spawn().expect("spawn serve");
-        let err = collect(child.stderr.take().expect("stderr"));
+        let err = super::collect(child.stderr.take().expect("stderr"));
         let st = wait_child(&mut child, WAIT, "failing serve");
         let err = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
         (st, err)
@@ -268,127 +222,39 @@ impl Env {
     }
 }
 
-/// Reads everything from `r` on a thread.
-fn collect<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Appends everything from `r` to a shared buffer on a thread.
-fn collect_shared<R: Read + Send + 'static>(mut r: R, into: Arc<Mutex<Vec<u8>>>) {
-    thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match r.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().expect("buffer").extend(&chunk[..n]),
-            }
-        }
-    });
-}
-
 /// Waits (polling) for `child` to exit; kills it and panics after `limit`.
-pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            return st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {limit:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+pub use super::wait_bounded as wait_child;
+
+/// `credproxy stdio`: the suite's one stdio process (frames read by a
+/// thread, every wait bounded).
+pub use super::StdioProc;
+
+/// A running `credproxy serve` (the suite's one process launcher,
+/// [`super::Proxy`], which it derefs to), with connections of this
+/// suite's [`Conn`]; SIGKILLed and reaped on drop.
+pub struct Server {
+    proxy: super::Proxy,
 }
 
-/// A running `credproxy serve`; SIGKILLed and reaped on drop.
-pub struct Server {
-    child: Child,
-    /// First stdout line: the socket path.
-    pub socket: PathBuf,
-    /// The `KEY=VALUE` lines after it.
-    pub exports: BTreeMap<String, String>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    status: Option<ExitStatus>,
+impl std::ops::Deref for Server {
+    type Target = super::Proxy;
+    fn deref(&self) -> &super::Proxy {
+        &self.proxy
+    }
 }
 
 impl Server {
-    /// Spawns a prepared `serve` command (e.g. with an extra variable).
+    /// Spawns a prepared `serve` command (e.g. with an extra variable);
+    /// panics, with its stderr, when it exits before its start lines.
     #[must_use]
     pub fn spawn_command(cmd: Command, with_token: bool) -> Server {
-        Server::spawn(cmd, with_token)
-    }
-
-    fn spawn(mut cmd: Command, with_token: bool) -> Server {
-        let mut child = cmd.spawn().expect("spawn serve");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect_shared(child.stderr.take().expect("stderr"), stderr.clone());
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let want = if with_token { 4 } else { 3 };
-        let mut lines = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        while lines.len() < want {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => lines.push(l),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let err = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
-                    panic!("serve printed {lines:?} then {e:?}; stderr:\n{err}");
-                }
-            }
+        match super::Proxy::spawn(cmd, with_token) {
+            Ok(proxy) => Server { proxy },
+            Err(e) => panic!(
+                "serve did not start: exit {:?}; stdout {:?}; stderr:\n{}",
+                e.status, e.stdout, e.stderr
+            ),
         }
-        let socket = PathBuf::from(&lines[0]);
-        let exports = lines[1..]
-            .iter()
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect("KEY=VALUE");
-                (k.to_owned(), v.to_owned())
-            })
-            .collect();
-        Server {
-            child,
-            socket,
-            exports,
-            stderr,
-            status: None,
-        }
-    }
-
-    /// Process id.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The capability token file, when one was exported.
-    #[must_use]
-    pub fn token_file(&self) -> Option<PathBuf> {
-        self.exports
-            .get("CREDPROXY_CAPABILITY_FILE")
-            .map(PathBuf::from)
-    }
-
-    /// The capability token (panics on an N-server).
-    #[must_use]
-    pub fn token(&self) -> String {
-        let text =
-            fs::read_to_string(self.token_file().expect("a token file")).expect("read token");
-        text.trim_end_matches('\n').to_owned()
     }
 
     /// A new, unhandshaken connection.
@@ -428,105 +294,9 @@ impl Server {
         c
     }
 
-    /// Sends `sig`.
-    pub fn signal(&self, sig: Signal) {
-        let pid = i32::try_from(self.pid()).expect("pid");
-        kill(Pid::from_raw(pid), sig).expect("kill");
-    }
-
     /// SIGTERM, then a bounded wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
-        self.signal(Signal::SIGTERM);
-        let st = wait_child(&mut self.child, WAIT, "serve");
-        self.status = Some(st);
-        st
-    }
-
-    /// Everything on stderr so far (audit lines).
-    #[must_use]
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `credproxy stdio`; killed and reaped on drop.
-pub struct StdioProc {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    frames: Receiver<Option<Value>>,
-}
-
-impl StdioProc {
-    fn spawn(mut cmd: Command) -> StdioProc {
-        let mut child = cmd.spawn().expect("spawn stdio");
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout");
-        // stderr carries audit lines; drain it so the child never blocks.
-        let _ = collect(child.stderr.take().expect("stderr"));
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            loop {
-                let f = read_frame(&mut stdout, &mut buf);
-                let end = !matches!(f, Ok(Some(_)));
-                if tx.send(f.ok().flatten()).is_err() || end {
-                    return;
-                }
-            }
-        });
-        StdioProc {
-            child,
-            stdin,
-            frames: rx,
-        }
-    }
-
-    /// Writes one frame.
-    pub fn send(&mut self, v: &Value) {
-        let w = self.stdin.as_mut().expect("stdin open");
-        w.write_all(&encode(v)).expect("write stdin");
-        w.flush().expect("flush");
-    }
-
-    /// The next frame (`None` at EOF); panics after [`WAIT`].
-    pub fn recv(&mut self) -> Option<Value> {
-        self.frames.recv_timeout(WAIT).expect("a frame from stdio")
-    }
-
-    /// A host-class handshake (the client library's frame).
-    pub fn handshake(&mut self) {
-        self.send(&proto::handshake_request(None));
-        assert_eq!(
-            self.recv(),
-            Some(json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}}))
-        );
-    }
-
-    /// One request and its reply.
-    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&proto::request(2, id, op, &payload));
-        let r = self.recv().expect("a reply");
-        assert_eq!(r["id"], id, "{r}");
-        r
-    }
-}
-
-impl Drop for StdioProc {
-    fn drop(&mut self) {
-        self.stdin = None;
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        self.proxy.stop(Signal::SIGTERM)
     }
 }
 
@@ -545,27 +315,31 @@ pub fn frame_bytes(payload: &[u8]) -> Vec<u8> {
     credproxy_core::frame::encode_payload(payload)
 }
 
-/// Reads one frame, keeping partial input in `buf` across calls.
-/// `Ok(None)`: EOF (or a reset) at a frame boundary. A timeout is an error
-/// of kind `WouldBlock`/`TimedOut`.
-fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<Value>> {
+/// Reads one frame with core's [`FrameDecoder`], keeping input past it in
+/// `buf` across calls. `Ok(None)`: EOF (or a reset) at a frame boundary. A
+/// timeout is an error of kind `WouldBlock`/`TimedOut`.
+fn read_frame(
+    r: &mut impl Read,
+    decoder: &mut FrameDecoder,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<Value>> {
     loop {
-        if buf.len() >= 4 {
-            let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if buf.len() >= 4 + n {
-                let body: Vec<u8> = buf.drain(..4 + n).skip(4).collect();
-                let v: Value = serde_json::from_slice(&body)
-                    .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-                return Ok(Some(v));
-            }
+        let mut input = &buf[..];
+        let decoded = decoder.decode(&mut input);
+        let used = buf.len() - input.len();
+        buf.drain(..used);
+        match decoded {
+            Ok(Some(frame)) => return Ok(Some(Value::Object(frame))),
+            Ok(None) => {}
+            Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, format!("{e:?}"))),
         }
         let mut chunk = [0u8; 65536];
         match r.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) if !decoder.is_partial() => return Ok(None),
             Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset && buf.is_empty() => {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && !decoder.is_partial() => {
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -587,8 +361,10 @@ pub enum Got {
 /// A raw frame client over the proxy's Unix socket.
 pub struct Conn {
     stream: UnixStream,
+    decoder: FrameDecoder,
     buf: Vec<u8>,
     next_id: u64,
+    matcher: super::matcher::Matcher,
 }
 
 impl Conn {
@@ -604,8 +380,10 @@ impl Conn {
         stream.set_write_timeout(Some(WAIT))?;
         Ok(Conn {
             stream,
+            decoder: FrameDecoder::new(super::MAX_FRAME),
             buf: Vec::new(),
             next_id: 0,
+            matcher: super::matcher::Matcher::default(),
         })
     }
 
@@ -634,7 +412,7 @@ impl Conn {
         self.stream
             .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
             .expect("set timeout");
-        match read_frame(&mut self.stream, &mut self.buf) {
+        match read_frame(&mut self.stream, &mut self.decoder, &mut self.buf) {
             Ok(Some(v)) => Got::Frame(v),
             Ok(None) => Got::Closed,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -686,8 +464,10 @@ impl Conn {
     /// Sends a handshake frame `{v:2, op:"handshake", payload:{1..2, token}}`
     /// (the client library's) and returns the reply.
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        self.send(&proto::handshake_request(token));
-        self.recv()
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.handshake_on(self, token);
+        self.matcher = matcher;
+        reply
     }
 
     /// A fresh request id.
@@ -702,14 +482,15 @@ impl Conn {
         self.send(&proto::request(2, id, op, &payload));
     }
 
-    /// One request and its reply (the only one outstanding); the reply's
-    /// id is checked and the whole frame returned.
+    /// One request and its reply (the only one outstanding), which must
+    /// answer it (matched by the client protocol after [`Conn::handshake`],
+    /// by id after a raw or v1 one); the whole frame is returned.
     pub fn call(&mut self, op: &str, payload: Value) -> Value {
         let id = self.id();
-        self.req(&id, op, payload);
-        let r = self.recv();
-        assert_eq!(r["id"], json!(id), "reply to another request: {r}");
-        r
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.call_on(self, &id, op, &payload);
+        self.matcher = matcher;
+        reply
     }
 
     /// Like [`Conn::call`], asserting `ok:true`; returns `data`.
@@ -725,6 +506,17 @@ impl Conn {
         let r = self.call(op, payload);
         assert_eq!(r["ok"], false, "{op}: {r}");
         code_of(&r)
+    }
+}
+
+/// The bounded reads of a [`Conn`], for the matcher.
+impl super::matcher::Wire for Conn {
+    fn put(&mut self, bytes: &[u8]) {
+        self.send_raw(bytes);
+    }
+
+    fn next_frame(&mut self) -> Value {
+        self.recv()
     }
 }
 
@@ -922,38 +714,13 @@ impl Stub {
 
 fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
     let _ = stream.set_read_timeout(Some(WAIT));
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = find(&raw, b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
-        }
+    let Some(got) = super::effects::read_request(&mut stream) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+    let (method, target, body) = (got.method, got.target, got.body);
+    let headers: BTreeMap<String, String> = (got.headers.into_iter())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = raw[head_end + 4..].to_vec();
-    while body.len() < len {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), parse_query(q)),
         None => (target.clone(), BTreeMap::new()),
@@ -985,10 +752,6 @@ fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
     );
     let _ = stream.write_all(out.as_bytes());
     let _ = stream.flush();
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Decodes `a=b&c=d` (form encoding: `+` is a space).
@@ -1282,6 +1045,35 @@ pub fn std_token(req: &Req, nth: usize) -> Resp {
         }
         _ => oauth_err(400, "unsupported_grant_type"),
     }
+}
+
+/// A fresh tree, an N-server on it and a connection past the handshake:
+/// what most checklist items start from.
+#[must_use]
+pub fn n_conn() -> (Env, Server, Conn) {
+    let env = Env::new();
+    let srv = env.serve_n(&[]);
+    let c = srv.hs();
+    (env, srv, c)
+}
+
+/// An N-server on `stub`'s providers with extra `[limits]` lines (the
+/// tree is returned to keep it alive).
+pub fn n_server(stub: &Stub, limits: &str) -> (Env, Server) {
+    let env = Env::with_config(&format!(
+        "[limits]\n{limits}\n\n{}",
+        providers_toml(stub, None)
+    ));
+    let srv = env.serve_n(&[]);
+    (env, srv)
+}
+
+/// [`n_server`] and a connection to it past the handshake.
+#[must_use]
+pub fn n_client(stub: &Stub, limits: &str) -> (Env, Server, Conn) {
+    let (env, srv) = n_server(stub, limits);
+    let c = srv.hs();
+    (env, srv, c)
 }
 
 /// A stub where every token endpoint answers [`std_token`].

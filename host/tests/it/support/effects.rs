@@ -148,8 +148,10 @@ fn serve_one(mut stream: TcpStream, behavior: &Behavior, tx: &mpsc::Sender<Recor
     }
 }
 
-/// Reads one request head and its Content-Length body.
-fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
+/// Reads one request head and its Content-Length body: the one HTTP
+/// request reader of the test servers (this one, the conformance and the
+/// hostile stub providers). `None` when the peer closes or sends no HTTP.
+pub fn read_request(stream: &mut TcpStream) -> Option<Recorded> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let (head_len, method, target, headers) = loop {

@@ -13,6 +13,9 @@
 //! - [`StdioProc`]: a running `credproxy stdio` with piped stdin/stdout, its
 //!   frames read by a thread and received with a timeout.
 //!
+//! - [`matcher::Matcher`]: the clients' handshake and reply matching, on
+//!   the client library's sans-IO protocol.
+//!
 //! Nothing here sleeps to wait for timing: waits poll a condition every
 //! 10 ms up to a bounded deadline.
 //!
@@ -24,6 +27,7 @@
 pub mod conformance;
 pub mod effects;
 pub mod hostile;
+pub mod matcher;
 pub mod oauth_server;
 
 use std::collections::BTreeMap;
@@ -38,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use credproxy_core::frame::{DecodeError, FrameDecoder};
 use credproxy_unix::client::proto;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -52,22 +57,38 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on polling for a condition (a path disappearing, a log line).
 pub const POLL_LIMIT: Duration = Duration::from_secs(5);
 
-/// Largest frame the test client accepts.
+/// Largest frame the test clients accept.
 const MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// Polls `cond` every 10 ms until it holds; panics after [`POLL_LIMIT`].
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if cond() {
-            return;
-        }
+/// Polls `cond` every 5 ms until it holds; panics after `limit`. The one
+/// wait of the suite: nothing sleeps for a timer instead.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
         assert!(
             Instant::now() < deadline,
-            "timed out after {POLL_LIMIT:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}"
         );
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// [`wait_for`] up to [`POLL_LIMIT`].
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_for(what, POLL_LIMIT, cond);
+}
+
+/// The entries of `dir` whose file names satisfy `keep` (temp files,
+/// kept corrupt files, token files), in directory order.
+pub fn files_where(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).expect("list the directory") {
+        let path = entry.expect("a directory entry").path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(&keep) {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Whether anything (even a dangling symlink) is at `path`.
@@ -150,6 +171,18 @@ impl Scratch {
         s
     }
 
+    /// A fresh tree whose store holds `anthropic`/`default` with `access`
+    /// and `refresh` (valid until 2100) and the API key `key` = `value`.
+    #[must_use]
+    pub fn seeded(access: &str, refresh: &str, key: &str, value: &str) -> Scratch {
+        let s = Scratch::new();
+        let mut token = token_json(access);
+        token["refresh_token"] = json!(refresh);
+        s.seed_token("anthropic", "default", &token);
+        s.seed_api_key(key, value);
+        s
+    }
+
     /// The root of the tree.
     #[must_use]
     pub fn root(&self) -> &Path {
@@ -185,20 +218,36 @@ impl Scratch {
     #[must_use]
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("XDG_RUNTIME_DIR", self.runtime())
-            .env("TMPDIR", self.root())
-            .env("XDG_DATA_HOME", self.root().join("data"))
-            .env("XDG_CONFIG_HOME", self.root().join("config"))
-            .env("HOME", self.root())
-            .env_remove("CREDPROXY_SOCKET")
-            .env_remove("CREDPROXY_CAPABILITY_FILE")
-            .env_remove("LLXPRT_CREDENTIAL_SOCKET")
-            .env_remove("LLXPRT_CAPABILITY_FD")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args);
+        self.isolate(&mut cmd);
         cmd
+    }
+
+    /// [`isolate`]s `cmd` in this tree (`XDG_CONFIG_HOME` is `config/`):
+    /// for a wrapper (`sh`, a script) that runs the binary itself.
+    pub fn isolate<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        isolate(cmd, self.root(), &self.root().join("config"))
+    }
+
+    /// Writes `text` as the default configuration file
+    /// (`$XDG_CONFIG_HOME/credproxy/config.toml`); returns its path.
+    pub fn write_default_config(&self, text: &str) -> PathBuf {
+        let dir = self.root().join("config/credproxy");
+        fs::create_dir_all(&dir).expect("mkdir the config directory");
+        let path = dir.join("config.toml");
+        fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// `serve` with `text` as the default configuration file, which it
+    /// must refuse: exit 3, stderr naming the file and each of `names`.
+    pub fn serve_refuses_config(&self, text: &str, names: &[&str]) {
+        let path = self.write_default_config(text).display().to_string();
+        let ran = self.run(&["serve", "--store", &self.store_arg()], b"");
+        ran.assert_code(3);
+        for name in [path.as_str()].iter().chain(names) {
+            assert!(ran.stderr.contains(name), "{name}: {}", ran.stderr);
+        }
     }
 
     /// Runs the binary to completion with `stdin` as its input; bounded by
@@ -276,6 +325,26 @@ impl Scratch {
     }
 }
 
+/// Points `cmd`'s runtime, data, config and home directories into `root`
+/// (`root/run` is `XDG_RUNTIME_DIR`), strips what a client, an outer proxy
+/// or the user's shell might have set, and pipes stdout and stderr with
+/// stdin null: every test process sees only its own tree.
+pub fn isolate<'c>(cmd: &'c mut Command, root: &Path, config_home: &Path) -> &'c mut Command {
+    cmd.env("XDG_RUNTIME_DIR", root.join("run"))
+        .env("TMPDIR", root)
+        .env("XDG_DATA_HOME", root.join("data"))
+        .env("XDG_CONFIG_HOME", config_home)
+        .env("HOME", root)
+        .env_remove("CREDPROXY_SOCKET")
+        .env_remove("CREDPROXY_CAPABILITY_FILE")
+        .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
+        .env_remove("LLXPRT_CREDENTIAL_SOCKET")
+        .env_remove("LLXPRT_CAPABILITY_FD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+}
+
 /// The outcome of a finished process.
 #[derive(Debug)]
 pub struct Ran {
@@ -305,6 +374,31 @@ impl Ran {
             self.stderr
         );
         self
+    }
+
+    /// Panics, showing the output, unless the exit code is `code` and
+    /// stderr contains each of `needles`.
+    pub fn assert_stderr(&self, code: i32, needles: &[&str]) -> &Ran {
+        self.assert_code(code).assert_stderr_has(needles)
+    }
+
+    /// Panics unless stderr contains each of `needles`.
+    pub fn assert_stderr_has(&self, needles: &[&str]) -> &Ran {
+        assert_all_in("stderr", &self.stderr, needles);
+        self
+    }
+
+    /// Panics unless stdout contains each of `needles`.
+    pub fn assert_stdout_has(&self, needles: &[&str]) -> &Ran {
+        assert_all_in("stdout", &self.stdout, needles);
+        self
+    }
+}
+
+/// Panics, showing `text`, unless it contains each of `needles`.
+fn assert_all_in(what: &str, text: &str, needles: &[&str]) {
+    if let Some(missing) = needles.iter().find(|n| !text.contains(**n)) {
+        panic!("{missing:?} not on {what}:\n{text}");
     }
 }
 
@@ -386,22 +480,19 @@ impl Proxy {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_thread =
             collect_shared(child.stderr.take().expect("stderr piped"), stderr.clone());
+        let deadline = Instant::now() + TIMEOUT;
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
+        // Forwards stdout's lines until EOF, a read error or no receiver.
         thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
+            let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+            let _ = lines.try_for_each(|l| tx.send(l));
         });
+        // The socket path, then two variables (three with a token).
         let want = if with_token { 4 } else { 3 };
-        let deadline = Instant::now() + TIMEOUT;
-        let mut got = Vec::new();
+        let mut got = Vec::with_capacity(want);
         while got.len() < want {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) => got.push(line),
                 Err(RecvTimeoutError::Disconnected) => {
                     // stdout closed: the process is ending.
@@ -566,8 +657,11 @@ pub fn encode(v: &Value) -> Vec<u8> {
     credproxy_core::frame::encode(v)
 }
 
-/// Reads one frame from `r`. `Ok(None)` on EOF before the first byte of a
-/// frame; an error on EOF inside a frame, a non-object, or invalid JSON.
+/// Reads one frame from `r`, decoded by core's [`FrameDecoder`]: exactly
+/// the frame's bytes are read (the length prefix says how many), so the
+/// stream holds nothing this reader took. `Ok(None)` on EOF before the
+/// first byte of a frame; an error on EOF inside a frame, an oversize
+/// length, a non-object, or invalid JSON.
 pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Value>> {
     let mut header = [0u8; 4];
     let mut got = 0;
@@ -580,24 +674,18 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Value>> {
             Err(e) => return Err(e),
         }
     }
-    let len = u32::from_be_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes"),
-        ));
+    let bad = |e: DecodeError| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}"));
+    let mut decoder = FrameDecoder::new(MAX_FRAME);
+    // The header alone: an oversize length is refused before its body.
+    if let Some(frame) = decoder.decode(&mut &header[..]).map_err(bad)? {
+        return Ok(Some(Value::Object(frame)));
     }
-    let mut body = vec![0u8; len];
+    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
     r.read_exact(&mut body)?;
-    let v: Value =
-        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if !v.is_object() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("non-object frame {v}"),
-        ));
+    match decoder.decode(&mut &body[..]).map_err(bad)? {
+        Some(frame) => Ok(Some(Value::Object(frame))),
+        None => unreachable!("the whole body completes the frame"),
     }
-    Ok(Some(v))
 }
 
 /// A version-2 handshake frame, with the token when given: the one the
@@ -628,7 +716,9 @@ pub fn unauthorized_reply() -> Value {
 /// A raw frame client over a Unix socket; every read and write is bounded
 /// by [`TIMEOUT`].
 pub struct Client {
-    stream: UnixStream,
+    /// The socket, for byte-level attacks (half-closes, clones, timeouts).
+    pub stream: UnixStream,
+    matcher: matcher::Matcher,
 }
 
 impl Client {
@@ -637,7 +727,17 @@ impl Client {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
-        Ok(Client { stream })
+        Ok(Client::connect_stream(stream))
+    }
+
+    /// A client on an already connected `stream` (a clone, to watch the
+    /// same connection from another thread).
+    #[must_use]
+    pub fn connect_stream(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            matcher: matcher::Matcher::default(),
+        }
     }
 
     /// Sends one frame.
@@ -663,18 +763,37 @@ impl Client {
         }
     }
 
-    /// Sends a handshake (with `token` when given) and returns the reply.
+    /// Sends a handshake (with `token` when given) and returns the reply;
+    /// an accepted one readies the [`matcher::Matcher`].
     pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        self.send(&handshake_frame(token)).expect("send handshake");
-        self.recv_frame()
+        self.matcher.handshake_on(&mut self.stream, token)
     }
 
-    /// Sends a request and returns its reply (the only one outstanding).
+    /// Sends a request and returns its reply (the only one outstanding),
+    /// which must answer it.
     pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&request(id, op, payload)).expect("send request");
-        let reply = self.recv_frame();
-        assert_eq!(reply["id"], id, "reply to another request: {reply}");
-        reply
+        self.matcher.call_on(&mut self.stream, id, op, &payload)
+    }
+
+    /// Asserts that the server closes the connection within `limit`
+    /// without sending a single byte; returns how long it took.
+    pub fn closed_without_reply(&mut self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        self.stream
+            .set_read_timeout(Some(limit))
+            .expect("read timeout");
+        let mut buf = [0u8; 256];
+        let outcome = self.stream.read(&mut buf);
+        let took = started.elapsed();
+        self.stream
+            .set_read_timeout(Some(TIMEOUT))
+            .expect("read timeout");
+        match outcome {
+            Ok(0) => took,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => took,
+            Ok(n) => panic!("expected a close without reply, got {n} bytes"),
+            Err(e) => panic!("not closed within {limit:?}: {e}"),
+        }
     }
 
     /// Asserts that the server closes the connection: the next read sees
@@ -696,6 +815,7 @@ pub struct StdioProc {
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<JoinHandle<()>>,
     eof: bool,
+    matcher: matcher::Matcher,
 }
 
 impl StdioProc {
@@ -723,6 +843,7 @@ impl StdioProc {
             stderr,
             stderr_thread: Some(stderr_thread),
             eof: false,
+            matcher: matcher::Matcher::default(),
         }
     }
 
@@ -765,22 +886,24 @@ impl StdioProc {
         self.next().expect("a frame before EOF")
     }
 
-    /// Sends a request and returns its reply (the only one outstanding).
-    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&request(id, op, payload)).expect("send request");
-        let reply = self.recv_frame();
-        assert_eq!(reply["id"], id, "reply to another request: {reply}");
-        reply
-    }
-
     /// Handshakes without a token (host class) and checks the reply.
     pub fn handshake(&mut self) {
-        self.send(&handshake_frame(None)).expect("send handshake");
-        let reply = self.recv_frame();
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.handshake_on(self, None);
+        self.matcher = matcher;
         assert_eq!(
             reply,
             json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}})
         );
+    }
+
+    /// Sends a request and returns its reply (the only one outstanding),
+    /// which must answer it.
+    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let reply = matcher.call_on(self, id, op, &payload);
+        self.matcher = matcher;
+        reply
     }
 
     /// Waits (bounded) for the exit and for stderr to close.
@@ -805,6 +928,17 @@ impl StdioProc {
     }
 }
 
+/// Frames over the pipes, for the [`matcher::Matcher`].
+impl matcher::Wire for StdioProc {
+    fn put(&mut self, bytes: &[u8]) {
+        self.send_raw(bytes).expect("write to stdio");
+    }
+
+    fn next_frame(&mut self) -> Value {
+        self.recv_frame()
+    }
+}
+
 impl Drop for StdioProc {
     fn drop(&mut self) {
         self.stdin = None;
@@ -813,6 +947,68 @@ impl Drop for StdioProc {
         }
         let _ = self.child.wait();
     }
+}
+
+/// The other peer of the cross-uid tests: `nobody` (uid and gid).
+pub const NOBODY: &str = "65534";
+
+/// `setpriv` running `program` as [`NOBODY`], without supplementary
+/// groups (the tests that use it need root).
+#[must_use]
+pub fn as_nobody(program: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(program);
+    cmd
+}
+
+/// The first of `candidates` that runs as [`NOBODY`] and really is that
+/// uid, or `None` (the caller skips).
+#[must_use]
+pub fn nobody_python(candidates: &[&str]) -> Option<String> {
+    let check = "import os, sys; sys.exit(0 if os.getuid() == 65534 else 1)";
+    candidates.iter().map(|py| (*py).to_owned()).find(|py| {
+        as_nobody(py)
+            .args(["-c", check])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Runs `body` (after [`PY_FRAMES`]) with `py` as [`NOBODY`], `args` as
+/// its `sys.argv[1..]`; asserts exit 0 and returns the JSON it printed.
+pub fn py_as_nobody(py: &str, body: &str, args: &[&str]) -> Value {
+    let mut cmd = as_nobody(py);
+    cmd.arg("-c")
+        .arg(format!("{PY_FRAMES}\n{body}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let ran = run_bounded(cmd, b"");
+    ran.assert_code(0);
+    serde_json::from_str(ran.stdout.trim())
+        .unwrap_or_else(|e| panic!("client output {:?}: {e}", ran.stdout))
+}
+
+/// Makes `p`'s socket reachable for other uids, as only a deliberate
+/// operator (`--allow-uid`) would: every directory from `s`'s root down
+/// to the socket 0711, the socket 0666.
+pub fn open_up(s: &Scratch, p: &Proxy) {
+    let mut dir = p.instance_dir();
+    loop {
+        chmod(&dir, 0o711);
+        if dir == s.root() {
+            break;
+        }
+        dir = dir.parent().expect("under the scratch root").to_path_buf();
+    }
+    chmod(&p.socket, 0o666);
 }
 
 /// Finds a Python 3 interpreter, or `None` (the caller skips).

@@ -26,9 +26,7 @@ async fn wait_idle(client: &Client) {
 fn server_closing_an_idle_connection_makes_the_next_call_reconnect() {
     let server = Server::start_with(Config::default(), store_keys);
     block_on_bounded(async {
-        let client = Client::connect(&server.path, CapabilitySource::None)
-            .await
-            .expect("connect");
+        let client = server.connect().await;
         assert!(client.get_api_key("K0").await.expect("key").is_some());
         server.kill_all();
         wait_idle(&client).await;

@@ -5,6 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use credproxy_unix::{Instance, Listener, PeerPolicy, TokenMode};
+
 /// Upper bound for every wait in these tests; a failure cannot hang.
 pub const LIMIT: Duration = Duration::from_secs(5);
 
@@ -44,6 +46,25 @@ pub fn chmod(path: &Path, mode: u32) {
 /// Whether we run as root (some tests need it, and skip otherwise).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// Whether we run as root; when not, says the test is skipped because it
+/// needs root `to` do something.
+pub fn root_or_skip(to: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: needs root to {to}");
+    }
+    root
+}
+
+/// A fresh base directory with an instance (token `mode`) and its
+/// listener under the default peer policy.
+pub fn listening(mode: TokenMode) -> (tempfile::TempDir, Instance, Listener) {
+    let tmp = short_tempdir();
+    let instance = Instance::create(tmp.path(), mode).expect("instance");
+    let listener = Listener::bind(&instance, PeerPolicy::default()).expect("bind");
+    (tmp, instance, listener)
 }
 
 /// Our effective uid.

@@ -7,7 +7,6 @@
 //! cap that protects it from others.
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,10 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use super::{
-    Before, CANARY_ACCESS, CANARY_KEY_VALUE, CANARY_PROVIDER, CANARY_REFRESH, LIMIT, Target,
-    WITNESS_VALUE, seeded_scratch,
-};
+use super::{Before, CANARY_ACCESS, CANARY_PROVIDER, LIMIT, Target, seeded_scratch};
 use crate::support::{BIN, Proxy};
 
 impl Target {
@@ -140,29 +136,14 @@ impl Target {
         let took = started.elapsed();
         assert_eq!(st.code(), Some(0), "{}: exit {st:?}", self.name);
         assert!(
-            !dir_exists(&dir),
+            !crate::support::exists(&dir),
             "{}: the instance directory {} is still there",
             self.name,
             dir.display()
         );
-        let stderr = self.proxy.stderr();
-        let mut secrets = vec![CANARY_REFRESH, CANARY_KEY_VALUE, WITNESS_VALUE];
-        if let Some(t) = token.as_deref() {
-            secrets.push(t);
-        }
-        for s in secrets {
-            assert!(
-                !stderr.contains(s),
-                "{}: a secret reached stderr",
-                self.name
-            );
-        }
+        self.assert_no_secret_in(&self.proxy.stderr(), token.as_deref());
         took
     }
-}
-
-fn dir_exists(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok()
 }
 
 /// Clock ticks per second of `/proc/PID/stat` times.

@@ -26,9 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -39,7 +38,7 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::support::{Proxy, Scratch, encode, euid, handshake_frame, read_frame, request};
+use crate::support::{Client, Proxy, Scratch, euid, request};
 pub mod launch;
 
 /// A well-behaved client's round trip must complete within this, whatever
@@ -68,20 +67,7 @@ pub const CANARY_ACCESS: &str = "at-canary-7d41";
 /// The canary's refresh token (never sent to a client, never logged).
 pub const CANARY_REFRESH: &str = "rt-canary-NEVER-LEAVES-91c2";
 
-/// Polls `cond` every 5 ms until it holds; panics after `limit`.
-pub fn poll(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
+pub use super::wait_for as poll;
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (bounded
 /// by the hard limit); children inherit it. Returns the soft limit now in
@@ -249,6 +235,23 @@ impl Target {
         Target::start_with(name, None, args, |_| {})
     }
 
+    /// A target whose anthropic provider is `stub`, with a stored
+    /// anthropic token (`at-seed`, refresh token `rt-seed`) to refresh.
+    #[must_use]
+    pub fn refreshable(name: &str, stub: &Stub) -> Target {
+        Target::start_with(name, Some(&stub.anthropic_toml()), &[], |s| {
+            s.seed_token("anthropic", "default", &stored_token("at-seed", "rt-seed"));
+        })
+    }
+
+    /// [`Target::start`] with `flags` split at spaces (flags and their
+    /// values: none holds a space).
+    #[must_use]
+    pub fn start_flags(name: &str, flags: &str) -> Target {
+        let args: Vec<&str> = flags.split(' ').collect();
+        Target::start(name, &args)
+    }
+
     /// Like [`Target::start`], with a configuration file (`config`, TOML)
     /// and extra seeding done by `seed` before the snapshot.
     #[must_use]
@@ -316,13 +319,13 @@ impl Target {
 
     /// A raw connection (no handshake yet).
     #[must_use]
-    pub fn raw(&self) -> Raw {
-        Raw::connect(&self.proxy.socket)
+    pub fn raw(&self) -> Client {
+        Client::connect(&self.proxy.socket).expect("connect to the proxy")
     }
 
     /// A connection past the handshake (with the token when there is one).
     #[must_use]
-    pub fn client(&self) -> Raw {
+    pub fn client(&self) -> Client {
         let mut c = self.raw();
         let reply = c.handshake(self.token().as_deref());
         assert_eq!(reply["ok"], true, "handshake: {reply}");
@@ -465,18 +468,41 @@ impl Target {
         let st = self.proxy.stop(Signal::SIGTERM);
         assert_eq!(st.code(), Some(0), "{}: exit {st:?}", self.name);
         let stderr = self.proxy.stderr();
-        let mut secrets = vec![CANARY_REFRESH, CANARY_KEY_VALUE, WITNESS_VALUE];
-        if let Some(t) = token.as_deref() {
-            secrets.push(t);
-        }
-        for s in secrets {
+        self.assert_no_secret_in(&stderr, token.as_deref());
+        stderr
+    }
+
+    /// Asserts that none of the seeded secrets, nor the capability
+    /// `token`, is in `stderr` (the audit stream of the stopped server).
+    fn assert_no_secret_in(&self, stderr: &str, token: Option<&str>) {
+        let seeded = [CANARY_REFRESH, CANARY_KEY_VALUE, WITNESS_VALUE];
+        for secret in seeded.into_iter().chain(token) {
             assert!(
-                !stderr.contains(s),
+                !stderr.contains(secret),
                 "{}: a secret reached stderr",
                 self.name
             );
         }
-        stderr
+    }
+
+    /// The end of a refresh storm: stops the witness `w`, asserts that the
+    /// stored `anthropic`/`default` token holds the provider's first
+    /// rotated refresh token, then [`Target::finish`]es with that token
+    /// file changed.
+    pub fn finish_rotated(self, w: Witness, test: &str) {
+        w.stop(test);
+        let refresh = self.stored_refresh("anthropic");
+        assert_eq!(refresh.as_deref(), Some("rt-rotated-1"));
+        self.finish(&[token_file("anthropic", "default")]);
+    }
+
+    /// The refresh token stored for `provider`/`default`, read from the
+    /// store (the protocol never shows it); panics when nothing is stored.
+    #[must_use]
+    pub fn stored_refresh(&self, provider: &str) -> Option<String> {
+        let store = self.scratch.open_store();
+        let token = store.get_token(provider, "default", true).expect("read");
+        token.expect("stored").refresh_token().map(str::to_owned)
     }
 }
 
@@ -504,91 +530,6 @@ pub fn key_list_json(s: &Scratch) -> Value {
     serde_json::from_str(ran.stdout.trim()).expect("key list --json")
 }
 
-/// A raw frame client: byte-level writes, frame reads, every read and
-/// write bounded by a socket timeout.
-pub struct Raw {
-    /// The socket.
-    pub stream: UnixStream,
-}
-
-impl Raw {
-    /// Connects to `path` (10 s read and write timeouts).
-    #[must_use]
-    pub fn connect(path: &Path) -> Raw {
-        let stream = UnixStream::connect(path).expect("connect to the proxy");
-        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
-        stream.set_write_timeout(Some(LIMIT)).expect("timeout");
-        Raw { stream }
-    }
-
-    /// Writes raw bytes.
-    pub fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
-        self.stream.write_all(b)
-    }
-
-    /// Writes one frame.
-    pub fn send(&mut self, v: &Value) -> io::Result<()> {
-        self.stream.write_all(&encode(v))
-    }
-
-    /// Reads one frame (`Ok(None)` at EOF).
-    pub fn recv(&mut self) -> io::Result<Option<Value>> {
-        read_frame(&mut self.stream)
-    }
-
-    /// Reads one frame; panics at EOF or on an error.
-    pub fn frame(&mut self) -> Value {
-        match self.recv() {
-            Ok(Some(v)) => v,
-            other => panic!("expected a frame, got {other:?}"),
-        }
-    }
-
-    /// Sends a handshake and returns the reply.
-    pub fn handshake(&mut self, token: Option<&str>) -> Value {
-        self.send(&handshake_frame(token)).expect("send handshake");
-        self.frame()
-    }
-
-    /// Sends a request and returns its reply (the only one outstanding).
-    pub fn call(&mut self, id: &str, op: &str, payload: Value) -> Value {
-        self.send(&request(id, op, payload)).expect("send request");
-        let reply = self.frame();
-        assert_eq!(reply["id"], id, "reply to another request: {reply}");
-        reply
-    }
-
-    /// Asserts that the server closes the connection within `limit`
-    /// without sending a single byte; returns how long it took.
-    pub fn closed_without_reply(&mut self, limit: Duration) -> Duration {
-        let started = Instant::now();
-        self.stream
-            .set_read_timeout(Some(limit))
-            .expect("read timeout");
-        let mut buf = [0u8; 256];
-        let outcome = self.stream.read(&mut buf);
-        let took = started.elapsed();
-        self.stream
-            .set_read_timeout(Some(LIMIT))
-            .expect("read timeout");
-        match outcome {
-            Ok(0) => took,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => took,
-            Ok(n) => panic!("expected a close without reply, got {n} bytes"),
-            Err(e) => panic!("not closed within {limit:?}: {e}"),
-        }
-    }
-
-    /// Asserts that the next thing on the connection is EOF (or a reset).
-    pub fn eof(&mut self) {
-        match self.recv() {
-            Ok(None) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-            other => panic!("expected EOF, got {other:?}"),
-        }
-    }
-}
-
 /// What a witness saw.
 #[derive(Debug, Clone, Copy)]
 #[expect(
@@ -613,7 +554,7 @@ pub struct Witness {
 impl Witness {
     /// Starts round trips on `client` (already past its handshake).
     #[must_use]
-    pub fn start(mut client: Raw) -> Witness {
+    pub fn start(mut client: Client) -> Witness {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
         let (stop2, count2) = (stop.clone(), count.clone());
@@ -885,33 +826,7 @@ fn serve_stub(mut stream: TcpStream, st: &StubState) {
 
 /// The body of one HTTP/1.1 request (by Content-Length).
 fn read_http_body(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 || buf.len() > 64 * 1024 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Some(body)
+    super::effects::read_request(stream).map(|r| r.body)
 }
 
 /// A field of a form-encoded or JSON body (values here are plain).
