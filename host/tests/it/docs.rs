@@ -20,6 +20,7 @@ const DOCS: &[&str] = &[
     "CONFORMANCE.md",
     "BENCHMARKS.md",
     "core/PROTOCOL.md",
+    "ARCHITECTURE.md",
 ];
 
 /// One fenced block.
@@ -351,4 +352,63 @@ fn runnable_sh_blocks_run() {
             ran.stderr
         );
     }
+}
+
+/// Every file of the workspace's crates, as paths relative to the root.
+fn source_files() -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    let root = workspace();
+    let mut out = Vec::new();
+    for krate in ["core", "host", "transport-unix", "transport-stdio"] {
+        walk(&root.join(krate), &root, &mut out);
+    }
+    out
+}
+
+/// ARCHITECTURE.md names files and folders (`driver/state.rs::drive`,
+/// `login/`, `host/src/locks.rs`): each must exist, as a path from the
+/// root or as the tail of one, so the map cannot drift from the tree.
+#[test]
+fn architecture_names_only_files_that_exist() {
+    let text = fs::read_to_string(workspace().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let files = source_files();
+    let exists = |name: &str| {
+        files.iter().any(|f| {
+            f == name
+                || f.ends_with(&format!("/{name}"))
+                || (name.ends_with('/') && (f.starts_with(name) || f.contains(&format!("/{name}"))))
+        })
+    };
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || "_./-:".contains(c))) {
+        let token = token.split("::").next().unwrap_or_default();
+        let token = token.trim_end_matches([':', '.']);
+        let is_file = token.ends_with(".rs");
+        let is_dir = token.ends_with('/') && token.len() > 1 && !token.starts_with("//");
+        if !(is_file || is_dir) || token.contains("://") {
+            continue;
+        }
+        named += 1;
+        if !exists(token) {
+            missing.push(token.to_owned());
+        }
+    }
+    assert!(named > 40, "only {named} names found: the parser is broken");
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names what is not in the tree: {missing:?}"
+    );
 }
