@@ -145,20 +145,26 @@ fn one_listener_is_shared_and_requests_routed_by_state() {
     let _ = st1;
 }
 
-#[test]
-fn pasted_redirect_url_fallback_with_iss_check() {
+/// Codex configured with its issuer (so discovery runs first, answered
+/// here) and a connection.
+fn codex_with_issuer() -> (Harness, ConnId) {
     let mut config = Config::default();
     let mut codex = credproxy_core::provider::codex();
     codex.issuer = Some("https://auth.openai.com".into());
     config.providers.insert("codex".into(), codex);
     let mut h = Harness::with_config(config, 2);
     let conn = h.connect();
-    // The issuer is configured, so discovery runs first.
     h.script(
         "https://auth.openai.com/.well-known/openid-configuration",
         200,
         json!({"issuer":"https://auth.openai.com","authorization_endpoint":"https://auth.openai.com/oauth/authorize"}),
     );
+    (h, conn)
+}
+
+#[test]
+fn pasted_redirect_url_fallback_with_iss_check() {
+    let (mut h, conn) = codex_with_issuer();
     let (sid, state) = codex_session(&mut h, conn);
     let bad = format!(
         "http://localhost:1455/auth/callback?code=AC&state={state}&iss=https%3A%2F%2Fevil.example"
@@ -194,17 +200,7 @@ fn pasted_redirect_url_fallback_with_iss_check() {
 /// fails the session before any provider call.
 #[test]
 fn loopback_callback_checks_iss_against_the_issuer() {
-    let mut config = Config::default();
-    let mut codex = credproxy_core::provider::codex();
-    codex.issuer = Some("https://auth.openai.com".into());
-    config.providers.insert("codex".into(), codex);
-    let mut h = Harness::with_config(config, 2);
-    let conn = h.connect();
-    h.script(
-        "https://auth.openai.com/.well-known/openid-configuration",
-        200,
-        json!({"issuer":"https://auth.openai.com","authorization_endpoint":"https://auth.openai.com/oauth/authorize"}),
-    );
+    let (mut h, conn) = codex_with_issuer();
     let (good_sid, good) = codex_session(&mut h, conn);
     let (bad_sid, bad) = codex_session(&mut h, conn);
     let calls = h.http_log.len();
