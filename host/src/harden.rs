@@ -1,6 +1,6 @@
 //! Process hardening: no core dumps, not dumpable (no ptrace by same-uid
 //! processes on Linux), so a crash or a debugger cannot read tokens out of
-//! memory. Through nix's safe wrappers: the host has no `unsafe`.
+//! memory. Through nix's safe wrappers, like every system call of the host.
 
 use nix::sys::resource::{Resource, setrlimit};
 

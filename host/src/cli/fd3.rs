@@ -5,8 +5,8 @@
 //! child there too and be overwritten, so it is moved: the child finds it
 //! at the number in `CREDPROXY_INHERITED_FD3` instead.
 //!
-//! Rust offers no safe way to own a descriptor by number, and the host has
-//! no `unsafe`. So the descriptor is re-opened through `/proc/self/fd/3`
+//! Rust offers no safe way to own a descriptor by number, and the host
+//! is safe code only. So the descriptor is re-opened through `/proc/self/fd/3`
 //! (Linux), which yields the same pipe, FIFO, terminal or file. Limits,
 //! documented in the README: a regular file comes back with its own offset
 //! (from the start); a socket cannot be re-opened this way and is dropped

@@ -10,7 +10,7 @@
 //! an error reply, no connection to the proxy, a failed login); `2` bad
 //! usage (from the argument parser, or a `call` payload that is not a JSON
 //! object); `3` the proxy or the store could not start (configuration file
-//! invalid, unsafe directory, socket in use, path too long, …); `exec`
+//! invalid, a directory others could write to, socket in use, path too long, …); `exec`
 //! exits with its command's status (128 + signal number when the command
 //! was killed). `login` exits `0` when logged in, `1` on any failure
 //! (configuration included) and `2` on bad usage. `stdio` exits `1` when
