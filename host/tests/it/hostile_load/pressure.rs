@@ -159,25 +159,22 @@ fn handshaken_connections_past_rlimit_nofile_are_evicted_not_starving_accept() {
 #[test]
 fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
     const TEST: &str = "accept_emfile";
-    // The server's own descriptors, measured on a first start with the
-    // same arguments; the second start gets one more than that, so the
-    // clamp (which cannot fit its reserve) leaves accept to hit EMFILE:
-    // one raw connect holds the spare descriptor until its handshake
-    // deadline, and the others wait in the backlog meanwhile. (Two spare
-    // would not do: the clamp keeps one pending handshake, so the second
-    // accept would drop the first instead of failing.)
+    // The server starts with descriptors to spare and serves the canary
+    // once (a cold read needs a store file besides the connection: CI
+    // once saw it fail with EMFILE when the limit was set tight at start,
+    // since startup briefly holds more than it keeps). Then its limit is
+    // lowered, while it runs, to what it holds plus one: one raw connect
+    // takes the spare descriptor until its handshake deadline, and accept
+    // meets EMFILE for the others, waiting in the backlog. (Lowered live,
+    // not at start, so no clamp of the pending-handshake budget turns the
+    // second accept into dropping the first.)
     let args = ["--io-threads", "1", "--handshake-timeout-ms", "1500"];
-    let probe = Target::start_limited(TEST, 256, &args);
-    let own = u64::try_from(probe.baseline_fds()).expect("count");
-    drop(probe);
-    let limit = own + 1;
-    let t = Target::start_limited(TEST, limit, &args);
-    t.proxy.wait_for_stderr("too low to serve well");
-    // Served before the attack: the canary's token is then in the cache,
-    // so serving it afterwards needs no descriptor but the connection's
-    // (a cold read needs a second one, which a single spare does not
-    // guarantee: CI once saw that read fail with EMFILE).
+    let t = Target::start_limited(TEST, 256, &args);
     t.neighbour_served_within(LIMIT);
+    t.wait_fds_released();
+    let own = u64::try_from(fd_count(t.pid())).expect("count");
+    let limit = own + 1;
+    t.lower_nofile(limit);
     let attack = raw_connects(&t, 30);
     let warning = t
         .proxy

@@ -51,6 +51,34 @@ impl Target {
         Target::assemble(name, scratch, proxy, None, before)
     }
 
+    /// Lowers the running server's soft and hard `RLIMIT_NOFILE` to
+    /// `nofile` with util-linux's `prlimit --pid` (the limit applies to the
+    /// descriptors it opens from then on).
+    pub fn lower_nofile(&self, nofile: u64) {
+        let out = Command::new("prlimit")
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .output()
+            .expect("run prlimit (util-linux)");
+        assert!(
+            out.status.success(),
+            "{}: prlimit --nofile={nofile}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let limits = fs::read_to_string(format!("/proc/{}/limits", self.pid())).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files line");
+        assert!(
+            line.split_whitespace().nth(3) == Some(&nofile.to_string()),
+            "{}: the limit was not lowered: {line}",
+            self.name
+        );
+    }
+
     /// One `credproxy call OP PAYLOAD --json` in a process of its own, with
     /// the socket and the capability token file; returns how long it took
     /// (start to exit) and its reply `data` (`Err` with its output when it
