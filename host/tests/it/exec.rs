@@ -272,6 +272,25 @@ fn fd3_is_readable_by_node() {
 }
 
 #[test]
+fn fd3_is_readable_by_bun() {
+    // No skip: .ci/run installs bun (from the npm registry), the runtime
+    // llxprt-code ships on.
+    let bun = Command::new("bun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    assert!(
+        bun.is_ok_and(|s| s.success()),
+        "bun is required for this test (llxprt runs under Bun): npm install -g bun"
+    );
+    assert_fd3_reads_the_token(&[
+        "bun",
+        "-e",
+        r#"process.stdout.write(require("fs").readFileSync(3))"#,
+    ]);
+}
+
+#[test]
 fn fd3_is_inherited_by_a_grandchild() {
     assert_fd3_reads_the_token(&["sh", "-c", r#"sh -c "cat <&3""#]);
 }

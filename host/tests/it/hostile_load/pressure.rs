@@ -172,6 +172,8 @@ fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
     let t = Target::start_limited(TEST, 256, &args);
     t.neighbour_served_within(LIMIT);
     t.wait_fds_released();
+    // A connection open before the limit is hit keeps being served.
+    let mut held = t.client();
     let own = u64::try_from(fd_count(t.pid())).expect("count");
     let limit = own + 1;
     t.lower_nofile(limit);
@@ -195,6 +197,16 @@ fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
         "{TEST}: server CPU {cpu:.1} % out of descriptors"
     );
     assert_eq!(warnings, 1, "{TEST}: one warning per 10 s");
+    let reply = held.call(
+        "held",
+        "get_token",
+        serde_json::json!({ "provider": CANARY_PROVIDER }),
+    );
+    assert_eq!(
+        reply["ok"], true,
+        "{TEST}: the open connection at EMFILE: {reply}"
+    );
+    assert_eq!(reply["data"]["access_token"], CANARY_ACCESS, "{reply}");
     // The attackers leave: accepting resumes and the neighbour is served.
     drop(attack);
     let served = t.neighbour_served_within(LIMIT);
@@ -211,6 +223,17 @@ fn accept_out_of_descriptors_backs_off_warns_and_still_stops() {
          attack; SIGTERM at EMFILE took {stopped:?}"
     );
     assert!(stopped < STOP, "{TEST}: SIGTERM took {stopped:?}");
+}
+
+#[test]
+fn a_soft_descriptor_limit_below_the_hard_one_is_raised_at_start() {
+    // `ulimit -S -n 64` lowers only the soft limit: the server raises it
+    // to the hard limit before it sizes its connection table.
+    let t = Target::start_under_ulimit("soft_raise", "-S -n 64", &[]);
+    let (soft, hard) = t.nofile_limits();
+    assert!(hard > 64, "the hard limit {hard} leaves nothing to raise");
+    assert_eq!(soft, hard, "soft_raise: the soft limit was not raised");
+    t.neighbour_served_within(LIMIT);
 }
 
 /// 1 000 handshaken connections held idle from the test process.

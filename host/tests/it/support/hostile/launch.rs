@@ -23,6 +23,14 @@ impl Target {
     /// (soft and hard limit both `nofile`, so it cannot raise its own).
     #[must_use]
     pub fn start_limited(name: &str, nofile: u64, args: &[&str]) -> Target {
+        Target::start_under_ulimit(name, &format!("-n {nofile}"), args)
+    }
+
+    /// Like [`Target::start`], with the server started by
+    /// `sh -c 'ulimit ULIMIT; exec credproxy serve --store … ARGS…'`
+    /// (e.g. `-S -n 64` lowers only the soft descriptor limit).
+    #[must_use]
+    pub fn start_under_ulimit(name: &str, ulimit: &str, args: &[&str]) -> Target {
         let scratch = seeded_scratch();
         let before = Before::of(&scratch);
         let store = scratch.store_arg();
@@ -32,7 +40,7 @@ impl Target {
         let template = scratch.command(&all);
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
             .arg(BIN)
             .args(&all)
             .stdin(Stdio::null())
@@ -67,16 +75,29 @@ impl Target {
             self.name,
             String::from_utf8_lossy(&out.stderr)
         );
+        assert_eq!(
+            self.nofile_limits(),
+            (nofile, nofile),
+            "{}: the limit was not lowered",
+            self.name
+        );
+    }
+
+    /// The server's soft and hard `RLIMIT_NOFILE`, from `/proc/PID/limits`.
+    #[must_use]
+    pub fn nofile_limits(&self) -> (u64, u64) {
         let limits = fs::read_to_string(format!("/proc/{}/limits", self.pid())).expect("limits");
         let line = limits
             .lines()
             .find(|l| l.starts_with("Max open files"))
             .expect("a Max open files line");
-        assert!(
-            line.split_whitespace().nth(3) == Some(&nofile.to_string()),
-            "{}: the limit was not lowered: {line}",
-            self.name
-        );
+        let value = |i: usize| {
+            line.split_whitespace()
+                .nth(i)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{}: a limit in {line:?}", self.name))
+        };
+        (value(3), value(4))
     }
 
     /// One `credproxy call OP PAYLOAD --json` in a process of its own, with
