@@ -138,3 +138,115 @@ fn check_names(target: &Target) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn token(access: &str) -> Token {
+        let v = json!({"access_token": access, "expiry": 1, "token_type": "Bearer"});
+        Token::from_map(v.as_object().cloned().unwrap())
+    }
+
+    fn target() -> Target {
+        Target::Token {
+            provider: "anthropic".into(),
+            bucket: "work".into(),
+        }
+    }
+
+    #[test]
+    fn kept_unless_overwrite_and_overwrite_clears_the_unusable_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&dir.path().join("s")).unwrap();
+        let t = target();
+        assert!(!exists(Some(&store), &t).unwrap());
+        let first = Value::Token(token("SECRET-1"));
+        assert_eq!(
+            store_entry(&store, &t, &first, false),
+            Ok(Written::Imported)
+        );
+        store
+            .put_meta(
+                "anthropic",
+                "work",
+                &KeyMeta {
+                    refresh_unusable: true,
+                },
+            )
+            .unwrap();
+        let second = Value::Token(token("SECRET-2"));
+        assert_eq!(store_entry(&store, &t, &second, false), Ok(Written::Kept));
+        let got = store.get_token("anthropic", "work", true).unwrap().unwrap();
+        assert_eq!(got.as_map()["access_token"], "SECRET-1");
+        assert!(
+            store
+                .get_meta("anthropic", "work")
+                .unwrap()
+                .refresh_unusable
+        );
+        assert_eq!(
+            store_entry(&store, &t, &second, true),
+            Ok(Written::Replaced)
+        );
+        let got = store.get_token("anthropic", "work", true).unwrap().unwrap();
+        assert_eq!(got.as_map()["access_token"], "SECRET-2");
+        assert!(
+            !store
+                .get_meta("anthropic", "work")
+                .unwrap()
+                .refresh_unusable
+        );
+    }
+
+    #[test]
+    fn api_keys_kept_unless_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&dir.path().join("s")).unwrap();
+        let t = Target::ApiKey {
+            name: "openai".into(),
+        };
+        let v1 = Value::ApiKey(Secret::new("SECRET-1"));
+        let v2 = Value::ApiKey(Secret::new("SECRET-2"));
+        assert_eq!(store_entry(&store, &t, &v1, false), Ok(Written::Imported));
+        assert_eq!(store_entry(&store, &t, &v2, false), Ok(Written::Kept));
+        assert_eq!(
+            store.get_api_key("openai").unwrap().unwrap().expose(),
+            "SECRET-1"
+        );
+        assert_eq!(store_entry(&store, &t, &v2, true), Ok(Written::Replaced));
+        assert_eq!(
+            store.get_api_key("openai").unwrap().unwrap().expose(),
+            "SECRET-2"
+        );
+        // A value that does not fit its target is refused, not stored.
+        assert!(store_entry(&store, &target(), &v1, true).is_err());
+    }
+
+    #[test]
+    fn names_are_checked_without_a_store_and_values_never_shown() {
+        let bad = Target::Token {
+            provider: "bad name".into(),
+            bucket: "default".into(),
+        };
+        assert!(
+            exists(None, &bad)
+                .unwrap_err()
+                .contains("invalid provider name")
+        );
+        let bad = Target::ApiKey { name: "..".into() };
+        assert!(
+            exists(None, &bad)
+                .unwrap_err()
+                .contains("invalid API key name")
+        );
+        assert_eq!(exists(None, &target()), Ok(false));
+        let shown = format!(
+            "{:?} {:?}",
+            Value::Token(token("SECRET-T")),
+            Value::ApiKey(Secret::new("SECRET-K"))
+        );
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+}
