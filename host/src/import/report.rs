@@ -224,6 +224,16 @@ impl Report {
                 }
             };
         }
+        if self.rows.is_empty() && self.unmatched_only.is_empty() {
+            let _ = writeln!(
+                out,
+                "no llxprt credential files found (looked in {} and {})",
+                self.data_dir
+                    .join("secure-store/llxprt-code-oauth")
+                    .display(),
+                self.data_dir.join("provider-keys").display()
+            );
+        }
         for o in &self.unmatched_only {
             let _ = writeln!(out, "--only {o}: no such llxprt entry");
         }

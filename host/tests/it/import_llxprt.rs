@@ -536,6 +536,22 @@ fn a_missing_data_directory_fails_with_the_path() {
 }
 
 #[test]
+fn an_empty_data_directory_says_what_was_looked_at() {
+    let s = Scratch::new();
+    let data = s.root().join("llxprt");
+    fs::create_dir(&data).unwrap();
+    let ran = import(&s, &data, &[]);
+    ran.assert_code(0);
+    ran.assert_stdout_has(&[
+        "no llxprt credential files found",
+        "secure-store/llxprt-code-oauth",
+        "provider-keys",
+        "summary: 0 imported",
+    ]);
+    assert!(ran.stderr.contains("OS keyring entries"), "{}", ran.stderr);
+}
+
+#[test]
 fn the_data_directory_follows_llxprt_data_home() {
     let s = Scratch::new();
     let store = s.store_arg();
