@@ -22,6 +22,7 @@ pub mod effects;
 pub mod fd_limit;
 pub mod harden;
 pub mod http_client;
+pub mod import;
 pub mod locks;
 pub mod loopback;
 pub mod serve;

@@ -2,7 +2,7 @@
 //!
 //! Commands: `serve`, `exec`, `stdio` (run the proxy), `login` (host-side
 //! OAuth login), `call` (a debug client), `providers` (the configured
-//! providers), `key`, `logout` and `status` (the store). Options come from
+//! providers), `key`, `logout`, `status` and `import` (the store). Options come from
 //! the configuration file ([`crate::config`]) and from flags; a flag wins
 //! over the file only when it is given.
 //!
@@ -16,7 +16,9 @@
 //! (configuration included) and `2` on bad usage. `stdio` exits `1` when
 //! its connection ended by a framing fault (the client sent an invalid
 //! frame), `0` when stdin reached its end. `status` exits `0` with corrupt
-//! token files listed, `1` with `--strict`.
+//! token files listed, `1` with `--strict`. `import llxprt` exits `4` when
+//! some entry was skipped because of an error (listed with its reason; the
+//! others were imported).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ mod call;
 mod conn;
 mod exec;
 mod fd3;
+mod import;
 mod keys;
 mod login;
 mod providers;
@@ -42,6 +45,7 @@ mod status;
 
 use call::cmd_call;
 use exec::cmd_exec;
+use import::{ImportCmd, cmd_import};
 use keys::{cmd_key, cmd_logout};
 use login::cmd_login;
 use providers::cmd_providers;
@@ -103,7 +107,9 @@ A host-side credential proxy for sandboxed processes.
 Configuration: $XDG_CONFIG_HOME/credproxy/config.toml (else ~/.config/credproxy/config.toml),
 or --config PATH. Precedence: defaults < CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS < the
 file < command-line flags. Client secrets come only from files or the environment
-(client_secret_file / client_secret_env in a [providers.NAME] table).";
+(client_secret_file / client_secret_env in a [providers.NAME] table).
+
+Switching from llxprt-code: `credproxy import llxprt --dry-run`, then `credproxy import llxprt`.";
 
 /// A host-side credential proxy for sandboxed processes.
 #[derive(Debug, Parser)]
@@ -148,6 +154,10 @@ enum Cmd {
     /// Remove a stored token.
     #[command(after_help = EXIT_HELP)]
     Logout(LogoutArgs),
+    /// Copy logins and API keys from another tool's store: `credproxy
+    /// import llxprt` (switching from llxprt-code).
+    #[command(subcommand, after_help = import::IMPORT_EXIT_HELP)]
+    Import(ImportCmd),
     /// Show stored tokens and their expiry (never secrets); a token file
     /// that does not parse is shown as `corrupt: REASON PATH`.
     #[command(after_help = STATUS_EXIT_HELP)]
@@ -353,6 +363,7 @@ pub fn main() -> ExitCode {
         Cmd::Providers(a) => cmd_providers(&a),
         Cmd::Key(k) => cmd_key(k),
         Cmd::Logout(a) => cmd_logout(a),
+        Cmd::Import(a) => cmd_import(a),
         Cmd::Status(a) => cmd_status(a),
         Cmd::Bench(a) => crate::bench::run(&a)
             .map(|()| ExitCode::SUCCESS)
@@ -525,13 +536,22 @@ fn cmd_stdio(a: CommonArgs) -> Result<ExitCode, Failure> {
     }
 }
 
-fn open_store_cli(s: &StoreOnly) -> Result<FileStore, Failure> {
+/// The store root of the store-only commands: `--store`, else the
+/// configuration file's `store`, else the default.
+fn store_root_cli(s: &StoreOnly) -> Result<PathBuf, Failure> {
     let configured = match &s.store {
         Some(dir) => Some(dir.clone()),
         None => config::configured_store(s.config.config.as_deref())?,
     };
-    let root = store_root(configured)?;
-    FileStore::open(&root).map_err(|e| Failure(EXIT_START, e.to_string()))
+    store_root(configured)
+}
+
+fn open_store_at(root: &Path) -> Result<FileStore, Failure> {
+    FileStore::open(root).map_err(|e| Failure(EXIT_START, e.to_string()))
+}
+
+fn open_store_cli(s: &StoreOnly) -> Result<FileStore, Failure> {
+    open_store_at(&store_root_cli(s)?)
 }
 
 // ---------------------------------------------------------------------------

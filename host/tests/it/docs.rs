@@ -2,7 +2,9 @@
 //! a configuration file that the real loader accepts and that `serve`
 //! starts with; every ```sh block is valid shell whose `credproxy` commands
 //! and flags exist; and every block marked ```sh runnable is executed, as
-//! written, in a private XDG home with the binary on `PATH`.
+//! written, in a private XDG home with the binary on `PATH` and, in its
+//! working directory, `llxprt-copy`: a copy of llxprt's v2 fixture tree for
+//! the README's `credproxy import llxprt` example.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -236,7 +238,7 @@ fn invocations(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
             }
             let mut path = vec![w[i + 1].clone()];
             let mut j = i + 2;
-            if path[0] == "key" && j < w.len() {
+            if ["key", "import"].contains(&path[0].as_str()) && j < w.len() {
                 path.push(w[j].clone());
                 j += 1;
             }
@@ -310,13 +312,18 @@ fn invocation_parser_sees_commands_and_flags() {
          target/release/credproxy bench --memory --runs 5\n\
          cargo run --release -p credproxy -- serve\n\
          credproxy exec -- sh -c 'credproxy call get_api_key \"{}\"'\n\
-         credproxy exec sh -c 'x --not-ours'\n",
+         credproxy exec sh -c 'x --not-ours'\n\
+         credproxy import llxprt --dry-run --only a,b\n",
     );
     let want: Vec<(Vec<String>, Vec<String>)> = vec![
         (vec!["key".into(), "set".into()], vec![]),
         (vec!["bench".into()], vec!["memory".into(), "runs".into()]),
         (vec!["exec".into()], vec![]),
         (vec!["exec".into()], vec![]),
+        (
+            vec!["import".into(), "llxprt".into()],
+            vec!["dry-run".into(), "only".into()],
+        ),
     ];
     assert_eq!(found, want);
 }
@@ -333,8 +340,10 @@ fn runnable_sh_blocks_run() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let llxprt = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llxprt-store/v2");
     for b in &blocks {
         let s = Scratch::new();
+        copy_tree(&llxprt, &s.root().join("llxprt-copy"));
         let mut sh = Command::new("sh");
         s.isolate(sh.arg("-ec").arg(&b.text).current_dir(s.root()))
             .env("PATH", &path)
@@ -351,6 +360,20 @@ fn runnable_sh_blocks_run() {
             ran.stdout,
             ran.stderr
         );
+    }
+}
+
+/// Copies the directory tree `src` to `dst`.
+fn copy_tree(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).expect("mkdir");
+    for entry in fs::read_dir(src).expect("read fixture dir") {
+        let entry = entry.expect("fixture entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            fs::copy(entry.path(), &to).expect("copy fixture");
+        }
     }
 }
 

@@ -37,6 +37,7 @@ mod exec;
 mod hostile_access;
 mod hostile_frames;
 mod hostile_load;
+mod import_llxprt;
 mod io_threads;
 mod loopback_listener;
 mod peer;
