@@ -9,7 +9,7 @@
 use serde::Serialize;
 use strum::{Display, IntoStaticStr};
 
-use crate::handshake::ConnClass;
+use crate::wire::handshake::ConnClass;
 
 /// Identifies a connection for its lifetime in one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -11,13 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::audit::ConnId;
 use crate::config::Limits;
-use crate::frame::FrameDecoder;
-use crate::handshake::Accepted;
 use crate::peer::Peer;
 use crate::rate::TokenBucket;
 use crate::task::TaskId;
 use crate::time::Mono;
 use crate::timer::{TimerKey, Timers};
+use crate::wire::frame::FrameDecoder;
+use crate::wire::handshake::Accepted;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

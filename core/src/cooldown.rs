@@ -16,11 +16,11 @@ use crate::engine::Engine;
 use crate::keylock::Key;
 use crate::login::still_valid;
 use crate::refresh::{not_available, not_found};
-use crate::reply::{Data, Failure};
 use crate::task::CheckStage;
 use crate::task::{TaskId, Work};
 use crate::time::Mono;
 use crate::token::Token;
+use crate::wire::reply::{Data, Failure};
 
 impl<R: CryptoRng> Engine<R> {
     /// When `key` is cooling down, answers `task` (or re-reads fresh first)

@@ -13,11 +13,11 @@ use serde_json::Value;
 use crate::effect::{Effect, EffectResult};
 use crate::endpoints::Endpoints;
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::http::{self, Verdict};
 use crate::provider::endpoint_allowed;
-use crate::reply::Failure;
 use crate::task::{TaskId, Work};
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::Failure;
 
 fn failed(why: &str) -> Failure {
     Failure::new(

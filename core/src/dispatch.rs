@@ -14,14 +14,14 @@ use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::engine::{Engine, Output};
-use crate::error::ErrorCode;
-use crate::handshake::{Accepted, ConnClass};
 use crate::login::owner_of;
 use crate::op::Op;
 use crate::ops::{self, Start};
-use crate::payload;
-use crate::reply::{Answer, Failure, encode_reply};
-use crate::request::{Field, PayloadField, Request};
+use crate::wire::error::ErrorCode;
+use crate::wire::handshake::{Accepted, ConnClass};
+use crate::wire::payload;
+use crate::wire::reply::{Answer, Failure, encode_reply};
+use crate::wire::request::{Field, PayloadField, Request};
 
 impl<R: CryptoRng> Engine<R> {
     /// Handles one request frame on an open connection.

@@ -13,18 +13,18 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{Connections, Phase};
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::endpoints::OauthEndpoints;
-use crate::frame::{self, DecodeError, encode_payload};
-use crate::handshake::{self, TokenDigest};
 use crate::keylock::Key;
 use crate::keys::Keys;
 use crate::peer::Peer;
-use crate::request;
 use crate::session_table::Sessions;
 use crate::stats::Stats;
 use crate::task::TaskId;
 use crate::tasks::Tasks;
 use crate::time::{Mono, Now};
 use crate::timer::{TimerKey, Timers};
+use crate::wire::frame::{self, DecodeError, encode_payload};
+use crate::wire::handshake::{self, TokenDigest};
+use crate::wire::request;
 
 /// Something the driver must do, drained with [`Engine::poll_output`].
 #[derive(Debug, Clone, PartialEq)]

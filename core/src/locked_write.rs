@@ -22,10 +22,10 @@ use rand_core::CryptoRng;
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::keylock::Key;
-use crate::reply::Failure;
 use crate::task::{TaskId, Work};
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::Failure;
 use crate::write_lock::LockPhase;
 
 impl<R: CryptoRng> Engine<R> {

@@ -14,17 +14,17 @@ use url::Url;
 use crate::effect::{Effect, EffectResult};
 use crate::endpoints::ListenerWait;
 use crate::engine::{Engine, Output};
-use crate::error::ErrorCode;
 use crate::http;
 use crate::oauth_reply::Pasted;
 use crate::op::Op;
 use crate::pkce;
-use crate::reply::Failure;
 use crate::secret::Secret;
 use crate::session::{Outcome, SessionState, Step};
 use crate::task::{LoginStage, LoginWork};
 use crate::task::{TaskId, Work};
 use crate::time::Now;
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::Failure;
 
 /// The page for a request that matches no login.
 pub const PAGE_BAD_REQUEST: &str = "This request does not belong to a login in progress.\n";

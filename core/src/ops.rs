@@ -10,13 +10,13 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use crate::config::Policy;
-use crate::error::ErrorCode;
 use crate::keylock::Key;
 use crate::op::Op;
-use crate::payload::{self, DEFAULT_BUCKET, FieldError};
-use crate::reply::{Answer, Data, Failure};
-use crate::request::{Field, Payload, PayloadField};
 use crate::task::Work;
+use crate::wire::error::ErrorCode;
+use crate::wire::payload::{self, DEFAULT_BUCKET, FieldError};
+use crate::wire::reply::{Answer, Data, Failure};
+use crate::wire::request::{Field, Payload, PayloadField};
 use crate::write_lock::LockedWrite;
 
 /// How a request proceeds.

@@ -15,14 +15,14 @@ use rand_core::CryptoRng;
 use crate::audit::{AuditEvent, Level};
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
-use crate::handshake::ConnClass;
 use crate::keylock::Key;
 use crate::login::{login_event, still_valid};
-use crate::reply::Failure;
 use crate::session::Outcome;
 use crate::task::{LoginStage, LoginWork, StoreStage, Storing, TaskId, Work};
 use crate::token::Token;
+use crate::wire::error::ErrorCode;
+use crate::wire::handshake::ConnClass;
+use crate::wire::reply::Failure;
 use crate::write_lock::LockedWrite;
 
 impl<R: CryptoRng> Engine<R> {

@@ -22,16 +22,16 @@ use sha2::{Digest, Sha256};
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::http::{self, Verdict};
 use crate::keylock::Key;
 use crate::login::{provider_failure, still_valid};
 use crate::oauth_reply::with_codex_account;
 use crate::op::Op;
 use crate::provider::{BodyEncoding, Dialect};
-use crate::reply::{Answer, Data, Failure};
 use crate::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
 use crate::token::Token;
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::{Answer, Data, Failure};
 use crate::write_lock::LockedWrite;
 
 /// Attempts of one refresh (the first and two retries).

@@ -14,13 +14,13 @@
 use rand_core::CryptoRng;
 
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::keylock::Key;
 use crate::keys::Renewal;
 use crate::login::mono_at;
 use crate::refresh::access_digest;
-use crate::reply::Failure;
 use crate::token::Token;
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::Failure;
 
 /// When to renew a token expiring at `expiry_ms` (unix ms), seen at
 /// `now_ms`: `None` when it cannot be renewed before it expires.

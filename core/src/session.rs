@@ -14,12 +14,12 @@
 //! [`Secret`]s and never leave the engine.
 
 use crate::audit::ConnId;
-use crate::handshake::ConnClass;
 use crate::provider::FlowType;
-use crate::reply::Failure;
 use crate::secret::Secret;
 use crate::time::Mono;
 use crate::token::Token;
+use crate::wire::handshake::ConnClass;
+use crate::wire::reply::Failure;
 
 /// Attempts allowed for a code exchange that fails transiently.
 pub const MAX_EXCHANGE_ATTEMPTS: u8 = 3;

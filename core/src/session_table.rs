@@ -146,10 +146,10 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::audit::ConnId;
-    use crate::handshake::ConnClass;
     use crate::provider::FlowType;
     use crate::secret::Secret;
     use crate::session::Step;
+    use crate::wire::handshake::ConnClass;
 
     fn owner() -> Owner {
         Owner {

@@ -12,8 +12,8 @@
 use crate::audit::ConnId;
 use crate::keylock::Key;
 use crate::op::Op;
-use crate::reply::Failure;
 use crate::token::Token;
+use crate::wire::reply::Failure;
 use crate::write_lock::{LockedWrite, WriteLock};
 
 /// Identifies a task inside one engine.

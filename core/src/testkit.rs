@@ -18,12 +18,12 @@ use crate::audit::{AuditEvent, ConnId};
 use crate::config::Config;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::engine::{Engine, Output};
-use crate::frame::{self, FrameDecoder};
 use crate::http::{HttpOutcome, HttpRequest, TransportError};
 use crate::peer::{Peer, Transport};
 use crate::secret::Secret;
 use crate::time::Now;
 use crate::token::Token;
+use crate::wire::frame::{self, FrameDecoder};
 
 /// Wall-clock start of every harness: 2026-01-01T00:00:00Z.
 pub const START_UNIX_MS: u64 = 1_767_225_600_000;

@@ -13,14 +13,14 @@ use crate::audit::{AuditEvent, ConnId, Level};
 use crate::connection::Phase;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
-use crate::handshake::Accepted;
 use crate::keylock::Key;
 use crate::op::Op;
 use crate::ops::{filter_allowed, names};
-use crate::reply::{Answer, Data, Failure};
 use crate::task::{RemoveStage, ReplyTo, SaveStage, TaskId, Work};
 use crate::token::Token;
+use crate::wire::error::ErrorCode;
+use crate::wire::handshake::Accepted;
+use crate::wire::reply::{Answer, Data, Failure};
 use crate::write_lock::LockedWrite;
 
 /// What a task does after an effect result.

@@ -7,15 +7,15 @@ use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, Level};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
-use crate::handshake::ConnClass;
 use crate::http;
 use crate::keylock::Key;
 use crate::oauth_reply::with_codex_account;
 use crate::provider::{Dialect, ProviderSpec};
-use crate::reply::{Data, Failure};
 use crate::session::Outcome;
 use crate::task::TaskId;
+use crate::wire::error::ErrorCode;
+use crate::wire::handshake::ConnClass;
+use crate::wire::reply::{Data, Failure};
 
 use super::errors::failure;
 

@@ -7,7 +7,6 @@ use serde_json::Value;
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::http::{self, Verdict};
 use crate::oauth_reply::DeviceGrant;
 use crate::op::Op;
@@ -16,6 +15,7 @@ use crate::provider::{BodyEncoding, Dialect, ProviderSpec};
 use crate::secret::Secret;
 use crate::session::{Outcome, Step};
 use crate::task::{TaskId, Work};
+use crate::wire::error::ErrorCode;
 
 use super::errors::{failure, not_found, provider_failure, verdict_of};
 use crate::task::{LoginStage, LoginWork};

@@ -3,11 +3,11 @@
 //! them the same way.
 
 use crate::effect::EffectResult;
-use crate::error::ErrorCode;
 use crate::http::{self, Verdict};
 use crate::op::Op;
 use crate::provider::FlowType;
-use crate::reply::Failure;
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::Failure;
 
 pub(super) fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
     Failure::new(code, message)

@@ -7,16 +7,16 @@ use rand_core::CryptoRng;
 use crate::audit::ConnId;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::http::{self, Verdict};
 use crate::oauth_reply::Pasted;
 use crate::op::Op;
 use crate::pkce;
 use crate::provider::{Dialect, FlowType};
-use crate::reply::Answer;
 use crate::secret::Secret;
 use crate::session::{Owner, Step, TransitionError};
 use crate::task::{TaskId, Work};
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::Answer;
 
 use super::errors::{failure, flow_mismatch, mismatch, not_found, provider_failure, verdict_of};
 use crate::task::{LoginStage, LoginWork};

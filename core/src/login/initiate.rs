@@ -11,15 +11,15 @@ use url::Url;
 use crate::audit::ConnId;
 use crate::effect::Effect;
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::keylock::Key;
 use crate::oauth_reply::DeviceGrant;
 use crate::op::Op;
 use crate::pkce;
 use crate::provider::{Dialect, FlowType, ProviderSpec};
-use crate::reply::{Answer, Failure};
 use crate::session::{Owner, Session, Step};
 use crate::task::{TaskId, Work};
+use crate::wire::error::ErrorCode;
+use crate::wire::reply::{Answer, Failure};
 
 use super::errors::{failure, not_found};
 use crate::task::{LoginStage, LoginWork};

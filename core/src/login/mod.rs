@@ -19,9 +19,9 @@ use rand_core::CryptoRng;
 
 use crate::effect::EffectResult;
 use crate::engine::Engine;
-use crate::error::ErrorCode;
 use crate::http::Verdict;
 use crate::task::{LoginStage, LoginWork, TaskId, Work};
+use crate::wire::error::ErrorCode;
 
 mod complete;
 mod device;

@@ -6,13 +6,13 @@ use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
 use crate::engine::Engine;
-use crate::error::ErrorCode;
-use crate::handshake::ConnClass;
 use crate::op::Op;
 use crate::provider::FlowType;
-use crate::reply::{Answer, Failure};
 use crate::session::{Outcome, Owner, Step};
 use crate::timer::TimerKey;
+use crate::wire::error::ErrorCode;
+use crate::wire::handshake::ConnClass;
+use crate::wire::reply::{Answer, Failure};
 
 use super::errors::{failure, flow_mismatch, not_found};
 use super::initiate::object;

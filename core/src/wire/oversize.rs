@@ -4,7 +4,7 @@
 //! connection the engine then tries to answer it like any bad request, so a
 //! client learns why instead of seeing a bare close: the id is looked for in
 //! the body bytes already in the current input chunk (at most
-//! [`PEEK_LIMIT`], see [`crate::frame_peek`]). Found: the reply
+//! [`PEEK_LIMIT`], see [`crate::wire::frame_peek`]). Found: the reply
 //! `INVALID_REQUEST "Frame exceeds maximum size (<limit> bytes)"` is sent,
 //! then the connection closes (the rest of the body is never read, so the
 //! stream cannot be resynchronized). Not found, or before the handshake: the
@@ -17,9 +17,9 @@ use rand_core::CryptoRng;
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::connection::Phase;
 use crate::engine::{Engine, Output};
-use crate::error::ErrorCode;
-use crate::frame_peek::{PEEK_LIMIT, peek_id};
-use crate::reply::{Failure, encode_reply};
+use crate::wire::error::ErrorCode;
+use crate::wire::frame_peek::{PEEK_LIMIT, peek_id};
+use crate::wire::reply::{Failure, encode_reply};
 
 impl<R: CryptoRng> Engine<R> {
     /// The header of the current frame announced `len` > `max` bytes;

@@ -9,12 +9,12 @@
 //! - unknown fields are ignored.
 //!
 //! The rules read a request's [`Payload`], decoded borrowed from the frame
-//! (see [`crate::request`]).
+//! (see [`crate::wire::request`]).
 
 use serde_json::Value;
 
-use crate::request::{Field, Payload, PayloadField};
 use crate::token::Token;
+use crate::wire::request::{Field, Payload, PayloadField};
 
 /// The bucket used when a request names none.
 pub const DEFAULT_BUCKET: &str = "default";

@@ -8,9 +8,9 @@ use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::config::Limits;
-use crate::error::ErrorCode;
-use crate::frame::HEADER_LEN;
 use crate::token::Token;
+use crate::wire::error::ErrorCode;
+use crate::wire::frame::HEADER_LEN;
 
 /// An error answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

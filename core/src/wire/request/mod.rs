@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use serde::de::DeserializeSeed;
 use serde_json::Value;
 
-use crate::frame::DecodeError;
+use crate::wire::frame::DecodeError;
 
 use envelope::RequestSeed;
 

@@ -10,8 +10,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ErrorCode;
 use crate::secret::Secret;
+use crate::wire::error::ErrorCode;
 
 /// Highest protocol version this server speaks.
 pub const MAX_VERSION: u8 = 2;

@@ -17,8 +17,8 @@
 
 use std::borrow::Cow;
 
-use crate::payload;
-use crate::request::Field;
+use crate::wire::payload;
+use crate::wire::request::Field;
 
 /// How many body bytes the engine hands to [`peek_id`] at most.
 pub const PEEK_LIMIT: usize = 512;
