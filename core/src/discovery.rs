@@ -14,8 +14,8 @@ use crate::effect::{Effect, EffectResult};
 use crate::endpoints::Endpoints;
 use crate::engine::Engine;
 use crate::http::{self, Verdict};
+use crate::operations::task::{TaskId, Work};
 use crate::provider::endpoint_allowed;
-use crate::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::task::TaskId;
+use crate::operations::task::TaskId;
 
 /// Endpoints learned from a discovery document.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::keylock::{Key, KeyLocks};
-use crate::task::TaskId;
+use crate::operations::task::TaskId;
 use crate::time::Mono;
 use crate::timer::{TimerKey, Timers};
 use crate::token::Token;

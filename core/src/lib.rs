@@ -123,15 +123,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod operations;
+pub use operations::op;
+mod conn;
+pub use conn::{peer, rate};
 mod wire;
 pub use wire::{error, frame, frame_peek, handshake, payload, reply, request};
-mod admission;
 pub mod audit;
 pub mod config;
-mod connection;
 mod cooldown;
 mod discovery;
-mod dispatch;
 pub mod effect;
 mod endpoints;
 mod engine;
@@ -142,25 +143,17 @@ mod locked_write;
 mod login;
 pub mod loopback;
 pub mod oauth_reply;
-pub mod op;
-mod ops;
-pub mod peer;
 mod persist;
 pub mod pkce;
 pub mod provider;
-pub mod rate;
 mod refresh;
 pub mod renewal;
 pub mod secret;
 pub mod session;
 mod session_table;
-mod stats;
-mod task;
-mod tasks;
 pub mod time;
 pub mod timer;
 pub mod token;
-mod work;
 mod write_lock;
 
 #[cfg(any(test, feature = "testkit"))]
@@ -174,10 +167,10 @@ pub mod fuzzing;
 
 pub use audit::{AuditEvent, ConnId, Level};
 pub use config::{Config, Limits, Policy};
+pub use conn::peer::{Peer, Transport};
 pub use effect::{Effect, EffectId, EffectResult};
 pub use engine::{ConnectionRefused, Engine, Output};
-pub use op::Op;
-pub use peer::{Peer, Transport};
+pub use operations::op::Op;
 pub use provider::{FlowType, ProviderSpec};
 pub use secret::Secret;
 pub use time::{Mono, Now};

@@ -23,7 +23,7 @@ use rand_core::CryptoRng;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::keylock::Key;
-use crate::task::{TaskId, Work};
+use crate::operations::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
 use crate::write_lock::LockPhase;

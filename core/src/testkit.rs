@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 
 use crate::audit::{AuditEvent, ConnId};
 use crate::config::Config;
+use crate::conn::peer::{Peer, Transport};
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::engine::{Engine, Output};
 use crate::http::{HttpOutcome, HttpRequest, TransportError};
-use crate::peer::{Peer, Transport};
 use crate::secret::Secret;
 use crate::time::Now;
 use crate::token::Token;

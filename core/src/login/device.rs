@@ -9,16 +9,16 @@ use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::http::{self, Verdict};
 use crate::oauth_reply::DeviceGrant;
-use crate::op::Op;
+use crate::operations::op::Op;
+use crate::operations::task::{TaskId, Work};
 use crate::pkce;
 use crate::provider::{BodyEncoding, Dialect, ProviderSpec};
 use crate::secret::Secret;
 use crate::session::{Outcome, Step};
-use crate::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 
 use super::errors::{failure, not_found, provider_failure, verdict_of};
-use crate::task::{LoginStage, LoginWork};
+use crate::operations::task::{LoginStage, LoginWork};
 
 impl<R: CryptoRng> Engine<R> {
     pub(super) fn device_authorization(&self, spec: &ProviderSpec, sid: &str) -> http::HttpRequest {

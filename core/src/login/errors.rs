@@ -4,7 +4,7 @@
 
 use crate::effect::EffectResult;
 use crate::http::{self, Verdict};
-use crate::op::Op;
+use crate::operations::op::Op;
 use crate::provider::FlowType;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;

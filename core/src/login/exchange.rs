@@ -9,17 +9,17 @@ use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::http::{self, Verdict};
 use crate::oauth_reply::Pasted;
-use crate::op::Op;
+use crate::operations::op::Op;
+use crate::operations::task::{TaskId, Work};
 use crate::pkce;
 use crate::provider::{Dialect, FlowType};
 use crate::secret::Secret;
 use crate::session::{Owner, Step, TransitionError};
-use crate::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Answer;
 
 use super::errors::{failure, flow_mismatch, mismatch, not_found, provider_failure, verdict_of};
-use crate::task::{LoginStage, LoginWork};
+use crate::operations::task::{LoginStage, LoginWork};
 
 impl<R: CryptoRng> Engine<R> {
     /// `oauth_exchange {session_id, code}` (validated).

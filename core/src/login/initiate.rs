@@ -13,16 +13,16 @@ use crate::effect::Effect;
 use crate::engine::Engine;
 use crate::keylock::Key;
 use crate::oauth_reply::DeviceGrant;
-use crate::op::Op;
+use crate::operations::op::Op;
+use crate::operations::task::{TaskId, Work};
 use crate::pkce;
 use crate::provider::{Dialect, FlowType, ProviderSpec};
 use crate::session::{Owner, Session, Step};
-use crate::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::{Answer, Failure};
 
 use super::errors::{failure, not_found};
-use crate::task::{LoginStage, LoginWork};
+use crate::operations::task::{LoginStage, LoginWork};
 
 impl<R: CryptoRng> Engine<R> {
     /// The provider's spec with discovered endpoints filled in.

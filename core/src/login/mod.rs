@@ -20,7 +20,7 @@ use rand_core::CryptoRng;
 use crate::effect::EffectResult;
 use crate::engine::Engine;
 use crate::http::Verdict;
-use crate::task::{LoginStage, LoginWork, TaskId, Work};
+use crate::operations::task::{LoginStage, LoginWork, TaskId, Work};
 use crate::wire::error::ErrorCode;
 
 mod complete;

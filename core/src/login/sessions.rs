@@ -6,7 +6,7 @@ use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
 use crate::engine::Engine;
-use crate::op::Op;
+use crate::operations::op::Op;
 use crate::provider::FlowType;
 use crate::session::{Outcome, Owner, Step};
 use crate::timer::TimerKey;

@@ -15,7 +15,7 @@
 use rand_core::CryptoRng;
 
 use crate::audit::{AuditEvent, ConnId, Level};
-use crate::connection::Phase;
+use crate::conn::connection::Phase;
 use crate::engine::{Engine, Output};
 use crate::wire::error::ErrorCode;
 use crate::wire::frame_peek::{PEEK_LIMIT, peek_id};

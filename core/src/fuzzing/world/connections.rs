@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::peer::{Peer, Transport};
+use crate::conn::peer::{Peer, Transport};
 use crate::wire::frame::{self, HEADER_LEN};
 use crate::wire::payload;
 

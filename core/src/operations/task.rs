@@ -11,7 +11,7 @@
 
 use crate::audit::ConnId;
 use crate::keylock::Key;
-use crate::op::Op;
+use crate::operations::op::Op;
 use crate::token::Token;
 use crate::wire::reply::Failure;
 use crate::write_lock::{LockedWrite, WriteLock};

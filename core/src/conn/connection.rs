@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::audit::ConnId;
 use crate::config::Limits;
-use crate::peer::Peer;
-use crate::rate::TokenBucket;
-use crate::task::TaskId;
+use crate::conn::peer::Peer;
+use crate::conn::rate::TokenBucket;
+use crate::operations::task::TaskId;
 use crate::time::Mono;
 use crate::timer::{TimerKey, Timers};
 use crate::wire::frame::FrameDecoder;

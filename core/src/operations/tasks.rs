@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use crate::effect::{Effect, EffectId, ResultKind};
-use crate::op::Op;
-use crate::task::{ReplyTo, Task, TaskId, Work};
+use crate::operations::op::Op;
+use crate::operations::task::{ReplyTo, Task, TaskId, Work};
 
 /// A task and the effects it waits on.
 #[derive(Debug)]

@@ -37,7 +37,7 @@ use std::collections::BTreeSet;
 use rand_core::CryptoRng;
 
 use crate::audit::{AuditEvent, ConnId, Level};
-use crate::connection::Phase;
+use crate::conn::connection::Phase;
 use crate::engine::Engine;
 
 /// Why a new connection was refused at accept.

@@ -10,13 +10,13 @@ use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, ConnId, Level};
-use crate::connection::Phase;
+use crate::conn::connection::Phase;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
 use crate::keylock::Key;
-use crate::op::Op;
-use crate::ops::{filter_allowed, names};
-use crate::task::{RemoveStage, ReplyTo, SaveStage, TaskId, Work};
+use crate::operations::op::Op;
+use crate::operations::ops::{filter_allowed, names};
+use crate::operations::task::{RemoveStage, ReplyTo, SaveStage, TaskId, Work};
 use crate::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::Accepted;
@@ -205,7 +205,7 @@ fn describe(work: Work, event: &mut AuditEvent) {
     let key = match work {
         Work::GetToken { key, .. }
         | Work::BucketStats { key }
-        | Work::RefreshCheck(crate::task::RefreshCheck { key, .. })
+        | Work::RefreshCheck(crate::operations::task::RefreshCheck { key, .. })
         | Work::AwaitRefresh { key }
         | Work::WriteBack { key } => key,
         Work::SaveToken { write, .. } => write.into_key(),

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Policy;
 use crate::keylock::Key;
-use crate::op::Op;
-use crate::task::Work;
+use crate::operations::op::Op;
+use crate::operations::task::Work;
 use crate::wire::error::ErrorCode;
 use crate::wire::payload::{self, DEFAULT_BUCKET, FieldError};
 use crate::wire::reply::{Answer, Data, Failure};
