@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use std::collections::BTreeMap;
 
-use crate::provider::{self, ProviderSpec};
+use crate::oauth::provider::{self, ProviderSpec};
 use crate::secret::Secret;
 
 /// Hard ceiling for the inbound frame limit (SPEC §3.1).

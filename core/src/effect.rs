@@ -7,8 +7,8 @@
 //! `poll_output` calls, and results of different effects may arrive in any
 //! order.
 
-use crate::http::{HttpOutcome, HttpRequest};
 use crate::keylock::Key;
+use crate::oauth::http::{HttpOutcome, HttpRequest};
 use crate::secret::Secret;
 use crate::token::Token;
 

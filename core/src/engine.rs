@@ -13,13 +13,13 @@ use crate::config::{Config, ConfigError};
 use crate::conn::connection::{Connections, Phase};
 use crate::conn::peer::Peer;
 use crate::effect::{Effect, EffectId, EffectResult};
-use crate::endpoints::OauthEndpoints;
 use crate::keylock::Key;
 use crate::keys::Keys;
+use crate::oauth::endpoints::OauthEndpoints;
 use crate::operations::stats::Stats;
 use crate::operations::task::TaskId;
 use crate::operations::tasks::Tasks;
-use crate::session_table::Sessions;
+use crate::sessions::session_table::Sessions;
 use crate::time::{Mono, Now};
 use crate::timer::{TimerKey, Timers};
 use crate::wire::frame::{self, DecodeError, encode_payload};
@@ -200,7 +200,9 @@ impl<R: CryptoRng> Engine<R> {
 
     /// The live sessions and their states, for diagnostics and model tests.
     /// Ended (`Used`) sessions are removed at once and do not appear.
-    pub fn session_states(&self) -> impl Iterator<Item = (&str, &crate::session::SessionState)> {
+    pub fn session_states(
+        &self,
+    ) -> impl Iterator<Item = (&str, &crate::sessions::session::SessionState)> {
         self.sessions.iter().map(|(id, s)| (id.as_str(), s.state()))
     }
 

@@ -123,6 +123,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod sessions;
+pub use sessions::{loopback, pkce, session};
+mod oauth;
+pub use oauth::{http, oauth_reply, provider};
 mod operations;
 pub use operations::op;
 mod conn;
@@ -132,25 +136,14 @@ pub use wire::{error, frame, frame_peek, handshake, payload, reply, request};
 pub mod audit;
 pub mod config;
 mod cooldown;
-mod discovery;
 pub mod effect;
-mod endpoints;
 mod engine;
-pub mod http;
 pub mod keylock;
 mod keys;
 mod locked_write;
-mod login;
-pub mod loopback;
-pub mod oauth_reply;
-mod persist;
-pub mod pkce;
-pub mod provider;
 mod refresh;
 pub mod renewal;
 pub mod secret;
-pub mod session;
-mod session_table;
 pub mod time;
 pub mod timer;
 pub mod token;
@@ -170,8 +163,8 @@ pub use config::{Config, Limits, Policy};
 pub use conn::peer::{Peer, Transport};
 pub use effect::{Effect, EffectId, EffectResult};
 pub use engine::{ConnectionRefused, Engine, Output};
+pub use oauth::provider::{FlowType, ProviderSpec};
 pub use operations::op::Op;
-pub use provider::{FlowType, ProviderSpec};
 pub use secret::Secret;
 pub use time::{Mono, Now};
 pub use token::Token;

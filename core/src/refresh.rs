@@ -22,13 +22,13 @@ use sha2::{Digest, Sha256};
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::http::{self, Verdict};
 use crate::keylock::Key;
-use crate::login::{provider_failure, still_valid};
-use crate::oauth_reply::with_codex_account;
+use crate::oauth::http::{self, Verdict};
+use crate::oauth::oauth_reply::with_codex_account;
+use crate::oauth::provider::{BodyEncoding, Dialect};
 use crate::operations::op::Op;
 use crate::operations::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
-use crate::provider::{BodyEncoding, Dialect};
+use crate::sessions::login::{provider_failure, still_valid};
 use crate::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::{Answer, Data, Failure};

@@ -123,7 +123,7 @@ fn failed_answers_every_kind_and_each_kind_one_variant() {
         Effect::meta_put(&key, false),
         Effect::lock_acquire(&key, 1),
         Effect::lock_release(&key),
-        Effect::Http(crate::http::get("https://x.example/", 1)),
+        Effect::Http(crate::oauth::http::get("https://x.example/", 1)),
         Effect::StartListener {
             port: 1,
             path: "/".into(),
@@ -131,8 +131,8 @@ fn failed_answers_every_kind_and_each_kind_one_variant() {
         Effect::StopListener { port: 1 },
     ];
     let mut results = wrong_kinds();
-    results.push(EffectResult::Http(crate::http::HttpOutcome::Failed(
-        crate::http::TransportError::Timeout,
+    results.push(EffectResult::Http(crate::oauth::http::HttpOutcome::Failed(
+        crate::oauth::http::TransportError::Timeout,
     )));
     for effect in &effects {
         let kind = ResultKind::of(effect);

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::conn::peer::{Peer, Transport};
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::engine::{Engine, Output};
-use crate::http::{HttpOutcome, HttpRequest, TransportError};
+use crate::oauth::http::{HttpOutcome, HttpRequest, TransportError};
 use crate::secret::Secret;
 use crate::time::Now;
 use crate::token::Token;

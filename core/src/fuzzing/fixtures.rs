@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use crate::config::{Config, Limits};
-use crate::provider::{self, BodyEncoding, Dialect, FlowType, ProviderSpec};
+use crate::oauth::provider::{self, BodyEncoding, Dialect, FlowType, ProviderSpec};
 use crate::secret::Secret;
 use crate::testkit::{Harness, START_UNIX_MS};
 

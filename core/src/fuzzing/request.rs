@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Config;
 use crate::effect::EffectResult;
-use crate::http::HttpOutcome;
+use crate::oauth::http::HttpOutcome;
 use crate::secret::Secret;
 use crate::testkit::Harness;
 use crate::wire::frame;

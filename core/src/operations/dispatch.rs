@@ -14,9 +14,9 @@ use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, ConnId, Level};
 use crate::engine::{Engine, Output};
-use crate::login::owner_of;
 use crate::operations::op::Op;
 use crate::operations::ops::{self, Start};
+use crate::sessions::login::owner_of;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::{Accepted, ConnClass};
 use crate::wire::payload;

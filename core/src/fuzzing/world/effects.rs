@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use crate::effect::{Effect, EffectResult};
-use crate::http::{HttpOutcome, TransportError};
+use crate::oauth::http::{HttpOutcome, TransportError};
 use crate::time::Now;
 
 use super::super::fixtures::{BUCKETS, CODEX_PORT, PROVIDERS};

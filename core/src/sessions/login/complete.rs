@@ -7,12 +7,12 @@ use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, Level};
 use crate::engine::Engine;
-use crate::http;
 use crate::keylock::Key;
-use crate::oauth_reply::with_codex_account;
+use crate::oauth::http;
+use crate::oauth::oauth_reply::with_codex_account;
+use crate::oauth::provider::{Dialect, ProviderSpec};
 use crate::operations::task::TaskId;
-use crate::provider::{Dialect, ProviderSpec};
-use crate::session::Outcome;
+use crate::sessions::session::Outcome;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::ConnClass;
 use crate::wire::reply::{Data, Failure};

@@ -11,11 +11,11 @@ use rand_core::CryptoRng;
 use serde_json::Value;
 
 use crate::effect::{Effect, EffectResult};
-use crate::endpoints::Endpoints;
 use crate::engine::Engine;
-use crate::http::{self, Verdict};
+use crate::oauth::endpoints::Endpoints;
+use crate::oauth::http::{self, Verdict};
+use crate::oauth::provider::endpoint_allowed;
 use crate::operations::task::{TaskId, Work};
-use crate::provider::endpoint_allowed;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
 

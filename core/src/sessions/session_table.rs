@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::session::{Owner, Session};
+use crate::sessions::session::{Owner, Session};
 use crate::time::Mono;
 use crate::timer::{TimerKey, Timers};
 
@@ -146,9 +146,9 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::audit::ConnId;
-    use crate::provider::FlowType;
+    use crate::oauth::provider::FlowType;
     use crate::secret::Secret;
-    use crate::session::Step;
+    use crate::sessions::session::Step;
     use crate::wire::handshake::ConnClass;
 
     fn owner() -> Owner {

@@ -12,12 +12,12 @@ use crate::audit::ConnId;
 use crate::effect::Effect;
 use crate::engine::Engine;
 use crate::keylock::Key;
-use crate::oauth_reply::DeviceGrant;
+use crate::oauth::oauth_reply::DeviceGrant;
+use crate::oauth::provider::{Dialect, FlowType, ProviderSpec};
 use crate::operations::op::Op;
 use crate::operations::task::{TaskId, Work};
-use crate::pkce;
-use crate::provider::{Dialect, FlowType, ProviderSpec};
-use crate::session::{Owner, Session, Step};
+use crate::sessions::pkce;
+use crate::sessions::session::{Owner, Session, Step};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::{Answer, Failure};
 

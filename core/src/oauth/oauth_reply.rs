@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::http::lenient_number;
+use crate::oauth::http::lenient_number;
 use crate::token::Token;
 
 /// What the user pasted into `oauth_exchange`: `CODE`, `CODE#STATE`, or the

@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::provider::BodyEncoding;
+use crate::oauth::provider::BodyEncoding;
 use crate::secret::Secret;
 use crate::token::Token;
 

@@ -19,7 +19,7 @@ use rand_core::CryptoRng;
 
 use crate::effect::EffectResult;
 use crate::engine::Engine;
-use crate::http::Verdict;
+use crate::oauth::http::Verdict;
 use crate::operations::task::{LoginStage, LoginWork, TaskId, Work};
 use crate::wire::error::ErrorCode;
 

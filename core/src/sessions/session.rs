@@ -14,7 +14,7 @@
 //! [`Secret`]s and never leave the engine.
 
 use crate::audit::ConnId;
-use crate::provider::FlowType;
+use crate::oauth::provider::FlowType;
 use crate::secret::Secret;
 use crate::time::Mono;
 use crate::token::Token;

@@ -3,9 +3,9 @@
 //! them the same way.
 
 use crate::effect::EffectResult;
-use crate::http::{self, Verdict};
+use crate::oauth::http::{self, Verdict};
+use crate::oauth::provider::FlowType;
 use crate::operations::op::Op;
-use crate::provider::FlowType;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
 

@@ -7,14 +7,14 @@ use serde_json::Value;
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::http::{self, Verdict};
-use crate::oauth_reply::DeviceGrant;
+use crate::oauth::http::{self, Verdict};
+use crate::oauth::oauth_reply::DeviceGrant;
+use crate::oauth::provider::{BodyEncoding, Dialect, ProviderSpec};
 use crate::operations::op::Op;
 use crate::operations::task::{TaskId, Work};
-use crate::pkce;
-use crate::provider::{BodyEncoding, Dialect, ProviderSpec};
 use crate::secret::Secret;
-use crate::session::{Outcome, Step};
+use crate::sessions::pkce;
+use crate::sessions::session::{Outcome, Step};
 use crate::wire::error::ErrorCode;
 
 use super::errors::{failure, not_found, provider_failure, verdict_of};

@@ -6,9 +6,9 @@ use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
 use crate::engine::Engine;
+use crate::oauth::provider::FlowType;
 use crate::operations::op::Op;
-use crate::provider::FlowType;
-use crate::session::{Outcome, Owner, Step};
+use crate::sessions::session::{Outcome, Owner, Step};
 use crate::timer::TimerKey;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::ConnClass;
