@@ -7,10 +7,10 @@
 //! `poll_output` calls, and results of different effects may arrive in any
 //! order.
 
-use crate::keylock::Key;
 use crate::oauth::http::{HttpOutcome, HttpRequest};
 use crate::secret::Secret;
-use crate::token::Token;
+use crate::tokens::token::Token;
+use crate::writes::keylock::Key;
 
 /// Identifies one effect until its result is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

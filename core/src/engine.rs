@@ -13,8 +13,6 @@ use crate::config::{Config, ConfigError};
 use crate::conn::connection::{Connections, Phase};
 use crate::conn::peer::Peer;
 use crate::effect::{Effect, EffectId, EffectResult};
-use crate::keylock::Key;
-use crate::keys::Keys;
 use crate::oauth::endpoints::OauthEndpoints;
 use crate::operations::stats::Stats;
 use crate::operations::task::TaskId;
@@ -25,6 +23,8 @@ use crate::timer::{TimerKey, Timers};
 use crate::wire::frame::{self, DecodeError, encode_payload};
 use crate::wire::handshake::{self, TokenDigest};
 use crate::wire::request;
+use crate::writes::keylock::Key;
+use crate::writes::keys::Keys;
 
 /// Something the driver must do, drained with [`Engine::poll_output`].
 #[derive(Debug, Clone, PartialEq)]

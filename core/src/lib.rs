@@ -123,6 +123,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod writes;
+pub use writes::keylock;
+mod tokens;
+pub use tokens::{renewal, token};
 mod sessions;
 pub use sessions::{loopback, pkce, session};
 mod oauth;
@@ -135,19 +139,11 @@ mod wire;
 pub use wire::{error, frame, frame_peek, handshake, payload, reply, request};
 pub mod audit;
 pub mod config;
-mod cooldown;
 pub mod effect;
 mod engine;
-pub mod keylock;
-mod keys;
-mod locked_write;
-mod refresh;
-pub mod renewal;
 pub mod secret;
 pub mod time;
 pub mod timer;
-pub mod token;
-mod write_lock;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
@@ -167,6 +163,6 @@ pub use oauth::provider::{FlowType, ProviderSpec};
 pub use operations::op::Op;
 pub use secret::Secret;
 pub use time::{Mono, Now};
-pub use token::Token;
+pub use tokens::token::Token;
 pub use wire::error::ErrorCode;
 pub use wire::handshake::ConnClass;

@@ -107,10 +107,10 @@ fn the_right_kind_still_counts() {
 
 #[test]
 fn failed_answers_every_kind_and_each_kind_one_variant() {
-    let key = crate::keylock::Key::new("p", "default");
+    let key = crate::writes::keylock::Key::new("p", "default");
     let effects = [
         Effect::token_get(&key, false),
-        Effect::token_put(&key, crate::token::Token::default()),
+        Effect::token_put(&key, crate::tokens::token::Token::default()),
         Effect::token_delete(&key),
         Effect::ListProviders,
         Effect::ListBuckets {

@@ -22,7 +22,7 @@ use crate::engine::{Engine, Output};
 use crate::oauth::http::{HttpOutcome, HttpRequest, TransportError};
 use crate::secret::Secret;
 use crate::time::Now;
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::frame::{self, FrameDecoder};
 
 /// Wall-clock start of every harness: 2026-01-01T00:00:00Z.

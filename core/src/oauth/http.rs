@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::oauth::provider::BodyEncoding;
 use crate::secret::Secret;
-use crate::token::Token;
+use crate::tokens::token::Token;
 
 /// Largest response body the host should return (1 MiB).
 pub const MAX_BODY: usize = 1024 * 1024;

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::oauth::http::lenient_number;
-use crate::token::Token;
+use crate::tokens::token::Token;
 
 /// What the user pasted into `oauth_exchange`: `CODE`, `CODE#STATE`, or the
 /// whole redirect URL.

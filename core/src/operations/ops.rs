@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use crate::config::Policy;
-use crate::keylock::Key;
 use crate::operations::op::Op;
 use crate::operations::task::Work;
 use crate::wire::error::ErrorCode;
 use crate::wire::payload::{self, DEFAULT_BUCKET, FieldError};
 use crate::wire::reply::{Answer, Data, Failure};
 use crate::wire::request::{Field, Payload, PayloadField};
-use crate::write_lock::LockedWrite;
+use crate::writes::keylock::Key;
+use crate::writes::write_lock::LockedWrite;
 
 /// How a request proceeds.
 #[derive(Debug)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::keylock::Key;
+use crate::writes::keylock::Key;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Count {

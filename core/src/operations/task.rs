@@ -10,11 +10,11 @@
 //! table can hold it without depending on the engine.
 
 use crate::audit::ConnId;
-use crate::keylock::Key;
 use crate::operations::op::Op;
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::reply::Failure;
-use crate::write_lock::{LockedWrite, WriteLock};
+use crate::writes::keylock::Key;
+use crate::writes::write_lock::{LockedWrite, WriteLock};
 
 /// Identifies a task inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

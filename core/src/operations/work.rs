@@ -13,15 +13,15 @@ use crate::audit::{AuditEvent, ConnId, Level};
 use crate::conn::connection::Phase;
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::operations::op::Op;
 use crate::operations::ops::{filter_allowed, names};
 use crate::operations::task::{RemoveStage, ReplyTo, SaveStage, TaskId, Work};
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::Accepted;
 use crate::wire::reply::{Answer, Data, Failure};
-use crate::write_lock::LockedWrite;
+use crate::writes::keylock::Key;
+use crate::writes::write_lock::LockedWrite;
 
 /// What a task does after an effect result.
 enum Next {

@@ -15,15 +15,15 @@ use rand_core::CryptoRng;
 use crate::audit::{AuditEvent, Level};
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::operations::task::{LoginStage, LoginWork, StoreStage, Storing, TaskId, Work};
 use crate::sessions::login::{login_event, still_valid};
 use crate::sessions::session::Outcome;
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::ConnClass;
 use crate::wire::reply::Failure;
-use crate::write_lock::LockedWrite;
+use crate::writes::keylock::Key;
+use crate::writes::write_lock::LockedWrite;
 
 impl<R: CryptoRng> Engine<R> {
     fn storing(&self, task: TaskId) -> Option<(&str, &Storing)> {

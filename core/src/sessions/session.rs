@@ -17,7 +17,7 @@ use crate::audit::ConnId;
 use crate::oauth::provider::FlowType;
 use crate::secret::Secret;
 use crate::time::Mono;
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::handshake::ConnClass;
 use crate::wire::reply::Failure;
 

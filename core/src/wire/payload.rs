@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::request::{Field, Payload, PayloadField};
 
 /// The bucket used when a request names none.

@@ -7,7 +7,6 @@ use serde_json::{Map, Value};
 
 use crate::audit::{AuditEvent, Level};
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::oauth::http;
 use crate::oauth::oauth_reply::with_codex_account;
 use crate::oauth::provider::{Dialect, ProviderSpec};
@@ -16,6 +15,7 @@ use crate::sessions::session::Outcome;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::ConnClass;
 use crate::wire::reply::{Data, Failure};
+use crate::writes::keylock::Key;
 
 use super::errors::failure;
 

@@ -3,7 +3,7 @@
 //! of a wall-clock deadline.
 
 use crate::time::Mono;
-use crate::token::Token;
+use crate::tokens::token::Token;
 
 /// Whether `expiry` (unix seconds) leaves more than `margin_ms`.
 pub(crate) fn still_valid(token: &Token, now_unix_ms: u64, margin_ms: u64) -> bool {

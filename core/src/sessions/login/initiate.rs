@@ -11,7 +11,6 @@ use url::Url;
 use crate::audit::ConnId;
 use crate::effect::Effect;
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::oauth::oauth_reply::DeviceGrant;
 use crate::oauth::provider::{Dialect, FlowType, ProviderSpec};
 use crate::operations::op::Op;
@@ -20,6 +19,7 @@ use crate::sessions::pkce;
 use crate::sessions::session::{Owner, Session, Step};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::{Answer, Failure};
+use crate::writes::keylock::Key;
 
 use super::errors::{failure, not_found};
 use crate::operations::task::{LoginStage, LoginWork};

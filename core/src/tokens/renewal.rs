@@ -14,13 +14,13 @@
 use rand_core::CryptoRng;
 
 use crate::engine::Engine;
-use crate::keylock::Key;
-use crate::keys::Renewal;
-use crate::refresh::access_digest;
 use crate::sessions::login::mono_at;
-use crate::token::Token;
+use crate::tokens::refresh::access_digest;
+use crate::tokens::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
+use crate::writes::keylock::Key;
+use crate::writes::keys::Renewal;
 
 /// When to renew a token expiring at `expiry_ms` (unix ms), seen at
 /// `now_ms`: `None` when it cannot be renewed before it expires.

@@ -22,17 +22,17 @@ use sha2::{Digest, Sha256};
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::oauth::http::{self, Verdict};
 use crate::oauth::oauth_reply::with_codex_account;
 use crate::oauth::provider::{BodyEncoding, Dialect};
 use crate::operations::op::Op;
 use crate::operations::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
 use crate::sessions::login::{provider_failure, still_valid};
-use crate::token::Token;
+use crate::tokens::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::{Answer, Data, Failure};
-use crate::write_lock::LockedWrite;
+use crate::writes::keylock::Key;
+use crate::writes::write_lock::LockedWrite;
 
 /// Attempts of one refresh (the first and two retries).
 const MAX_ATTEMPTS: u8 = 3;

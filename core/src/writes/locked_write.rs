@@ -22,11 +22,11 @@ use rand_core::CryptoRng;
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::operations::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
-use crate::write_lock::LockPhase;
+use crate::writes::keylock::Key;
+use crate::writes::write_lock::LockPhase;
 
 impl<R: CryptoRng> Engine<R> {
     /// Queues `task`'s write on its key's engine write lock; requests the

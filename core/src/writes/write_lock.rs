@@ -2,7 +2,7 @@
 //! work holds a [`LockedWrite`], and `locked_write` drives it through the
 //! [`WriteLock`] view.
 
-use crate::keylock::Key;
+use crate::writes::keylock::Key;
 
 /// Where a write is with its key's locks; `S` is the caller's stage while
 /// it holds both.

@@ -13,14 +13,14 @@ use rand_core::CryptoRng;
 
 use crate::effect::{Effect, EffectResult};
 use crate::engine::Engine;
-use crate::keylock::Key;
 use crate::operations::task::CheckStage;
 use crate::operations::task::{TaskId, Work};
-use crate::refresh::{not_available, not_found};
 use crate::sessions::login::still_valid;
 use crate::time::Mono;
-use crate::token::Token;
+use crate::tokens::refresh::{not_available, not_found};
+use crate::tokens::token::Token;
 use crate::wire::reply::{Data, Failure};
+use crate::writes::keylock::Key;
 
 impl<R: CryptoRng> Engine<R> {
     /// When `key` is cooling down, answers `task` (or re-reads fresh first)

@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::keylock::{Key, KeyLocks};
 use crate::operations::task::TaskId;
 use crate::time::Mono;
 use crate::timer::{TimerKey, Timers};
-use crate::token::Token;
+use crate::tokens::token::Token;
+use crate::writes::keylock::{Key, KeyLocks};
 
 /// The renewal state of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
