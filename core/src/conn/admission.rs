@@ -30,15 +30,15 @@
 //! connection, which happens when the table is full, scans the table (and
 //! the live sessions once) — at most `max_connections` entries.
 //!
-//! [`Limits::max_sockets`]: crate::config::Limits::max_sockets
+//! [`Limits::max_sockets`]: crate::engine::config::Limits::max_sockets
 
 use std::collections::BTreeSet;
 
 use rand_core::CryptoRng;
 
-use crate::audit::{AuditEvent, ConnId, Level};
 use crate::conn::connection::Phase;
-use crate::engine::Engine;
+use crate::engine::audit::{AuditEvent, ConnId, Level};
+use crate::engine::engine::Engine;
 
 /// Why a new connection was refused at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

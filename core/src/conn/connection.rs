@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::audit::ConnId;
-use crate::config::Limits;
 use crate::conn::peer::Peer;
 use crate::conn::rate::TokenBucket;
+use crate::engine::audit::ConnId;
+use crate::engine::config::Limits;
+use crate::engine::time::Mono;
+use crate::engine::timer::{TimerKey, Timers};
 use crate::operations::task::TaskId;
-use crate::time::Mono;
-use crate::timer::{TimerKey, Timers};
 use crate::wire::frame::FrameDecoder;
 use crate::wire::handshake::Accepted;
 

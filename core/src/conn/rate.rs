@@ -4,7 +4,7 @@
 //! floating point: a refill rate of `r` tokens per second is `r` milli-tokens
 //! per millisecond.
 
-use crate::time::Mono;
+use crate::engine::time::Mono;
 
 const MILLI: u64 = 1000;
 

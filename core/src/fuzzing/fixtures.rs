@@ -5,9 +5,9 @@
 
 use serde_json::json;
 
-use crate::config::{Config, Limits};
+use crate::engine::config::{Config, Limits};
+use crate::engine::secret::Secret;
 use crate::oauth::provider::{self, BodyEncoding, Dialect, FlowType, ProviderSpec};
-use crate::secret::Secret;
 use crate::testkit::{Harness, START_UNIX_MS};
 
 use super::ops::Setup;

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::MAX_FRAME_CEILING;
+use crate::engine::config::MAX_FRAME_CEILING;
 use crate::wire::frame::{self, DecodeError, FrameDecoder, HEADER_LEN};
 
 /// Frame limits the decoder target picks from (low 3 bits of the first byte).

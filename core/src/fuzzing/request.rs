@@ -5,10 +5,10 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::Config;
-use crate::effect::EffectResult;
+use crate::engine::config::Config;
+use crate::engine::effect::EffectResult;
+use crate::engine::secret::Secret;
 use crate::oauth::http::HttpOutcome;
-use crate::secret::Secret;
 use crate::testkit::Harness;
 use crate::wire::frame;
 use crate::wire::handshake::{self, ConnClass, Rejection, TokenDigest};

@@ -10,8 +10,8 @@
 use rand_core::CryptoRng;
 use serde_json::Value;
 
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
 use crate::oauth::endpoints::Endpoints;
 use crate::oauth::http::{self, Verdict};
 use crate::oauth::provider::endpoint_allowed;

@@ -12,8 +12,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::engine::secret::Secret;
 use crate::oauth::provider::BodyEncoding;
-use crate::secret::Secret;
 use crate::tokens::token::Token;
 
 /// Largest response body the host should return (1 MiB).

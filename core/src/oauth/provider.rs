@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use strum::{Display, EnumIter, EnumString, IntoStaticStr};
 use url::Url;
 
-use crate::secret::Secret;
+use crate::engine::secret::Secret;
 
 /// How a login proceeds.
 #[derive(

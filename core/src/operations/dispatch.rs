@@ -12,8 +12,8 @@ use std::str::FromStr;
 use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditEvent, ConnId, Level};
-use crate::engine::{Engine, Output};
+use crate::engine::audit::{AuditEvent, ConnId, Level};
+use crate::engine::engine::{Engine, Output};
 use crate::operations::op::Op;
 use crate::operations::ops::{self, Start};
 use crate::sessions::login::owner_of;

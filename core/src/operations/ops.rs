@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::config::Policy;
+use crate::engine::config::Policy;
 use crate::operations::op::Op;
 use crate::operations::task::Work;
 use crate::wire::error::ErrorCode;

@@ -9,7 +9,7 @@
 //! move it are in `work`, `login`, `persist` and `refresh`), so the task
 //! table can hold it without depending on the engine.
 
-use crate::audit::ConnId;
+use crate::engine::audit::ConnId;
 use crate::operations::op::Op;
 use crate::tokens::token::Token;
 use crate::wire::reply::Failure;

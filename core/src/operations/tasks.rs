@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::effect::{Effect, EffectId, ResultKind};
+use crate::engine::effect::{Effect, EffectId, ResultKind};
 use crate::operations::op::Op;
 use crate::operations::task::{ReplyTo, Task, TaskId, Work};
 

@@ -9,10 +9,10 @@
 use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditEvent, ConnId, Level};
 use crate::conn::connection::Phase;
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::audit::{AuditEvent, ConnId, Level};
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
 use crate::operations::op::Op;
 use crate::operations::ops::{filter_allowed, names};
 use crate::operations::task::{RemoveStage, ReplyTo, SaveStage, TaskId, Work};
@@ -239,7 +239,11 @@ fn save_step(write: &mut LockedWrite<SaveStage>, incoming: &Token, result: Effec
 }
 
 /// The answer of a task that needs one effect.
-fn read_answer(work: &Work, result: EffectResult, policy: &crate::config::Policy) -> Answer {
+fn read_answer(
+    work: &Work,
+    result: EffectResult,
+    policy: &crate::engine::config::Policy,
+) -> Answer {
     let denied = || Failure::new(ErrorCode::Forbidden, "Access denied");
     match (work, result) {
         (Work::GetToken { .. }, EffectResult::Token(Some(token))) => Ok(Data::Token(token)),

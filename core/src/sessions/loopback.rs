@@ -11,18 +11,18 @@
 use rand_core::CryptoRng;
 use url::Url;
 
-use crate::effect::{Effect, EffectResult};
-use crate::engine::{Engine, Output};
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::{Engine, Output};
+use crate::engine::secret::Secret;
+use crate::engine::time::Now;
 use crate::oauth::endpoints::ListenerWait;
 use crate::oauth::http;
 use crate::oauth::oauth_reply::Pasted;
 use crate::operations::op::Op;
 use crate::operations::task::{LoginStage, LoginWork};
 use crate::operations::task::{TaskId, Work};
-use crate::secret::Secret;
 use crate::sessions::pkce;
 use crate::sessions::session::{Outcome, SessionState, Step};
-use crate::time::Now;
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
 

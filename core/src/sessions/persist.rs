@@ -12,9 +12,9 @@
 
 use rand_core::CryptoRng;
 
-use crate::audit::{AuditEvent, Level};
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::audit::{AuditEvent, Level};
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
 use crate::operations::task::{LoginStage, LoginWork, StoreStage, Storing, TaskId, Work};
 use crate::sessions::login::{login_event, still_valid};
 use crate::sessions::session::Outcome;

@@ -7,7 +7,7 @@ use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::secret::Secret;
+use crate::engine::secret::Secret;
 
 /// A PKCE verifier: 32 random bytes as base64url (43 characters).
 pub fn verifier<R: CryptoRng + ?Sized>(rng: &mut R) -> Secret {

@@ -13,10 +13,10 @@
 //! count never decreases. Secrets (verifier, state, device code) live in
 //! [`Secret`]s and never leave the engine.
 
-use crate::audit::ConnId;
+use crate::engine::audit::ConnId;
+use crate::engine::secret::Secret;
+use crate::engine::time::Mono;
 use crate::oauth::provider::FlowType;
-use crate::secret::Secret;
-use crate::time::Mono;
 use crate::tokens::token::Token;
 use crate::wire::handshake::ConnClass;
 use crate::wire::reply::Failure;

@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::time::Mono;
+use crate::engine::timer::{TimerKey, Timers};
 use crate::sessions::session::{Owner, Session};
-use crate::time::Mono;
-use crate::timer::{TimerKey, Timers};
 
 /// Live sessions by id, with their serials and tombstones.
 ///
@@ -145,9 +145,9 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::ConnId;
+    use crate::engine::audit::ConnId;
+    use crate::engine::secret::Secret;
     use crate::oauth::provider::FlowType;
-    use crate::secret::Secret;
     use crate::sessions::session::Step;
     use crate::wire::handshake::ConnClass;
 

@@ -11,12 +11,12 @@
 
 use rand_core::CryptoRng;
 
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
+use crate::engine::time::Mono;
 use crate::operations::task::CheckStage;
 use crate::operations::task::{TaskId, Work};
 use crate::sessions::login::still_valid;
-use crate::time::Mono;
 use crate::tokens::refresh::{not_available, not_found};
 use crate::tokens::token::Token;
 use crate::wire::reply::{Data, Failure};

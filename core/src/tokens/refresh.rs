@@ -20,8 +20,8 @@ use rand_core::CryptoRng;
 use serde_json::Map;
 use sha2::{Digest, Sha256};
 
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
 use crate::oauth::http::{self, Verdict};
 use crate::oauth::oauth_reply::with_codex_account;
 use crate::oauth::provider::{BodyEncoding, Dialect};
@@ -57,7 +57,7 @@ impl<R: CryptoRng> Engine<R> {
     /// `refresh_token {provider, bucket?}` (validated).
     pub(crate) fn refresh_request(
         &mut self,
-        conn: crate::audit::ConnId,
+        conn: crate::engine::audit::ConnId,
         id: String,
         key: Key,
     ) -> Option<Answer> {

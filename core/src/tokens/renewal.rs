@@ -13,7 +13,7 @@
 
 use rand_core::CryptoRng;
 
-use crate::engine::Engine;
+use crate::engine::engine::Engine;
 use crate::sessions::login::mono_at;
 use crate::tokens::refresh::access_digest;
 use crate::tokens::token::Token;

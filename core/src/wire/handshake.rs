@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::secret::Secret;
+use crate::engine::secret::Secret;
 use crate::wire::error::ErrorCode;
 
 /// Highest protocol version this server speaks.

@@ -14,9 +14,9 @@
 
 use rand_core::CryptoRng;
 
-use crate::audit::{AuditEvent, ConnId, Level};
 use crate::conn::connection::Phase;
-use crate::engine::{Engine, Output};
+use crate::engine::audit::{AuditEvent, ConnId, Level};
+use crate::engine::engine::{Engine, Output};
 use crate::wire::error::ErrorCode;
 use crate::wire::frame_peek::{PEEK_LIMIT, peek_id};
 use crate::wire::reply::{Failure, encode_reply};

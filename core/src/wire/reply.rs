@@ -7,7 +7,7 @@
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::config::Limits;
+use crate::engine::config::Limits;
 use crate::tokens::token::Token;
 use crate::wire::error::ErrorCode;
 use crate::wire::frame::HEADER_LEN;

@@ -10,9 +10,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::time::Mono;
+use crate::engine::timer::{TimerKey, Timers};
 use crate::operations::task::TaskId;
-use crate::time::Mono;
-use crate::timer::{TimerKey, Timers};
 use crate::tokens::token::Token;
 use crate::writes::keylock::{Key, KeyLocks};
 

@@ -20,8 +20,8 @@
 
 use rand_core::CryptoRng;
 
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
 use crate::operations::task::{TaskId, Work};
 use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::effect::EffectResult;
+use crate::engine::effect::EffectResult;
 use crate::oauth::http::{HttpOutcome, TransportError};
 
 use super::super::fixtures::CORP_ISSUER;

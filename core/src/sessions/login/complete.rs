@@ -5,8 +5,8 @@
 use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
-use crate::audit::{AuditEvent, Level};
-use crate::engine::Engine;
+use crate::engine::audit::{AuditEvent, Level};
+use crate::engine::engine::Engine;
 use crate::oauth::http;
 use crate::oauth::oauth_reply::with_codex_account;
 use crate::oauth::provider::{Dialect, ProviderSpec};

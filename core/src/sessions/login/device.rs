@@ -5,14 +5,14 @@
 use rand_core::CryptoRng;
 use serde_json::Value;
 
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
+use crate::engine::secret::Secret;
 use crate::oauth::http::{self, Verdict};
 use crate::oauth::oauth_reply::DeviceGrant;
 use crate::oauth::provider::{BodyEncoding, Dialect, ProviderSpec};
 use crate::operations::op::Op;
 use crate::operations::task::{TaskId, Work};
-use crate::secret::Secret;
 use crate::sessions::pkce;
 use crate::sessions::session::{Outcome, Step};
 use crate::wire::error::ErrorCode;

@@ -2,7 +2,7 @@
 //! into one: the fixed messages of SPEC §4 live here so every step words
 //! them the same way.
 
-use crate::effect::EffectResult;
+use crate::engine::effect::EffectResult;
 use crate::oauth::http::{self, Verdict};
 use crate::oauth::provider::FlowType;
 use crate::operations::op::Op;

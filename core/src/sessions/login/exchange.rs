@@ -4,15 +4,15 @@
 
 use rand_core::CryptoRng;
 
-use crate::audit::ConnId;
-use crate::effect::{Effect, EffectResult};
-use crate::engine::Engine;
+use crate::engine::audit::ConnId;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::engine::Engine;
+use crate::engine::secret::Secret;
 use crate::oauth::http::{self, Verdict};
 use crate::oauth::oauth_reply::Pasted;
 use crate::oauth::provider::{Dialect, FlowType};
 use crate::operations::op::Op;
 use crate::operations::task::{TaskId, Work};
-use crate::secret::Secret;
 use crate::sessions::pkce;
 use crate::sessions::session::{Owner, Step, TransitionError};
 use crate::wire::error::ErrorCode;

@@ -2,7 +2,7 @@
 //! and renewal: whether a token is still valid, and the monotonic instant
 //! of a wall-clock deadline.
 
-use crate::time::Mono;
+use crate::engine::time::Mono;
 use crate::tokens::token::Token;
 
 /// Whether `expiry` (unix seconds) leaves more than `margin_ms`.

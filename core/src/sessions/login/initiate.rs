@@ -8,9 +8,9 @@ use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::audit::ConnId;
-use crate::effect::Effect;
-use crate::engine::Engine;
+use crate::engine::audit::ConnId;
+use crate::engine::effect::Effect;
+use crate::engine::engine::Engine;
 use crate::oauth::oauth_reply::DeviceGrant;
 use crate::oauth::provider::{Dialect, FlowType, ProviderSpec};
 use crate::operations::op::Op;

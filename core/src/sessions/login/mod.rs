@@ -2,7 +2,7 @@
 //! `oauth_poll`, `oauth_cancel`, background device polling, the browser
 //! callback, and storing the resulting token.
 //!
-//! Every provider call is an [`Effect::Http`](crate::effect::Effect::Http);
+//! Every provider call is an [`Effect::Http`](crate::engine::effect::Effect::Http);
 //! every wait is an engine timer. A session's I/O runs as a [`LoginWork`]
 //! task, which counts as side-effecting: cancelling the request that
 //! started it detaches it but never drops it, so a token obtained is
@@ -17,8 +17,8 @@
 
 use rand_core::CryptoRng;
 
-use crate::effect::EffectResult;
-use crate::engine::Engine;
+use crate::engine::effect::EffectResult;
+use crate::engine::engine::Engine;
 use crate::oauth::http::Verdict;
 use crate::operations::task::{LoginStage, LoginWork, TaskId, Work};
 use crate::wire::error::ErrorCode;

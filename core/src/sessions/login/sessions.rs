@@ -5,11 +5,11 @@
 use rand_core::CryptoRng;
 use serde_json::{Map, Value};
 
-use crate::engine::Engine;
+use crate::engine::engine::Engine;
+use crate::engine::timer::TimerKey;
 use crate::oauth::provider::FlowType;
 use crate::operations::op::Op;
 use crate::sessions::session::{Outcome, Owner, Step};
-use crate::timer::TimerKey;
 use crate::wire::error::ErrorCode;
 use crate::wire::handshake::ConnClass;
 use crate::wire::reply::{Answer, Failure};

@@ -7,8 +7,8 @@
 //! `poll_output` calls, and results of different effects may arrive in any
 //! order.
 
+use crate::engine::secret::Secret;
 use crate::oauth::http::{HttpOutcome, HttpRequest};
-use crate::secret::Secret;
 use crate::tokens::token::Token;
 use crate::writes::keylock::Key;
 

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::audit::ConnId;
-use crate::time::Mono;
+use crate::engine::audit::ConnId;
+use crate::engine::time::Mono;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::effect::{Effect, EffectResult, ResultKind};
+use crate::engine::effect::{Effect, EffectResult, ResultKind};
 use crate::testkit::Harness;
 
 /// What a harness saw: replies, audit events, effects, tasks left.
@@ -13,7 +13,7 @@ type Seen = (Vec<Value>, String, String, usize);
 
 /// A harness holding every effect, with `op` sent and the first `step`
 /// effects answered from the store.
-fn start(op: &str, payload: &Value, step: usize) -> (Harness, crate::audit::ConnId) {
+fn start(op: &str, payload: &Value, step: usize) -> (Harness, crate::engine::audit::ConnId) {
     let mut h = Harness::new();
     let token = json!({"access_token":"at","expiry":4_000_000_000u64,"token_type":"Bearer"});
     h.store.put_token("anthropic", "default", token);

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use std::collections::BTreeMap;
 
+use crate::engine::secret::Secret;
 use crate::oauth::provider::{self, ProviderSpec};
-use crate::secret::Secret;
 
 /// Hard ceiling for the inbound frame limit (SPEC §3.1).
 pub const MAX_FRAME_CEILING: usize = 4 * 1024 * 1024;

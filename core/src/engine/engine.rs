@@ -8,18 +8,18 @@ use std::collections::VecDeque;
 
 use rand_core::CryptoRng;
 
-use crate::audit::{AuditEvent, ConnId, Level};
-use crate::config::{Config, ConfigError};
 use crate::conn::connection::{Connections, Phase};
 use crate::conn::peer::Peer;
-use crate::effect::{Effect, EffectId, EffectResult};
+use crate::engine::audit::{AuditEvent, ConnId, Level};
+use crate::engine::config::{Config, ConfigError};
+use crate::engine::effect::{Effect, EffectId, EffectResult};
+use crate::engine::time::{Mono, Now};
+use crate::engine::timer::{TimerKey, Timers};
 use crate::oauth::endpoints::OauthEndpoints;
 use crate::operations::stats::Stats;
 use crate::operations::task::TaskId;
 use crate::operations::tasks::Tasks;
 use crate::sessions::session_table::Sessions;
-use crate::time::{Mono, Now};
-use crate::timer::{TimerKey, Timers};
 use crate::wire::frame::{self, DecodeError, encode_payload};
 use crate::wire::handshake::{self, TokenDigest};
 use crate::wire::request;
