@@ -142,6 +142,33 @@ pub fn is_loopback(u: &Url) -> bool {
 }
 
 impl ProviderSpec {
+    /// A spec with only these fields set: no endpoints, issuer, secret,
+    /// scopes, redirect or extra parameters, form-encoded bodies and a
+    /// device-code lifetime of 900 s. Built-in and configured providers
+    /// start from it and set the rest.
+    #[must_use]
+    pub fn new(name: &str, flow: FlowType, dialect: Dialect, client_id: &str) -> ProviderSpec {
+        ProviderSpec {
+            name: name.to_owned(),
+            flow,
+            dialect,
+            issuer: None,
+            authorize_url: None,
+            token_url: None,
+            device_url: None,
+            device_token_url: None,
+            client_id: client_id.to_owned(),
+            client_secret: None,
+            scopes: Vec::new(),
+            redirect_uri: None,
+            exchange_encoding: BodyEncoding::Form,
+            device_encoding: BodyEncoding::Form,
+            verification_url: None,
+            extra_auth_params: Vec::new(),
+            default_device_lifetime_s: 900,
+        }
+    }
+
     /// Checks that the spec can run its flow: required endpoints present
     /// (directly or through an issuer) and all of them HTTPS or loopback.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -218,28 +245,6 @@ impl ProviderSpec {
     }
 }
 
-fn spec(name: &str, flow: FlowType, dialect: Dialect, client_id: &str) -> ProviderSpec {
-    ProviderSpec {
-        name: name.to_owned(),
-        flow,
-        dialect,
-        issuer: None,
-        authorize_url: None,
-        token_url: None,
-        device_url: None,
-        device_token_url: None,
-        client_id: client_id.to_owned(),
-        client_secret: None,
-        scopes: Vec::new(),
-        redirect_uri: None,
-        exchange_encoding: BodyEncoding::Form,
-        device_encoding: BodyEncoding::Form,
-        verification_url: None,
-        extra_auth_params: Vec::new(),
-        default_device_lifetime_s: 900,
-    }
-}
-
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -247,7 +252,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 /// Anthropic (Claude): PKCE with a pasted `CODE#STATE`, JSON exchange.
 #[must_use]
 pub fn anthropic() -> ProviderSpec {
-    let mut s = spec(
+    let mut s = ProviderSpec::new(
         "anthropic",
         FlowType::PkceRedirect,
         Dialect::Anthropic,
@@ -267,7 +272,7 @@ pub fn anthropic() -> ProviderSpec {
 /// file or the environment.
 #[must_use]
 pub fn gemini() -> ProviderSpec {
-    let mut s = spec(
+    let mut s = ProviderSpec::new(
         "gemini",
         FlowType::PkceRedirect,
         Dialect::Standard,
@@ -288,7 +293,7 @@ pub fn gemini() -> ProviderSpec {
 /// Qwen: RFC 8628 device flow with PKCE.
 #[must_use]
 pub fn qwen() -> ProviderSpec {
-    let mut s = spec(
+    let mut s = ProviderSpec::new(
         "qwen",
         FlowType::DeviceCode,
         Dialect::Qwen,
@@ -303,7 +308,7 @@ pub fn qwen() -> ProviderSpec {
 /// OpenAI Codex: browser redirect to `http://localhost:1455/auth/callback`.
 #[must_use]
 pub fn codex() -> ProviderSpec {
-    let mut s = spec(
+    let mut s = ProviderSpec::new(
         "codex",
         FlowType::BrowserRedirect,
         Dialect::Codex,
