@@ -28,6 +28,17 @@ fn listing_answered_then_closed(h: &mut Harness, conn: ConnId) {
     assert!(h.is_closed(conn));
 }
 
+/// Sends `save_token` of `p` with the token `new`, under id `s`.
+fn save_new(h: &mut Harness, conn: ConnId) {
+    send_req(
+        h,
+        conn,
+        "s",
+        "save_token",
+        json!({"provider":"p","token":token("new")}),
+    );
+}
+
 #[test]
 fn in_flight_requests_are_answered_before_the_close() {
     let mut h = Harness::new();
@@ -111,13 +122,7 @@ fn a_paused_partial_frame_at_eof_does_not_close_early() {
 fn half_close_with_a_cancelled_write_still_persists() {
     let mut h = Harness::new();
     let conn = connect_held(&mut h);
-    send_req(
-        &mut h,
-        conn,
-        "s",
-        "save_token",
-        json!({"provider":"p","token":token("new")}),
-    );
+    save_new(&mut h, conn);
     let replies = send_req(&mut h, conn, "c", "cancel", json!({"targetId":"s"}));
     assert_eq!(replies.len(), 2);
     // Nothing is in flight for the client any more: EOF closes at once.
@@ -132,13 +137,7 @@ fn connection_gone_detaches_writes_that_still_persist() {
     let mut h = Harness::new();
     store_old_with_refresh(&mut h);
     let conn = connect_held(&mut h);
-    send_req(
-        &mut h,
-        conn,
-        "s",
-        "save_token",
-        json!({"provider":"p","token":token("new")}),
-    );
+    save_new(&mut h, conn);
     send_req(&mut h, conn, "r", "remove_token", json!({"provider":"q"}));
     send_req(&mut h, conn, "g", "get_token", json!({"provider":"p"}));
     let sent_before = h.sent[&conn].len();
