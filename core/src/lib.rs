@@ -98,13 +98,29 @@
 //!
 //! ## Layout
 //!
-//! One concern per module: [`frame`] (framing), [`handshake`], [`request`]
-//! (borrowed decoding of request frames), [`payload`] (schemas), [`reply`]
-//! (envelopes and the size guard), `dispatch` (envelope checks and
-//! `cancel`), `ops` (per-operation policy and validation), `work` (requests waiting on effects), [`keylock`] (write
-//! serialization per key), `locked_write` (the one state machine of writes
-//! under a key's locks), [`rate`], [`timer`], [`token`] (sanitize and
-//! merge), [`audit`], [`effect`], [`config`].
+//! Folders follow the SPEC's contents; each module holds one concern.
+//!
+//! - `engine/` (§2.1): the `Engine`, its inputs and outputs ([`config`],
+//!   [`time`], [`effect`], [`audit`], [`secret`]) and the deadlines
+//!   ([`timer`]);
+//! - `wire/` (§3.1–3.4): [`frame`] (framing), [`frame_peek`] and `oversize`
+//!   (oversize frames), [`handshake`], [`request`] (borrowed decoding of
+//!   request frames), [`payload`] (schemas), [`reply`] (envelopes and the
+//!   size guard), [`error`] (codes);
+//! - `conn/` (§3.1, §3.5): [`peer`], the connection table, admission under
+//!   pressure, [`rate`] limits;
+//! - `operations/` (§3.3–3.6): `dispatch` (envelope checks and `cancel`),
+//!   [`op`], `ops` (per-operation policy and validation), the tasks
+//!   waiting on effects and `work` (carrying them to their answer);
+//! - `oauth/` (§4): [`provider`] specs, discovery, endpoints, [`http`],
+//!   [`oauth_reply`];
+//! - `sessions/` (§4): [`session`], the session table, `login/` (the
+//!   flows), [`pkce`], [`loopback`], storing a login's token;
+//! - `tokens/` (§5): [`token`] (sanitize and merge), refresh, cooldown,
+//!   [`renewal`];
+//! - `writes/` (§5.3): [`keylock`] (write serialization per key), the
+//!   per-key state and `locked_write` (the one state machine of writes
+//!   under a key's locks).
 //!
 //! ## Features
 //!
@@ -123,70 +139,40 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod admission;
-pub mod audit;
-pub mod config;
-mod connection;
-mod cooldown;
-mod discovery;
-mod dispatch;
-pub mod effect;
-mod endpoints;
+// Folders in the order of the SPEC's contents. Every public module keeps
+// its path at the crate root (`credproxy_core::frame`, `::provider`, ...).
 mod engine;
-pub mod error;
-pub mod frame;
-pub mod frame_peek;
-pub mod handshake;
-pub mod http;
-pub mod keylock;
-mod keys;
-mod locked_write;
-mod login;
-pub mod loopback;
-pub mod oauth_reply;
-pub mod op;
-mod ops;
-mod oversize;
-pub mod payload;
-pub mod peer;
-mod persist;
-pub mod pkce;
-pub mod provider;
-pub mod rate;
-mod refresh;
-pub mod renewal;
-pub mod reply;
-pub mod request;
-pub mod secret;
-pub mod session;
-mod session_table;
-mod stats;
-mod task;
-mod tasks;
-pub mod time;
-pub mod timer;
-pub mod token;
-mod work;
-mod write_lock;
+pub use engine::{audit, config, effect, secret, time, timer};
+mod wire;
+pub use wire::{error, frame, frame_peek, handshake, payload, reply, request};
+mod conn;
+pub use conn::{peer, rate};
+mod operations;
+pub use operations::op;
+mod oauth;
+pub use oauth::{http, oauth_reply, provider};
+mod sessions;
+pub use sessions::{loopback, pkce, session};
+mod tokens;
+pub use tokens::{renewal, token};
+mod writes;
+pub use writes::keylock;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
-#[cfg(test)]
-mod result_kind_tests;
-
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
-pub use audit::{AuditEvent, ConnId, Level};
-pub use config::{Config, Limits, Policy};
-pub use effect::{Effect, EffectId, EffectResult};
-pub use engine::{ConnectionRefused, Engine, Output};
-pub use error::ErrorCode;
-pub use handshake::ConnClass;
-pub use op::Op;
-pub use peer::{Peer, Transport};
-pub use provider::{FlowType, ProviderSpec};
-pub use secret::Secret;
-pub use time::{Mono, Now};
-pub use token::Token;
+pub use conn::peer::{Peer, Transport};
+pub use engine::audit::{AuditEvent, ConnId, Level};
+pub use engine::config::{Config, Limits, Policy};
+pub use engine::effect::{Effect, EffectId, EffectResult};
+pub use engine::engine::{ConnectionRefused, Engine, Output};
+pub use engine::secret::Secret;
+pub use engine::time::{Mono, Now};
+pub use oauth::provider::{FlowType, ProviderSpec};
+pub use operations::op::Op;
+pub use tokens::token::Token;
+pub use wire::error::ErrorCode;
+pub use wire::handshake::ConnClass;

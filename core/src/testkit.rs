@@ -14,16 +14,16 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::{Value, json};
 
-use crate::audit::{AuditEvent, ConnId};
-use crate::config::Config;
-use crate::effect::{Effect, EffectId, EffectResult};
-use crate::engine::{Engine, Output};
-use crate::frame::{self, FrameDecoder};
-use crate::http::{HttpOutcome, HttpRequest, TransportError};
-use crate::peer::{Peer, Transport};
-use crate::secret::Secret;
-use crate::time::Now;
-use crate::token::Token;
+use crate::conn::peer::{Peer, Transport};
+use crate::engine::audit::{AuditEvent, ConnId};
+use crate::engine::config::Config;
+use crate::engine::effect::{Effect, EffectId, EffectResult};
+use crate::engine::engine::{Engine, Output};
+use crate::engine::secret::Secret;
+use crate::engine::time::Now;
+use crate::oauth::http::{HttpOutcome, HttpRequest, TransportError};
+use crate::tokens::token::Token;
+use crate::wire::frame::{self, FrameDecoder};
 
 /// Wall-clock start of every harness: 2026-01-01T00:00:00Z.
 pub const START_UNIX_MS: u64 = 1_767_225_600_000;
@@ -363,7 +363,7 @@ impl Harness {
         let sent = self.sent.get(&conn).map(Vec::as_slice).unwrap_or_default();
         let (dec, offset) = self.decoders.entry(conn).or_insert_with(|| {
             (
-                FrameDecoder::new(crate::config::MAX_FRAME_CEILING + 1024),
+                FrameDecoder::new(crate::engine::config::MAX_FRAME_CEILING + 1024),
                 0,
             )
         });

@@ -5,9 +5,9 @@
 
 use serde_json::json;
 
-use crate::config::{Config, Limits};
-use crate::provider::{self, BodyEncoding, Dialect, FlowType, ProviderSpec};
-use crate::secret::Secret;
+use crate::engine::config::{Config, Limits};
+use crate::engine::secret::Secret;
+use crate::oauth::provider::{self, Dialect, FlowType, ProviderSpec};
 use crate::testkit::{Harness, START_UNIX_MS};
 
 use super::ops::Setup;
@@ -39,23 +39,11 @@ pub(super) const CORP_ISSUER: &str = "https://id.corp.example";
 
 fn corp_spec() -> ProviderSpec {
     ProviderSpec {
-        name: "corp".into(),
-        flow: FlowType::DeviceCode,
-        dialect: Dialect::Standard,
         issuer: Some(CORP_ISSUER.into()),
-        authorize_url: None,
-        token_url: None,
-        device_url: None,
-        device_token_url: None,
-        client_id: "corp-cli".into(),
         client_secret: Some(Secret::new("SECRET-CLIENT-corp")),
         scopes: vec!["openid".into()],
-        redirect_uri: None,
-        exchange_encoding: BodyEncoding::Form,
-        device_encoding: BodyEncoding::Form,
-        verification_url: None,
-        extra_auth_params: vec![],
         default_device_lifetime_s: 300,
+        ..ProviderSpec::new("corp", FlowType::DeviceCode, Dialect::Standard, "corp-cli")
     }
 }
 

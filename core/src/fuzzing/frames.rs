@@ -4,8 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::MAX_FRAME_CEILING;
-use crate::frame::{self, DecodeError, FrameDecoder, HEADER_LEN};
+use crate::engine::config::MAX_FRAME_CEILING;
+use crate::wire::frame::{self, DecodeError, FrameDecoder, HEADER_LEN};
 
 /// Frame limits the decoder target picks from (low 3 bits of the first byte).
 const DECODER_LIMITS: [usize; 8] = [1, 2, 16, 64, 300, 4096, 65_536, MAX_FRAME_CEILING];

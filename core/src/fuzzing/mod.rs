@@ -11,7 +11,7 @@
 //!   a reference decoder; bounded reservations, oversize refused from the
 //!   header alone, `decode(encode(x)) == x`.
 //! - [`fuzz_handshake_and_request`]: the input as a JSON payload, through
-//!   [`handshake::evaluate`](crate::handshake::evaluate), as the first frame
+//!   [`handshake::evaluate`](crate::wire::handshake::evaluate), as the first frame
 //!   of a connection and as a request frame on an open one: exactly one
 //!   reply, or a close.
 //! - [`fuzz_engine`]: the whole engine driven by a sequence of

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::frame_peek::{PEEK_LIMIT, peek_id};
+use crate::wire::frame_peek::{PEEK_LIMIT, peek_id};
 
 /// The replies a request frame of `bytes`, delivered whole in one chunk to
 /// a handshaken connection that then closed, may have got: the oversize

@@ -5,13 +5,13 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::Config;
-use crate::effect::EffectResult;
-use crate::frame;
-use crate::handshake::{self, ConnClass, Rejection, TokenDigest};
-use crate::http::HttpOutcome;
-use crate::secret::Secret;
+use crate::engine::config::Config;
+use crate::engine::effect::EffectResult;
+use crate::engine::secret::Secret;
+use crate::oauth::http::HttpOutcome;
 use crate::testkit::Harness;
+use crate::wire::frame;
+use crate::wire::handshake::{self, ConnClass, Rejection, TokenDigest};
 
 use super::fixtures::{SEED, seed_store};
 use super::oversize_model;
@@ -57,7 +57,7 @@ fn handshake_harness(sandbox: bool) -> Harness {
 /// read the same `id`, `op` and payload fields from it (a differential
 /// check: the decoder replaced `Value` parsing on every request).
 pub fn fuzz_request(data: &[u8]) {
-    crate::request::check_against_value(data);
+    crate::wire::request::check_against_value(data);
 }
 
 /// Runs `data` as a JSON payload through the handshake and the request path.

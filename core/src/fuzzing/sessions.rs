@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::session::{SessionState, Step};
+use crate::sessions::session::{SessionState, Step};
 use crate::testkit::Harness;
 
 /// What was seen of the engine's OAuth sessions so far; [`check`]

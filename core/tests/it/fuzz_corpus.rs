@@ -114,38 +114,19 @@ fn engine_op_encoding_round_trips() {
 // Seed corpora
 // ---------------------------------------------------------------------------
 
-const K_ANTHROPIC: KeySel = KeySel {
-    provider: 0,
-    bucket: 0,
-};
-const K_GEMINI: KeySel = KeySel {
-    provider: 1,
-    bucket: 0,
-};
-const K_QWEN: KeySel = KeySel {
-    provider: 2,
-    bucket: 0,
-};
-const K_QWEN_WORK: KeySel = KeySel {
-    provider: 2,
-    bucket: 2,
-};
-const K_CODEX: KeySel = KeySel {
-    provider: 3,
-    bucket: 1,
-};
-const K_CORP: KeySel = KeySel {
-    provider: 4,
-    bucket: 0,
-};
-const K_UNKNOWN: KeySel = KeySel {
-    provider: 5,
-    bucket: 0,
-};
-const K_INVALID: KeySel = KeySel {
-    provider: 6,
-    bucket: 3,
-};
+/// A key by provider and bucket index (see `KeySel`).
+const fn key(provider: u8, bucket: u8) -> KeySel {
+    KeySel { provider, bucket }
+}
+
+const K_ANTHROPIC: KeySel = key(0, 0);
+const K_GEMINI: KeySel = key(1, 0);
+const K_QWEN: KeySel = key(2, 0);
+const K_QWEN_WORK: KeySel = key(2, 2);
+const K_CODEX: KeySel = key(3, 1);
+const K_CORP: KeySel = key(4, 0);
+const K_UNKNOWN: KeySel = key(5, 0);
+const K_INVALID: KeySel = key(6, 3);
 
 fn every_variant() -> Vec<EngineOp> {
     use EngineOp as E;

@@ -2,14 +2,42 @@
 //! finish and are answered before the close; a gone connection detaches its
 //! requests (writes persist, reads are dropped, nothing is sent).
 
-use credproxy_core::frame;
 use credproxy_core::testkit::Harness;
+use credproxy_core::{ConnId, frame};
 use serde_json::json;
 
 use crate::common::{
     Scenario, connect_held, gone, ok, pause, read_closed, resume, send_req, store_old_with_refresh,
     token,
 };
+
+/// A connection with its effects held and `list_api_keys` (id `a`) in
+/// flight.
+fn listing_in_flight(h: &mut Harness) -> ConnId {
+    let conn = connect_held(h);
+    send_req(h, conn, "a", "list_api_keys", json!({}));
+    conn
+}
+
+/// Completes the held effects and asserts that the listing `a` is
+/// answered, and then the connection closed.
+#[track_caller]
+fn listing_answered_then_closed(h: &mut Harness, conn: ConnId) {
+    h.complete_all();
+    assert_eq!(h.take_replies(conn), vec![ok("a", json!({"keys":[]}))]);
+    assert!(h.is_closed(conn));
+}
+
+/// Sends `save_token` of `p` with the token `new`, under id `s`.
+fn save_new(h: &mut Harness, conn: ConnId) {
+    send_req(
+        h,
+        conn,
+        "s",
+        "save_token",
+        json!({"provider":"p","token":token("new")}),
+    );
+}
 
 #[test]
 fn in_flight_requests_are_answered_before_the_close() {
@@ -51,61 +79,50 @@ fn read_closed_before_the_handshake_closes_at_once() {
 #[test]
 fn bytes_after_read_closed_are_ignored() {
     let mut h = Harness::new();
-    let conn = connect_held(&mut h);
-    send_req(&mut h, conn, "a", "list_api_keys", json!({}));
+    let conn = listing_in_flight(&mut h);
     read_closed(&mut h, conn);
     let effects = h.effects.len();
     h.no_reply_yet(conn, "b", "list_providers", json!({}));
     assert_eq!(h.effects.len(), effects);
-    h.complete_all();
-    assert_eq!(h.take_replies(conn), vec![ok("a", json!({"keys":[]}))]);
-    assert!(h.is_closed(conn));
+    listing_answered_then_closed(&mut h, conn);
+}
+
+/// A partial frame behind an in-flight request, then EOF (reading paused
+/// around it or not): no partial-frame deadline cuts the in-flight request
+/// short, and the connection closes once it is answered.
+#[track_caller]
+fn partial_frame_at_eof(paused: bool) {
+    let mut h = Harness::new();
+    let conn = listing_in_flight(&mut h);
+    let partial = frame::encode(&json!({"id":"b","op":"list_api_keys"}));
+    h.send(conn, &partial[..6]);
+    if paused {
+        pause(&mut h, conn);
+    }
+    read_closed(&mut h, conn);
+    if paused {
+        resume(&mut h, conn);
+    }
+    h.advance(60_000);
+    assert!(!h.is_closed(conn));
+    listing_answered_then_closed(&mut h, conn);
 }
 
 #[test]
 fn a_partial_frame_at_eof_does_not_close_early() {
-    let mut h = Harness::new();
-    let conn = connect_held(&mut h);
-    send_req(&mut h, conn, "a", "list_api_keys", json!({}));
-    let partial = frame::encode(&json!({"id":"b","op":"list_api_keys"}));
-    h.send(conn, &partial[..6]);
-    read_closed(&mut h, conn);
-    // No partial-frame deadline cuts the in-flight request short.
-    h.advance(60_000);
-    assert!(!h.is_closed(conn));
-    h.complete_all();
-    assert_eq!(h.take_replies(conn), vec![ok("a", json!({"keys":[]}))]);
-    assert!(h.is_closed(conn));
+    partial_frame_at_eof(false);
 }
 
 #[test]
 fn a_paused_partial_frame_at_eof_does_not_close_early() {
-    let mut h = Harness::new();
-    let conn = connect_held(&mut h);
-    send_req(&mut h, conn, "a", "list_api_keys", json!({}));
-    let partial = frame::encode(&json!({"id":"b","op":"list_api_keys"}));
-    h.send(conn, &partial[..6]);
-    pause(&mut h, conn);
-    read_closed(&mut h, conn);
-    resume(&mut h, conn);
-    h.advance(60_000);
-    assert!(!h.is_closed(conn));
-    h.complete_all();
-    assert_eq!(h.take_replies(conn), vec![ok("a", json!({"keys":[]}))]);
-    assert!(h.is_closed(conn));
+    partial_frame_at_eof(true);
 }
 
 #[test]
 fn half_close_with_a_cancelled_write_still_persists() {
     let mut h = Harness::new();
     let conn = connect_held(&mut h);
-    send_req(
-        &mut h,
-        conn,
-        "s",
-        "save_token",
-        json!({"provider":"p","token":token("new")}),
-    );
+    save_new(&mut h, conn);
     let replies = send_req(&mut h, conn, "c", "cancel", json!({"targetId":"s"}));
     assert_eq!(replies.len(), 2);
     // Nothing is in flight for the client any more: EOF closes at once.
@@ -120,13 +137,7 @@ fn connection_gone_detaches_writes_that_still_persist() {
     let mut h = Harness::new();
     store_old_with_refresh(&mut h);
     let conn = connect_held(&mut h);
-    send_req(
-        &mut h,
-        conn,
-        "s",
-        "save_token",
-        json!({"provider":"p","token":token("new")}),
-    );
+    save_new(&mut h, conn);
     send_req(&mut h, conn, "r", "remove_token", json!({"provider":"q"}));
     send_req(&mut h, conn, "g", "get_token", json!({"provider":"p"}));
     let sent_before = h.sent[&conn].len();

@@ -1,10 +1,23 @@
 //! Connection limit and the outbound size guard (SPEC §3.1, §3.5).
 
 use credproxy_core::testkit::Harness;
-use credproxy_core::{Limits, Peer, Secret, Transport};
-use serde_json::json;
+use credproxy_core::{ConnId, Limits, Peer, Secret, Transport};
+use serde_json::{Value, json};
 
 use crate::common::{Scenario, connect_held, err, harness_with, ok, one, read_closed};
+
+/// The connections past their handshake.
+fn handshaken(h: &Harness) -> usize {
+    h.engine.connection_count() - h.engine.pending_handshakes()
+}
+
+/// How many idle connections were evicted to admit a newcomer.
+fn idle_evictions(h: &Harness) -> usize {
+    h.audit
+        .iter()
+        .filter(|e| e.op == "connection_evicted" && e.outcome == "idle")
+        .count()
+}
 
 #[test]
 fn connection_limit_bounds_handshaken_connections() {
@@ -67,25 +80,44 @@ fn default_connection_limits_are_256_and_64_pending() {
     for _ in 0..256 {
         h.connect();
     }
-    assert_eq!(
-        h.engine.connection_count() - h.engine.pending_handshakes(),
-        256
-    );
-    assert!(
-        h.audit
-            .iter()
-            .all(|e| e.op != "connection_evicted" || e.outcome != "idle")
-    );
+    assert_eq!(handshaken(&h), 256);
+    assert_eq!(idle_evictions(&h), 0);
     h.connect();
-    assert_eq!(
-        h.engine.connection_count() - h.engine.pending_handshakes(),
-        256
-    );
-    assert!(
-        h.audit
-            .iter()
-            .any(|e| e.op == "connection_evicted" && e.outcome == "idle")
-    );
+    assert_eq!(handshaken(&h), 256);
+    assert_ne!(idle_evictions(&h), 0, "a newcomer displaces an idle one");
+}
+
+/// The reply to a response too large for protocol `version`.
+fn too_large(id: &str, version: u8) -> Value {
+    err(
+        id,
+        "RESPONSE_TOO_LARGE",
+        &format!("Response exceeds maximum frame size for protocol version {version}"),
+    )
+}
+
+/// Stores the API keys `fits`, whose reply `{"id":"x","ok":true,"data":
+/// {"key":"…"}}` is exactly `bound` bytes, and `over`, one byte longer;
+/// returns the value of `fits`.
+fn keys_around(h: &mut Harness, bound: usize) -> String {
+    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
+    let fits = "a".repeat(bound - overhead);
+    h.store
+        .keys
+        .insert("fits".into(), Secret::new(fits.clone()));
+    h.store
+        .keys
+        .insert("over".into(), Secret::new("a".repeat(bound - overhead + 1)));
+    fits
+}
+
+/// Opens a connection and handshakes as a version 1 client.
+#[track_caller]
+fn v1_peer(h: &mut Harness) -> ConnId {
+    let v1 = h.open();
+    h.send_json(v1, &json!({"v":1,"op":"handshake"}));
+    assert_eq!(h.take_replies(v1)[0]["data"]["version"], json!(1));
+    v1
 }
 
 #[test]
@@ -94,19 +126,8 @@ fn v1_peer_gets_response_too_large_for_a_big_api_key() {
     let big = "K".repeat(100 * 1024);
     h.store.keys.insert("big".into(), Secret::new(big.clone()));
     h.store.keys.insert("small".into(), Secret::new("s"));
-    let v1 = h.open();
-    h.send_json(v1, &json!({"v":1,"op":"handshake"}));
-    assert_eq!(h.take_replies(v1)[0]["data"]["version"], json!(1));
-    h.expect(
-        v1,
-        "get_api_key",
-        json!({"name":"big"}),
-        err(
-            "b",
-            "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 1",
-        ),
-    );
+    let v1 = v1_peer(&mut h);
+    h.expect(v1, "get_api_key", json!({"name":"big"}), too_large("b", 1));
     // The connection survives and serves the next request.
     assert!(!h.is_closed(v1));
     h.expect(
@@ -133,17 +154,9 @@ fn v1_peer_gets_response_too_large_for_a_big_api_key() {
 #[test]
 fn v1_bound_is_the_whole_frame_of_65536_bytes() {
     let mut h = Harness::new();
-    // {"id":"x","ok":true,"data":{"key":"…"}} is 35 bytes plus the key.
-    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
-    let fits = "a".repeat(65_536 - 4 - overhead);
-    let over = "a".repeat(65_536 - 4 - overhead + 1);
-    h.store
-        .keys
-        .insert("fits".into(), Secret::new(fits.clone()));
-    h.store.keys.insert("over".into(), Secret::new(over));
-    let v1 = h.open();
-    h.send_json(v1, &json!({"v":1,"op":"handshake"}));
-    let _ = h.take_replies(v1);
+    // The whole frame: its 4-byte header and the reply.
+    let fits = keys_around(&mut h, 65_536 - 4);
+    let v1 = v1_peer(&mut h);
     let before = h.sent[&v1].len();
     h.expect(
         v1,
@@ -152,16 +165,7 @@ fn v1_bound_is_the_whole_frame_of_65536_bytes() {
         ok("x", json!({"key":fits})),
     );
     assert_eq!(h.sent[&v1].len() - before, 65_536);
-    h.expect(
-        v1,
-        "get_api_key",
-        json!({"name":"over"}),
-        err(
-            "x",
-            "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 1",
-        ),
-    );
+    h.expect(v1, "get_api_key", json!({"name":"over"}), too_large("x", 1));
 }
 
 #[test]
@@ -178,16 +182,7 @@ fn v1_guard_applies_to_token_replies() {
         &json!({"v":2,"op":"handshake","payload":{"minVersion":1,"maxVersion":1}}),
     );
     let _ = h.take_replies(v1);
-    h.expect(
-        v1,
-        "get_token",
-        json!({"provider":"p"}),
-        err(
-            "g",
-            "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 1",
-        ),
-    );
+    h.expect(v1, "get_token", json!({"provider":"p"}), too_large("g", 1));
     assert!(!h.is_closed(v1));
 }
 
@@ -197,14 +192,7 @@ fn v2_bound_with_a_small_configured_maximum() {
         v2_max_payload: 1_000,
         ..Default::default()
     });
-    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
-    let fits = "a".repeat(1_000 - overhead);
-    h.store
-        .keys
-        .insert("fits".into(), Secret::new(fits.clone()));
-    h.store
-        .keys
-        .insert("over".into(), Secret::new("a".repeat(1_000 - overhead + 1)));
+    let fits = keys_around(&mut h, 1_000);
     let conn = h.connect();
     h.expect(
         conn,
@@ -216,11 +204,7 @@ fn v2_bound_with_a_small_configured_maximum() {
         conn,
         "get_api_key",
         json!({"name":"over"}),
-        err(
-            "x",
-            "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 2",
-        ),
+        too_large("x", 2),
     );
     assert!(!h.is_closed(conn));
     h.expect(
@@ -234,28 +218,15 @@ fn v2_bound_with_a_small_configured_maximum() {
 #[test]
 fn v2_default_bound_is_4_mib() {
     let mut h = Harness::new();
-    let overhead = br#"{"id":"x","ok":true,"data":{"key":""}}"#.len();
-    let fits = "a".repeat(4 * 1024 * 1024 - overhead);
-    h.store.keys.insert("fits".into(), Secret::new(fits));
-    h.store.keys.insert(
-        "over".into(),
-        Secret::new("a".repeat(4 * 1024 * 1024 - overhead + 1)),
-    );
+    let fits = keys_around(&mut h, 4 * 1024 * 1024);
     let conn = h.connect();
     let r = one(&mut h, conn, "x", "get_api_key", json!({"name":"fits"}));
     assert_eq!(r["ok"], json!(true));
-    assert_eq!(
-        r["data"]["key"].as_str().map(str::len),
-        Some(4 * 1024 * 1024 - overhead)
-    );
+    assert_eq!(r["data"]["key"].as_str().map(str::len), Some(fits.len()));
     h.expect(
         conn,
         "get_api_key",
         json!({"name":"over"}),
-        err(
-            "x",
-            "RESPONSE_TOO_LARGE",
-            "Response exceeds maximum frame size for protocol version 2",
-        ),
+        too_large("x", 2),
     );
 }

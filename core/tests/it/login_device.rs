@@ -4,7 +4,7 @@
 //! that only reads state (SPEC §4).
 
 use credproxy_core::http::TransportError;
-use credproxy_core::provider::{self, BodyEncoding, Dialect, FlowType, ProviderSpec};
+use credproxy_core::provider::{self, Dialect, FlowType, ProviderSpec};
 use credproxy_core::testkit::Harness;
 use credproxy_core::{Config, ConnId};
 use serde_json::{Value, json};
@@ -272,23 +272,10 @@ fn configured_provider_with_oidc_discovery() {
     config.providers.insert(
         "corp".into(),
         ProviderSpec {
-            name: "corp".into(),
-            flow: FlowType::DeviceCode,
-            dialect: Dialect::Standard,
             issuer: Some("https://id.corp.example".into()),
-            authorize_url: None,
-            token_url: None,
-            device_url: None,
-            device_token_url: None,
-            client_id: "corp-cli".into(),
-            client_secret: None,
             scopes: vec!["openid".into()],
-            redirect_uri: None,
-            exchange_encoding: BodyEncoding::Form,
-            device_encoding: BodyEncoding::Form,
-            verification_url: None,
-            extra_auth_params: vec![],
             default_device_lifetime_s: 300,
+            ..ProviderSpec::new("corp", FlowType::DeviceCode, Dialect::Standard, "corp-cli")
         },
     );
     let mut h = Harness::with_config(config, 5);

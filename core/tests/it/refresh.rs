@@ -53,6 +53,24 @@ fn reply(h: &mut Harness, conn: ConnId, id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Answers the renewal's provider call with a new token (`AT-R`), asserts
+/// that it was stored and that its own renewal is scheduled, and returns
+/// when that renewal fires.
+#[track_caller]
+fn renewal_succeeds(h: &mut Harness) -> u64 {
+    h.respond(
+        200,
+        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
+    );
+    assert_eq!(
+        h.store.token("anthropic", "default").unwrap()["access_token"],
+        json!("AT-R")
+    );
+    h.engine
+        .renewal_scheduled("anthropic", "default")
+        .expect("the renewed token's renewal is scheduled")
+}
+
 #[test]
 fn refresh_sends_the_stored_refresh_token_and_persists_before_replying() {
     let (mut h, conn) = refreshing("r");
@@ -387,18 +405,7 @@ fn renewal_fires_before_expiry_and_refreshes() {
     assert!(h.http_log.is_empty());
     h.advance(1);
     assert_eq!(h.http_log.len(), 1);
-    h.respond(
-        200,
-        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
-    );
-    assert_eq!(
-        h.store.token("anthropic", "default").unwrap()["access_token"],
-        json!("AT-R")
-    );
-    let next = h
-        .engine
-        .renewal_scheduled("anthropic", "default")
-        .expect("rescheduled");
+    let next = renewal_succeeds(&mut h);
     assert!(next > at);
 }
 
@@ -606,15 +613,7 @@ fn a_renewal_due_during_a_refresh_joins_it_and_backs_off_when_it_fails() {
     assert!(again < expiry_mono, "{again}");
     h.advance(again - h.now.mono.0);
     assert_eq!(h.http_log.len(), 4, "the renewal tries again");
-    h.respond(
-        200,
-        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
-    );
-    assert_eq!(
-        h.store.token("anthropic", "default").unwrap()["access_token"],
-        json!("AT-R")
-    );
-    assert!(h.engine.renewal_scheduled("anthropic", "default").is_some());
+    renewal_succeeds(&mut h);
 }
 
 /// A renewal whose refresh ends with the expiry it was scheduled for is
@@ -675,15 +674,7 @@ fn a_renewal_that_ends_with_the_same_expiry_is_scheduled_again() {
             .1,
         "RT-1"
     );
-    h.respond(
-        200,
-        json!({"access_token":"AT-R","refresh_token":"RT-R","expires_in":3600}),
-    );
-    assert_eq!(
-        h.store.token("anthropic", "default").unwrap()["access_token"],
-        json!("AT-R")
-    );
-    assert!(h.engine.renewal_scheduled("anthropic", "default").is_some());
+    renewal_succeeds(&mut h);
 }
 
 mod short_lived {

@@ -3,7 +3,7 @@
 //! serialization per key and store failures.
 
 use credproxy_core::testkit::{Harness, START_UNIX_MS};
-use credproxy_core::{Effect, EffectResult};
+use credproxy_core::{ConnId, Effect, EffectResult};
 use serde_json::{Value, json};
 
 use crate::common::{
@@ -14,8 +14,24 @@ fn at_token(access: &str) -> Value {
     token(access)
 }
 
-fn save(h: &mut Harness, conn: credproxy_core::ConnId, id: &str, payload: Value) -> Value {
+fn save(h: &mut Harness, conn: ConnId, id: &str, payload: Value) -> Value {
     one(h, conn, id, "save_token", payload)
+}
+
+/// Asks the stats of `p/work`, asserts that its share of `p`'s requests is
+/// the float `percentage`, and returns the reply.
+#[track_caller]
+fn work_share(h: &mut Harness, conn: ConnId, id: &str, percentage: f64) -> Value {
+    let r = one(
+        h,
+        conn,
+        id,
+        "get_bucket_stats",
+        json!({"provider":"p","bucket":"work"}),
+    );
+    let pct = r["data"]["percentage"].as_f64().unwrap();
+    assert!((pct - percentage).abs() < 1e-9, "{pct}");
+    r
 }
 
 #[test]
@@ -555,26 +571,10 @@ fn bucket_stats_count_served_get_tokens() {
     );
     // get_bucket_stats itself is not counted, and a non-integral share is a float.
     h.call(conn, "get_token", json!({"provider":"p","bucket":"work"}));
-    let r = one(
-        &mut h,
-        conn,
-        "s4",
-        "get_bucket_stats",
-        json!({"provider":"p","bucket":"work"}),
-    );
+    let r = work_share(&mut h, conn, "s4", 40.0);
     assert_eq!(r["data"]["requestCount"], json!(2));
-    let pct = r["data"]["percentage"].as_f64().unwrap();
-    assert!((pct - 40.0).abs() < 1e-9, "{pct}");
     h.call(conn, "get_token", json!({"provider":"p"}));
-    let r = one(
-        &mut h,
-        conn,
-        "s5",
-        "get_bucket_stats",
-        json!({"provider":"p","bucket":"work"}),
-    );
-    let pct = r["data"]["percentage"].as_f64().unwrap();
-    assert!((pct - 100.0 / 3.0).abs() < 1e-9, "{pct}");
+    work_share(&mut h, conn, "s5", 100.0 / 3.0);
 }
 
 #[test]

@@ -132,28 +132,6 @@ fn valid_provider_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
 }
 
-fn custom_spec(name: &str, flow: FlowType) -> ProviderSpec {
-    ProviderSpec {
-        name: name.to_owned(),
-        flow,
-        dialect: Dialect::Standard,
-        issuer: None,
-        authorize_url: None,
-        token_url: None,
-        device_url: None,
-        device_token_url: None,
-        client_id: String::new(),
-        client_secret: None,
-        scopes: Vec::new(),
-        redirect_uri: None,
-        exchange_encoding: BodyEncoding::Form,
-        device_encoding: BodyEncoding::Form,
-        verification_url: None,
-        extra_auth_params: Vec::new(),
-        default_device_lifetime_s: 900,
-    }
-}
-
 fn set_url(slot: &mut Option<String>, value: Option<String>) {
     if let Some(v) = value {
         *slot = (!v.is_empty()).then_some(v);
@@ -189,7 +167,7 @@ impl ProviderFile {
                 s
             }
             (Some(s), None) => s,
-            (None, Some(flow)) => custom_spec(name, flow),
+            (None, Some(flow)) => ProviderSpec::new(name, flow, Dialect::Standard, ""),
             (None, None) => {
                 return Err(format!(
                     "flow is required for a provider that is not built in \

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::effect::EffectResult;
+use crate::engine::effect::EffectResult;
 
 use super::super::fixtures::KEY_SPACE;
 use super::super::sentinel::assert_no_marker;

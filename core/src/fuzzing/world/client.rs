@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::audit::ConnId;
+use crate::engine::audit::ConnId;
 
 use super::super::oversize_model;
 

@@ -4,9 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::frame::{self, HEADER_LEN};
-use crate::payload;
-use crate::peer::{Peer, Transport};
+use crate::conn::peer::{Peer, Transport};
+use crate::wire::frame::{self, HEADER_LEN};
+use crate::wire::payload;
 
 use super::super::ops::{Cut, Hello, RawFrame};
 use super::super::sentinel::CAP_TOKEN;

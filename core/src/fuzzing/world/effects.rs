@@ -5,9 +5,9 @@
 
 use serde_json::json;
 
-use crate::effect::{Effect, EffectResult};
-use crate::http::{HttpOutcome, TransportError};
-use crate::time::Now;
+use crate::engine::effect::{Effect, EffectResult};
+use crate::engine::time::Now;
+use crate::oauth::http::{HttpOutcome, TransportError};
 
 use super::super::fixtures::{BUCKETS, CODEX_PORT, PROVIDERS};
 use super::super::ops::{Callback, Completion, KeySel, Tick};

@@ -4,8 +4,8 @@
 
 use serde_json::{Value, json};
 
-use crate::effect::EffectResult;
-use crate::http::{HttpOutcome, TransportError};
+use crate::engine::effect::EffectResult;
+use crate::oauth::http::{HttpOutcome, TransportError};
 
 use super::super::fixtures::CORP_ISSUER;
 use super::super::ops::HttpAnswer;

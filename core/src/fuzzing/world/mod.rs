@@ -11,8 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::audit::ConnId;
-use crate::config::Limits;
+use crate::engine::audit::ConnId;
+use crate::engine::config::Limits;
 use crate::testkit::Harness;
 
 use super::fixtures::{SEED, engine_config, seed_store};
