@@ -44,4 +44,5 @@ mod socket;
 mod stdio;
 mod store_corrupt;
 mod store_crash;
+mod store_encrypted;
 mod token;
