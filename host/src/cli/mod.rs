@@ -37,6 +37,7 @@ mod exec;
 mod fd3;
 mod keys;
 mod login;
+mod migrate;
 mod providers;
 mod status;
 mod store_cmd;
@@ -155,7 +156,7 @@ enum Cmd {
     #[command(after_help = STATUS_EXIT_HELP)]
     Status(StatusArgs),
     /// Manage the store itself: `init-key` creates the key file of an
-    /// encrypted store.
+    /// encrypted store, `migrate` moves it to another backend.
     #[command(subcommand, after_help = EXIT_HELP)]
     Store(StoreCmd),
     /// Load-test a proxy socket (requests/s, p50/p99/p99.9 latency), with

@@ -81,6 +81,10 @@ pub(super) enum StoreCmd {
     /// Create a new store key file (mode 0600) for the encrypted-file
     /// backend; never overwrites, refuses a place inside the store.
     InitKey(InitKeyArgs),
+    /// Move every token, API key and metadata entry to another backend
+    /// (file or encrypted-file), verifying each; stop the proxies using
+    /// the store first. Rerun it if it was interrupted.
+    Migrate(super::migrate::MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +104,7 @@ pub(super) struct InitKeyArgs {
 
 pub(super) fn cmd_store(c: StoreCmd) -> Result<ExitCode, Failure> {
     match c {
+        StoreCmd::Migrate(a) => super::migrate::cmd_migrate(&a),
         StoreCmd::InitKey(a) => {
             let settings = config::configured_store(a.config.config.as_deref())?;
             let flags = BackendArgs {

@@ -300,3 +300,198 @@ fn a_wrong_key_is_refused_and_a_swapped_entry_is_not_served() {
     status
         .assert_stdout_has(&["anthropic/default\tcorrupt: encrypted entry failed authentication"]);
 }
+
+fn plain_store_with_entries(s: &Scratch) {
+    let mut token = support::token_json(SECRET);
+    token["refresh_token"] = json!("rt-ENC-SENTINEL");
+    s.seed_plain_token("anthropic", "default", &token);
+    s.seed_plain_token("codex", "work", &support::token_json("at-codex"));
+    let store = s.open_plain_store();
+    store
+        .put_meta(
+            "codex",
+            "work",
+            &credproxy::store::KeyMeta {
+                refresh_unusable: true,
+            },
+        )
+        .expect("meta");
+    store
+        .set_api_key("OPENAI", &credproxy_core::Secret::new(SECRET_KEY))
+        .expect("key");
+}
+
+#[test]
+fn migrate_moves_everything_verified_and_can_go_back() {
+    let s = Scratch::new();
+    plain_store_with_entries(&s);
+    let store = s.store_arg();
+    let before = s.run(&["status", "--json", "--store", &store], b"");
+
+    let dry = s.run(
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "encrypted-file",
+            "--dry-run",
+            "--store",
+            &store,
+        ],
+        b"",
+    );
+    dry.assert_code(0);
+    dry.assert_stdout_has(&[
+        "token anthropic/default",
+        "token codex/work",
+        "API key OPENAI",
+        "dry run",
+    ]);
+    assert!(!dry.stdout.contains("SENTINEL"), "{}", dry.stdout);
+    assert_eq!(grep(&s.store(), SECRET).len(), 1, "dry run wrote nothing");
+
+    let ran = s.run(
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "encrypted-file",
+            "--store",
+            &store,
+        ],
+        b"",
+    );
+    ran.assert_code(0);
+    ran.assert_stdout_has(&["moved 2 tokens and 1 API keys from file to encrypted-file"]);
+    assert!(!ran.stdout.contains("SENTINEL") && !ran.stderr.contains("SENTINEL"));
+    for secret in [SECRET, SECRET_KEY, "rt-ENC-SENTINEL", "refresh_unusable"] {
+        assert_eq!(grep(&s.store(), secret), Vec::<String>::new(), "{secret}");
+    }
+    assert!(
+        !support::exists(&s.root().join("store.migrate-old")),
+        "source removed"
+    );
+    assert!(!support::exists(&s.root().join("store.migrate-new")));
+    let after = s.run(&["status", "--json", "--store", &store], b"");
+    let (mut b, mut a): (Value, Value) = (
+        serde_json::from_str(&before.stdout).expect("json"),
+        serde_json::from_str(&after.stdout).expect("json"),
+    );
+    assert_eq!(a["backend"], "encrypted-file");
+    assert_eq!(b["backend"], "file");
+    for v in [&mut a, &mut b] {
+        v.as_object_mut()
+            .expect("object")
+            .retain(|k, _| k == "tokens");
+    }
+    assert_eq!(a, b, "the same tokens, expiries and unusable marks");
+    let mut p = s.stdio(&["--audit-log", "off"]);
+    p.handshake();
+    let key = p.call("1", "get_api_key", json!({"name": "OPENAI"}));
+    assert_eq!(key["data"]["key"], SECRET_KEY, "{key}");
+    p.close_stdin();
+    p.wait();
+
+    // Again: nothing to do.
+    s.run(
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "encrypted-file",
+            "--store",
+            &store,
+        ],
+        b"",
+    )
+    .assert_stdout_has(&["already encrypted-file"]);
+
+    // And back, keeping the encrypted one.
+    let back = s.run(
+        &[
+            "store",
+            "migrate",
+            "--from",
+            "encrypted-file",
+            "--to",
+            "file",
+            "--keep",
+            "--store",
+            &store,
+        ],
+        b"",
+    );
+    back.assert_code(0);
+    back.assert_stdout_has(&["kept at", "from encrypted-file to file"]);
+    assert_eq!(grep(&s.store(), SECRET).len(), 1, "plaintext again");
+    assert!(support::exists(
+        &s.root().join("store.migrate-old/encrypted.check")
+    ));
+}
+
+#[test]
+fn an_interrupted_migration_is_finished_by_running_it_again() {
+    let s = Scratch::new();
+    plain_store_with_entries(&s);
+    let store = s.store_arg();
+    // Interrupted while copying: a partial new store beside the old one.
+    let staging = s.root().join("store.migrate-new");
+    let key = s.default_key_file();
+    s.run(&["store", "init-key"], b"").assert_code(0);
+    let partial = credproxy::store::FileStore::open_encrypted(
+        &staging,
+        credproxy::store::key::load_file(&key).expect("key"),
+    )
+    .expect("staging");
+    partial
+        .put_token(
+            "anthropic",
+            "default",
+            &credproxy_core::Token::from_map(serde_json::Map::new()),
+        )
+        .expect("partial");
+    drop(partial);
+    s.run(
+        &[
+            "store",
+            "migrate",
+            "--to",
+            "encrypted-file",
+            "--store",
+            &store,
+        ],
+        b"",
+    )
+    .assert_code(0);
+    let v: Value =
+        serde_json::from_str(&s.run(&["status", "--json", "--store", &store], b"").stdout)
+            .expect("json");
+    assert_eq!(v["tokens"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["backend"], "encrypted-file");
+
+    // Interrupted between the renames: the old store moved away, the new
+    // one not yet in place.
+    s.run(
+        &[
+            "store", "migrate", "--to", "file", "--keep", "--store", &store,
+        ],
+        b"",
+    )
+    .assert_code(0);
+    fs::rename(s.store(), s.root().join("store.migrate-new")).expect("undo the last rename");
+    let ran = s.run(
+        &["store", "migrate", "--to", "file", "--store", &store],
+        b"",
+    );
+    ran.assert_code(0);
+    ran.assert_stdout_has(&["finished an interrupted migration", "already file"]);
+    let v: Value =
+        serde_json::from_str(&s.run(&["status", "--json", "--store", &store], b"").stdout)
+            .expect("json");
+    assert_eq!(v["tokens"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["backend"], "file");
+    assert!(
+        !support::exists(&s.root().join("store.migrate-old")),
+        "old removed"
+    );
+}
