@@ -102,10 +102,11 @@ impl Backend {
         }
     }
 
-    /// How to move to an encrypted store, when this one is plaintext.
+    /// How to move to an encrypted store, when `auto` kept a plaintext
+    /// one (an explicit `file` needs no advice).
     #[must_use]
     pub fn migrate_hint(&self) -> Option<String> {
-        (self.name == BackendName::File)
+        (self.name == BackendName::File && self.configured == BackendName::Auto)
             .then(|| "to encrypt it: credproxy store migrate --to encrypted-file".to_owned())
     }
 }
@@ -349,7 +350,16 @@ fn auto_choice(spec: &StoreSpec) -> Result<Choice, StoreError> {
             None,
         ));
     }
-    let key = key::create_file(default, root)?;
+    let key = match key::create_file(default, root) {
+        Ok(key) => key,
+        // Another process made it a moment ago: use that one.
+        Err(e) if std::fs::symlink_metadata(default).is_ok() => {
+            return key::load_file(default)
+                .map(|k| (BackendName::EncryptedFile, Some((k, whence)), None))
+                .map_err(|_| e);
+        }
+        Err(e) => return Err(e),
+    };
     let notice = format!(
         "created the store key {} (mode 0600): the store {} is encrypted with it; \
          keep a copy of the key apart from the store, without it the store cannot be read",
@@ -411,5 +421,54 @@ pub(super) fn check_marker(store: &FileStore) -> Result<(), StoreError> {
             let bytes = codec::check_bytes(key).map_err(|e| StoreError::io("encrypt", &path, e))?;
             atomic::write_atomic(&store.root, codec::CHECK_FILE, &bytes).map(drop)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auto_spec(tmp: &Path) -> StoreSpec {
+        StoreSpec {
+            root: tmp.join("store"),
+            backend: BackendName::Auto,
+            key: KeySource {
+                default_file: Some(tmp.join("config/credproxy/store.key")),
+                ..KeySource::default()
+            },
+        }
+    }
+
+    #[test]
+    fn first_uses_at_once_agree_on_one_key_and_one_notice() {
+        for _ in 0..10 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let spec = auto_spec(tmp.path());
+            let opened: Vec<Backend> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| Store::open(&spec).map(|(_, b)| b)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread").expect("open"))
+                    .collect()
+            });
+            assert!(opened.iter().all(|b| b.name == BackendName::EncryptedFile));
+            assert_eq!(opened.iter().filter(|b| b.notice.is_some()).count(), 1);
+            let (store, _) = Store::open(&spec).expect("reopen");
+            assert_eq!(store.backend_name(), BackendName::EncryptedFile);
+        }
+    }
+
+    #[test]
+    fn auto_never_makes_a_new_key_for_an_encrypted_store() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let spec = auto_spec(tmp.path());
+        drop(Store::open(&spec).expect("create"));
+        let key = spec.key.default_file.clone().expect("default");
+        std::fs::remove_file(&key).expect("lose the key");
+        let e = Store::open(&spec).expect_err("no key");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!key.exists(), "no new key made");
     }
 }

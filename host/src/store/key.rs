@@ -193,34 +193,37 @@ pub fn create_file(path: &Path, store_root: &Path) -> Result<DataKey, StoreError
     }
     let key =
         DataKey::generate().map_err(|e| key_error(format!("cannot generate a store key: {e}")))?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| match e.kind() {
+    // Written whole to a temp file (0600) beside it, then linked into
+    // place only if nothing is there (`persist_noclobber`, which never
+    // follows a planted symlink): a crash leaves no partial key, and of
+    // two processes creating it at once one wins and the other is told
+    // it exists.
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let cannot = |e: io::Error| key_error(format!("cannot create the store key file {shown}: {e}"));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-key-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(cannot)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| tmp.write_all(&key.to_text()))
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(cannot)?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| match e.error.kind() {
             io::ErrorKind::AlreadyExists => key_error(format!(
                 "store key file {shown} already exists; refusing to overwrite it \
-                 (the store it opens would be lost)"
+             (the store it opens would be lost)"
             )),
-            _ => key_error(format!("cannot create the store key file {shown}: {e}")),
+            _ => cannot(e.error),
         })?;
-    let written = file
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| file.write_all(&key.to_text()))
-        .and_then(|()| file.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(path);
-        return Err(key_error(format!(
-            "cannot write the store key file {shown}: {e}"
-        )));
-    }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        // Best effort: the key file's name survives a crash.
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
+    // Best effort: the key file's name survives a crash.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
     }
     Ok(key)
 }
