@@ -22,7 +22,7 @@ pub(super) struct BackendArgs {
     pub store_backend: Option<BackendName>,
     /// Key file of an encrypted store (64 hex digits, mode 0600, outside
     /// the store; create one with `credproxy store init-key`) [default:
-    /// $CREDPROXY_STORE_KEY_FILE, else the file's `store_key_file`, else for
+    /// the file's `store_key_file`, else $CREDPROXY_STORE_KEY_FILE, else for
     /// auto $XDG_CONFIG_HOME/credproxy/store.key]
     #[arg(long, value_name = "PATH")]
     pub store_key_file: Option<PathBuf>,
@@ -90,7 +90,7 @@ pub(super) enum StoreCmd {
 #[derive(Debug, Args)]
 pub(super) struct InitKeyArgs {
     /// Where to create the key [default: --store-key-file's default:
-    /// $CREDPROXY_STORE_KEY_FILE, else the file's `store_key_file`, else
+    /// the file's `store_key_file`, else $CREDPROXY_STORE_KEY_FILE, else
     /// $XDG_CONFIG_HOME/credproxy/store.key]
     #[arg(long, value_name = "PATH")]
     key_file: Option<PathBuf>,

@@ -311,7 +311,8 @@ pub struct StoreSettings {
     pub store: Option<PathBuf>,
     /// Store backend, when configured (else `auto`).
     pub store_backend: Option<crate::store::BackendName>,
-    /// Key file, when configured (`CREDPROXY_STORE_KEY_FILE`, then the file).
+    /// Key file, when configured (the file's `store_key_file` over
+    /// `CREDPROXY_STORE_KEY_FILE`, as for every variable: env < file < flags).
     pub store_key_file: Option<PathBuf>,
 }
 

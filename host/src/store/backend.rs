@@ -58,8 +58,8 @@ impl std::fmt::Display for BackendName {
 /// Where the data key of an encrypted store comes from.
 #[derive(Debug, Clone, Default)]
 pub struct KeySource {
-    /// `--store-key-file`, else `CREDPROXY_STORE_KEY_FILE`, else the
-    /// configuration file's `store_key_file`.
+    /// `--store-key-file`, else the configuration file's
+    /// `store_key_file`, else `CREDPROXY_STORE_KEY_FILE`.
     pub file: Option<PathBuf>,
     /// `--store-key-fd N`: the key text on an inherited descriptor.
     pub fd: Option<u32>,

@@ -264,6 +264,31 @@ fn a_wrong_key_is_refused_and_a_swapped_entry_is_not_served() {
         "{}",
         wrong.stderr
     );
+    // The variable names the key file too (a flag would win).
+    let mut by_env = s.command(&[
+        "status",
+        "--json",
+        "--store",
+        &s.store_arg(),
+        "--store-backend",
+        "encrypted-file",
+    ]);
+    by_env.env("CREDPROXY_STORE_KEY_FILE", &key);
+    let by_env = run_bounded(by_env, b"");
+    by_env.assert_code(0);
+    let v: Value = serde_json::from_str(&by_env.stdout).expect("json");
+    assert_eq!(v["key"], format!("key file {key}"));
+    let mut flag_wins = s.command(&[
+        "status",
+        "--store",
+        &s.store_arg(),
+        "--store-backend",
+        "encrypted-file",
+        "--store-key-file",
+        &other,
+    ]);
+    flag_wins.env("CREDPROXY_STORE_KEY_FILE", &key);
+    run_bounded(flag_wins, b"").assert_stderr(3, &["does not open the store"]);
     // The key fd works like the file.
     let mut sh = Command::new("sh");
     sh.args([
