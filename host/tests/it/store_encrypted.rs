@@ -314,7 +314,11 @@ fn a_wrong_key_is_refused_and_a_swapped_entry_is_not_served() {
     let mut c = p.sandbox_client();
     let got = c.call("1", "get_token", json!({"provider": "anthropic"}));
     assert_eq!(got["ok"], false, "{got}");
+    assert_eq!(got["code"], "INTERNAL_ERROR", "{got}");
     assert!(!got.to_string().contains("at-codex"), "{got}");
+    // The reason is on the host's stderr, never the content.
+    let stderr = p.wait_for_stderr("failed authentication");
+    assert!(!stderr.contains("at-codex"), "{stderr}");
     let got = c.call("2", "get_token", json!({"provider": "codex"}));
     assert_eq!(got["data"]["access_token"], "at-codex", "{got}");
     p.stop(Signal::SIGTERM);
