@@ -151,8 +151,9 @@ enum Cmd {
     /// Remove a stored token.
     #[command(after_help = EXIT_HELP)]
     Logout(LogoutArgs),
-    /// Show stored tokens and their expiry (never secrets); a token file
-    /// that does not parse is shown as `corrupt: REASON PATH`.
+    /// Show stored tokens and their expiry (never secrets), then the
+    /// store backend; a token file that does not parse (or authenticate)
+    /// is shown as `corrupt: REASON PATH`.
     #[command(after_help = STATUS_EXIT_HELP)]
     Status(StatusArgs),
     /// Manage the store itself: `init-key` creates the key file of an
