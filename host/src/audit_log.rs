@@ -182,7 +182,7 @@ pub fn log_corrupt_replaced(audit: &AuditLog, path: &Path, kept: &Path) {
         "outcome": "corrupt_replaced",
         "path": path.display().to_string(),
         "kept": kept.display().to_string(),
-        "detail": "the stored token did not parse; replaced by the new one, the old file kept",
+        "detail": "the stored token could not be read (it did not parse, or in an encrypted store did not authenticate); replaced by the new one, the old file kept",
     });
     let mut bytes = line.to_string().into_bytes();
     bytes.push(b'\n');

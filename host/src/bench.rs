@@ -228,7 +228,7 @@ fn run_load(a: &BenchArgs) -> Result<(), String> {
             (s.clone(), token, None)
         }
         None => {
-            server::prepare_store(&scratch)?;
+            server::prepare_store(&scratch, &a.server_arg)?;
             let mut extra = a.server_arg.clone();
             // Every connection comes from this one process: lift the
             // per-pid cap unless the caller set it.

@@ -17,12 +17,12 @@ use credproxy_core::{Effect, EffectResult};
 use crate::audit_log::{AuditLog, log_corrupt_replaced, log_store_error};
 use crate::http_client::HttpClient;
 use crate::locks::Locks;
-use crate::store::{FileStore, KeyMeta, Replaced, StoreError};
+use crate::store::{KeyMeta, Replaced, Store, StoreError};
 
 /// Everything effects run against. Cheap to clone (shared parts).
 #[derive(Debug, Clone)]
 pub struct Executor {
-    store: Arc<FileStore>,
+    store: Arc<Store>,
     locks: Locks,
     http: HttpClient,
     /// Where the store's own events go (a corrupt file replaced): the
@@ -33,13 +33,13 @@ pub struct Executor {
 impl Executor {
     /// An executor over `store` with a fresh lock table and HTTP client.
     #[must_use]
-    pub fn new(store: Arc<FileStore>) -> Executor {
+    pub fn new(store: Arc<Store>) -> Executor {
         Executor::with_parts(store, Locks::new(), HttpClient::new())
     }
 
     /// An executor from its parts.
     #[must_use]
-    pub fn with_parts(store: Arc<FileStore>, locks: Locks, http: HttpClient) -> Executor {
+    pub fn with_parts(store: Arc<Store>, locks: Locks, http: HttpClient) -> Executor {
         Executor {
             store,
             locks,
@@ -58,7 +58,7 @@ impl Executor {
 
     /// The store.
     #[must_use]
-    pub fn store(&self) -> &Arc<FileStore> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

@@ -2,7 +2,7 @@
 //!
 //! The engine serializes writes to a key in memory and, across processes,
 //! takes the key's store lock (an `flock` on the key's lock file, see
-//! [`FileStore::lock_key`]). Between the `Locked(true)` result and the
+//! [`Store::lock_key`]). Between the `Locked(true)` result and the
 //! matching `LockRelease` the [`KeyLock`] guard has to live somewhere: here,
 //! in a map keyed by (provider, bucket) shared by the driver and the
 //! blocking pool.
@@ -23,7 +23,7 @@ use std::time::Duration;
 use credproxy_core::EffectResult;
 
 use crate::audit_log::log_store_error;
-use crate::store::{FileStore, KeyLock};
+use crate::store::{KeyLock, Store};
 
 #[derive(Debug, Default)]
 struct Held {
@@ -59,7 +59,7 @@ impl Locks {
     #[must_use]
     pub fn acquire(
         &self,
-        store: &FileStore,
+        store: &Store,
         provider: &str,
         bucket: &str,
         wait: Duration,
@@ -129,9 +129,11 @@ impl Locks {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, FileStore) {
+    use crate::store::FileStore;
+
+    fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("store")).unwrap();
+        let store = Store::from(FileStore::open(&dir.path().join("store")).unwrap());
         (dir, store)
     }
 

@@ -16,7 +16,7 @@ use smol::{LocalExecutor, Timer};
 
 use crate::audit_log::AuditLog;
 use crate::driver::{Driver, Event, Lifetime, OpenCount};
-use crate::store::FileStore;
+use crate::store::{Backend, Store, StoreSpec};
 use crate::{accept, fd_limit};
 
 /// Everything `serve`, `exec` and `stdio` share.
@@ -24,8 +24,8 @@ use crate::{accept, fd_limit};
 pub struct ServeOptions {
     /// Engine configuration (limits, policy; the token is filled in here).
     pub config: Config,
-    /// Store root directory.
-    pub store_root: PathBuf,
+    /// The store: directory, backend and key source.
+    pub store: StoreSpec,
     /// Audit log destination.
     pub audit: AuditLog,
     /// Extra peer uids allowed on the socket besides ours and root.
@@ -118,9 +118,15 @@ pub fn engine(config: Config) -> Result<Engine<UnwrapErr<getrandom::SysRng>>, St
     Engine::new(config, UnwrapErr(getrandom::SysRng)).map_err(err)
 }
 
-/// Opens the store, creating it if needed.
-pub fn open_store(root: &std::path::Path) -> Result<Arc<FileStore>, StartError> {
-    FileStore::open(root).map(Arc::new).map_err(err)
+/// Opens the store, creating it if needed; the backend's one-time notice
+/// (a key file was created) goes to stderr.
+pub fn open_store(spec: &StoreSpec) -> Result<(Arc<Store>, Backend), StartError> {
+    let (store, backend) = Store::open(spec).map_err(err)?;
+    if let Some(notice) = &backend.notice {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "credproxy: notice: {notice}");
+    }
+    Ok((Arc::new(store), backend))
 }
 
 /// Accepts connections until the driver is gone (see [`crate::accept`]),
@@ -143,7 +149,7 @@ async fn accept_loop(listener: Listener, events: Sender<Event>, open: OpenCount)
 /// in place, just before serving (e.g. to print the socket's path).
 pub fn run_socket<F>(
     opts: ServeOptions,
-    store: Arc<FileStore>,
+    store: Arc<Store>,
     bound: Bound,
     signals: ShutdownSignals,
     ready: impl FnOnce(&Bound),
@@ -188,7 +194,7 @@ where
 }
 
 /// Serves one connection on stdin/stdout until it closes.
-pub fn run_stdio(opts: ServeOptions, store: Arc<FileStore>) -> Result<(), StartError> {
+pub fn run_stdio(opts: ServeOptions, store: Arc<Store>) -> Result<(), StartError> {
     let engine = engine(opts.config)?;
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();

@@ -104,7 +104,7 @@ pub fn memory(connections: usize, sessions: usize, audit: bool) -> Result<Memory
         ));
     }
     let scratch = Scratch::new()?;
-    prepare_store(&scratch)?;
+    prepare_store(&scratch, &[])?;
     let server_flags = vec![
         "--max-connections".to_owned(),
         (connections + 1).to_string(),
@@ -219,7 +219,7 @@ pub struct StartupReport {
 /// When a start or a handshake fails.
 pub fn startup(runs: usize, audit: bool) -> Result<StartupReport, String> {
     let scratch = Scratch::new()?;
-    prepare_store(&scratch)?;
+    prepare_store(&scratch, &[])?;
     {
         // Seed the token once, through the protocol.
         let server = Server::spawn(

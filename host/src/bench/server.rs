@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use super::load::connect;
-use crate::store::FileStore;
+use crate::store::{BackendName, KeySource, Store, StoreSpec};
 
 /// Bound on a child's start (its start lines) and on its exit.
 const START_LIMIT: Duration = Duration::from_secs(10);
@@ -83,14 +83,40 @@ pub fn realistic_token() -> Value {
     })
 }
 
-/// Prepares `scratch`'s store: creates it and stores the API key `bench`
-/// (there is no protocol operation to set a key).
+/// Prepares `scratch`'s store: creates it with the backend the server
+/// will use (`--store-backend` and `--store-key-file` among its `extra`
+/// flags, else `auto`: encrypted-file with the key under the scratch
+/// `XDG_CONFIG_HOME`) and stores the API key `bench` (there is no protocol
+/// operation to set a key).
 ///
 /// # Errors
 ///
 /// Store failures.
-pub fn prepare_store(scratch: &Scratch) -> Result<(), String> {
-    let store = FileStore::open(&scratch.store()).map_err(|e| e.to_string())?;
+pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> {
+    let flag = |name: &str| {
+        let eq = format!("{name}=");
+        extra.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&eq)
+                .map(str::to_owned)
+                .or_else(|| (a == name).then(|| extra.get(i + 1).cloned()).flatten())
+        })
+    };
+    let backend = match flag("--store-backend").as_deref() {
+        None | Some("auto") => BackendName::Auto,
+        Some("file") => BackendName::File,
+        Some("encrypted-file") => BackendName::EncryptedFile,
+        Some(other) => return Err(format!("unknown --store-backend {other}")),
+    };
+    let spec = StoreSpec {
+        root: scratch.store(),
+        backend,
+        key: KeySource {
+            file: flag("--store-key-file").map(PathBuf::from),
+            fd: None,
+            default_file: Some(scratch.join("config").join("credproxy/store.key")),
+        },
+    };
+    let (store, _) = Store::open(&spec).map_err(|e| e.to_string())?;
     store
         .set_api_key(
             "bench",

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use crate::import::{self, Options, kdf, paths};
 
-use super::{EXIT_FAILED, Failure, StoreOnly, emit, emit_line, open_store_at, store_root_cli};
+use super::{EXIT_FAILED, Failure, StoreOnly, emit, emit_line, open_store_cli, store_root_cli};
 
 /// Exit status when at least one entry could not be imported.
 const EXIT_SKIPPED: u8 = 4;
@@ -111,7 +111,7 @@ fn cmd_llxprt(a: &LlxprtArgs) -> Result<ExitCode, Failure> {
     let store = if a.dry_run && std::fs::symlink_metadata(&root).is_err() {
         None
     } else {
-        Some(open_store_at(&root)?)
+        Some(open_store_cli(&a.store)?.0)
     };
     let report = import::run(&opts, store.as_ref()).map_err(|e| Failure(EXIT_FAILED, e))?;
     if a.store.json {

@@ -10,7 +10,7 @@ use super::{Failure, KeyCmd, LogoutArgs, failed, open_store_cli};
 pub(super) fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
     match k {
         KeyCmd::Set(a) => {
-            let store = open_store_cli(&a.store)?;
+            let (store, _) = open_store_cli(&a.store)?;
             let mut value = String::new();
             std::io::stdin()
                 .read_to_string(&mut value)
@@ -28,7 +28,7 @@ pub(super) fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
             println!("stored API key {}", a.name);
         }
         KeyCmd::List(s) => {
-            let store = open_store_cli(&s)?;
+            let (store, _) = open_store_cli(&s)?;
             let keys = store.list_api_keys().map_err(failed)?;
             if s.json {
                 println!("{}", serde_json::json!({ "keys": keys }));
@@ -42,7 +42,7 @@ pub(super) fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
             }
         }
         KeyCmd::Rm(a) => {
-            let store = open_store_cli(&a.store)?;
+            let (store, _) = open_store_cli(&a.store)?;
             if !store.remove_api_key(&a.name).map_err(failed)? {
                 return Err(failed(format!("no API key named {}", a.name)));
             }
@@ -53,7 +53,7 @@ pub(super) fn cmd_key(k: KeyCmd) -> Result<ExitCode, Failure> {
 }
 
 pub(super) fn cmd_logout(a: LogoutArgs) -> Result<ExitCode, Failure> {
-    let store = open_store_cli(&a.store)?;
+    let (store, _) = open_store_cli(&a.store)?;
     // Take the key's cross-process lock, as every write does: a refresh
     // running in a proxy finishes (and persists) first, then this removal
     // wins.

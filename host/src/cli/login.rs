@@ -48,6 +48,7 @@ pub(super) fn cmd_login(a: &LoginArgs) -> Result<ExitCode, Failure> {
     if let Some(s) = &a.store {
         args.extend(["--store".to_owned(), s.display().to_string()]);
     }
+    args.extend(a.backend.to_args());
     let audit = a
         .audit_log
         .clone()

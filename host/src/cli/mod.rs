@@ -31,7 +31,7 @@ use crate::audit_log::AuditLog;
 use crate::config::{self, LimitsArgs, PolicyArgs, Settings, SettingsError};
 use crate::harden::harden;
 use crate::serve::{self, Placement, ServeOptions, StartError};
-use crate::store::FileStore;
+use crate::store::{Backend, Store};
 
 mod call;
 mod conn;
@@ -40,8 +40,10 @@ mod fd3;
 mod import;
 mod keys;
 mod login;
+mod migrate;
 mod providers;
 mod status;
+mod store_cmd;
 
 use call::cmd_call;
 use exec::cmd_exec;
@@ -50,6 +52,7 @@ use keys::{cmd_key, cmd_logout};
 use login::cmd_login;
 use providers::cmd_providers;
 use status::cmd_status;
+use store_cmd::{BackendArgs, StoreCmd, cmd_store, store_spec};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -158,10 +161,15 @@ enum Cmd {
     /// import llxprt` (switching from llxprt-code).
     #[command(subcommand, after_help = import::IMPORT_EXIT_HELP)]
     Import(ImportCmd),
-    /// Show stored tokens and their expiry (never secrets); a token file
-    /// that does not parse is shown as `corrupt: REASON PATH`.
+    /// Show stored tokens and their expiry (never secrets), then the
+    /// store backend; a token file that does not parse (or authenticate)
+    /// is shown as `corrupt: REASON PATH`.
     #[command(after_help = STATUS_EXIT_HELP)]
     Status(StatusArgs),
+    /// Manage the store itself: `init-key` creates the key file of an
+    /// encrypted store, `migrate` moves it to another backend.
+    #[command(subcommand, after_help = EXIT_HELP)]
+    Store(StoreCmd),
     /// Load-test a proxy socket (requests/s, p50/p99/p99.9 latency), with
     /// an echo baseline; or measure memory (--memory) or start-up
     /// (--startup). See BENCHMARKS.md.
@@ -185,6 +193,8 @@ struct CommonArgs {
     /// $XDG_DATA_HOME/credproxy or ~/.local/share/credproxy]
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Audit log: a file path, "stderr" or "off" [default: the file's
     /// `audit_log`, else stderr]
     #[arg(long, value_name = "PATH")]
@@ -258,6 +268,8 @@ struct LoginArgs {
     /// else $XDG_DATA_HOME/credproxy or ~/.local/share/credproxy]
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Audit log of the in-process proxy: a file path, "stderr" or "off"
     /// [default: the file's `audit_log`, else off]
     #[arg(long, value_name = "PATH")]
@@ -316,6 +328,8 @@ struct StoreOnly {
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
     #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
     config: ConfigArg,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -365,6 +379,7 @@ pub fn main() -> ExitCode {
         Cmd::Logout(a) => cmd_logout(a),
         Cmd::Import(a) => cmd_import(a),
         Cmd::Status(a) => cmd_status(a),
+        Cmd::Store(c) => cmd_store(c),
         Cmd::Bench(a) => crate::bench::run(&a)
             .map(|()| ExitCode::SUCCESS)
             .map_err(failed),
@@ -397,13 +412,6 @@ fn failed(e: impl std::fmt::Display) -> Failure {
     Failure(EXIT_FAILED, e.to_string())
 }
 
-fn store_root(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
-    match given {
-        Some(p) => Ok(p),
-        None => FileStore::default_root().map_err(|e| Failure(EXIT_START, e.to_string())),
-    }
-}
-
 /// Defaults < environment < configuration file < the flags that were given;
 /// validated.
 fn settings(c: &CommonArgs) -> Result<Settings, Failure> {
@@ -413,9 +421,6 @@ fn settings(c: &CommonArgs) -> Result<Settings, Failure> {
     }
     s.apply_limits(&c.limits);
     s.apply_policy(&c.policy);
-    if let Some(store) = &c.store {
-        s.store = Some(store.clone());
-    }
     if let Some(audit) = &c.audit_log {
         s.audit_log = Some(audit.clone());
     }
@@ -440,7 +445,7 @@ fn options(c: &CommonArgs) -> Result<ServeOptions, Failure> {
     let audit = audit_log(s.audit_log.as_deref().unwrap_or("stderr"))?;
     Ok(ServeOptions {
         config: s.config,
-        store_root: store_root(s.store)?,
+        store: store_spec(&s.store, c.store.as_ref(), &c.backend)?,
         audit,
         allowed_uids: s.allowed_uids,
         io_threads: s.io_threads.unwrap_or_else(crate::driver::default_threads),
@@ -468,7 +473,7 @@ fn placement(s: &SocketArgs) -> Placement {
 struct SocketStart {
     signals: ShutdownSignals,
     opts: ServeOptions,
-    store: std::sync::Arc<FileStore>,
+    store: std::sync::Arc<Store>,
     bound: serve::Bound,
 }
 
@@ -476,7 +481,7 @@ fn start_socket(socket: &SocketArgs, common: &CommonArgs) -> Result<SocketStart,
     warn_if_not_hardened();
     let signals = ShutdownSignals::register().map_err(failed)?;
     let opts = options(common)?;
-    let store = serve::open_store(&opts.store_root)?;
+    let (store, _) = serve::open_store(&opts.store)?;
     let bound = serve::bind(
         &placement(socket),
         !socket.insecure_no_token,
@@ -521,7 +526,7 @@ fn cmd_serve(a: ServeArgs) -> Result<ExitCode, Failure> {
 fn cmd_stdio(a: CommonArgs) -> Result<ExitCode, Failure> {
     warn_if_not_hardened();
     let mut opts = options(&a)?;
-    let store = serve::open_store(&opts.store_root)?;
+    let (store, _) = serve::open_store(&opts.store)?;
     // The engine reports a framing fault as an audit event, then closes
     // the connection: watch for it, so the parent learns from our status
     // that the connection did not end normally.
@@ -536,22 +541,21 @@ fn cmd_stdio(a: CommonArgs) -> Result<ExitCode, Failure> {
     }
 }
 
-/// The store root of the store-only commands: `--store`, else the
-/// configuration file's `store`, else the default.
+/// The store directory of the store-only commands (`--store`, else the
+/// configuration file's `store`, else the default), without opening it.
 fn store_root_cli(s: &StoreOnly) -> Result<PathBuf, Failure> {
-    let configured = match &s.store {
-        Some(dir) => Some(dir.clone()),
-        None => config::configured_store(s.config.config.as_deref())?,
-    };
-    store_root(configured)
+    let settings = config::configured_store(s.config.config.as_deref())?;
+    Ok(store_spec(&settings, s.store.as_ref(), &s.backend)?.root)
 }
 
-fn open_store_at(root: &Path) -> Result<FileStore, Failure> {
-    FileStore::open(root).map_err(|e| Failure(EXIT_START, e.to_string()))
-}
-
-fn open_store_cli(s: &StoreOnly) -> Result<FileStore, Failure> {
-    open_store_at(&store_root_cli(s)?)
+fn open_store_cli(s: &StoreOnly) -> Result<(Store, Backend), Failure> {
+    let settings = config::configured_store(s.config.config.as_deref())?;
+    let spec = store_spec(&settings, s.store.as_ref(), &s.backend)?;
+    let (store, backend) = Store::open(&spec).map_err(|e| Failure(EXIT_START, e.to_string()))?;
+    if let Some(notice) = &backend.notice {
+        let _ = writeln!(std::io::stderr(), "credproxy: notice: {notice}");
+    }
+    Ok((store, backend))
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::store::StoreError;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
@@ -20,7 +21,7 @@ use super::{EXIT_FAILED, Failure, StatusArgs, emit, emit_line, failed, open_stor
 const DATE_BEYOND: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub(super) fn cmd_status(a: StatusArgs) -> Result<ExitCode, Failure> {
-    let store = open_store_cli(&a.store)?;
+    let (store, backend) = open_store_cli(&a.store)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -60,7 +61,10 @@ pub(super) fn cmd_status(a: StatusArgs) -> Result<ExitCode, Failure> {
     };
     if a.store.json {
         // `corrupt` only when there is one: `{"tokens":[…]}` stays as it was.
-        let mut out = json!({ "tokens": rows });
+        let mut out = json!({ "tokens": rows, "backend": backend.name.as_str() });
+        if let Some(k) = &backend.key {
+            out["key"] = json!(k);
+        }
         if !corrupt.is_empty() {
             out["corrupt"] = Value::Array(corrupt);
         }
@@ -97,7 +101,14 @@ pub(super) fn cmd_status(a: StatusArgs) -> Result<ExitCode, Failure> {
             c["path"].as_str().unwrap_or("")
         ));
     }
+    out.push_str(&format!("backend: {}\n", backend.describe()));
     emit(&out);
+    if let Some(hint) = backend.migrate_hint() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "credproxy: note: the store is plaintext; {hint}"
+        );
+    }
     Ok(code)
 }
 

@@ -29,6 +29,11 @@
 //! ```toml
 //! # Store directory (default $XDG_DATA_HOME/credproxy or ~/.local/share/credproxy).
 //! store = "/home/me/.local/share/credproxy"
+//! # Store backend: "auto" (default: encrypted-file for a new store, an
+//! # existing plaintext store stays file), "file" (plaintext) or "encrypted-file".
+//! store_backend = "auto"
+//! # Key file of an encrypted store (default for auto: $XDG_CONFIG_HOME/credproxy/store.key).
+//! store_key_file = "/home/me/.config/credproxy/store.key"
 //! # Audit log: a file path, "stderr" (default) or "off".
 //! audit_log = "stderr"
 //! # Threads doing socket I/O (default: one per core, at most 4; allowed: 4 per core, >= 8).
@@ -189,6 +194,10 @@ pub use providers::{ExtraParams, ProviderFile};
 pub struct FileConfig {
     /// Store directory.
     pub store: Option<PathBuf>,
+    /// Store backend.
+    pub store_backend: Option<crate::store::BackendName>,
+    /// Key file of an encrypted store.
+    pub store_key_file: Option<PathBuf>,
     /// Audit log: a file path, `stderr` or `off`.
     pub audit_log: Option<String>,
     /// Threads doing socket I/O (bounded: [`crate::thread_count`]).
@@ -209,7 +218,13 @@ pub struct FileConfig {
 }
 
 /// The top-level keys, as in the file (each its flag's name).
-pub const TOP_KEYS: &[&str] = &["store", "audit_log", "io_threads"];
+pub const TOP_KEYS: &[&str] = &[
+    "store",
+    "store_backend",
+    "store_key_file",
+    "audit_log",
+    "io_threads",
+];
 
 impl FileConfig {
     /// Parses the text of a configuration file; errors name the key and
@@ -274,17 +289,55 @@ pub fn read_file(
     Ok(Some((path, file)))
 }
 
-/// The store directory named by the configuration file, if any, without
-/// building the rest (for the commands that only open the store).
+/// The store settings of the environment and the configuration file
+/// (directory, backend, key file), without building the rest (for the
+/// commands that only open the store).
 ///
 /// # Errors
 ///
 /// As [`read_file`].
-pub fn configured_store(explicit: Option<&Path>) -> Result<Option<PathBuf>, SettingsError> {
-    Ok(read_file(explicit, &process_env)?.and_then(|(path, file)| {
-        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        file.store.map(|s| base.join(s))
-    }))
+pub fn configured_store(explicit: Option<&Path>) -> Result<StoreSettings, SettingsError> {
+    let mut s = StoreSettings::from_env(&process_env);
+    if let Some((path, file)) = read_file(explicit, &process_env)? {
+        s.apply_file(&file, &path);
+    }
+    Ok(s)
+}
+
+/// The store's settings before flags.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSettings {
+    /// Store directory, when configured (else the store's default).
+    pub store: Option<PathBuf>,
+    /// Store backend, when configured (else `auto`).
+    pub store_backend: Option<crate::store::BackendName>,
+    /// Key file, when configured (the file's `store_key_file` over
+    /// `CREDPROXY_STORE_KEY_FILE`, as for every variable: env < file < flags).
+    pub store_key_file: Option<PathBuf>,
+}
+
+impl StoreSettings {
+    fn from_env(env: Env<'_>) -> StoreSettings {
+        StoreSettings {
+            store_key_file: env(crate::store::key::KEY_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            ..StoreSettings::default()
+        }
+    }
+
+    fn apply_file(&mut self, file: &FileConfig, path: &Path) {
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(store) = &file.store {
+            self.store = Some(base.join(store));
+        }
+        if let Some(b) = file.store_backend {
+            self.store_backend = Some(b);
+        }
+        if let Some(k) = &file.store_key_file {
+            self.store_key_file = Some(base.join(k));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -296,8 +349,8 @@ pub fn configured_store(explicit: Option<&Path>) -> Result<Option<PathBuf>, Sett
 pub struct Settings {
     /// Engine configuration (limits, policy, providers; no capability token).
     pub config: Config,
-    /// Store directory, when configured (else the store's default).
-    pub store: Option<PathBuf>,
+    /// Store directory, backend and key file, when configured.
+    pub store: StoreSettings,
     /// Audit log, when configured (else `stderr`).
     pub audit_log: Option<String>,
     /// Threads doing socket I/O, when configured (else one per core, at
@@ -334,7 +387,10 @@ impl Settings {
     /// that cannot be used (its secret file unreadable, its variable unset,
     /// …). Every message names the file.
     pub fn load_with(explicit: Option<&Path>, env: Env<'_>) -> Result<Settings, SettingsError> {
-        let mut s = Settings::default();
+        let mut s = Settings {
+            store: StoreSettings::from_env(env),
+            ..Settings::default()
+        };
         if let Some(v) = env(SESSION_TIMEOUT_ENV).filter(|v| !v.is_empty()) {
             let secs = v
                 .to_str()
@@ -367,9 +423,7 @@ impl Settings {
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         self.source = Some(path.to_path_buf());
         self.warnings.extend(file.warnings.iter().cloned());
-        if let Some(store) = file.store {
-            self.store = Some(base.join(store));
-        }
+        self.store.apply_file(&file, path);
         if let Some(audit) = file.audit_log {
             self.audit_log = Some(match audit.as_str() {
                 "stderr" | "off" => audit,

@@ -184,3 +184,31 @@ fn env_session_timeout() {
     assert!(Settings::load_with(Some(&missing), &bad).is_err());
     assert!(Settings::load_with(None, &no_env).is_ok());
 }
+
+#[test]
+fn store_settings_layer_env_then_file_relative_to_the_file() {
+    use crate::store::BackendName;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let env = |n: &str| (n == "CREDPROXY_STORE_KEY_FILE").then(|| OsString::from("/env/key"));
+    std::fs::write(&cfg, "store = \"s\"\n").unwrap();
+    let s = Settings::load_with(Some(&cfg), &env).unwrap();
+    assert_eq!(s.store.store, Some(dir.path().join("s")));
+    assert_eq!(s.store.store_key_file, Some(PathBuf::from("/env/key")));
+    assert_eq!(s.store.store_backend, None);
+    std::fs::write(
+        &cfg,
+        "store_backend = \"encrypted-file\"\nstore_key_file = \"keys/k\"\n",
+    )
+    .unwrap();
+    let s = Settings::load_with(Some(&cfg), &env).unwrap();
+    assert_eq!(s.store.store_backend, Some(BackendName::EncryptedFile));
+    assert_eq!(s.store.store_key_file, Some(dir.path().join("keys/k")));
+    std::fs::write(&cfg, "store_backend = \"keyring\"\n").unwrap();
+    let e = Settings::load_with(Some(&cfg), &no_env).unwrap_err();
+    assert!(
+        e.0.contains("store_backend") || e.0.contains("keyring"),
+        "{}",
+        e.0
+    );
+}

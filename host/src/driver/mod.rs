@@ -61,7 +61,7 @@ use self::state::{ConnIo, Flow, Shared, State, drive, lock};
 use crate::audit_log::AuditLog;
 use crate::effects::Executor;
 use crate::loopback::{self, Incoming, Listener};
-use crate::store::FileStore;
+use crate::store::Store;
 
 /// Unsent output per connection above which reading pauses (1 MiB).
 pub const MAX_UNSENT: usize = 1024 * 1024;
@@ -173,7 +173,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
     /// whose receiver is passed to [`Driver::run`].
     pub fn new(
         engine: Engine<R>,
-        store: Arc<FileStore>,
+        store: Arc<Store>,
         audit: Arc<AuditLog>,
         events: Sender<Event>,
     ) -> Driver<R> {

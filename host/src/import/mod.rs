@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::store::FileStore;
+use crate::store::Store;
 use envelope::{Envelope, EnvelopeError};
 use kdf::{MachineSecret, SecretError};
 use names::FileKind;
@@ -70,7 +70,7 @@ struct Source {
 /// Fails only when the data directory itself cannot be read. `store` is
 /// `None` only for a dry run against a store that does not exist yet
 /// (which a dry run must not create): then nothing counts as present.
-pub fn run(opts: &Options, store: Option<&FileStore>) -> Result<Report, String> {
+pub fn run(opts: &Options, store: Option<&Store>) -> Result<Report, String> {
     let layout = Layout::new(opts.data.clone());
     match fs::metadata(&layout.data) {
         Ok(m) if m.is_dir() => {}
@@ -202,7 +202,7 @@ fn scan(dir: &Path, service: &'static str, out: &mut Vec<Source>, report: &mut R
     }
 }
 
-fn import_one(opts: &Options, store: Option<&FileStore>, keys: &Keys, s: &Source) -> Outcome {
+fn import_one(opts: &Options, store: Option<&Store>, keys: &Keys, s: &Source) -> Outcome {
     let present = match write::exists(store, &s.target) {
         Ok(p) => p,
         Err(e) => return Outcome::Failed(format!("credproxy cannot store it: {e}")),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use credproxy_core::{Secret, Token};
 
-use crate::store::{FileStore, KeyMeta, StoreError};
+use crate::store::{KeyMeta, Store, StoreError};
 
 /// How long to wait for a key's refresh lock held by a running proxy.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -56,7 +56,7 @@ pub enum Written {
 /// Invalid names fail here, before the disk is touched. Without a store
 /// (a dry run before the store exists) nothing is present, but names are
 /// still checked by the store's own rules.
-pub fn exists(store: Option<&FileStore>, target: &Target) -> Result<bool, String> {
+pub fn exists(store: Option<&Store>, target: &Target) -> Result<bool, String> {
     let Some(store) = store else {
         return check_names(target).map(|()| false);
     };
@@ -75,7 +75,7 @@ pub fn exists(store: Option<&FileStore>, target: &Target) -> Result<bool, String
 /// after a fresh look at what is stored, and a refresh-unusable mark of
 /// the old token is cleared: the imported token is a new login.
 pub fn store_entry(
-    store: &FileStore,
+    store: &Store,
     target: &Target,
     value: &Value,
     overwrite: bool,
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn kept_unless_overwrite_and_overwrite_clears_the_unusable_mark() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("s")).unwrap();
+        let store = Store::from(crate::store::FileStore::open(&dir.path().join("s")).unwrap());
         let t = target();
         assert!(!exists(Some(&store), &t).unwrap());
         let first = Value::Token(token("SECRET-1"));
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn api_keys_kept_unless_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(&dir.path().join("s")).unwrap();
+        let store = Store::from(crate::store::FileStore::open(&dir.path().join("s")).unwrap());
         let t = Target::ApiKey {
             name: "openai".into(),
         };

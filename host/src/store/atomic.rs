@@ -1,9 +1,10 @@
 //! Crash-safe writes and removals.
 //!
-//! A write goes to a fresh temp file in the target's directory, created
-//! exclusively (`O_CREAT|O_EXCL`) without following symlinks and with mode
-//! 0600, then is fsynced, renamed over the target and the directory fsynced.
-//! A crash therefore leaves the old file or the new one, never a torn one.
+//! A write goes to a fresh temp file in the target's directory, created by
+//! `tempfile` (`O_CREAT|O_EXCL`, so a planted symlink is never followed,
+//! with a random name and mode 0600), then is fsynced, renamed over the
+//! target (`persist`) and the directory fsynced. A crash therefore leaves
+//! the old file or the new one, never a torn one.
 //!
 //! A crash can leave the temp file, holding (part of) a secret. The writer
 //! holds an exclusive `flock` on its temp file for the file's whole life, so
@@ -15,11 +16,10 @@
 use std::fs::{self, File, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
+use tempfile::NamedTempFile;
 
 use super::dirs::FILE_MODE;
 use super::error::StoreError;
@@ -31,17 +31,14 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 /// between its creation and our lock (see [`remove_abandoned_temp`]).
 const WRITE_ATTEMPTS: u32 = 3;
 
-/// Distinguishes temp files of one process.
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Atomically replaces `dir/file_name` with `bytes` and returns the metadata
 /// of the new file (its identity for the cache).
 pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<Metadata, StoreError> {
     let target = dir.join(file_name);
     let mut attempt = 1;
     let meta = loop {
-        let (tmp_path, file) = create_temp(dir, file_name)?;
-        match fill_and_rename(&file, &tmp_path, &target, bytes) {
+        let (tmp, lock) = create_temp(dir, file_name)?;
+        match fill_and_persist(tmp, &target, bytes) {
             Ok(meta) => break meta,
             // Our temp file vanished before the rename: another process's
             // open took it for abandoned before we had locked it. Retry.
@@ -52,37 +49,40 @@ pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> Result<Metadat
             }) if cause.kind() == io::ErrorKind::NotFound && attempt < WRITE_ATTEMPTS => {
                 attempt += 1;
             }
-            Err(e) => {
-                // Best effort: the temp file was never renamed and is garbage.
-                let _ = fs::remove_file(&tmp_path);
-                return Err(e);
-            }
+            // The temp file of a failed write was removed when `tmp` was
+            // dropped (tempfile's cleanup).
+            Err(e) => return Err(e),
         }
-        // The lock (and descriptor) of a failed attempt is released here.
-        drop(file);
+        // The lock of a failed attempt is released here.
+        drop(lock);
     };
     sync_dir(dir)?;
     Ok(meta)
 }
 
 /// Writes the temp file fully and durably, then renames it over `target`.
-fn fill_and_rename(
-    mut file: &File,
-    tmp_path: &Path,
+/// On failure the temp file is removed (dropping a `NamedTempFile` does).
+fn fill_and_persist(
+    mut tmp: NamedTempFile,
     target: &Path,
     bytes: &[u8],
 ) -> Result<Metadata, StoreError> {
+    let tmp_path = tmp.path().to_owned();
     // Exact mode regardless of umask (fchmod on our own descriptor).
-    file.set_permissions(Permissions::from_mode(FILE_MODE))
-        .map_err(|e| StoreError::io("set permissions of", tmp_path, e))?;
-    file.write_all(bytes)
-        .map_err(|e| StoreError::io("write", tmp_path, e))?;
-    file.sync_all()
-        .map_err(|e| StoreError::io("fsync", tmp_path, e))?;
-    let meta = file
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(FILE_MODE))
+        .map_err(|e| StoreError::io("set permissions of", &tmp_path, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| StoreError::io("write", &tmp_path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| StoreError::io("fsync", &tmp_path, e))?;
+    let meta = tmp
+        .as_file()
         .metadata()
-        .map_err(|e| StoreError::io("inspect", tmp_path, e))?;
-    fs::rename(tmp_path, target).map_err(|e| StoreError::io("rename into", target, e))?;
+        .map_err(|e| StoreError::io("inspect", &tmp_path, e))?;
+    tmp.persist(target)
+        .map_err(|e| StoreError::io("rename into", target, e.error))?;
     Ok(meta)
 }
 
@@ -140,48 +140,23 @@ pub fn remove_abandoned_temp(path: &Path, meta: &Metadata) {
     }
 }
 
-/// Attempts at finding an unused temp name before giving up (collisions
-/// need a leftover from an earlier process with our pid, so one retry is
-/// nearly always enough).
-const TEMP_ATTEMPTS: u32 = 64;
-
-/// Creates a new temp file next to the target, retrying on name
-/// collisions, and takes its exclusive lock (held until the file is
-/// dropped: after the rename, or when the write failed).
-fn create_temp(dir: &Path, file_name: &str) -> Result<(PathBuf, Flock<File>), StoreError> {
-    let pid = std::process::id();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut last_err = None;
-    for _ in 0..TEMP_ATTEMPTS {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = dir.join(format!("{TEMP_PREFIX}{file_name}.{pid}.{nanos:x}.{n}"));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp_path)
-        {
-            Ok(file) => {
-                let locked = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-                    StoreError::io("lock", &tmp_path, io::Error::from(errno))
-                })?;
-                return Ok((tmp_path, locked));
-            }
-            // A leftover (or a planted symlink) has this name: take another.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                last_err = Some(StoreError::io("create", &tmp_path, e));
-            }
-            Err(e) => return Err(StoreError::io("create", &tmp_path, e)),
-        }
-    }
-    Err(last_err.unwrap_or_else(|| {
-        StoreError::io(
-            "create a temp file in",
-            dir,
-            io::Error::other("no attempt made"),
-        )
-    }))
+/// Creates a new temp file next to the target (tempfile picks a random
+/// name and retries on collisions) and takes its exclusive lock, held by
+/// the returned guard: on a duplicate of the descriptor, which shares the
+/// open file description and so the lock, until the guard is dropped
+/// (after the rename, or when the write failed).
+fn create_temp(dir: &Path, file_name: &str) -> Result<(NamedTempFile, Flock<File>), StoreError> {
+    let prefix = format!("{TEMP_PREFIX}{file_name}.");
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(Permissions::from_mode(FILE_MODE))
+        .tempfile_in(dir)
+        .map_err(|e| StoreError::io("create a temp file in", dir, e))?;
+    let dup = tmp
+        .as_file()
+        .try_clone()
+        .map_err(|e| StoreError::io("duplicate", tmp.path(), e))?;
+    let lock = Flock::lock(dup, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| StoreError::io("lock", tmp.path(), io::Error::from(errno)))?;
+    Ok((tmp, lock))
 }

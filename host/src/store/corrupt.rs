@@ -13,8 +13,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
-
 use super::error::StoreError;
 use super::read;
 
@@ -35,15 +33,20 @@ pub enum Replaced {
     },
 }
 
-/// If `dir/name` exists and does not parse as a JSON object (or is larger
-/// than `cap`), links it to a fresh `.corrupt-…` name. Other problems
-/// (absent, a symlink, wrong mode) are left to the write itself, as before.
-pub fn keep_if_corrupt(dir: &Path, name: &str, cap: u64) -> Result<Replaced, StoreError> {
+/// If `dir/name` exists and `valid` says its bytes are not a token (a
+/// JSON object that does not parse, or for an encrypted store an envelope
+/// that does not open), or it is larger than `cap`, links it to a fresh
+/// `.corrupt-…` name. Other problems (absent, a symlink, wrong mode) are
+/// left to the write itself, as before.
+pub fn keep_if_corrupt(
+    dir: &Path,
+    name: &str,
+    cap: u64,
+    valid: impl FnOnce(Vec<u8>) -> bool,
+) -> Result<Replaced, StoreError> {
     let path = dir.join(name);
     let corrupt = match read::read_private(&path, cap) {
-        Ok(Some(contents)) => {
-            serde_json::from_slice::<Map<String, Value>>(&contents.bytes).is_err()
-        }
+        Ok(Some(contents)) => !valid(contents.bytes),
         Err(StoreError::Corrupt { .. }) => true,
         Ok(None) | Err(_) => false,
     };

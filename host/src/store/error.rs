@@ -78,6 +78,15 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The data key of an encrypted store is missing, unusable or not the
+    /// store's, or the backend does not fit the store on disk. The detail
+    /// names paths and fixes, never key material.
+    #[error("{detail}")]
+    Key {
+        /// What is wrong and how to fix it.
+        detail: String,
+    },
+
     /// An operating-system error on a store path.
     #[error("cannot {op} {path}: {cause}")]
     Io {

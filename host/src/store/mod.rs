@@ -17,10 +17,14 @@
 //! the same root at once.
 
 mod atomic;
+mod backend;
 mod cache;
+mod codec;
 mod corrupt;
 mod dirs;
+mod envelope;
 mod error;
+pub mod key;
 mod lock;
 mod names;
 mod read;
@@ -38,11 +42,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use cache::{FileId, TokenCache};
+use codec::Codec;
+use envelope::Kind;
 use names::{
     api_key_file_name, check_api_key_name, check_key_part, json_file_name, lock_file_name,
     parse_api_key_file_name, parse_json_file_name,
 };
+use zeroize::Zeroizing;
 
+pub use backend::{Backend, BackendName, KeySource, Store, StoreSpec};
 pub use corrupt::Replaced;
 pub use error::{NameKind, StoreError};
 pub use lock::KeyLock;
@@ -50,6 +58,9 @@ pub use names::MAX_NAME_LEN;
 
 /// Largest token or metadata file we will read (tokens are a few KiB).
 const MAX_JSON_BYTES: u64 = 1024 * 1024;
+/// What an envelope adds to a file (read caps allow for it on both
+/// backends).
+const SEAL: u64 = envelope::OVERHEAD as u64;
 /// Largest API key we will store or read: what a protocol v2 reply can
 /// carry (4 MiB); a larger v1 reply becomes `RESPONSE_TOO_LARGE`.
 const MAX_KEY_BYTES: u64 = 4 * 1024 * 1024;
@@ -83,6 +94,7 @@ pub struct FileStore {
     meta: PathBuf,
     locks: PathBuf,
     keys: PathBuf,
+    codec: Codec,
     cache: TokenCache,
 }
 
@@ -91,6 +103,7 @@ impl std::fmt::Debug for FileStore {
         // The cache holds tokens: show only where the store is.
         f.debug_struct("FileStore")
             .field("root", &self.root)
+            .field("codec", &self.codec)
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +122,23 @@ impl FileStore {
     /// owned by our euid with no group/other bits, and every file in them a
     /// private regular file; otherwise the error says how to fix it. Temp
     /// files left by a crash (no live writer holds their lock) are removed.
+    ///
+    /// This is the plaintext `file` backend: a store marked encrypted is
+    /// refused with [`StoreError::Key`].
     pub fn open(root: &Path) -> Result<FileStore, StoreError> {
+        FileStore::open_with(root, Codec::Plain)
+    }
+
+    /// Opens the store at `root` as an `encrypted-file` store with `key`:
+    /// every token, metadata and API key file is an AES-256-GCM envelope.
+    /// A new (or empty) store is marked encrypted by its check file; an
+    /// existing one must open with `key`, and a store with plaintext
+    /// entries is refused (migrate it first).
+    pub fn open_encrypted(root: &Path, key: key::DataKey) -> Result<FileStore, StoreError> {
+        FileStore::open_with(root, Codec::Sealed(std::sync::Arc::new(key)))
+    }
+
+    fn open_with(root: &Path, codec: Codec) -> Result<FileStore, StoreError> {
         if fs::symlink_metadata(root).is_err()
             && let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty())
         {
@@ -123,13 +152,24 @@ impl FileStore {
             meta: root.join(META),
             locks: root.join(LOCKS),
             keys: root.join(KEYS),
+            codec,
             cache: TokenCache::default(),
         };
         for dir in [&store.tokens, &store.meta, &store.locks, &store.keys] {
             dirs::ensure_private_dir(dir)?;
             check_entries(dir)?;
         }
+        backend::check_marker(&store)?;
         Ok(store)
+    }
+
+    /// The backend's name: `file` or `encrypted-file`.
+    pub fn backend_name(&self) -> BackendName {
+        if self.codec.is_sealed() {
+            BackendName::EncryptedFile
+        } else {
+            BackendName::File
+        }
     }
 
     /// The root directory, for messages and the CLI.
@@ -182,13 +222,20 @@ impl FileStore {
         check_key(provider, bucket)?;
         let name = json_file_name(provider, bucket);
         let path = self.tokens.join(&name);
-        let bytes = to_json(token, &path)?;
+        let parts = [provider, bucket];
+        let bytes = self
+            .codec
+            .encode(Kind::Token, &parts, to_json(token, &path)?, &path)?;
         // A valid cache entry vouches for the file (one lstat); otherwise
         // look at what is about to be replaced.
         let replaced = if self.cached(provider, bucket).is_some() {
             Replaced::Nothing
         } else {
-            corrupt::keep_if_corrupt(&self.tokens, &name, MAX_JSON_BYTES)?
+            corrupt::keep_if_corrupt(&self.tokens, &name, MAX_JSON_BYTES + SEAL, |bytes| {
+                self.codec
+                    .decode(Kind::Token, &parts, bytes, &path)
+                    .is_ok_and(|plain| serde_json::from_slice::<Map<String, Value>>(&plain).is_ok())
+            })?
         };
         match atomic::write_atomic(&self.tokens, &name, &bytes) {
             Ok(meta) => {
@@ -253,10 +300,13 @@ impl FileStore {
     pub fn get_api_key(&self, name: &str) -> Result<Option<Secret>, StoreError> {
         check_api_key_name(name)?;
         let path = self.keys.join(api_key_file_name(name));
-        let Some(contents) = read::read_private(&path, MAX_KEY_BYTES)? else {
+        let Some(contents) = read::read_private(&path, MAX_KEY_BYTES + SEAL)? else {
             return Ok(None);
         };
-        match String::from_utf8(contents.bytes) {
+        let plain = self
+            .codec
+            .decode(Kind::ApiKey, &[name], contents.bytes, &path)?;
+        match String::from_utf8(plain.to_vec()) {
             Ok(value) => Ok(Some(Secret::new(value))),
             Err(_) => Err(StoreError::Corrupt {
                 path,
@@ -301,12 +351,14 @@ impl FileStore {
                 ),
             ));
         }
-        atomic::write_atomic(
-            &self.keys,
-            &api_key_file_name(name),
-            value.expose().as_bytes(),
-        )
-        .map(drop)
+        let file = api_key_file_name(name);
+        let bytes = self.codec.encode(
+            Kind::ApiKey,
+            &[name],
+            Zeroizing::new(value.expose().as_bytes().to_vec()),
+            &self.keys.join(&file),
+        )?;
+        atomic::write_atomic(&self.keys, &file, &bytes).map(drop)
     }
 
     /// Removes the API key `name`; `true` if it existed.
@@ -332,10 +384,14 @@ impl FileStore {
     pub fn get_meta(&self, provider: &str, bucket: &str) -> Result<KeyMeta, StoreError> {
         check_key(provider, bucket)?;
         let path = self.meta.join(json_file_name(provider, bucket));
-        match read::read_private(&path, MAX_JSON_BYTES)? {
+        match read::read_private(&path, MAX_JSON_BYTES + SEAL)? {
             None => Ok(KeyMeta::default()),
-            Some(contents) => serde_json::from_slice(&contents.bytes)
-                .map_err(|e| StoreError::corrupt_json(&path, &e)),
+            Some(contents) => {
+                let plain =
+                    self.codec
+                        .decode(Kind::Meta, &[provider, bucket], contents.bytes, &path)?;
+                serde_json::from_slice(&plain).map_err(|e| StoreError::corrupt_json(&path, &e))
+            }
         }
     }
 
@@ -347,7 +403,13 @@ impl FileStore {
         if *meta == KeyMeta::default() {
             return atomic::remove_durably(&self.meta, &name).map(drop);
         }
-        let bytes = to_json(meta, &self.meta.join(&name))?;
+        let path = self.meta.join(&name);
+        let bytes = self.codec.encode(
+            Kind::Meta,
+            &[provider, bucket],
+            to_json(meta, &path)?,
+            &path,
+        )?;
         atomic::write_atomic(&self.meta, &name, &bytes).map(drop)
     }
 
@@ -366,11 +428,22 @@ impl FileStore {
     /// Reads and parses the token file, updating the cache.
     fn read_token(&self, provider: &str, bucket: &str) -> Result<Option<Token>, StoreError> {
         let path = self.tokens.join(json_file_name(provider, bucket));
-        let Some(contents) = read::read_private(&path, MAX_JSON_BYTES)? else {
+        let Some(contents) = read::read_private(&path, MAX_JSON_BYTES + SEAL)? else {
             self.cache.set_absent(provider, bucket, &path);
             return Ok(None);
         };
-        let map: Map<String, Value> = match serde_json::from_slice(&contents.bytes) {
+        let meta = contents.meta;
+        let plain = match self
+            .codec
+            .decode(Kind::Token, &[provider, bucket], contents.bytes, &path)
+        {
+            Ok(plain) => plain,
+            Err(e) => {
+                self.cache.forget(provider, bucket);
+                return Err(e);
+            }
+        };
+        let map: Map<String, Value> = match serde_json::from_slice(&plain) {
             Ok(map) => map,
             Err(e) => {
                 self.cache.forget(provider, bucket);
@@ -378,13 +451,8 @@ impl FileStore {
             }
         };
         let token = Token::from_map(map);
-        self.cache.set_present(
-            provider,
-            bucket,
-            &path,
-            token.clone(),
-            FileId::of(&contents.meta),
-        );
+        self.cache
+            .set_present(provider, bucket, &path, token.clone(), FileId::of(&meta));
         Ok(Some(token))
     }
 }
@@ -397,8 +465,9 @@ fn check_key(provider: &str, bucket: &str) -> Result<(), StoreError> {
 /// Pretty JSON with a final newline, so a person inspecting the store can
 /// read it. Serializing a JSON map or a plain struct does not fail in
 /// practice; if it ever did, the error names the target, not the content.
-fn to_json<T: Serialize>(value: &T, target: &Path) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|_| {
+fn to_json<T: Serialize>(value: &T, target: &Path) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(8192));
+    serde_json::to_writer_pretty(&mut *bytes, value).map_err(|_| {
         StoreError::io(
             "serialize",
             target,

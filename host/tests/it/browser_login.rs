@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use credproxy::audit_log::AuditLog;
 use credproxy::driver::{Driver, Event, Lifetime};
-use credproxy::store::FileStore;
+use credproxy::store::{FileStore, Store};
 use credproxy_core::loopback::{PAGE_BAD_REQUEST, PAGE_RECEIVED};
 use credproxy_core::provider::{self, Dialect};
 use credproxy_core::{Config, Engine, Peer, Transport};
@@ -40,7 +40,7 @@ struct Running {
 
 impl Running {
     fn start(config: Config, store_root: &Path) -> Running {
-        let store = Arc::new(FileStore::open(store_root).unwrap());
+        let store = Arc::new(Store::from(FileStore::open(store_root).unwrap()));
         let (events, rx) = unbounded();
         let tx = events.clone();
         let thread = thread::spawn(move || {

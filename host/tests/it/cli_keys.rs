@@ -161,7 +161,7 @@ fn logout_removes_a_token() {
     let v: Value =
         serde_json::from_str(&s.run(&["status", "--json", "--store", &store], b"").stdout)
             .expect("json");
-    assert_eq!(v, json!({"tokens":[]}));
+    assert_eq!(v, s.empty_auto_status());
 
     // The proxy no longer serves it.
     let mut p = s.stdio(&["--audit-log", "off"]);
@@ -204,13 +204,15 @@ fn plant_token_file(s: &Scratch, provider: &str, bucket: &str, bytes: &[u8]) -> 
 
 #[test]
 fn status_lists_the_other_tokens_and_marks_a_corrupt_one() {
+    // A plaintext store: the torn file is torn JSON (an encrypted store's
+    // own case is in store_encrypted.rs).
     let s = Scratch::new();
-    s.seed_token(
+    s.seed_plain_token(
         "anthropic",
         "default",
         &json!({"access_token":"AT-SENTINEL-1","refresh_token":"RT-1","expiry":4_070_908_800_u64}),
     );
-    s.seed_token(
+    s.seed_plain_token(
         "qwen",
         "default",
         &json!({"access_token":"AT-SENTINEL-3","expiry":4_070_908_800_u64}),
@@ -220,7 +222,8 @@ fn status_lists_the_other_tokens_and_marks_a_corrupt_one() {
     let ran = s.run(&["status", "--store", &store], b"");
     ran.assert_code(0);
     let lines: Vec<&str> = ran.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", ran.stdout);
+    assert_eq!(lines.len(), 4, "{}", ran.stdout);
+    assert_eq!(lines[3], "backend: file (plaintext)", "the backend last");
     assert!(
         lines[0].starts_with("anthropic/default\texpires 2099-01-01\trefreshable"),
         "{}",
@@ -289,5 +292,7 @@ fn status_shows_near_expiries_as_durations() {
         "{}",
         ran.stdout
     );
-    assert!(!ran.stdout.contains("-"), "{}", ran.stdout);
+    // The token's line (the backend line after it names a path).
+    let row = ran.stdout.lines().next().expect("a line");
+    assert!(!row.contains("-"), "{}", ran.stdout);
 }

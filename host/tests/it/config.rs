@@ -371,7 +371,7 @@ allow_uid = [1001, 1002]
     let mut s = Settings::load_with(Some(&path), &env).expect("load");
     // The file beats the environment; relative paths are the file's.
     assert_eq!(s.config.limits.session_ttl_ms, 1000);
-    assert_eq!(s.store, Some(c.dir.path().join("store-dir")));
+    assert_eq!(s.store.store, Some(c.dir.path().join("store-dir")));
     assert_eq!(
         s.audit_log,
         Some(c.dir.path().join("audit.log").display().to_string())
@@ -616,6 +616,10 @@ fn every_flag_has_a_key_of_the_same_name() {
             "insecure-no-token",
             "an unsafe mode must be asked for on each run",
         ),
+        (
+            "store-key-fd",
+            "a descriptor exists only in the process given it",
+        ),
     ];
     let s = Scratch::new();
     let mut seen = 0;
@@ -639,7 +643,8 @@ fn every_flag_has_a_key_of_the_same_name() {
             .unwrap_or_else(|| panic!("--{flag} of {cmd} has no key {key}"));
             // The loader takes the key (a value of the right type for each).
             let value = match key.as_str() {
-                "store" | "audit_log" => "\"x\"".to_owned(),
+                "store" | "audit_log" | "store_key_file" => "\"x\"".to_owned(),
+                "store_backend" => "\"encrypted-file\"".to_owned(),
                 "refresh_retry_ms" => "[1, 2]".to_owned(),
                 "strict_sandbox" | "sandbox_login_overwrite" => "true".to_owned(),
                 "allow_uid" => "[7]".to_owned(),

@@ -2,7 +2,9 @@
 //! `save_token` writes for three providers is SIGKILLed at a random point;
 //! every token file left must parse, hold one of the values written for
 //! its provider (never a mix of two), and be no older than the last write
-//! the proxy acknowledged.
+//! the proxy acknowledged. Run on each file backend: `file` (the files
+//! are read as JSON) and `encrypted-file` (each file is opened by the
+//! library with the key: an envelope that opens is whole).
 
 use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
@@ -44,7 +46,13 @@ fn random_below(limit: u64, salt: u64) -> u64 {
 }
 
 /// Reads every token file in the store directly: `{file name: token}`.
-fn token_files(store: &Path) -> BTreeMap<String, Value> {
+/// With a key, each file must be an envelope that opens (through the
+/// library) and holds no plaintext.
+fn token_files(store: &Path, key: Option<&Path>) -> BTreeMap<String, Value> {
+    let opened = key.map(|k| {
+        let key = credproxy::store::key::load_file(k).expect("key");
+        credproxy::store::FileStore::open_encrypted(store, key).expect("open encrypted")
+    });
     let mut out = BTreeMap::new();
     for entry in fs::read_dir(store.join("tokens")).expect("list tokens") {
         let entry = entry.expect("entry");
@@ -52,31 +60,77 @@ fn token_files(store: &Path) -> BTreeMap<String, Value> {
         if name.starts_with('.') {
             continue; // a temp file of a write the kill interrupted
         }
-        let text = fs::read_to_string(entry.path()).expect("read token file");
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("token file {name} does not parse ({e}): {text:.200}"));
+        let bytes = fs::read(entry.path()).expect("read token file");
+        let v: Value = match &opened {
+            None => {
+                let text = String::from_utf8(bytes).expect("utf-8");
+                serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!("token file {name} does not parse ({e}): {text:.200}")
+                })
+            }
+            Some(enc) => {
+                assert!(
+                    !bytes.windows(3).any(|w| w == b"-n0"),
+                    "{name}: no plaintext value on disk"
+                );
+                let provider = PROVIDERS
+                    .iter()
+                    .find(|p| name.starts_with(&hex(p)))
+                    .expect("a provider's file");
+                let token = enc
+                    .get_token(provider, "default", true)
+                    .unwrap_or_else(|e| panic!("{name} does not open: {e}"))
+                    .expect("present");
+                Value::Object(token.as_map().clone())
+            }
+        };
         out.insert(name, v);
     }
     out
 }
 
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 #[test]
-fn sigkill_during_writes_leaves_whole_tokens() {
+fn sigkill_during_writes_leaves_whole_tokens_file() {
+    sigkill_during_writes_leaves_whole_tokens(&["--store-backend", "file"], None);
+}
+
+#[test]
+fn sigkill_during_writes_leaves_whole_tokens_encrypted_file() {
+    let s = Scratch::new();
+    let key = s.root().join("keys/store.key");
+    let key_arg = key.display().to_string();
+    s.run(&["store", "init-key", "--key-file", &key_arg], b"")
+        .assert_code(0);
+    sigkill_during_writes_leaves_whole_tokens(
+        &[
+            "--store-backend",
+            "encrypted-file",
+            "--store-key-file",
+            &key_arg,
+        ],
+        Some(&key),
+    );
+}
+
+fn sigkill_during_writes_leaves_whole_tokens(backend: &[&str], key: Option<&Path>) {
     let s = Scratch::new();
     let started = Instant::now();
     for round in 0..ROUNDS {
         let store = s.root().join(format!("store{round}"));
-        let mut p = s.stdio_with_store(
-            &store,
-            &[
-                "--audit-log",
-                "off",
-                "--rate-per-sec",
-                "1000000",
-                "--rate-burst",
-                "1000000",
-            ],
-        );
+        let mut args = vec![
+            "--audit-log",
+            "off",
+            "--rate-per-sec",
+            "1000000",
+            "--rate-burst",
+            "1000000",
+        ];
+        args.extend_from_slice(backend);
+        let mut p = s.stdio_with_store(&store, &args);
         p.handshake();
 
         // Keep WINDOW saves in flight, recording what was sent and what
@@ -127,7 +181,7 @@ fn sigkill_during_writes_leaves_whole_tokens() {
         p.kill();
 
         // Every file parses and is exactly one version.
-        let files = token_files(&store);
+        let files = token_files(&store, key);
         let mut stored: BTreeMap<String, u64> = BTreeMap::new();
         for (name, token) in &files {
             let access = token["access_token"].as_str().expect("access_token");
@@ -138,7 +192,9 @@ fn sigkill_during_writes_leaves_whole_tokens() {
         // Read back through a fresh proxy: the store opens despite the
         // crash, and each provider's token is one of its written values and
         // not older than its last acknowledged write.
-        let mut q = s.stdio_with_store(&store, &["--audit-log", "off"]);
+        let mut q_args = vec!["--audit-log", "off"];
+        q_args.extend_from_slice(backend);
+        let mut q = s.stdio_with_store(&store, &q_args);
         q.handshake();
         let listed = q.call("l", "list_providers", json!({}));
         let listed: Vec<&str> = listed["data"]["providers"]
@@ -181,10 +237,10 @@ fn sigkill_during_writes_leaves_whole_tokens() {
         assert_eq!(q.next(), None);
         assert_eq!(q.wait().code(), Some(0));
         // The store stays usable for the CLI too.
-        let status = s.run(
-            &["status", "--json", "--store", &store.display().to_string()],
-            b"",
-        );
+        let store_arg = store.display().to_string();
+        let mut status_args = vec!["status", "--json", "--store", &store_arg];
+        status_args.extend_from_slice(backend);
+        let status = s.run(&status_args, b"");
         status.assert_code(0);
         assert!(
             !status.stdout.contains(&format!("r{round}-n")),

@@ -238,7 +238,7 @@ fn invocations(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
             }
             let mut path = vec![w[i + 1].clone()];
             let mut j = i + 2;
-            if ["key", "import"].contains(&path[0].as_str()) && j < w.len() {
+            if ["key", "import", "store"].contains(&path[0].as_str()) && j < w.len() {
                 path.push(w[j].clone());
                 j += 1;
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use credproxy::effects::Executor;
 use credproxy::http_client::HttpClient;
-use credproxy::store::FileStore;
+use credproxy::store::{FileStore, Store};
 use credproxy_core::http::{self, HttpOutcome, HttpRequest, MAX_BODY, Method, TransportError};
 use credproxy_core::{Effect, EffectResult, Secret};
 
@@ -168,7 +168,9 @@ fn headers_and_body_arrive_as_sent() {
 #[test]
 fn json_post_helper_through_the_executor() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::open(&dir.path().join("store")).unwrap());
+    let store = Arc::new(Store::from(
+        FileStore::open(&dir.path().join("store")).unwrap(),
+    ));
     let executor = Executor::new(store);
     let server = Server::start(
         Behavior::Respond(json("200 OK", r#"{"access_token":"t"}"#)),

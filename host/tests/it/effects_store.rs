@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use credproxy::effects::Executor;
-use credproxy::store::FileStore;
+use credproxy::store::{FileStore, Store};
 use credproxy_core::{Effect, EffectResult};
 
 fn executor(root: &std::path::Path) -> Executor {
-    Executor::new(Arc::new(FileStore::open(root).unwrap()))
+    Executor::new(Arc::new(Store::from(FileStore::open(root).unwrap())))
 }
 
 fn acquire(provider: &str, bucket: &str, wait_ms: u64) -> Effect {

@@ -45,4 +45,5 @@ mod socket;
 mod stdio;
 mod store_corrupt;
 mod store_crash;
+mod store_encrypted;
 mod token;

@@ -4,7 +4,9 @@
 //! while a temp file a live writer holds locked stays.
 //!
 //! The writer is this test binary itself, re-run with `CRASH_ROOT_ENV` set so
-//! that only [`crash_writer_helper`] does anything.
+//! that only [`crash_writer_helper`] does anything. The torn-write test runs
+//! on both file backends (`CRASH_ENCRYPTED_ENV` makes the writer use
+//! `encrypted-file` with a fixed test key).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -22,6 +24,17 @@ use serde_json::{Map, Value, json};
 
 const CRASH_ROOT_ENV: &str = "CREDPROXY_STORE_CRASH_ROOT";
 const CRASH_BASE_ENV: &str = "CREDPROXY_STORE_CRASH_BASE";
+const CRASH_ENCRYPTED_ENV: &str = "CREDPROXY_STORE_CRASH_ENCRYPTED";
+
+/// Opens the store at `root` as plaintext or encrypted with a test key.
+fn open(root: &Path, encrypted: bool) -> FileStore {
+    if encrypted {
+        let key = credproxy::store::key::DataKey::from_bytes([0x3c; 32]);
+        FileStore::open_encrypted(root, key).expect("open encrypted")
+    } else {
+        FileStore::open(root).expect("open")
+    }
+}
 /// Versions of round `r` start at `r * ROUND_STRIDE`.
 const ROUND_STRIDE: u64 = 1_000_000;
 const BUCKETS: [&str; 3] = ["b0", "b1", "b2"];
@@ -58,7 +71,10 @@ fn crash_writer_helper() {
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(0);
-    let store = FileStore::open(Path::new(&root)).expect("child open");
+    let store = open(
+        Path::new(&root),
+        std::env::var_os(CRASH_ENCRYPTED_ENV).is_some(),
+    );
     for n in base.. {
         let bucket = BUCKETS[(n % 3) as usize];
         store
@@ -73,11 +89,20 @@ fn random_below(bound: u64) -> u64 {
 
 #[test]
 fn crash_leaves_old_or_new_token_never_torn() {
+    crash_leaves_old_or_new_token_never_torn_on(false);
+}
+
+#[test]
+fn crash_leaves_old_or_new_token_never_torn_encrypted() {
+    crash_leaves_old_or_new_token_never_torn_on(true);
+}
+
+fn crash_leaves_old_or_new_token_never_torn_on(encrypted: bool) {
     let exe = std::env::current_exe().expect("test binary");
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("credproxy");
-    FileStore::open(&root).expect("open");
-    let observer = FileStore::open(&root).expect("open");
+    drop(open(&root, encrypted));
+    let observer = open(&root, encrypted);
     for round in 0..5 {
         let base = round * ROUND_STRIDE;
         let mut child = Command::new(&exe)
@@ -89,6 +114,7 @@ fn crash_leaves_old_or_new_token_never_torn() {
             ])
             .env(CRASH_ROOT_ENV, &root)
             .env(CRASH_BASE_ENV, base.to_string())
+            .envs(encrypted.then_some((CRASH_ENCRYPTED_ENV, "1")))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -119,7 +145,7 @@ fn crash_leaves_old_or_new_token_never_torn() {
         let tokens = root.join("tokens");
         let live = tokens.join(format!(".tmp-live-writer.{round}"));
         let held = live_writer(&live);
-        let store = FileStore::open(&root).expect("store opens after a crash");
+        let store = open(&root, encrypted);
         assert_eq!(
             temp_files(&tokens),
             std::slice::from_ref(&live),

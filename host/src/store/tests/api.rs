@@ -31,9 +31,8 @@ fn default_root_ends_in_credproxy() {
     }
 }
 
-#[test]
-fn token_round_trip() {
-    let (_tmp, root, store) = new_store();
+fn token_round_trip(b: Flavor) {
+    let (_tmp, root, store) = b.new_store();
     assert_eq!(store.root(), root);
     assert_eq!(
         store.get_token("gemini", "default", false).expect("get"),
@@ -66,7 +65,7 @@ fn token_round_trip() {
     );
 
     // A fresh instance reads what was written (not only the cache).
-    let other = FileStore::open(&root).expect("reopen");
+    let other = b.open(&root).expect("reopen");
     assert_eq!(
         other.get_token("gemini", "default", false).expect("get"),
         Some(t2)
@@ -85,17 +84,15 @@ fn token_round_trip() {
     assert!(!token_path(&root, "gemini", "default").exists());
 }
 
-#[test]
-fn cached_fast_path_needs_a_read_first() {
-    let (_tmp, _root, store) = new_store();
+fn cached_fast_path_needs_a_read_first(b: Flavor) {
+    let (_tmp, _root, store) = b.new_store();
     assert_eq!(store.get_token_cached("p", "b"), None, "nothing cached yet");
     store.get_token("p", "b", true).expect("get");
     assert_eq!(store.get_token_cached("p", "b"), Some(None));
 }
 
-#[test]
-fn listing_providers_and_buckets() {
-    let (_tmp, root, store) = new_store();
+fn listing_providers_and_buckets(b: Flavor) {
+    let (_tmp, root, store) = b.new_store();
     assert!(store.list_providers().expect("list").is_empty());
     assert!(store.list_buckets("zeta").expect("list").is_empty());
     let t = tok(json!({"access_token": "x"}));
@@ -132,9 +129,8 @@ fn listing_providers_and_buckets() {
     assert_eq!(store.list_providers().expect("list"), ["Alpha", "alpha"]);
 }
 
-#[test]
-fn api_key_round_trip() {
-    let (_tmp, root, store) = new_store();
+fn api_key_round_trip(b: Flavor) {
+    let (_tmp, root, store) = b.new_store();
     assert_eq!(store.get_api_key("OPENAI_API_KEY").expect("get"), None);
     assert!(!store.has_api_key("OPENAI_API_KEY").expect("has"));
     assert!(store.list_api_keys().expect("list").is_empty());
@@ -171,7 +167,14 @@ fn api_key_round_trip() {
         "stored byte for byte"
     );
     let raw = fs::read(root.join("keys").join(api_key_file_name("openai"))).expect("raw");
-    assert_eq!(raw, SECRET_KEY.as_bytes());
+    match b {
+        Flavor::Plain => assert_eq!(raw, SECRET_KEY.as_bytes()),
+        Flavor::Encrypted => {
+            assert_eq!(&raw[..4], envelope::MAGIC);
+            assert_eq!(raw.len(), SECRET_KEY.len() + envelope::OVERHEAD);
+            assert!(!raw.windows(8).any(|w| w == &SECRET_KEY.as_bytes()[..8]));
+        }
+    }
 
     store
         .set_api_key("openai", &Secret::new("replaced"))
@@ -194,9 +197,8 @@ fn api_key_round_trip() {
     );
 }
 
-#[test]
-fn names_that_could_traverse_are_refused_everywhere() {
-    let (_tmp, root, store) = new_store();
+fn names_that_could_traverse_are_refused_everywhere(b: Flavor) {
+    let (_tmp, root, store) = b.new_store();
     let t = tok(json!({"access_token": "x"}));
     let k = Secret::new("v");
     let m = KeyMeta::default();
@@ -239,12 +241,16 @@ fn names_that_could_traverse_are_refused_everywhere() {
         .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
         .collect();
     top.sort();
-    assert_eq!(top, ["keys", "locks", "meta", "tokens"]);
+    match b {
+        Flavor::Plain => assert_eq!(top, ["keys", "locks", "meta", "tokens"]),
+        Flavor::Encrypted => {
+            assert_eq!(top, ["encrypted.check", "keys", "locks", "meta", "tokens"])
+        }
+    }
 }
 
-#[test]
-fn case_distinct_names_are_distinct_files() {
-    let (_tmp, root, store) = new_store();
+fn case_distinct_names_are_distinct_files(b: Flavor) {
+    let (_tmp, root, store) = b.new_store();
     store
         .put_token("Gemini", "Default", &tok(json!({"v": 1})))
         .expect("put");
@@ -282,9 +288,8 @@ fn case_distinct_names_are_distinct_files() {
     assert!(token_path(&root, "Gemini", "Default").ends_with("47656d696e69.44656661756c74.json"));
 }
 
-#[test]
-fn meta_round_trip_and_kept_out_of_tokens() {
-    let (_tmp, root, store) = new_store();
+fn meta_round_trip_and_kept_out_of_tokens(b: Flavor) {
+    let (_tmp, root, store) = b.new_store();
     assert_eq!(store.get_meta("p", "b").expect("get"), KeyMeta::default());
     let t = secret_token();
     store.put_token("p", "b", &t).expect("put");
@@ -329,7 +334,24 @@ fn meta_round_trip_and_kept_out_of_tokens() {
 
     // Unknown fields from a newer version are tolerated.
     let path = root.join("meta").join(json_file_name("p", "b"));
-    fs::write(&path, br#"{"refresh_unusable":true,"future":1}"#).expect("write");
+    let newer = br#"{"refresh_unusable":true,"future":1}"#;
+    let bytes = match b {
+        Flavor::Plain => newer.to_vec(),
+        Flavor::Encrypted => {
+            envelope::seal(&test_key(), envelope::Kind::Meta, &["p", "b"], newer).expect("seal")
+        }
+    };
+    fs::write(&path, bytes).expect("write");
     chmod(&path, 0o600);
     assert_eq!(store.get_meta("p", "b").expect("get"), unusable);
 }
+
+on_each_backend!(
+    token_round_trip,
+    cached_fast_path_needs_a_read_first,
+    listing_providers_and_buckets,
+    api_key_round_trip,
+    names_that_could_traverse_are_refused_everywhere,
+    case_distinct_names_are_distinct_files,
+    meta_round_trip_and_kept_out_of_tokens
+);

@@ -18,9 +18,54 @@ use crate::store::names::json_file_name;
 
 use super::*;
 
+/// The two file backends, for the tests that run on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// `file`: plaintext.
+    Plain,
+    /// `encrypted-file`, with a fixed test key.
+    Encrypted,
+}
+
+impl Flavor {
+    /// Opens (another instance of) the store at `root`.
+    fn open(self, root: &Path) -> Result<FileStore, StoreError> {
+        match self {
+            Flavor::Plain => FileStore::open(root),
+            Flavor::Encrypted => FileStore::open_encrypted(root, test_key()),
+        }
+    }
+
+    /// A fresh store at `<tmp>/credproxy` of this flavor.
+    fn new_store(self) -> (TempDir, PathBuf, FileStore) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("credproxy");
+        let store = self.open(&root).expect("open");
+        (tmp, root, store)
+    }
+}
+
+fn test_key() -> key::DataKey {
+    key::DataKey::from_bytes([0x5a; key::KEY_LEN])
+}
+
+/// Runs each named test function `f(Flavor)` once per backend, as
+/// `file::f` and `encrypted_file::f` (parametrised, not copied).
+macro_rules! on_each_backend {
+    ($($f:ident),* $(,)?) => {
+        mod file {
+            $( #[test] fn $f() { super::$f(super::Flavor::Plain) } )*
+        }
+        mod encrypted_file {
+            $( #[test] fn $f() { super::$f(super::Flavor::Encrypted) } )*
+        }
+    };
+}
+
 mod api;
 mod corrupt;
 mod disk;
+mod encrypted;
 mod sharing;
 
 const SECRET_TOKEN: &str = "at-SENTINEL-7f3a9c";

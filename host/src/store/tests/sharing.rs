@@ -12,10 +12,9 @@ use crate::store::names::lock_file_name;
 
 use super::*;
 
-#[test]
-fn another_instance_sees_writes_at_once() {
-    let (_tmp, root, a) = new_store();
-    let b = FileStore::open(&root).expect("open b");
+fn another_instance_sees_writes_at_once(b: Flavor) {
+    let (_tmp, root, a) = b.new_store();
+    let b = b.open(&root).expect("open b");
     assert_eq!(a.get_token("p", "b", false).expect("get"), None);
     for v in 0..20 {
         // Same size every time: only the inode tells the versions apart
@@ -57,10 +56,9 @@ fn fresh_read_bypasses_the_cache() {
     assert_eq!(fresh, Some(tok(json!({"access_token": "bbbb"}))));
 }
 
-#[test]
-fn lock_excludes_other_instances_until_dropped() {
-    let (_tmp, root, a) = new_store();
-    let b = FileStore::open(&root).expect("open b");
+fn lock_excludes_other_instances_until_dropped(b: Flavor) {
+    let (_tmp, root, a) = b.new_store();
+    let b = b.open(&root).expect("open b");
     let wait = Duration::from_millis(50);
     let held = a.lock_key("p", "b", wait).expect("lock").expect("free");
 
@@ -92,10 +90,9 @@ fn lock_excludes_other_instances_until_dropped() {
     );
 }
 
-#[test]
-fn lock_waiter_gets_the_lock_when_released() {
-    let (_tmp, root, a) = new_store();
-    let b = FileStore::open(&root).expect("open b");
+fn lock_waiter_gets_the_lock_when_released(b: Flavor) {
+    let (_tmp, root, a) = b.new_store();
+    let b = b.open(&root).expect("open b");
     let held = a
         .lock_key("p", "b", Duration::ZERO)
         .expect("lock")
@@ -113,9 +110,8 @@ fn lock_waiter_gets_the_lock_when_released() {
     );
 }
 
-#[test]
-fn concurrent_writers_and_readers_in_one_instance() {
-    let (_tmp, _root, store) = new_store();
+fn concurrent_writers_and_readers_in_one_instance(b: Flavor) {
+    let (_tmp, _root, store) = b.new_store();
     let store = Arc::new(store);
     let handles: Vec<_> = (0..4)
         .map(|i| {
@@ -149,3 +145,10 @@ fn concurrent_writers_and_readers_in_one_instance() {
     let last = store.get_token("p", "shared", true).expect("get");
     assert_eq!(store.get_token("p", "shared", false).expect("get"), last);
 }
+
+on_each_backend!(
+    another_instance_sees_writes_at_once,
+    lock_excludes_other_instances_until_dropped,
+    lock_waiter_gets_the_lock_when_released,
+    concurrent_writers_and_readers_in_one_instance
+);

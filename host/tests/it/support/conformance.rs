@@ -48,6 +48,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Bound on polling for a condition.
 pub const POLL: Duration = Duration::from_secs(5);
 
+/// Set to a store backend (`file`, `encrypted-file`) to run the suite on
+/// it: every proxy and `key set` of [`Env`] gets `--store-backend` (and
+/// for `encrypted-file` the tree's default key file). Unset: the default
+/// (`auto`, so a new store is encrypted). `.ci/run` runs the suite once
+/// more with `file`.
+pub const BACKEND_ENV: &str = "CREDPROXY_IT_STORE_BACKEND";
+
 /// A far future expiry (2100-01-01) for tokens that must stay valid.
 pub const FAR: u64 = 4_102_444_800;
 
@@ -144,9 +151,33 @@ impl Env {
         cmd
     }
 
-    /// `[sub] --store S [--config C] extra…`
+    /// `--store-backend NAME [--store-key-file K]` for [`BACKEND_ENV`].
+    fn backend_args(&self) -> Vec<String> {
+        let Some(name) = std::env::var(BACKEND_ENV).ok().filter(|n| !n.is_empty()) else {
+            return Vec::new();
+        };
+        let mut v = vec!["--store-backend".to_owned(), name.clone()];
+        if name == "encrypted-file" {
+            // The default key file of this tree, so that the commands a
+            // test writes out itself (with the default backend) find it.
+            let key = self.root().join("xdgconfig/credproxy/store.key");
+            if !key.exists() {
+                let arg = key.display().to_string();
+                let ran = super::run_bounded(
+                    self.command(&["store", "init-key", "--key-file", &arg]),
+                    b"",
+                );
+                assert!(ran.status.success(), "init-key: {ran:?}");
+            }
+            v.extend(["--store-key-file".to_owned(), key.display().to_string()]);
+        }
+        v
+    }
+
+    /// `[sub] --store S [--config C] [backend] extra…`
     fn proxy_args(&self, sub: &str, extra: &[&str]) -> Vec<String> {
         let mut v = vec![sub.to_owned(), "--store".into(), self.store()];
+        v.extend(self.backend_args());
         if let Some(c) = &self.config {
             v.push("--config".into());
             v.push(c.display().to_string());
@@ -158,7 +189,15 @@ impl Env {
     /// Stores an API key with `credproxy key set NAME` (value on stdin).
     pub fn key_set(&self, name: &str, value: &str) {
         let store = self.store();
-        let mut cmd = self.command(&["key", "set", name, "--store", &store]);
+        let mut args = vec![
+            "key".to_owned(),
+            "set".into(),
+            name.into(),
+            "--store".into(),
+            store,
+        ];
+        args.extend(self.backend_args());
+        let mut cmd = self.command_of(&args);
         cmd.stdin(Stdio::piped());
         let ran = super::run_bounded(cmd, format!("{value}\n").as_bytes());
         assert!(ran.status.success(), "key set {name}: {ran:?}");

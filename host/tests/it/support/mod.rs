@@ -259,11 +259,47 @@ impl Scratch {
         run_bounded(cmd, stdin)
     }
 
-    /// Opens the store with the host library, e.g. to seed a token whose
-    /// `refresh_token` the protocol would never let a client write.
+    /// Opens the store with the host library as the binary does by
+    /// default (`auto`, the key under this tree's `XDG_CONFIG_HOME`), e.g.
+    /// to seed a token whose `refresh_token` the protocol would never let a
+    /// client write. A new store is then encrypted, an existing plaintext
+    /// one stays plaintext.
     #[must_use]
-    pub fn open_store(&self) -> credproxy::store::FileStore {
+    pub fn open_store(&self) -> credproxy::store::Store {
+        use credproxy::store::{BackendName, KeySource, Store, StoreSpec};
+        let spec = StoreSpec {
+            root: self.store(),
+            backend: BackendName::Auto,
+            key: KeySource {
+                default_file: Some(self.default_key_file()),
+                ..KeySource::default()
+            },
+        };
+        Store::open(&spec).expect("open store").0
+    }
+
+    /// Opens the store as the plaintext `file` backend (a store the tests
+    /// read files of).
+    #[must_use]
+    pub fn open_plain_store(&self) -> credproxy::store::FileStore {
         credproxy::store::FileStore::open(&self.store()).expect("open store")
+    }
+
+    /// The `auto` backend's key file of this tree.
+    #[must_use]
+    pub fn default_key_file(&self) -> PathBuf {
+        self.root().join("config/credproxy/store.key")
+    }
+
+    /// `status --json` of a store without tokens that `auto` created
+    /// (encrypted with [`Scratch::default_key_file`]).
+    #[must_use]
+    pub fn empty_auto_status(&self) -> Value {
+        json!({
+            "tokens": [],
+            "backend": "encrypted-file",
+            "key": format!("key file {}", self.default_key_file().display()),
+        })
     }
 
     /// Stores `token` (a JSON object) under `provider`/`bucket`.
@@ -272,6 +308,17 @@ impl Scratch {
             panic!("token must be a JSON object");
         };
         self.open_store()
+            .put_token(provider, bucket, &credproxy_core::Token::from_map(map))
+            .expect("seed token");
+    }
+
+    /// Stores `token` under `provider`/`bucket` with the plaintext `file`
+    /// backend (so `auto` keeps the store plaintext).
+    pub fn seed_plain_token(&self, provider: &str, bucket: &str, token: &Value) {
+        let Value::Object(map) = token.clone() else {
+            panic!("token must be a JSON object");
+        };
+        self.open_plain_store()
             .put_token(provider, bucket, &credproxy_core::Token::from_map(map))
             .expect("seed token");
     }
@@ -337,6 +384,7 @@ pub fn isolate<'c>(cmd: &'c mut Command, root: &Path, config_home: &Path) -> &'c
         .env("HOME", root)
         .env_remove("CREDPROXY_SOCKET")
         .env_remove("CREDPROXY_CAPABILITY_FILE")
+        .env_remove("CREDPROXY_STORE_KEY_FILE")
         .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
         .env_remove("LLXPRT_CREDENTIAL_SOCKET")
         .env_remove("LLXPRT_CAPABILITY_FD")

@@ -1,0 +1,474 @@
+//! Store backends: the names, the choice of `auto`, and [`Store`], the one
+//! type the driver, the effects and the CLI use.
+//!
+//! `file` (plaintext) and `encrypted-file` share the directory layout of
+//! [`FileStore`] and differ only in the bytes of each file ([`Codec`]).
+//! [`Store`] is an enum with one arm per kind of storage, dispatching the
+//! same method names as [`FileStore`]; a keyring or a PostgreSQL backend
+//! becomes one more arm.
+//!
+//! `auto` (the default) is `encrypted-file` for a new store, with the key
+//! file given, else `$XDG_CONFIG_HOME/credproxy/store.key`, created on
+//! first use (a notice says so). A store already marked encrypted is opened
+//! as `encrypted-file` (its key must exist: a new key is never made for
+//! it), and an existing store with plaintext entries keeps working as
+//! `file` (`credproxy status` says how to migrate).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use credproxy_core::{Secret, Token};
+
+use super::codec::{self, Codec};
+use super::key::{self, DataKey};
+use super::{FileStore, KEYS, KeyLock, KeyMeta, META, Replaced, StoreError, TOKENS, atomic, read};
+
+/// A backend as configured (`--store-backend`, `store_backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendName {
+    /// `encrypted-file` for a new store, an existing plaintext store as
+    /// `file`.
+    #[default]
+    Auto,
+    /// Plaintext files (mode 0600), for CI and tests.
+    File,
+    /// Each file an AES-256-GCM envelope under a key kept apart.
+    EncryptedFile,
+}
+
+impl BackendName {
+    /// The name as written in flags and the configuration file.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendName::Auto => "auto",
+            BackendName::File => "file",
+            BackendName::EncryptedFile => "encrypted-file",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the data key of an encrypted store comes from.
+#[derive(Debug, Clone, Default)]
+pub struct KeySource {
+    /// `--store-key-file`, else the configuration file's
+    /// `store_key_file`, else `CREDPROXY_STORE_KEY_FILE`.
+    pub file: Option<PathBuf>,
+    /// `--store-key-fd N`: the key text on an inherited descriptor.
+    pub fd: Option<u32>,
+    /// The `auto` backend's key file (`$XDG_CONFIG_HOME/credproxy/store.key`).
+    pub default_file: Option<PathBuf>,
+}
+
+/// Everything needed to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    /// The store directory.
+    pub root: PathBuf,
+    /// The configured backend.
+    pub backend: BackendName,
+    /// The key, for an encrypted store.
+    pub key: KeySource,
+}
+
+/// What was opened, for `status` and messages (no key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend in use: `file` or `encrypted-file`.
+    pub name: BackendName,
+    /// The configured one (`auto` when it was chosen).
+    pub configured: BackendName,
+    /// Where the key came from (`key file PATH`, `fd N`), if encrypted.
+    pub key: Option<String>,
+    /// A one-time notice (a key file was created), for stderr.
+    pub notice: Option<String>,
+}
+
+impl Backend {
+    /// `file (plaintext)` or `encrypted-file (key file PATH)`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match (&self.name, &self.key) {
+            (BackendName::EncryptedFile, Some(k)) => format!("encrypted-file ({k})"),
+            (name, _) if *name == BackendName::File => "file (plaintext)".to_owned(),
+            (name, _) => name.to_string(),
+        }
+    }
+
+    /// How to move to an encrypted store, when `auto` kept a plaintext
+    /// one (an explicit `file` needs no advice).
+    #[must_use]
+    pub fn migrate_hint(&self) -> Option<String> {
+        (self.name == BackendName::File && self.configured == BackendName::Auto)
+            .then(|| "to encrypt it: credproxy store migrate --to encrypted-file".to_owned())
+    }
+}
+
+/// The credential store, whatever its backend. The methods are those of
+/// [`FileStore`] (see there for their errors).
+#[derive(Debug)]
+pub enum Store {
+    /// The `file` or `encrypted-file` backend.
+    Files(FileStore),
+}
+
+impl From<FileStore> for Store {
+    fn from(s: FileStore) -> Store {
+        Store::Files(s)
+    }
+}
+
+impl Store {
+    /// Opens the store `spec` names, choosing for `auto`.
+    ///
+    /// # Errors
+    ///
+    /// As [`FileStore::open`], and [`StoreError::Key`] for a missing or
+    /// wrong key, or a backend that does not fit the store on disk.
+    pub fn open(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
+        let root = &spec.root;
+        let (name, key, notice) = match spec.backend {
+            BackendName::File => (BackendName::File, None, None),
+            BackendName::EncryptedFile => {
+                let (key, whence) = explicit_key(&spec.key)?.ok_or_else(|| StoreError::Key {
+                    detail: "the encrypted-file backend needs a key: --store-key-file PATH \
+                             (or CREDPROXY_STORE_KEY_FILE, or store_key_file in the \
+                             configuration file) or --store-key-fd N; create a key file with \
+                             `credproxy store init-key`"
+                        .to_owned(),
+                })?;
+                (BackendName::EncryptedFile, Some((key, whence)), None)
+            }
+            BackendName::Auto => auto_choice(spec)?,
+        };
+        let store = match key {
+            None => FileStore::open(root)?,
+            Some((key, _)) => FileStore::open_encrypted(root, key)?,
+        };
+        let about = Backend {
+            name,
+            configured: spec.backend,
+            key: store_key_label(spec, name),
+            notice,
+        };
+        Ok((Store::Files(store), about))
+    }
+
+    /// The store directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        match self {
+            Store::Files(s) => s.root(),
+        }
+    }
+
+    /// `file` or `encrypted-file`.
+    #[must_use]
+    pub fn backend_name(&self) -> BackendName {
+        match self {
+            Store::Files(s) => s.backend_name(),
+        }
+    }
+
+    /// See [`FileStore::get_token`].
+    pub fn get_token(
+        &self,
+        provider: &str,
+        bucket: &str,
+        fresh: bool,
+    ) -> Result<Option<Token>, StoreError> {
+        match self {
+            Store::Files(s) => s.get_token(provider, bucket, fresh),
+        }
+    }
+
+    /// See [`FileStore::get_token_cached`].
+    pub fn get_token_cached(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
+        match self {
+            Store::Files(s) => s.get_token_cached(provider, bucket),
+        }
+    }
+
+    /// See [`FileStore::put_token`].
+    pub fn put_token(&self, provider: &str, bucket: &str, token: &Token) -> Result<(), StoreError> {
+        match self {
+            Store::Files(s) => s.put_token(provider, bucket, token),
+        }
+    }
+
+    /// See [`FileStore::put_token_replacing`].
+    pub fn put_token_replacing(
+        &self,
+        provider: &str,
+        bucket: &str,
+        token: &Token,
+    ) -> Result<Replaced, StoreError> {
+        match self {
+            Store::Files(s) => s.put_token_replacing(provider, bucket, token),
+        }
+    }
+
+    /// See [`FileStore::delete_token`].
+    pub fn delete_token(&self, provider: &str, bucket: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Files(s) => s.delete_token(provider, bucket),
+        }
+    }
+
+    /// See [`FileStore::list_providers`].
+    pub fn list_providers(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Files(s) => s.list_providers(),
+        }
+    }
+
+    /// See [`FileStore::list_buckets`].
+    pub fn list_buckets(&self, provider: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Files(s) => s.list_buckets(provider),
+        }
+    }
+
+    /// See [`FileStore::get_api_key`].
+    pub fn get_api_key(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        match self {
+            Store::Files(s) => s.get_api_key(name),
+        }
+    }
+
+    /// See [`FileStore::list_api_keys`].
+    pub fn list_api_keys(&self) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Files(s) => s.list_api_keys(),
+        }
+    }
+
+    /// See [`FileStore::has_api_key`].
+    pub fn has_api_key(&self, name: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Files(s) => s.has_api_key(name),
+        }
+    }
+
+    /// See [`FileStore::set_api_key`].
+    pub fn set_api_key(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        match self {
+            Store::Files(s) => s.set_api_key(name, value),
+        }
+    }
+
+    /// See [`FileStore::remove_api_key`].
+    pub fn remove_api_key(&self, name: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Files(s) => s.remove_api_key(name),
+        }
+    }
+
+    /// See [`FileStore::lock_key`].
+    pub fn lock_key(
+        &self,
+        provider: &str,
+        bucket: &str,
+        wait: Duration,
+    ) -> Result<Option<KeyLock>, StoreError> {
+        match self {
+            Store::Files(s) => s.lock_key(provider, bucket, wait),
+        }
+    }
+
+    /// See [`FileStore::get_meta`].
+    pub fn get_meta(&self, provider: &str, bucket: &str) -> Result<KeyMeta, StoreError> {
+        match self {
+            Store::Files(s) => s.get_meta(provider, bucket),
+        }
+    }
+
+    /// See [`FileStore::put_meta`].
+    pub fn put_meta(&self, provider: &str, bucket: &str, meta: &KeyMeta) -> Result<(), StoreError> {
+        match self {
+            Store::Files(s) => s.put_meta(provider, bucket, meta),
+        }
+    }
+}
+
+/// The key given explicitly (fd first, then file), with where it came from.
+fn explicit_key(src: &KeySource) -> Result<Option<(DataKey, String)>, StoreError> {
+    if let Some(fd) = src.fd {
+        return key::load_fd(fd).map(|k| Some((k, format!("key on fd {fd}"))));
+    }
+    match &src.file {
+        Some(p) => key::load_file(p).map(|k| Some((k, format!("key file {}", p.display())))),
+        None => Ok(None),
+    }
+}
+
+fn store_key_label(spec: &StoreSpec, name: BackendName) -> Option<String> {
+    if name != BackendName::EncryptedFile {
+        return None;
+    }
+    let k = &spec.key;
+    Some(match (k.fd, &k.file, &k.default_file) {
+        (Some(fd), _, _) => format!("key on fd {fd}"),
+        (None, Some(p), _) | (None, None, Some(p)) => format!("key file {}", p.display()),
+        (None, None, None) => "key".to_owned(),
+    })
+}
+
+type Choice = (BackendName, Option<(DataKey, String)>, Option<String>);
+
+/// What `auto` means for the store at `spec.root`.
+fn auto_choice(spec: &StoreSpec) -> Result<Choice, StoreError> {
+    let root = &spec.root;
+    let marked = std::fs::symlink_metadata(codec::check_path(root)).is_ok();
+    if !marked && has_plaintext_entries(root) {
+        // An existing plaintext store keeps working as it is.
+        return Ok((BackendName::File, None, None));
+    }
+    if let Some(key) = explicit_key(&spec.key)? {
+        return Ok((BackendName::EncryptedFile, Some(key), None));
+    }
+    let Some(default) = &spec.key.default_file else {
+        return Err(StoreError::Key {
+            detail: "cannot place the store key: neither XDG_CONFIG_HOME nor HOME is an \
+                     absolute path; pass --store-key-file, or --store-backend file"
+                .to_owned(),
+        });
+    };
+    let whence = format!("key file {}", default.display());
+    if marked || std::fs::symlink_metadata(default).is_ok() {
+        // An encrypted store never gets a new key: that would lose it.
+        return Ok((
+            BackendName::EncryptedFile,
+            Some((key::load_file(default)?, whence)),
+            None,
+        ));
+    }
+    let key = match key::create_file(default, root) {
+        Ok(key) => key,
+        // Another process made it a moment ago: use that one.
+        Err(e) if std::fs::symlink_metadata(default).is_ok() => {
+            return key::load_file(default)
+                .map(|k| (BackendName::EncryptedFile, Some((k, whence)), None))
+                .map_err(|_| e);
+        }
+        Err(e) => return Err(e),
+    };
+    let notice = format!(
+        "created the store key {} (mode 0600): the store {} is encrypted with it; \
+         keep a copy of the key apart from the store, without it the store cannot be read",
+        default.display(),
+        root.display()
+    );
+    Ok((
+        BackendName::EncryptedFile,
+        Some((key, whence)),
+        Some(notice),
+    ))
+}
+
+/// Whether the store at `root` holds any token, metadata or API key file
+/// (temp and kept-corrupt files, whose names start with `.`, do not count).
+fn has_plaintext_entries(root: &Path) -> bool {
+    [TOKENS, META, KEYS].iter().any(|sub| {
+        std::fs::read_dir(root.join(sub)).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+        })
+    })
+}
+
+/// The open-time check of the encrypted marker: a plaintext store must
+/// not be marked, an encrypted one must open with its key; an unmarked,
+/// empty store opened encrypted is marked now.
+pub(super) fn check_marker(store: &FileStore) -> Result<(), StoreError> {
+    let path = codec::check_path(&store.root);
+    let root = store.root.display();
+    let found = read::read_private(&path, 4096)?;
+    match (&store.codec, found) {
+        (Codec::Plain, None) => Ok(()),
+        (Codec::Plain, Some(_)) => Err(StoreError::Key {
+            detail: format!(
+                "the store {root} is encrypted (backend encrypted-file); open it with \
+                 --store-backend encrypted-file or auto and its key"
+            ),
+        }),
+        (Codec::Sealed(key), Some(c)) if codec::check_opens(key, &c.bytes) => Ok(()),
+        (Codec::Sealed(_), Some(_)) => Err(StoreError::Key {
+            detail: format!(
+                "the store key does not open the store {root} (the key of another store, \
+                 or {} was changed); nothing was read or written",
+                path.display()
+            ),
+        }),
+        (Codec::Sealed(key), None) => {
+            if has_plaintext_entries(&store.root) {
+                return Err(StoreError::Key {
+                    detail: format!(
+                        "the store {root} holds plaintext entries (backend file); open it with \
+                         --store-backend file, or encrypt it with \
+                         `credproxy store migrate --to encrypted-file`"
+                    ),
+                });
+            }
+            let bytes = codec::check_bytes(key).map_err(|e| StoreError::io("encrypt", &path, e))?;
+            atomic::write_atomic(&store.root, codec::CHECK_FILE, &bytes).map(drop)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auto_spec(tmp: &Path) -> StoreSpec {
+        StoreSpec {
+            root: tmp.join("store"),
+            backend: BackendName::Auto,
+            key: KeySource {
+                default_file: Some(tmp.join("config/credproxy/store.key")),
+                ..KeySource::default()
+            },
+        }
+    }
+
+    #[test]
+    fn first_uses_at_once_agree_on_one_key_and_one_notice() {
+        for _ in 0..10 {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let spec = auto_spec(tmp.path());
+            let opened: Vec<Backend> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| Store::open(&spec).map(|(_, b)| b)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread").expect("open"))
+                    .collect()
+            });
+            assert!(opened.iter().all(|b| b.name == BackendName::EncryptedFile));
+            assert_eq!(opened.iter().filter(|b| b.notice.is_some()).count(), 1);
+            let (store, _) = Store::open(&spec).expect("reopen");
+            assert_eq!(store.backend_name(), BackendName::EncryptedFile);
+        }
+    }
+
+    #[test]
+    fn auto_never_makes_a_new_key_for_an_encrypted_store() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let spec = auto_spec(tmp.path());
+        drop(Store::open(&spec).expect("create"));
+        let key = spec.key.default_file.clone().expect("default");
+        std::fs::remove_file(&key).expect("lose the key");
+        let e = Store::open(&spec).expect_err("no key");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!key.exists(), "no new key made");
+    }
+}

@@ -1,0 +1,94 @@
+//! What a store file's bytes are: the value itself (`file` backend) or an
+//! envelope of it (`encrypted-file`, see [`super::envelope`]). The layout
+//! of the directory, the atomic writes, the locks and the cache are the
+//! same for both; only the bytes of each file differ.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::envelope::{self, Kind};
+use super::error::StoreError;
+use super::key::DataKey;
+
+/// Name of the file that marks a store as encrypted and proves a key is
+/// its key: an envelope of [`CHECK_TEXT`] (kind `check`). Holds no secret.
+pub const CHECK_FILE: &str = "encrypted.check";
+const CHECK_TEXT: &[u8] = b"credproxy encrypted-file store";
+
+/// How values are written to and read from the files.
+#[derive(Clone)]
+pub enum Codec {
+    /// As they are (the `file` backend: plaintext, mode 0600).
+    Plain,
+    /// AES-256-GCM envelopes under this key (the `encrypted-file` backend).
+    Sealed(Arc<DataKey>),
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Codec::Plain => "Plain",
+            Codec::Sealed(_) => "Sealed",
+        })
+    }
+}
+
+impl Codec {
+    /// The bytes to write for the value `plain` of entry `kind`/`parts`.
+    pub fn encode(
+        &self,
+        kind: Kind,
+        parts: &[&str],
+        plain: Zeroizing<Vec<u8>>,
+        path: &Path,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        match self {
+            Codec::Plain => Ok(plain),
+            Codec::Sealed(key) => envelope::seal(key, kind, parts, &plain)
+                .map(Zeroizing::new)
+                .map_err(|e| StoreError::io("encrypt", path, e)),
+        }
+    }
+
+    /// The value in the file bytes `bytes` of entry `kind`/`parts`.
+    pub fn decode(
+        &self,
+        kind: Kind,
+        parts: &[&str],
+        bytes: Vec<u8>,
+        path: &Path,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        match self {
+            Codec::Plain => Ok(Zeroizing::new(bytes)),
+            Codec::Sealed(key) => {
+                let bytes = Zeroizing::new(bytes);
+                envelope::open(key, kind, parts, &bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Whether the files are encrypted.
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, Codec::Sealed(_))
+    }
+}
+
+/// The check file of the store at `root`.
+pub fn check_path(root: &Path) -> PathBuf {
+    root.join(CHECK_FILE)
+}
+
+/// The check file's content for `key`.
+pub fn check_bytes(key: &DataKey) -> Result<Vec<u8>, std::io::Error> {
+    envelope::seal(key, Kind::Check, &[], CHECK_TEXT)
+}
+
+/// Whether `bytes` (the check file) opens with `key`.
+pub fn check_opens(key: &DataKey, bytes: &[u8]) -> bool {
+    envelope::open(key, Kind::Check, &[], bytes).is_ok_and(|t| t.as_slice() == CHECK_TEXT)
+}
