@@ -160,3 +160,54 @@ fn create_temp(dir: &Path, file_name: &str) -> Result<(NamedTempFile, Flock<File
         .map_err(|(_, errno)| StoreError::io("lock", tmp.path(), io::Error::from(errno)))?;
     Ok((tmp, lock))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, symlink};
+
+    use super::*;
+
+    #[test]
+    fn the_temp_file_is_0600_in_the_target_directory_locked_and_fresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A symlink planted under a temp-like name is never followed: the
+        // temp file is a new regular file beside it, mode 0600.
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"untouched").expect("write");
+        symlink(
+            &outside,
+            dir.path().join(format!("{TEMP_PREFIX}t.json.planted")),
+        )
+        .expect("ln");
+        let (tmp, lock) = create_temp(dir.path(), "t.json").expect("create");
+        let path = tmp.path().to_owned();
+        assert_eq!(path.parent(), Some(dir.path()));
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+        assert!(name.starts_with(".tmp-t.json."), "{name}");
+        assert!(is_temp_name(name));
+        let meta = fs::symlink_metadata(&path).expect("lstat");
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.mode() & 0o7777, FILE_MODE);
+        assert_eq!(meta.len(), 0);
+        // The writer's lock is held: a second exclusive lock cannot be had.
+        let other = File::open(&path).expect("open");
+        assert!(Flock::lock(other, FlockArg::LockExclusiveNonblock).is_err());
+        drop(lock);
+        drop(tmp);
+        assert!(!path.exists(), "an unused temp file is removed");
+        assert_eq!(fs::read(&outside).expect("read"), b"untouched");
+    }
+
+    #[test]
+    fn a_write_leaves_no_temp_file_and_the_target_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_atomic(dir.path(), "t.json", b"{}").expect("write");
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["t.json"]);
+        let meta = fs::symlink_metadata(dir.path().join("t.json")).expect("lstat");
+        assert_eq!(meta.mode() & 0o7777, FILE_MODE);
+    }
+}
