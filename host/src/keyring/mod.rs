@@ -9,7 +9,8 @@
 //!
 //! - [`Keyring::open`] connects within a time limit; [`probe`] says whether
 //!   and how fast a keyring answers (the `auto` store backend asks for 1 s,
-//!   [`PROBE_TIMEOUT`]).
+//!   [`PROBE_TIMEOUT`]) and whether its default collection is unlocked,
+//!   locked or missing ([`Readiness`]), without prompting.
 //! - [`Keyring::get`], [`Keyring::set`], [`Keyring::delete`] and
 //!   [`Keyring::list`] each run on a short-lived thread bounded by the
 //!   handle's call limit ([`DEFAULT_CALL_TIMEOUT`]), so a stalled daemon or
@@ -43,7 +44,7 @@ use keyring_core::{CredentialStore, Entry};
 use zeroize::Zeroizing;
 
 pub use error::{ErrorKind, KeyringError};
-pub use probe::{PROBE_TIMEOUT, Probe, probe};
+pub use probe::{PROBE_TIMEOUT, Probe, Readiness, probe};
 
 use error::from_core;
 

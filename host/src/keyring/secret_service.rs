@@ -3,7 +3,9 @@
 //!
 //! The store connects to `$DBUS_SESSION_BUS_ADDRESS` and opens an
 //! encrypted (DH) session with `org.freedesktop.secrets` when it is made;
-//! that is the "answers" of [`super::probe`]. Items are found by the
+//! [`super::probe`] does the same with the secret-service crate under it
+//! and also reads whether the default collection exists and is locked,
+//! which the store does not expose. Items are found by the
 //! attributes `service` and `username` only, in every collection, and new
 //! items go to the default collection (normally `login`), so items written
 //! by llxprt-code (same crates) and by credproxy are matched the same way.
@@ -12,16 +14,37 @@ use std::sync::Arc;
 
 use keyring_core::CredentialStore;
 use keyring_core::error::PlatformError;
-use secret_service::Error as SsError;
+use secret_service::blocking::SecretService;
+use secret_service::{EncryptionType, Error as SsError};
 use zbus::DBusError;
 
 use super::error::{ErrorKind, KeyringError, from_core};
+use super::probe::Readiness;
 
 /// Connects to the Secret Service (blocking; the caller bounds the time).
 pub(crate) fn open() -> Result<Arc<CredentialStore>, KeyringError> {
     match zbus_secret_service_keyring_store::Store::new() {
         Ok(store) => Ok(store),
         Err(e) => Err(from_core(e, "", "")),
+    }
+}
+
+/// Connects (as [`open`] does: a DH session) and reads the state of the
+/// default collection: no item is touched and nothing prompts.
+pub(crate) fn readiness() -> Result<Readiness, KeyringError> {
+    let to_error = |e: SsError| {
+        let platform: PlatformError = Box::new(e);
+        from_core(keyring_core::Error::PlatformFailure(platform), "", "")
+    };
+    let ss = SecretService::connect(EncryptionType::Dh).map_err(to_error)?;
+    match ss.get_default_collection() {
+        Ok(collection) => match collection.is_locked() {
+            Ok(true) => Ok(Readiness::Locked),
+            Ok(false) => Ok(Readiness::Unlocked),
+            Err(e) => Err(to_error(e)),
+        },
+        Err(SsError::NoResult) => Ok(Readiness::NoDefaultCollection),
+        Err(e) => Err(to_error(e)),
     }
 }
 

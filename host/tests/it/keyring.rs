@@ -78,8 +78,10 @@ fn run_op(op: &Value, keyring: &mut Option<Keyring>) -> Value {
                 v
             })
         }
-        "probe" => probe(millis(op, "timeout_ms", PROBE_TIMEOUT))
-            .map(|p| json!({"backend": p.backend.as_str(), "debug": format!("{p:?}")})),
+        "probe" => probe(millis(op, "timeout_ms", PROBE_TIMEOUT)).map(|p| {
+            json!({"backend": p.backend.as_str(), "readiness": format!("{:?}", p.readiness),
+                       "ready": p.ready(), "debug": format!("{p:?}")})
+        }),
         "get" => handle()
             .get(str_arg(op, "service"), str_arg(op, "account"))
             .map(|s| s.map_or(Value::Null, |s| json!(hex(&s)))),
@@ -229,12 +231,13 @@ fn set_get_delete_list_round_trip() {
     let keyring = TestKeyring::fresh();
     let binary: &[u8] = &[0, 1, 2, 0xff, 0xfe, b'\n', 0x80];
     let secrets = ["rt-secret-one", "rt-secret-two", "rt-secret-three"];
-    let results = run_script(
+    let mut results = run_script(
         &keyring,
         &[
             json!({"op": "open"}),
             json!({"op": "list", "service": SERVICE}),
             op("get", SERVICE, "anthropic/default"),
+            json!({"op": "probe"}),
             set(
                 "anthropic/default",
                 "credproxy: anthropic/default",
@@ -267,6 +270,9 @@ fn set_get_delete_list_round_trip() {
     assert_eq!(ok(&results[0])["backend"], "Secret Service");
     assert_eq!(ok(&results[1]), &json!([]));
     assert_eq!(ok(&results[2]), &Value::Null, "absent entry reads as None");
+    let probed = results.remove(3);
+    assert_eq!(ok(&probed)["readiness"], "Unlocked");
+    assert_eq!(ok(&probed)["ready"], true);
     for r in &results[3..6] {
         ok(r);
     }
@@ -466,6 +472,35 @@ fn no_secret_service_is_unavailable_within_the_probe_timeout() {
             "answered within the limit: {r}"
         );
     }
+}
+
+#[test]
+fn an_activated_keyring_without_a_login_keyring_is_not_ready_and_refuses_writes() {
+    let bus = TestKeyring::activatable();
+    let results = run_script(
+        &bus,
+        &[
+            json!({"op": "probe"}),
+            json!({"op": "open", "call_timeout_ms": 20_000}),
+            op("get", SERVICE, "acct"),
+            json!({"op": "list", "service": SERVICE}),
+            set("acct", "credproxy: acct", b"activated-write-secret"),
+        ],
+    );
+    assert!(
+        bus.name_has_owner(crate::support::keyring::SECRETS_NAME),
+        "activated"
+    );
+    let probed = ok(&results[0]);
+    assert_eq!(probed["readiness"], "NoDefaultCollection", "{probed}");
+    assert_eq!(probed["ready"], false);
+    ok(&results[1]);
+    assert_eq!(ok(&results[2]), &Value::Null, "nothing stored");
+    assert_eq!(ok(&results[3]), &json!([]));
+    assert_eq!(err_kind(&results[4]), "unavailable", "{}", results[4]);
+    let message = results[4]["err"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no default collection"), "{message}");
+    assert_no_secret(&results, &["activated-write-secret"]);
 }
 
 #[test]

@@ -18,6 +18,9 @@
 //! - [`TestKeyring::llxprt_fixture_locked`]: the same, "unlocked" with a
 //!   wrong password, so it stays locked.
 //! - [`TestKeyring::bus_only`]: a session bus with no Secret Service.
+//! - [`TestKeyring::activatable`]: a bus on which the first client's call
+//!   D-Bus-activates gnome-keyring with no keyring yet (a headless login
+//!   where the package is installed but nothing unlocked a keyring).
 //!
 //! A client (the `credproxy` binary, or this test binary re-run as a
 //! child by [`run_child_test`]) needs only [`TestKeyring::apply`]: the bus
@@ -101,29 +104,39 @@ pub struct TestKeyring {
 impl TestKeyring {
     /// An empty `login` keyring, unlocked with [`TEST_PASSWORD`].
     pub fn fresh() -> TestKeyring {
-        TestKeyring::start(Some((Contents::Empty, TEST_PASSWORD.to_owned())))
+        TestKeyring::start(Some((Contents::Empty, TEST_PASSWORD.to_owned())), false)
     }
 
     /// A copy of the keyring llxprt-code wrote, unlocked with its password.
     pub fn llxprt_fixture() -> TestKeyring {
-        TestKeyring::start(Some((Contents::LlxprtFixture, fixture_password())))
+        TestKeyring::start(Some((Contents::LlxprtFixture, fixture_password())), false)
     }
 
     /// A copy of the fixture keyring given a wrong password: it stays locked.
     pub fn llxprt_fixture_locked() -> TestKeyring {
-        TestKeyring::start(Some((
-            Contents::LlxprtFixture,
-            "not-the-fixture-password".to_owned(),
-        )))
+        TestKeyring::start(
+            Some((
+                Contents::LlxprtFixture,
+                "not-the-fixture-password".to_owned(),
+            )),
+            false,
+        )
     }
 
     /// A session bus on which nothing owns `org.freedesktop.secrets` (and
     /// nothing can be activated to).
     pub fn bus_only() -> TestKeyring {
-        TestKeyring::start(None)
+        TestKeyring::start(None, false)
     }
 
-    fn start(keyring: Option<(Contents, String)>) -> TestKeyring {
+    /// A session bus that starts `gnome-keyring-daemon --start` by D-Bus
+    /// activation when a client first calls `org.freedesktop.secrets`; no
+    /// keyring files, nothing unlocked.
+    pub fn activatable() -> TestKeyring {
+        TestKeyring::start(None, true)
+    }
+
+    fn start(keyring: Option<(Contents, String)>, activatable: bool) -> TestKeyring {
         let dbus_daemon = require_tool("dbus-daemon", "dbus");
         let dir = tempfile::Builder::new()
             .prefix("cpkr")
@@ -136,17 +149,31 @@ impl TestKeyring {
         let socket = root.join("bus");
         let address = format!("unix:path={}", socket.display());
         let config = root.join("bus.conf");
-        fs::write(&config, bus_config(&address)).expect("write bus.conf");
+        let services = if activatable {
+            let dir = root.join("services");
+            mkdir(&dir, 0o700);
+            let daemon = require_tool("gnome-keyring-daemon", "gnome-keyring");
+            let unit = format!(
+                "[D-BUS Service]\nName={SECRETS_NAME}\nExec={} --start --foreground \
+                 --components=secrets\n",
+                daemon.display()
+            );
+            fs::write(dir.join(format!("{SECRETS_NAME}.service")), unit).expect("service file");
+            Some(dir)
+        } else {
+            None
+        };
+        fs::write(&config, bus_config(&address, services.as_deref())).expect("write bus.conf");
         let bus_log = fs::File::create(root.join("dbus-daemon.log")).expect("bus log");
-        let bus = Command::new(dbus_daemon)
-            .arg("--nofork")
+        let mut bus = Command::new(dbus_daemon);
+        bus.arg("--nofork")
             .arg(format!("--config-file={}", config.display()))
-            .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(bus_log)
-            .spawn()
-            .expect("start dbus-daemon");
+            .stderr(bus_log);
+        // What an activated daemon inherits.
+        private_env(&mut bus, root);
+        let bus = bus.spawn().expect("start dbus-daemon");
         let mut me = TestKeyring {
             dir,
             address,
@@ -196,16 +223,10 @@ impl TestKeyring {
             }
         }
         let log = fs::File::create(root.join("gnome-keyring.log")).expect("daemon log");
-        let mut daemon = Command::new(gnome_keyring)
-            .args(["--foreground", "--unlock", "--components=secrets"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("LANG", "C")
-            .env("HOME", root.join("home"))
-            .env("XDG_RUNTIME_DIR", root.join("run"))
-            .env("XDG_DATA_HOME", root.join("data"))
-            .env("XDG_CONFIG_HOME", root.join("config"))
-            .env("XDG_CACHE_HOME", root.join("cache"))
+        let mut daemon = Command::new(gnome_keyring);
+        daemon.args(["--foreground", "--unlock", "--components=secrets"]);
+        private_env(&mut daemon, &root);
+        let mut daemon = daemon
             .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
             .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("dup log"))
@@ -277,6 +298,14 @@ impl TestKeyring {
             .env_remove("WAYLAND_DISPLAY")
     }
 
+    /// The PID of the process owning `name` on this bus, if any.
+    pub fn owner_pid(&self, name: &str) -> Option<u32> {
+        let conn = self.connect().ok()?;
+        let proxy = zbus::blocking::fdo::DBusProxy::new(&conn).ok()?;
+        let name = zbus::names::BusName::try_from(name).ok()?;
+        proxy.get_connection_unix_process_id(name).ok()
+    }
+
     /// The gnome-keyring daemon's PID (to stop or freeze it in a test).
     pub fn daemon_pid(&self) -> Pid {
         let daemon = self.daemon.as_ref().expect("this bus has a keyring daemon");
@@ -305,16 +334,36 @@ impl Drop for TestKeyring {
     fn drop(&mut self) {
         if let Some(daemon) = self.daemon.as_mut() {
             stop(daemon);
+        } else if let Some(pid) = self.owner_pid(SECRETS_NAME) {
+            // An activated daemon (the bus's child, which reaps it).
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
         }
         stop(&mut self.bus);
     }
 }
 
+/// An empty environment but for the private directories under `root`.
+fn private_env(cmd: &mut Command, root: &Path) {
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LANG", "C")
+        .env("HOME", root.join("home"))
+        .env("XDG_RUNTIME_DIR", root.join("run"))
+        .env("XDG_DATA_HOME", root.join("data"))
+        .env("XDG_CONFIG_HOME", root.join("config"))
+        .env("XDG_CACHE_HOME", root.join("cache"));
+}
+
 /// A session bus that listens only on `address`, allows everything between
-/// its own clients, and has no service directories: nothing is ever
-/// activated (so an unanswered name stays unanswered, and no prompter or
-/// second keyring daemon can start).
-fn bus_config(address: &str) -> String {
+/// its own clients, and has no service directory but `services` (if any):
+/// nothing else is ever activated (so an unanswered name stays unanswered,
+/// and no prompter or second keyring daemon can start).
+fn bus_config(address: &str, services: Option<&Path>) -> String {
+    let servicedir = services
+        .map(|d| format!("  <servicedir>{}</servicedir>\n", d.display()))
+        .unwrap_or_default();
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -322,7 +371,7 @@ fn bus_config(address: &str) -> String {
   <type>session</type>
   <listen>{address}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
+{servicedir}  <policy context="default">
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
