@@ -9,8 +9,9 @@
 //! Reads use linux-keyutils directly rather than its keyring-core store:
 //! that store's read re-links the key into the session and persistent
 //! keyrings (a write), and it cannot list. Like llxprt's library, opening
-//! links the persistent keyring into the session keyring when the kernel
-//! has one, so keys from an earlier login session are found.
+//! links the user's persistent keyring into the session keyring (the
+//! kernel creates it if missing; it expires after 3 days unused), so keys
+//! from an earlier login session are found.
 
 use linux_keyutils::{KeyError, KeyRing, KeyRingIdentifier, LinkNode};
 use zeroize::Zeroizing;
@@ -61,7 +62,7 @@ impl Kernel {
                 return Ok(None);
             }
             Err(KeyError::AccessDenied) => {
-                return Err(KeyringError::Locked(format!(
+                return Err(KeyringError::Other(format!(
                     "kernel keyring: access to the key for service {service:?}, account \
                      {account:?} denied"
                 )));

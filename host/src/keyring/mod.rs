@@ -24,6 +24,9 @@
 //!   the platform crates make on the way (D-Bus messages, the session's
 //!   AES buffers) are outside this module's reach.
 //! - Errors are a [`KeyringError`]: unavailable, locked, not found, other.
+//! - Open once and keep the handle: each [`Keyring::open`] connects to the
+//!   bus and negotiates an encrypted session (a Diffie-Hellman exchange);
+//!   the calls on a handle reuse it.
 
 mod deadline;
 mod error;
@@ -146,6 +149,7 @@ fn label_modifier(label: &str) -> Option<(&'static str, &str)> {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn read_only(backend: Backend, what: &str) -> KeyringError {
     KeyringError::Other(format!(
         "{what} refused: credproxy only reads the {backend} (to import what \

@@ -618,7 +618,7 @@ fn figures() {
     let absent = run_script(&bus, &none);
     let absent: Vec<Duration> = absent.iter().map(elapsed).collect();
     eprintln!(
-        "keyring figures (gnome-keyring on a private bus, {N} calls each):\n  \
+        "keyring figures (gnome-keyring on a private bus; 20 probes, {N} sets and gets):\n  \
          probe, daemon running: {}\n  probe, no Secret Service: {}\n  \
          set: {}\n  get: {}\n  list (10 items): {:?}",
         percentiles(timings(&results, "probe")),
