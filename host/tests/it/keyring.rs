@@ -100,6 +100,24 @@ fn run_op(op: &Value, keyring: &mut Option<Keyring>) -> Value {
             .delete(str_arg(op, "service"), str_arg(op, "account"))
             .map(|()| Value::Null),
         "list" => handle().list(str_arg(op, "service")).map(|a| json!(a)),
+        // The same read from several threads at once on one handle.
+        "get_parallel" => {
+            let k = handle();
+            let (service, account) = (str_arg(op, "service"), str_arg(op, "account"));
+            std::thread::scope(|scope| {
+                let reads: Vec<_> = (0..op["threads"].as_u64().unwrap_or(8))
+                    .map(|_| scope.spawn(|| k.get(service, account)))
+                    .collect();
+                reads
+                    .into_iter()
+                    .map(|r| {
+                        let secret = r.join().expect("reader thread")?;
+                        Ok(secret.map_or(Value::Null, |s| json!(hex(&s))))
+                    })
+                    .collect::<Result<Vec<Value>, KeyringError>>()
+                    .map(Value::Array)
+            })
+        }
         other => panic!("unknown op {other}"),
     };
     let elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -168,7 +186,11 @@ fn elapsed(result: &Value) -> Duration {
 /// message, a `Debug` or a list.
 fn assert_no_secret(results: &[Value], secrets: &[&str]) {
     for r in results {
-        if matches!(r["op"].as_str(), Some("get" | "get_string")) && r.get("ok").is_some() {
+        let read = matches!(
+            r["op"].as_str(),
+            Some("get" | "get_string" | "get_parallel")
+        );
+        if read && r.get("ok").is_some() {
             continue;
         }
         let text = r.to_string();
@@ -227,6 +249,12 @@ fn item_by_secret_tool(keyring: &TestKeyring, account: &str) -> (String, BTreeMa
 }
 
 #[test]
+#[should_panic(expected = "install the Debian package `credproxy-test-package`")]
+fn a_missing_tool_fails_naming_its_package() {
+    require_tool("credproxy-no-such-tool", "credproxy-test-package");
+}
+
+#[test]
 fn set_get_delete_list_round_trip() {
     let keyring = TestKeyring::fresh();
     let binary: &[u8] = &[0, 1, 2, 0xff, 0xfe, b'\n', 0x80];
@@ -250,6 +278,8 @@ fn set_get_delete_list_round_trip() {
             ),
             set("binary", "credproxy: binary", binary),
             op("get", SERVICE, "anthropic/default"),
+            json!({"op": "get_parallel", "service": SERVICE, "account": "key/openai",
+                   "threads": 8}),
             op("get_string", SERVICE, "key/openai"),
             op("get", SERVICE, "binary"),
             op("get_string", SERVICE, "binary"),
@@ -277,6 +307,12 @@ fn set_get_delete_list_round_trip() {
         ok(r);
     }
     assert_eq!(ok(&results[6]), &json!(hex(secrets[0].as_bytes())));
+    let parallel = results.remove(7);
+    assert_eq!(
+        ok(&parallel),
+        &json!(vec![hex(secrets[1].as_bytes()); 8]),
+        "8 threads, one handle"
+    );
     assert_eq!(ok(&results[7]), &json!(hex(secrets[1].as_bytes())));
     assert_eq!(
         ok(&results[8]),
