@@ -255,6 +255,23 @@ fn a_missing_tool_fails_naming_its_package() {
 }
 
 #[test]
+fn the_harness_stops_both_daemons_on_drop() {
+    let keyring = TestKeyring::fresh();
+    let pids = [keyring.bus_pid(), keyring.daemon_pid()];
+    // A frozen daemon too: the drop resumes it to stop it.
+    nix::sys::signal::kill(pids[1], nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    drop(keyring);
+    for pid in pids {
+        // Stopped and reaped: the PID no longer names a process of ours.
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH),
+            "{pid}"
+        );
+    }
+}
+
+#[test]
 fn set_get_delete_list_round_trip() {
     let keyring = TestKeyring::fresh();
     let binary: &[u8] = &[0, 1, 2, 0xff, 0xfe, b'\n', 0x80];

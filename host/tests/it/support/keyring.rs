@@ -306,6 +306,11 @@ impl TestKeyring {
         proxy.get_connection_unix_process_id(name).ok()
     }
 
+    /// The dbus-daemon's PID.
+    pub fn bus_pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.bus.id()).expect("pid fits i32"))
+    }
+
     /// The gnome-keyring daemon's PID (to stop or freeze it in a test).
     pub fn daemon_pid(&self) -> Pid {
         let daemon = self.daemon.as_ref().expect("this bus has a keyring daemon");
