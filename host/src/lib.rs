@@ -5,7 +5,7 @@
 //! effects and listeners on smol ([`driver`]), executes its effects against the embedded file
 //! store ([`store`], [`effects`], [`locks`]), over HTTP ([`http_client`])
 //! and with a loopback redirect listener ([`loopback`]), writes the audit
-//! log ([`audit_log`]), hardens the process ([`harden`]), reads the
+//! log ([`audit_log`]), reaches the OS keyring ([`keyring`]), hardens the process ([`harden`]), reads the
 //! configuration file ([`config`]) and provides the `credproxy` command
 //! line ([`cli`]) with its load generator ([`bench`]).
 
@@ -23,6 +23,7 @@ pub mod fd_limit;
 pub mod harden;
 pub mod http_client;
 pub mod import;
+pub mod keyring;
 pub mod locks;
 pub mod loopback;
 pub mod serve;

@@ -39,6 +39,7 @@ mod hostile_frames;
 mod hostile_load;
 mod import_llxprt;
 mod io_threads;
+mod keyring;
 mod loopback_listener;
 mod peer;
 mod socket;

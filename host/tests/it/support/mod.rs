@@ -22,11 +22,13 @@
 //! The helpers of one suite each are submodules: [`conformance`] (the
 //! self-contained black-box checklist), [`effects`] (canned HTTP servers
 //! for the effect executor), [`hostile`] (the server under attack and a
-//! witness) and [`oauth_server`] (a real OAuth authorization server).
+//! witness), [`keyring`] (a private gnome-keyring Secret Service) and
+//! [`oauth_server`] (a real OAuth authorization server).
 
 pub mod conformance;
 pub mod effects;
 pub mod hostile;
+pub mod keyring;
 pub mod matcher;
 pub mod oauth_server;
 
