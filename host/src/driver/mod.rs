@@ -32,7 +32,6 @@
 mod async_conn;
 mod audit_queue;
 mod io_thread;
-mod poller;
 mod socket_conn;
 mod state;
 
