@@ -32,6 +32,7 @@
 mod async_conn;
 mod audit_queue;
 mod io_thread;
+mod proto_models;
 mod socket_conn;
 mod state;
 
@@ -165,6 +166,8 @@ pub struct Driver<R> {
     /// The loop's timer and the instant it is set to.
     timer: Timer,
     timer_at: Option<Instant>,
+    /// TEMPORARY: the flusher of the thread-per-connection model.
+    flusher: Option<proto_models::Flusher>,
 }
 
 impl<R: CryptoRng + Send + 'static> Driver<R> {
@@ -205,6 +208,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             next_loopback: Rc::new(Cell::new(1)),
             timer: Timer::never(),
             timer_at: None,
+            flusher: None,
         }
     }
 
@@ -316,7 +320,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 on_close,
                 peer,
             } => self.open(ex, reader, writer, on_close, peer),
-            Event::OpenSocket { stream, peer } => self.open_socket(io, stream, peer),
+            Event::OpenSocket { stream, peer } => self.open_socket(ex, io, stream, peer),
             Event::Refused { reason } => {
                 let ev = credproxy_core::AuditEvent::new(
                     credproxy_core::Level::Warn,
@@ -345,7 +349,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
     }
 
     /// Registers a connection with the engine; `None` when it refused it.
-    fn register(&self, peer: Peer, owner: Option<Arc<io_thread::Handle>>) -> Option<Registered> {
+    fn register(&self, peer: Peer, owner: state::Owner) -> Option<Registered> {
         let (outbox_tx, outbox) = unbounded();
         let flow = Arc::new(Flow {
             unsent: AtomicUsize::new(0),
@@ -376,7 +380,8 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         on_close: OnClose,
         peer: Peer,
     ) {
-        let Some(Registered { conn, outbox, flow }) = self.register(peer, None) else {
+        let Some(Registered { conn, outbox, flow }) = self.register(peer, state::Owner::Task)
+        else {
             on_close();
             return;
         };
@@ -391,13 +396,44 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             events: self.events.clone(),
             alive: self.writers_alive.clone(),
         };
-        ex.spawn(task.run()).detach();
+        if proto_models::model() == proto_models::Model::SmolMt {
+            proto_models::mt_executor(self.io_threads.get())
+                .spawn(task.run())
+                .detach();
+        } else {
+            ex.spawn(task.run()).detach();
+        }
     }
 
     /// Registers a socket connection and hands it to an I/O thread.
-    fn open_socket(&mut self, io: &IoThreads, stream: std::os::unix::net::UnixStream, peer: Peer) {
+    fn open_socket(
+        &mut self,
+        ex: &LocalExecutor<'_>,
+        io: &IoThreads,
+        stream: std::os::unix::net::UnixStream,
+        peer: Peer,
+    ) {
+        match proto_models::model() {
+            proto_models::Model::Mio => {}
+            proto_models::Model::SmolLocal | proto_models::Model::SmolMt => {
+                let Ok(s) = async_net::unix::UnixStream::try_from(stream) else {
+                    return;
+                };
+                let (r, w) = (s.clone(), s.clone());
+                let on_close: OnClose = Box::new(move || {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+                self.open(ex, Box::pin(r), Box::pin(w), on_close, peer);
+                return;
+            }
+            proto_models::Model::Threads => {
+                self.open_thread(stream, peer);
+                return;
+            }
+        }
         let owner = io.pick();
-        let Some(Registered { conn, outbox, flow }) = self.register(peer, Some(owner.clone()))
+        let Some(Registered { conn, outbox, flow }) =
+            self.register(peer, state::Owner::Thread(owner.clone()))
         else {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
@@ -405,6 +441,50 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         match SocketConn::new(conn, stream, outbox, flow, self.writers_alive.clone()) {
             Ok(socket) => IoThreads::adopt(&owner, socket),
             Err(_) => self.with_state(|s, now| s.connection_gone(conn, now)),
+        }
+    }
+
+    /// TEMPORARY: a thread per connection (`proto_models.rs`).
+    fn open_thread(&mut self, stream: std::os::unix::net::UnixStream, peer: Peer) {
+        let flusher = self
+            .flusher
+            .get_or_insert_with(|| proto_models::start_flusher(self.shared.clone()))
+            .clone();
+        // The connection's writing side needs its engine id: register
+        // under the lock by hand.
+        let (outbox_tx, outbox) = unbounded();
+        let flow = Arc::new(Flow {
+            unsent: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+        });
+        let mut opened = None;
+        let shared = self.shared.clone();
+        self.with_state(|state, now| {
+            if let Ok(conn) = state.engine.handle_open(peer, now) {
+                state.served_one = true;
+                let Ok(tc) = proto_models::thread_conn(conn, &stream, outbox.clone(), flow.clone())
+                else {
+                    return;
+                };
+                state.conns.insert(
+                    conn,
+                    ConnIo {
+                        outbox: outbox_tx.clone(),
+                        flow: flow.clone(),
+                        owner: state::Owner::Own(tc.clone(), flusher.clone()),
+                    },
+                );
+                opened = Some(tc);
+            }
+        });
+        let Some(tc) = opened else {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        };
+        // The handshake reply may be queued already.
+        let _ = flusher.try_send(tc.clone());
+        if proto_models::spawn(tc, stream, shared, self.writers_alive.clone()).is_err() {
+            eprintln!("credproxy: cannot spawn a connection thread");
         }
     }
 

@@ -55,14 +55,26 @@ pub(super) struct ConnIo {
     pub flow: Arc<Flow>,
     /// The I/O thread serving a socket connection, told when the outbox
     /// has something (an async connection's task waits on the outbox).
-    pub owner: Option<Arc<Handle>>,
+    pub owner: Owner,
+}
+
+/// Who writes a connection's outbox (TEMPORARY: the benchmark's models).
+pub(super) enum Owner {
+    /// An async task waiting on the outbox.
+    Task,
+    /// An I/O thread.
+    Thread(Arc<Handle>),
+    /// A thread per connection (`proto_models.rs`).
+    Own(Arc<super::proto_models::ThreadConn>, super::proto_models::Flusher),
 }
 
 impl ConnIo {
     fn push(&self, conn: ConnId, item: Outgoing) {
         let _ = self.outbox.try_send(item);
-        if let Some(owner) = &self.owner {
-            owner.mark_dirty(conn);
+        match &self.owner {
+            Owner::Task => {}
+            Owner::Thread(owner) => owner.mark_dirty(conn),
+            Owner::Own(c, flusher) => c.pushed(flusher),
         }
     }
 }
