@@ -110,7 +110,8 @@ pub enum Event {
     EffectDone(EffectId, EffectResult),
     /// The engine's next deadline moved earlier than the loop's timer.
     Rearm,
-    /// A bridged connection ended (everything written to its writer).
+    /// A bridged connection ended (everything written to its writer), or
+    /// the last connection was removed.
     ConnectionEnded,
     /// A loopback listener received a `GET`. The `target` (path and query)
     /// holds an authorization code and `state`: never log it.

@@ -233,6 +233,7 @@ impl<R: CryptoRng> State<R> {
     pub fn forget(&mut self, conn: ConnId) {
         if let Some(io) = self.conns.remove(&conn) {
             io.push(conn, Outgoing::Close);
+            self.removed();
         }
     }
 
@@ -240,7 +241,20 @@ impl<R: CryptoRng> State<R> {
     /// driver forget it; its I/O thread closes it.
     pub fn connection_gone(&mut self, conn: ConnId, now: Now) {
         self.engine.handle_connection_gone(conn, now);
-        self.conns.remove(&conn);
+        if self.conns.remove(&conn).is_some() {
+            self.removed();
+        }
+    }
+
+    /// Wakes the loop task when the last connection is gone, so that a
+    /// single-connection driver (stdio) ends whichever thread removed it
+    /// and in whatever order its bridge finished (a failed write to the
+    /// writing half ends the bridge before the I/O thread sees the
+    /// connection fail).
+    fn removed(&self) {
+        if self.conns.is_empty() {
+            let _ = self.events.try_send(Event::ConnectionEnded);
+        }
     }
 
     /// Queues a close on every connection.
