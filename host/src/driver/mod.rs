@@ -1,15 +1,15 @@
 //! The driver: runs the engine and executes its outputs.
 //!
 //! The [`Engine`] lives behind one lock (`state.rs`); whoever holds it drives
-//! the engine and routes its outputs. Unix socket connections are served by
-//! the I/O threads (`io_thread.rs`, `socket_conn.rs`): each owns its
-//! connections and its own poller, reads, drives the engine with what it
-//! read, and writes the replies itself — the `get_token` hot path (read,
+//! the engine and routes its outputs. Every connection is served by the
+//! I/O threads (`io_thread.rs`, `socket_conn.rs`): each owns its
+//! connections and its own `mio` poller, reads, drives the engine with what
+//! it read, and writes the replies itself — the `get_token` hot path (read,
 //! decode, a store cache hit, encode, write) runs on one thread without
 //! waking another, and connections on different threads are served on
-//! different cores at once. Other streams (stdio, embedders' boxed
-//! `AsyncRead`/`AsyncWrite` halves) get a task on the loop's executor
-//! (`async_conn.rs`) that does the same with async I/O.
+//! different cores at once. Streams that are not sockets (stdio,
+//! embedders' boxed `AsyncRead`/`AsyncWrite` halves) are bridged onto a
+//! socket pair (`bridge.rs`) and served by the same code.
 //!
 //! The loop task ([`Driver::run`], on the caller's [`LocalExecutor`]) does
 //! the rest: it registers new connections, sleeps until the engine's next
@@ -26,13 +26,11 @@
 //! listeners stop, every held store lock is released, and the connections
 //! get a bounded time to flush the replies already produced.
 //!
-//! Back-pressure and fairness are per connection: see `socket_conn.rs` and
-//! `async_conn.rs`.
+//! Back-pressure and fairness are per connection: see `socket_conn.rs`.
 
-mod async_conn;
 mod audit_queue;
+mod bridge;
 mod io_thread;
-mod poller;
 mod socket_conn;
 mod state;
 
@@ -53,7 +51,6 @@ use smol::channel::{Receiver, Sender, bounded, unbounded};
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{LocalExecutor, Timer};
 
-use self::async_conn::AsyncConn;
 use self::io_thread::IoThreads;
 pub use self::io_thread::default_threads;
 use self::socket_conn::SocketConn;
@@ -81,13 +78,15 @@ pub type OnClose = Box<dyn FnOnce() + Send>;
 
 /// Something for the loop task.
 pub enum Event {
-    /// A transport accepted a connection.
+    /// A transport accepted a connection over a pair of streams (bridged
+    /// onto a socket pair and served like a socket, see `bridge.rs`).
     Open {
         /// Reading half.
         reader: Reader,
         /// Writing half.
         writer: Writer,
-        /// Run after the final flush.
+        /// Run once everything the connection wrote has been written to
+        /// `writer` and it is closed.
         on_close: OnClose,
         /// Who is connected.
         peer: Peer,
@@ -111,7 +110,8 @@ pub enum Event {
     EffectDone(EffectId, EffectResult),
     /// The engine's next deadline moved earlier than the loop's timer.
     Rearm,
-    /// A connection's task ended.
+    /// A bridged connection ended (everything written to its writer), or
+    /// the last connection was removed.
     ConnectionEnded,
     /// A loopback listener received a `GET`. The `target` (path and query)
     /// holds an authorization code and `state`: never log it.
@@ -155,8 +155,9 @@ pub struct Driver<R> {
     io_threads: NonZeroUsize,
     /// The I/O threads, once started.
     io: Option<IoThreads>,
-    /// Cloned into every connection task and dropped when it ends, so the
-    /// receiver sees the channel close once every connection has flushed.
+    /// Cloned into every connection (and bridge) and dropped when it has
+    /// written its last bytes, so the receiver sees the channel close once
+    /// every connection has flushed.
     writers_alive: Sender<()>,
     writers_done: Receiver<()>,
     /// Running loopback listeners by port.
@@ -316,7 +317,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 writer,
                 on_close,
                 peer,
-            } => self.open(ex, reader, writer, on_close, peer),
+            } => self.open(ex, io, (reader, writer), on_close, peer),
             Event::OpenSocket { stream, peer } => self.open_socket(io, stream, peer),
             Event::Refused { reason } => {
                 let ev = credproxy_core::AuditEvent::new(
@@ -346,7 +347,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
     }
 
     /// Registers a connection with the engine; `None` when it refused it.
-    fn register(&self, peer: Peer, owner: Option<Arc<io_thread::Handle>>) -> Option<Registered> {
+    fn register(&self, peer: Peer, owner: Arc<io_thread::Handle>) -> Option<Registered> {
         let (outbox_tx, outbox) = unbounded();
         let flow = Arc::new(Flow {
             unsent: AtomicUsize::new(0),
@@ -368,38 +369,36 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         opened.map(|conn| Registered { conn, outbox, flow })
     }
 
-    /// Registers a stream connection and starts its task on `ex`.
+    /// Registers a stream connection: one end of a socket pair is served
+    /// as a socket, the other bridged to the halves.
     fn open(
         &mut self,
         ex: &LocalExecutor<'_>,
-        reader: Reader,
-        writer: Writer,
+        io: &IoThreads,
+        halves: (Reader, Writer),
         on_close: OnClose,
         peer: Peer,
     ) {
-        let Some(Registered { conn, outbox, flow }) = self.register(peer, None) else {
-            on_close();
+        let (inner, outer) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(_) => {
+                on_close();
+                return;
+            }
+        };
+        // The bridge first: the connection's first bytes (the handshake
+        // reply) must find a reader.
+        let alive = self.writers_alive.clone();
+        if bridge::spawn(ex, outer, halves, on_close, alive, self.events.clone()).is_err() {
             return;
-        };
-        let task = AsyncConn {
-            conn,
-            reader,
-            writer,
-            on_close,
-            shared: self.shared.clone(),
-            outbox,
-            flow,
-            events: self.events.clone(),
-            alive: self.writers_alive.clone(),
-        };
-        ex.spawn(task.run()).detach();
+        }
+        self.open_socket(io, inner, peer);
     }
 
     /// Registers a socket connection and hands it to an I/O thread.
     fn open_socket(&mut self, io: &IoThreads, stream: std::os::unix::net::UnixStream, peer: Peer) {
         let owner = io.pick();
-        let Some(Registered { conn, outbox, flow }) = self.register(peer, Some(owner.clone()))
-        else {
+        let Some(Registered { conn, outbox, flow }) = self.register(peer, owner.clone()) else {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         };

@@ -2,8 +2,8 @@
 //! outboxes, and the execution of the engine's outputs (the drain
 //! contract of the core).
 //!
-//! Whoever holds the lock drives the engine: a connection task with the
-//! bytes it read, or the loop task with a timer, an effect result or a new
+//! Whoever holds the lock drives the engine: an I/O thread with the
+//! bytes a connection read, or the loop task with a timer, an effect result or a new
 //! connection. Every handler is followed by [`State::drain`], so the
 //! engine's output queue is empty whenever the lock is free. Outputs are
 //! routed under the lock — bytes into the target connection's outbox (a
@@ -14,7 +14,7 @@
 //! are written and the cache lookups done (each costs a system call that
 //! would otherwise hold up every other connection), their results handed
 //! to the engine under the lock again; sockets are written by the
-//! connections' tasks.
+//! connections' I/O threads.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ use crate::clock::Clock;
 use crate::effects::Executor;
 use crate::loopback;
 
-/// What a connection's task is told by whoever drains the engine.
+/// What a connection's I/O thread is told by whoever drains the engine.
 pub(super) enum Outgoing {
     /// Bytes to write, in order.
     Bytes(Vec<u8>),
@@ -40,7 +40,7 @@ pub(super) enum Outgoing {
     Close,
 }
 
-/// Flags shared by a connection's task and the engine's side.
+/// Flags shared by a connection's I/O thread and the engine's side.
 pub(super) struct Flow {
     /// Bytes queued in the outbox and not yet written.
     pub unsent: AtomicUsize,
@@ -48,26 +48,23 @@ pub(super) struct Flow {
     pub paused: AtomicBool,
 }
 
-/// The engine's side of a connection. Dropping it closes the outbox,
-/// which ends an async connection's task.
+/// The engine's side of a connection.
 pub(super) struct ConnIo {
     pub outbox: Sender<Outgoing>,
     pub flow: Arc<Flow>,
-    /// The I/O thread serving a socket connection, told when the outbox
-    /// has something (an async connection's task waits on the outbox).
-    pub owner: Option<Arc<Handle>>,
+    /// The I/O thread serving the connection, told when the outbox has
+    /// something.
+    pub owner: Arc<Handle>,
 }
 
 impl ConnIo {
     fn push(&self, conn: ConnId, item: Outgoing) {
         let _ = self.outbox.try_send(item);
-        if let Some(owner) = &self.owner {
-            owner.mark_dirty(conn);
-        }
+        self.owner.mark_dirty(conn);
     }
 }
 
-/// What the loop task and the connections' tasks share.
+/// What the loop task and the I/O threads share.
 pub(super) struct Shared<R> {
     /// The engine lock.
     pub state: Mutex<State<R>>,
@@ -92,7 +89,7 @@ pub(super) fn lock<R>(state: &Mutex<State<R>>) -> MutexGuard<'_, State<R>> {
 pub(super) enum Caller {
     /// The loop task, which re-arms its timer itself.
     Loop,
-    /// A connection's task: the loop task is woken if its timer must fire
+    /// An I/O thread: the loop task is woken if its timer must fire
     /// earlier.
     Connection,
 }
@@ -133,7 +130,7 @@ pub(super) fn drive<R: CryptoRng>(
     }
 }
 
-/// Accounts for `n` bytes a connection's task wrote; resumes reading once
+/// Accounts for `n` bytes a connection's I/O thread wrote; resumes reading once
 /// the backlog is below the limit again (checked again under the lock,
 /// where the pause was decided).
 pub(super) fn written<R: CryptoRng>(shared: &Shared<R>, conn: ConnId, flow: &Flow, n: usize) {
@@ -231,19 +228,33 @@ impl<R: CryptoRng> State<R> {
         std::mem::take(&mut self.lookups)
     }
 
-    /// Drops the connection's outbox after queueing a close: its task
+    /// Drops the connection's outbox after queueing a close: its I/O thread
     /// writes what is queued, closes, and ends.
     pub fn forget(&mut self, conn: ConnId) {
         if let Some(io) = self.conns.remove(&conn) {
             io.push(conn, Outgoing::Close);
+            self.removed();
         }
     }
 
     /// The connection failed (a read or write error): the engine and the
-    /// driver forget it; its task closes it.
+    /// driver forget it; its I/O thread closes it.
     pub fn connection_gone(&mut self, conn: ConnId, now: Now) {
         self.engine.handle_connection_gone(conn, now);
-        self.conns.remove(&conn);
+        if self.conns.remove(&conn).is_some() {
+            self.removed();
+        }
+    }
+
+    /// Wakes the loop task when the last connection is gone, so that a
+    /// single-connection driver (stdio) ends whichever thread removed it
+    /// and in whatever order its bridge finished (a failed write to the
+    /// writing half ends the bridge before the I/O thread sees the
+    /// connection fail).
+    fn removed(&self) {
+        if self.conns.is_empty() {
+            let _ = self.events.try_send(Event::ConnectionEnded);
+        }
     }
 
     /// Queues a close on every connection.

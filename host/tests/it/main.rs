@@ -18,6 +18,7 @@ mod support;
 
 mod audit;
 mod bench;
+mod bridge;
 mod browser_login;
 mod cli_call;
 mod cli_keys;
