@@ -25,19 +25,20 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 use std::time::Duration;
 
 use credproxy_core::frame::FrameDecoder;
 use credproxy_unix::client::proto;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
+
+use super::http_stub::{self, HttpStub, Mode, read_request};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_credproxy");
@@ -654,33 +655,25 @@ type Handler = dyn Fn(&Req, usize) -> Resp + Send + Sync;
 /// its index among the requests to the same path (0-based); each request is
 /// served on its own thread, so a handler may block (see [`Gate`]).
 pub struct Stub {
-    port: u16,
+    stub: HttpStub,
     log: Arc<Mutex<Vec<Req>>>,
 }
 
 impl Stub {
     /// Starts a stub answering with `handler`.
     pub fn start(handler: impl Fn(&Req, usize) -> Resp + Send + Sync + 'static) -> Stub {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stub");
-        let port = listener.local_addr().expect("addr").port();
         let log: Arc<Mutex<Vec<Req>>> = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
         let log2 = log.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let log = log2.clone();
-                let handler = handler.clone();
-                thread::spawn(move || serve_one(stream, &log, &*handler));
-            }
+        let stub = HttpStub::start(Mode::Threaded, usize::MAX, move |stream, _| {
+            serve_one(stream, &log2, &handler);
         });
-        Stub { port, log }
+        Stub { stub, log }
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
     #[must_use]
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.stub.url(path)
     }
 
     /// Every request so far.
@@ -713,24 +706,17 @@ impl Stub {
 }
 
 fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
-    let _ = stream.set_read_timeout(Some(WAIT));
-    let Some(got) = super::effects::read_request(&mut stream) else {
+    let Ok(got) = read_request(&mut stream) else {
         return;
     };
-    let (method, target, body) = (got.method, got.target, got.body);
-    let headers: BTreeMap<String, String> = (got.headers.into_iter())
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), parse_query(q)),
-        None => (target.clone(), BTreeMap::new()),
-    };
     let req = Req {
-        method,
-        path,
-        query,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        path: got.path().to_owned(),
+        query: parse_query(got.query()),
+        headers: (got.headers.iter())
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        body: String::from_utf8_lossy(&got.body).into_owned(),
+        method: got.method,
     };
     let nth = {
         let mut log = log.lock().expect("log");
@@ -744,13 +730,8 @@ fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return;
     }
-    let body = resp.body.to_string();
-    let out = format!(
-        "HTTP/1.1 {} Stub\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        resp.status,
-        body.len()
-    );
-    let _ = stream.write_all(out.as_bytes());
+    let out = http_stub::json(&format!("{} Stub", resp.status), &resp.body.to_string());
+    let _ = stream.write_all(&out);
     let _ = stream.flush();
 }
 
@@ -823,37 +804,16 @@ impl Gate {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
-#[must_use]
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use super::http_stub::free_port;
 
 /// A minimal HTTP GET to 127.0.0.1 (the "browser" of a loopback redirect):
 /// the status and body.
 pub fn http_get(port: u16, target: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the loopback listener");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send GET");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
+    let answer = http_stub::get(([127, 0, 0, 1], port).into(), target);
+    let (status_line, _, body) = http_stub::split_answer(&answer);
+    let status = (status_line.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
     (status, body)
 }
 
