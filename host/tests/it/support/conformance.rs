@@ -179,6 +179,14 @@ impl Env {
         Server::spawn_command(self.command_of(&self.proxy_args("serve", &all)), false)
     }
 
+    /// An N- or S-server on this tree, without extra flags.
+    pub fn serve_as(&self, kind: Kind) -> Server {
+        match kind {
+            Kind::N => self.serve_n(&[]),
+            Kind::S => self.serve(&[]),
+        }
+    }
+
     /// `serve` that is expected to fail before printing its start lines:
     /// the exit status and stderr.
     #[must_use]
@@ -1015,6 +1023,113 @@ pub fn n_conn() -> (Env, Server, Conn) {
     let srv = env.serve_n(&[]);
     let c = srv.hs();
     (env, srv, c)
+}
+
+/// The two servers of the checklist: N (`--insecure-no-token`, host
+/// class) and S (generated capability token, sandbox class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `serve --insecure-no-token`.
+    N,
+    /// `serve`.
+    S,
+}
+
+/// What a checklist item puts in the store before its server starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Seed<'a> {
+    /// An API key and its value.
+    Key(&'a str, &'a str),
+    /// `tok(access)` for a provider and bucket: `(provider, bucket, access)`.
+    Token(&'a str, &'a str, &'a str),
+}
+
+/// One request of a checklist item and what must answer it.
+#[derive(Debug, Clone)]
+pub enum Step<'a> {
+    /// `op` answers `ok:true` with exactly this `data`.
+    Answers(&'a str, Value, Value),
+    /// `op` answers `ok:true`; `data[field]` is exactly this.
+    Field(&'a str, Value, &'a str, Value),
+    /// `op` is refused with exactly this code and message (the whole reply).
+    Refuses(&'a str, Value, &'a str, &'a str),
+    /// `op` is refused with this code.
+    Code(&'a str, Value, &'a str),
+}
+
+/// A fresh tree seeded with `seeds`, a server of `kind` on it and a
+/// connection past the handshake.
+#[must_use]
+pub fn seeded(kind: Kind, seeds: &[Seed]) -> (Env, Server, Conn) {
+    let env = Env::new();
+    for seed in seeds {
+        match *seed {
+            Seed::Key(name, value) => env.key_set(name, value),
+            Seed::Token(provider, bucket, access) => env.save_token(provider, bucket, &tok(access)),
+        }
+    }
+    let srv = env.serve_as(kind);
+    let c = srv.hs();
+    (env, srv, c)
+}
+
+/// Runs `steps` in order on one connection.
+#[track_caller]
+pub fn run_steps(c: &mut Conn, steps: &[Step]) {
+    for step in steps {
+        match step.clone() {
+            Step::Answers(op, payload, want) => assert_eq!(c.ok(op, payload), want, "{op}"),
+            Step::Field(op, payload, field, want) => {
+                assert_eq!(c.ok(op, payload)[field], want, "{op}");
+            }
+            Step::Refuses(op, payload, code, error) => {
+                let got = c.call(op, payload);
+                let id = format!("r{}", c.next_id);
+                assert_eq!(got, err_reply(&id, code, error), "{op}");
+            }
+            Step::Code(op, payload, code) => assert_eq!(c.err(op, payload).0, code, "{op}"),
+        }
+    }
+}
+
+/// A checklist item: a server of `kind` over a store seeded with `seeds`,
+/// one connection past the handshake, `steps` on it.
+#[track_caller]
+pub fn check(kind: Kind, seeds: &[Seed], steps: &[Step]) {
+    let (_env, _srv, mut c) = seeded(kind, seeds);
+    run_steps(&mut c, steps);
+}
+
+/// The exact handshake reply refusing a connection.
+#[must_use]
+pub fn handshake_refusal(code: &str, error: &str) -> Value {
+    json!({"v":2,"op":"handshake","ok":false,"code":code,"error":error})
+}
+
+/// On a fresh server of `kind`: a handshake presenting `token` is refused
+/// with exactly `code`/`error`, and the connection closes.
+#[track_caller]
+pub fn check_handshake_refused(kind: Kind, token: Option<&str>, code: &str, error: &str) {
+    let env = Env::new();
+    let srv = env.serve_as(kind);
+    let mut c = srv.conn();
+    assert_eq!(c.handshake(token), handshake_refusal(code, error));
+    c.assert_closed_within(Duration::from_secs(5));
+}
+
+/// On a fresh server of `kind`: a handshake for version 999 only is
+/// refused as `UNKNOWN_VERSION`, and the connection closes.
+#[track_caller]
+pub fn check_version_999_refused(kind: Kind) {
+    let env = Env::new();
+    let srv = env.serve_as(kind);
+    let mut c = srv.conn();
+    c.send(&json!({"v":999,"op":"handshake","payload":{"minVersion":999,"maxVersion":999}}));
+    assert_eq!(
+        c.recv(),
+        handshake_refusal("UNKNOWN_VERSION", "Unsupported protocol version")
+    );
+    c.assert_closed_within(Duration::from_secs(5));
 }
 
 /// An N-server on `stub`'s providers with extra `[limits]` lines (the
