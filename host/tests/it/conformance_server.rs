@@ -15,7 +15,7 @@ use crate::support::conformance::Seed::{Key, Token};
 use crate::support::conformance::Step::{Answers, Code, Field, Refuses};
 use crate::support::conformance::{
     self, Env, check, check_handshake_refused, check_version_999_refused, err_reply, login_ok,
-    n_conn, path, providers_toml, run_steps, seeded, std_stub, tok,
+    n_conn, n_refuses, path, providers_toml, run_steps, seeded, std_stub, tok,
 };
 
 /// An N-server whose anthropic/gemini/qwen point at a standard stub.
@@ -109,15 +109,11 @@ fn c007_get_token_strips_refresh_token() {
 
 #[test]
 fn c008_get_token_missing_is_not_found() {
-    check(
-        N,
-        &[],
-        &[Refuses(
-            "get_token",
-            json!({"provider":"nonexistent"}),
-            "NOT_FOUND",
-            "No token found for provider: nonexistent",
-        )],
+    n_refuses(
+        "get_token",
+        json!({"provider":"nonexistent"}),
+        "NOT_FOUND",
+        "No token found for provider: nonexistent",
     );
 }
 
@@ -205,15 +201,11 @@ fn c013_get_api_key_returns_the_stored_value() {
 
 #[test]
 fn c014_get_api_key_missing_is_not_found() {
-    check(
-        N,
-        &[],
-        &[Refuses(
-            "get_api_key",
-            json!({"name":"nonexistent"}),
-            "NOT_FOUND",
-            "No API key found for: nonexistent",
-        )],
+    n_refuses(
+        "get_api_key",
+        json!({"name":"nonexistent"}),
+        "NOT_FOUND",
+        "No API key found for: nonexistent",
     );
 }
 
@@ -337,15 +329,11 @@ fn c020_save_token_keeps_the_stored_refresh_token() {
 
 #[test]
 fn c021_unknown_op_is_invalid_request() {
-    check(
-        N,
-        &[],
-        &[Refuses(
-            "totally_bogus_op",
-            json!({}),
-            "INVALID_REQUEST",
-            "Unknown operation: totally_bogus_op",
-        )],
+    n_refuses(
+        "totally_bogus_op",
+        json!({}),
+        "INVALID_REQUEST",
+        "Unknown operation: totally_bogus_op",
     );
 }
 
@@ -651,15 +639,11 @@ fn c039_s_server_bucket_stats_are_exactly_zero() {
 
 #[test]
 fn c040_n_server_bucket_stats_without_token_is_not_found() {
-    check(
-        N,
-        &[],
-        &[Refuses(
-            "get_bucket_stats",
-            json!({"provider":"anthropic","bucket":"default"}),
-            "NOT_FOUND",
-            "No stats found for anthropic/default",
-        )],
+    n_refuses(
+        "get_bucket_stats",
+        json!({"provider":"anthropic","bucket":"default"}),
+        "NOT_FOUND",
+        "No stats found for anthropic/default",
     );
 }
 

@@ -1100,6 +1100,13 @@ pub fn check(kind: Kind, seeds: &[Seed], steps: &[Step]) {
     run_steps(&mut c, steps);
 }
 
+/// A checklist item on a fresh N-server: `op` is refused with exactly
+/// `code` and `error`.
+#[track_caller]
+pub fn n_refuses(op: &str, payload: Value, code: &str, error: &str) {
+    check(Kind::N, &[], &[Step::Refuses(op, payload, code, error)]);
+}
+
 /// The exact handshake reply refusing a connection.
 #[must_use]
 pub fn handshake_refusal(code: &str, error: &str) -> Value {
