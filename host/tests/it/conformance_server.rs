@@ -545,11 +545,13 @@ fn c035_s_server_get_api_key_missing_is_forbidden() {
 fn c036_fix_bucket_stats_counted_by_the_proxy() {
     // SPEC §3.6, §10 ("get_bucket_stats works"): the counts are the
     // get_token requests this process served, not values from a store.
-    let env = Env::new();
-    env.save_token("gemini", "default", &tok("a"));
-    env.save_token("gemini", "work", &tok("b"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        N,
+        &[
+            Token("gemini", "default", "a"),
+            Token("gemini", "work", "b"),
+        ],
+    );
     for _ in 0..3 {
         c.ok("get_token", json!({"provider":"gemini"}));
     }
@@ -738,9 +740,7 @@ fn c045_fix_b1_sandbox_login_allowed_strict_sandbox_forbids() {
         assert_eq!(got[id], err_reply(id, "FORBIDDEN", msg));
     }
     // By default the same requests reach the login and refresh handlers.
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(S, &[]);
     five_oauth_requests(&mut c);
     let got = c.recv_by_id(5);
     assert_eq!(got["i"]["ok"], true, "{}", got["i"]);
