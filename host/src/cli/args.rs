@@ -174,10 +174,9 @@ pub(super) struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct ExecArgs {
+    // The proxy it starts: what `serve` takes.
     #[command(flatten)]
-    pub(super) socket: SocketArgs,
-    #[command(flatten)]
-    pub(super) common: CommonArgs,
+    pub(super) serve: ServeArgs,
     /// The command to run and its arguments (its own flags pass through:
     /// `credproxy exec ls -la`). A command starting with `-` needs `--`
     /// before it.

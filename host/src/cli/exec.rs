@@ -29,12 +29,12 @@ pub(super) fn cmd_exec(a: ExecArgs) -> Result<ExitCode, Failure> {
     // First, before this process opens anything: whatever sits at fd 3 now
     // was inherited from our parent.
     // (Only when fd 3 will hold the token; otherwise fd 3 passes as is.)
-    let inherited = if a.socket.insecure_no_token {
+    let inherited = if a.serve.socket.insecure_no_token {
         None
     } else {
         fd3::take_inherited()
     };
-    let start = start_socket(&a.socket, &a.common)?;
+    let start = start_socket(&a.serve.socket, &a.serve.common)?;
     let bound = &start.bound;
     let mut cmd = Command::new(&a.command[0]);
     cmd.args(&a.command[1..]);
