@@ -40,16 +40,9 @@ mod tests {
 
     #[test]
     fn sun_path_size_matches_the_platform() {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(linux_like)]
         assert_eq!(SUN_PATH_MAX, 108);
-        #[cfg(any(
-            target_os = "macos",
-            target_os = "ios",
-            target_os = "freebsd",
-            target_os = "openbsd",
-            target_os = "netbsd",
-            target_os = "dragonfly"
-        ))]
+        #[cfg(bsd_like)]
         assert_eq!(SUN_PATH_MAX, 104);
     }
 

@@ -22,7 +22,7 @@ pub fn peer_of<S: AsFd>(stream: &S) -> io::Result<Peer> {
     imp::peer_of(stream.as_fd())
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_like)]
 mod imp {
     use super::{Peer, Transport, io};
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -39,14 +39,7 @@ mod imp {
     }
 }
 
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
+#[cfg(bsd_like)]
 mod imp {
     use super::{Peer, Transport, io};
     use std::os::fd::BorrowedFd;
@@ -62,16 +55,7 @@ mod imp {
     }
 }
 
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
+#[cfg(not(any(linux_like, bsd_like)))]
 mod imp {
     use super::{Peer, io};
     use std::os::fd::BorrowedFd;
@@ -95,7 +79,7 @@ mod tests {
         let peer = peer_of(&a).expect("peer");
         assert_eq!(peer.uid, Some(nix::unistd::geteuid().as_raw()));
         assert_eq!(peer.gid, Some(nix::unistd::getegid().as_raw()));
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(linux_like)]
         assert_eq!(peer.pid, Some(std::process::id()));
         assert_eq!(peer.transport, Transport::Unix);
     }

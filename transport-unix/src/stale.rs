@@ -48,12 +48,12 @@ pub(crate) fn probe_socket(path: &Path) -> Probe {
 
 /// One non-blocking `connect` to `path`.
 fn try_connect(path: &Path) -> Result<(), Errno> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     let flags = SockFlag::SOCK_CLOEXEC;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     let flags = SockFlag::empty();
     let fd = socket(AddressFamily::Unix, SockType::Stream, flags, None)?;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     fcntl(&fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     // Non-blocking, so a live listener with a full backlog cannot stall us.
     fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;

@@ -542,33 +542,25 @@ fn bucket_stats_count_served_get_tokens() {
     // Failed get_tokens are not counted.
     h.call(conn, "get_token", json!({"provider":"p","bucket":"none"}));
     h.call(conn, "get_token", json!({"provider":"p","bucket":"a/b"}));
-    h.expect(
-        conn,
-        "get_bucket_stats",
-        json!({"provider":"p"}),
-        ok(
+    for (id, payload, stats) in [
+        (
             "s1",
+            json!({"provider":"p"}),
             json!({"bucket":"default","requestCount":3,"percentage":75,"lastUsed":START_UNIX_MS}),
         ),
-    );
-    h.expect(
-        conn,
-        "get_bucket_stats",
-        json!({"provider":"p","bucket":"work"}),
-        ok(
+        (
             "s2",
+            json!({"provider":"p","bucket":"work"}),
             json!({"bucket":"work","requestCount":1,"percentage":25,"lastUsed":t1}),
         ),
-    );
-    h.expect(
-        conn,
-        "get_bucket_stats",
-        json!({"provider":"q","bucket":""}),
-        ok(
+        (
             "s3",
+            json!({"provider":"q","bucket":""}),
             json!({"bucket":"default","requestCount":1,"percentage":100,"lastUsed":t1}),
         ),
-    );
+    ] {
+        h.expect(conn, "get_bucket_stats", payload, ok(id, stats));
+    }
     // get_bucket_stats itself is not counted, and a non-integral share is a float.
     h.call(conn, "get_token", json!({"provider":"p","bucket":"work"}));
     let r = work_share(&mut h, conn, "s4", 40.0);

@@ -20,9 +20,7 @@ use std::process::{Command, ExitCode};
 
 use credproxy_core::Secret;
 
-use crate::serve;
-
-use super::{EXIT_FAILED, ExecArgs, Failure, SocketStart, failed, start_socket};
+use super::{EXIT_FAILED, ExecArgs, Failure, failed, start_socket};
 
 /// The descriptor the child reads the capability token from.
 const TOKEN_FD: i32 = 3;
@@ -31,17 +29,13 @@ pub(super) fn cmd_exec(a: ExecArgs) -> Result<ExitCode, Failure> {
     // First, before this process opens anything: whatever sits at fd 3 now
     // was inherited from our parent.
     // (Only when fd 3 will hold the token; otherwise fd 3 passes as is.)
-    let inherited = if a.socket.insecure_no_token {
+    let inherited = if a.serve.socket.insecure_no_token {
         None
     } else {
         fd3::take_inherited()
     };
-    let SocketStart {
-        signals,
-        opts,
-        store,
-        bound,
-    } = start_socket(&a.socket, &a.common)?;
+    let start = start_socket(&a.serve.socket, &a.serve.common)?;
+    let bound = &start.bound;
     let mut cmd = Command::new(&a.command[0]);
     cmd.args(&a.command[1..]);
     for (k, v) in bound.exports() {
@@ -85,7 +79,7 @@ pub(super) fn cmd_exec(a: ExecArgs) -> Result<ExitCode, Failure> {
     let wait = async move {
         let _ = done_rx.recv().await;
     };
-    let signal = serve::run_socket(opts, store, bound, signals, |_| {}, wait)?;
+    let signal = start.run(|_| {}, wait)?;
     if let Some(sig) = signal
         && matches!(status_rx.try_recv(), Err(std_mpsc::TryRecvError::Empty))
     {

@@ -19,8 +19,9 @@ use clap::Args;
 use crate::config;
 use crate::store::{BackendName, Store, StoreSpec};
 
+use super::args::ConfigArg;
 use super::store_cmd::{BackendArgs, store_spec};
-use super::{ConfigArg, EXIT_START, Failure, emit_line, failed};
+use super::{EXIT_START, Failure, emit_line, failed};
 
 #[derive(Debug, Args)]
 pub(super) struct MigrateArgs {

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use crate::config::{self, StoreSettings};
 use crate::store::{BackendName, FileStore, KeySource, StoreSpec, key};
 
-use super::{ConfigArg, EXIT_START, Failure, emit_line, failed};
+use super::args::ConfigArg;
+use super::{EXIT_START, Failure, emit_line, failed};
 
 /// The backend flags every command that opens the store takes.
 #[derive(Debug, Clone, Default, Args)]

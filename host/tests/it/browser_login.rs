@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use smol::channel::{Sender, unbounded};
 use smol::{Async, LocalExecutor};
 
-use crate::support::effects::{
+use crate::support::http_stub::{
     Behavior, Server, TIMEOUT, free_port, get, json, raw_http, split_answer,
 };
 use crate::support::wait_for;

@@ -1,100 +1,50 @@
 //! `credproxy login` (SPEC §8): host-side login, in an in-process proxy
 //! (`credproxy stdio` as a child) or through a running proxy's socket.
 //!
-//! The provider's token endpoint is a tiny HTTP stub on 127.0.0.1, put in
-//! place of the built-in anthropic endpoint by the configuration file.
+//! The provider's token endpoint is the tests' HTTP stub
+//! ([`crate::support::http_stub::Server`]) on 127.0.0.1, put in place of
+//! the built-in anthropic endpoint by the configuration file.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread;
 
 use serde_json::{Value, json};
 
+use crate::support::http_stub::{self, Behavior, Recorded, Server, free_port};
 use crate::support::{self, Ran, Scratch, TIMEOUT};
 
-/// One request as the stub saw it.
-#[derive(Debug)]
-struct Seen {
-    request_line: String,
-    content_type: String,
-    body: String,
-}
-
-/// Answers one HTTP request on 127.0.0.1 with `reply` (200, JSON).
-/// Returns the port and the request it received.
-fn token_stub(reply: Value) -> (u16, mpsc::Receiver<Seen>) {
-    http_stub(vec![reply])
+/// Answers one HTTP request on 127.0.0.1 with `reply` (200, JSON); the
+/// server records the request.
+fn token_stub(reply: Value) -> Server {
+    scripted_stub(vec![reply])
 }
 
 /// Answers one HTTP request per entry of `replies`, in order (200, JSON,
-/// one connection each); reports each request as it is answered.
-fn http_stub(replies: Vec<Value>) -> (u16, mpsc::Receiver<Seen>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub");
-    let port = listener.local_addr().expect("addr").port();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for reply in replies {
-            let Ok((stream, _)) = listener.accept() else {
-                return;
-            };
-            let Some(seen) = answer(stream, &reply) else {
-                return;
-            };
-            if tx.send(seen).is_err() {
-                return;
-            }
-        }
-    });
-    (port, rx)
+/// one connection each); records each request.
+fn scripted_stub(replies: Vec<Value>) -> Server {
+    Server::scripted(
+        (replies.iter())
+            .map(|r| Behavior::Respond(http_stub::json("200 OK", &r.to_string())))
+            .collect(),
+    )
 }
 
-fn answer(stream: TcpStream, reply: &Value) -> Option<Seen> {
-    stream.set_read_timeout(Some(TIMEOUT)).ok()?;
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).ok()?;
-    let mut length = 0usize;
-    let mut content_type = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                "content-type" => v.trim().clone_into(&mut content_type),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
-    let text = reply.to_string();
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    let _ = stream.flush();
-    Some(Seen {
-        request_line: request_line.trim_end().to_owned(),
-        content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+/// The request line's method and target, the way they were sent.
+fn request_line(seen: &Recorded) -> String {
+    format!("{} {}", seen.method, seen.target)
+}
+
+fn body(seen: &Recorded) -> String {
+    String::from_utf8_lossy(&seen.body).into_owned()
 }
 
 /// A token stub answering [`stub_token`], configured as anthropic's token
 /// endpoint; what it saw.
-fn anthropic_on_a_stub(s: &Scratch) -> mpsc::Receiver<Seen> {
-    let (port, seen) = token_stub(stub_token());
-    let url = format!("http://127.0.0.1:{port}/token");
+fn anthropic_on_a_stub(s: &Scratch) -> Server {
+    let seen = token_stub(stub_token());
+    let url = seen.url("/token");
     s.write_default_config(&format!("[providers.anthropic]\ntoken_url = \"{url}\"\n"));
     seen
 }
@@ -177,16 +127,17 @@ fn stub_token() -> Value {
         "expires_in":3600,"token_type":"Bearer"})
 }
 
-fn assert_exchange(seen: &mpsc::Receiver<Seen>) {
-    let seen = seen
+fn assert_exchange(seen: &Server) {
+    let seen = (seen.requests)
         .recv_timeout(TIMEOUT)
         .expect("the stub saw the exchange");
-    assert!(seen.request_line.starts_with("POST /token "), "{seen:?}");
+    assert_eq!(request_line(&seen), "POST /token", "{seen:?}");
     assert!(
-        seen.content_type.contains("json"),
+        seen.header("content-type")
+            .is_some_and(|t| t.contains("json")),
         "anthropic: JSON body {seen:?}"
     );
-    let body: Value = serde_json::from_str(&seen.body).expect("json body");
+    let body: Value = serde_json::from_slice(&seen.body).expect("json body");
     assert_eq!(body["code"], "pasted-code");
     assert_eq!(body["grant_type"], "authorization_code");
     assert!(body["code_verifier"].is_string(), "{body}");
@@ -242,7 +193,7 @@ fn pkce_login_through_a_running_proxy() {
 #[test]
 fn device_code_login_polls_until_complete() {
     let s = Scratch::new();
-    let (port, seen) = http_stub(vec![
+    let seen = scripted_stub(vec![
         json!({"device_code":"dc-secret","user_code":"ABCD-EFGH",
             "verification_uri":"https://verify.example/device","expires_in":600}),
         json!({"access_token":"at-device","refresh_token":"rt-device",
@@ -252,8 +203,10 @@ fn device_code_login_polls_until_complete() {
     // stub gives no interval).
     s.write_default_config(&format!(
         "[limits]\ndevice_poll_ms = 50\n\n[providers.qwen]\n\
-             device_url = \"http://127.0.0.1:{port}/device\"\n\
-             token_url = \"http://127.0.0.1:{port}/token\"\n"
+             device_url = \"{}\"\n\
+             token_url = \"{}\"\n",
+        seen.url("/device"),
+        seen.url("/token")
     ));
     let ran = login(&s, &["qwen", "--json"], b"");
     ran.assert_code(0);
@@ -269,25 +222,14 @@ fn device_code_login_polls_until_complete() {
     assert_eq!(lines[1]["status"], "complete");
     ran.assert_stderr_has(&["ABCD-EFGH"]);
     assert!(!ran.stdout.contains("dc-secret") && !ran.stderr.contains("dc-secret"));
-    let device = seen.recv_timeout(TIMEOUT).expect("device request");
-    assert!(
-        device.request_line.starts_with("POST /device "),
-        "{device:?}"
-    );
-    let poll = seen.recv_timeout(TIMEOUT).expect("token poll");
-    assert!(poll.request_line.starts_with("POST /token "), "{poll:?}");
-    assert!(poll.body.contains("dc-secret"), "{poll:?}");
+    let device = seen.requests.recv_timeout(TIMEOUT).expect("device request");
+    assert_eq!(request_line(&device), "POST /device", "{device:?}");
+    let poll = seen.requests.recv_timeout(TIMEOUT).expect("token poll");
+    assert_eq!(request_line(&poll), "POST /token", "{poll:?}");
+    assert!(body(&poll).contains("dc-secret"), "{poll:?}");
     let status = status_json(&s);
     assert_eq!(status["tokens"][0]["provider"], "qwen", "{status}");
     assert_eq!(status["tokens"][0]["refreshable"], true, "{status}");
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn query_param(url: &str, name: &str) -> String {
@@ -358,10 +300,10 @@ impl Interactive {
     }
 }
 
-fn codex_config(s: &Scratch) -> (u16, u16, mpsc::Receiver<Seen>) {
-    let (token_port, seen) = token_stub(json!({"access_token":"at-codex",
+fn codex_config(s: &Scratch) -> (u16, u16, Server) {
+    let seen = token_stub(json!({"access_token":"at-codex",
         "refresh_token":"rt-codex","expires_in":3600,"token_type":"Bearer"}));
-    let redirect_port = free_port();
+    let (token_port, redirect_port) = (seen.addr.port(), free_port());
     s.write_default_config(&format!(
         "[limits]\ndevice_poll_ms = 100\n\n[providers.codex]\n\
              token_url = \"http://127.0.0.1:{token_port}/token\"\n\
@@ -397,8 +339,8 @@ fn browser_redirect_login_completes_when_the_browser_comes_back() {
     let (status, last, stderr) = login.finish();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(last["status"], "complete");
-    let exchange = seen.recv_timeout(TIMEOUT).expect("exchange");
-    assert!(exchange.body.contains("browser-code"), "{exchange:?}");
+    let exchange = seen.requests.recv_timeout(TIMEOUT).expect("exchange");
+    assert!(body(&exchange).contains("browser-code"), "{exchange:?}");
     assert_eq!(status_json(&s)["tokens"][0]["provider"], "codex");
 }
 
@@ -421,7 +363,7 @@ fn browser_redirect_login_accepts_the_pasted_redirect_url() {
     let (status, last, stderr) = login.finish();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(last["status"], "complete");
-    let exchange = seen.recv_timeout(TIMEOUT).expect("exchange");
-    assert!(exchange.body.contains("pasted-code"), "{exchange:?}");
+    let exchange = seen.requests.recv_timeout(TIMEOUT).expect("exchange");
+    assert!(body(&exchange).contains("pasted-code"), "{exchange:?}");
     assert_eq!(status_json(&s)["tokens"][0]["provider"], "codex");
 }

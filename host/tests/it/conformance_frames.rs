@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use credproxy_unix::client::{CapabilitySource, Client, ClientError, ClientOptions};
 use serde_json::{Value, json};
 
+use crate::support::conformance::Kind::{N, S};
+use crate::support::conformance::Seed::{Key, Token};
 use crate::support::conformance::{
     self, Conn, Env, Gate, Got, Server, Stub, encode, err_reply, frame_bytes, login_ok, n_conn,
-    path, providers_toml, std_token, tok, wait_for,
+    path, providers_toml, seeded, std_token, tok, wait_for,
 };
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -239,10 +241,7 @@ fn c151_s_server_without_token_runs_nothing_not_even_cancel() {
 
 #[test]
 fn c152_s_server_list_api_keys_empty_has_api_key_forbidden() {
-    let env = Env::new();
-    env.key_set("K", "v");
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(S, &[Key("K", "v")]);
     assert_eq!(c.ok("list_api_keys", json!({})), json!({"keys":[]}));
     assert_eq!(c.err("has_api_key", json!({"name":"K"})).0, "FORBIDDEN");
 }
@@ -419,10 +418,7 @@ fn c161_v1_duplicate_id_back_to_back_gets_two_replies() {
 
 #[test]
 fn c162_one_request_gets_exactly_one_reply() {
-    let env = Env::new();
-    env.key_set("K", "v162");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Key("K", "v162")]);
     assert_eq!(
         c.call("get_api_key", json!({"name":"K"})),
         json!({"id":"r1","ok":true,"data":{"key":"v162"}})
@@ -627,10 +623,7 @@ fn b25_fix_b16_burst_of_200_cancels_in_one_write_is_served() {
 
 #[test]
 fn b25_fix_b16_burst_of_200_reads_in_one_write_one_reply_each() {
-    let env = Env::new();
-    env.key_set("K", "burst");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Key("K", "burst")]);
     let bytes: Vec<u8> = (0..200)
         .flat_map(|i| api_key_frame(&format!("g{i}"), "K"))
         .collect();
@@ -732,10 +725,7 @@ fn b25_fix_cancel_is_subject_to_the_duplicate_id_check() {
 
 #[test]
 fn b25_fix_non_object_payload_is_invalid_request() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Token("anthropic", "default", "a")]);
     for p in [json!([1]), json!("s"), json!(5)] {
         assert_eq!(
             c.err("get_token", p),

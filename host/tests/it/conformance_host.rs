@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::support::conformance::Kind::{N, S};
+use crate::support::conformance::Seed::{Key, Token};
 use crate::support::conformance::{
-    self, Conn, Env, Got, encode, login_ok, n_conn, path, providers_toml, std_stub, tok,
+    self, Conn, Env, Got, encode, login_ok, n_conn, path, providers_toml, seeded, std_stub, tok,
     wait_child, wait_for,
 };
 
@@ -238,10 +240,7 @@ fn c171_save_token_keeps_the_host_refresh_token_in_a_bucket() {
 
 #[test]
 fn c172_remove_token_in_bucket_delete_me() {
-    let env = Env::new();
-    env.save_token("anthropic", "delete-me", &tok("x"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Token("anthropic", "delete-me", "x")]);
     c.ok(
         "remove_token",
         json!({"provider":"anthropic","bucket":"delete-me"}),
@@ -258,11 +257,10 @@ fn c172_remove_token_in_bucket_delete_me() {
 
 #[test]
 fn c173_list_providers_with_tokens_in_non_default_buckets() {
-    let env = Env::new();
-    env.save_token("anthropic", "b1", &tok("a"));
-    env.save_token("openai", "b2", &tok("o"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        N,
+        &[Token("anthropic", "b1", "a"), Token("openai", "b2", "o")],
+    );
     assert_eq!(
         c.ok("list_providers", json!({})),
         json!({"providers":["anthropic","openai"]})
@@ -271,11 +269,13 @@ fn c173_list_providers_with_tokens_in_non_default_buckets() {
 
 #[test]
 fn c174_list_buckets_bucket_1_and_bucket_2() {
-    let env = Env::new();
-    env.save_token("anthropic", "bucket-1", &tok("a"));
-    env.save_token("anthropic", "bucket-2", &tok("b"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        N,
+        &[
+            Token("anthropic", "bucket-1", "a"),
+            Token("anthropic", "bucket-2", "b"),
+        ],
+    );
     assert_eq!(
         c.ok("list_buckets", json!({"provider":"anthropic"})),
         json!({"buckets":["bucket-1","bucket-2"]})
@@ -284,10 +284,7 @@ fn c174_list_buckets_bucket_1_and_bucket_2() {
 
 #[test]
 fn c175_bucket_stats_without_requests_is_an_object() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Token("anthropic", "default", "a")]);
     let s = c.ok(
         "get_bucket_stats",
         json!({"provider":"anthropic","bucket":"default"}),
@@ -300,11 +297,7 @@ fn c175_bucket_stats_without_requests_is_an_object() {
 
 #[test]
 fn c176_api_key_operations_round_trip() {
-    let env = Env::new();
-    env.key_set("OPENAI", "sk-o");
-    env.key_set("ANTHROPIC", "sk-a");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Key("OPENAI", "sk-o"), Key("ANTHROPIC", "sk-a")]);
     assert_eq!(c.ok("get_api_key", json!({"name":"OPENAI"}))["key"], "sk-o");
     assert_eq!(
         c.ok("list_api_keys", json!({})),
@@ -318,11 +311,13 @@ fn c176_api_key_operations_round_trip() {
 
 #[test]
 fn c178_no_provider_restriction() {
-    let env = Env::new();
-    env.save_token("openai", "default", &tok("o"));
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        S,
+        &[
+            Token("openai", "default", "o"),
+            Token("anthropic", "default", "a"),
+        ],
+    );
     assert_eq!(
         c.ok("get_token", json!({"provider":"openai"}))["access_token"],
         "o"
@@ -388,11 +383,13 @@ fn c180_lifecycle_get_save_remove_stop() {
 
 #[test]
 fn c182_anthropic_and_gemini_both_served() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    env.save_token("gemini", "default", &tok("g"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        S,
+        &[
+            Token("anthropic", "default", "a"),
+            Token("gemini", "default", "g"),
+        ],
+    );
     assert_eq!(
         c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
         "a"
@@ -436,11 +433,13 @@ fn c184_five_concurrent_get_token_for_different_providers() {
 
 #[test]
 fn c185_concurrent_mix_of_operations() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    env.save_token("gemini", "work", &tok("g"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        N,
+        &[
+            Token("anthropic", "default", "a"),
+            Token("gemini", "work", "g"),
+        ],
+    );
     let frames = [
         ("t1", "get_token", json!({"provider":"anthropic"})),
         ("lp", "list_providers", json!({})),
@@ -497,11 +496,13 @@ fn c187_key_operations_from_a_sandbox() {
 
 #[test]
 fn c188_default_and_staging_buckets_have_their_own_tokens() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("at-default"));
-    env.save_token("anthropic", "staging", &tok("at-staging"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        S,
+        &[
+            Token("anthropic", "default", "at-default"),
+            Token("anthropic", "staging", "at-staging"),
+        ],
+    );
     assert_eq!(
         c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
         "at-default"
@@ -529,10 +530,7 @@ fn c189_a_frame_round_trips() {
 #[test]
 fn c190_three_frames_back_to_back_are_all_answered() {
     // Replies may come in any order (SPEC §3.3); each id gets one.
-    let env = Env::new();
-    env.key_set("K", "v");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Key("K", "v")]);
     let mut bytes = encode(&json!({"v":2,"id":"1","op":"list_providers"}));
     bytes.extend(encode(
         &json!({"v":2,"id":"2","op":"get_api_key","payload":{"name":"K"}}),
@@ -569,10 +567,7 @@ fn c193_socket_reachable_through_a_symlinked_directory() {
 
 #[test]
 fn c194_unicode_nested_and_html_survive_byte_exact() {
-    let env = Env::new();
-    env.key_set("U", "日本語テスト🔑");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(N, &[Key("U", "日本語テスト🔑")]);
     let mut t = tok("at-194");
     t["nested"] = json!({"a":[1,{"b":"日本語テスト"}],"c":null,"d":1.5});
     t["html"] = json!("<script>alert('x')</script>&amp;\"quoted\"\\");

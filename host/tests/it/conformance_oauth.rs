@@ -14,14 +14,43 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::conformance::Step::Refuses;
 use crate::support::conformance::{
-    self, Conn, Env, Gate, Server, Stub, b64url, device_stub, device_token, err_reply, free_port,
-    http_get, keys, login, login_ok, n_client, n_conn, n_server, oauth_err, ok_json, path, pct,
-    poll_until_done, providers_toml, sha256, std_stub, std_token, url_query, wait_for,
+    self, Conn, Env, Gate, Resp, Server, Stub, b64url, device_stub, device_token, err_reply,
+    free_port, http_get, keys, login, login_ok, n_client, n_conn, n_refuses, n_server, oauth_err,
+    ok_json, path, pct, poll_until_done, providers_toml, run_steps, sha256, std_stub, std_token,
+    url_query, wait_for,
 };
 
 /// The fast device polling used by the poll tests.
 const FAST_POLL: &str = "device_poll_ms = 30";
+
+/// A stub, an N-server on its providers with extra `[limits]` lines (kept
+/// alive with its tree) and a connection past the handshake.
+fn client(stub: Stub, limits: &str) -> (Stub, (Env, Server), Conn) {
+    let (env, srv, c) = n_client(&stub, limits);
+    (stub, (env, srv), c)
+}
+
+/// A qwen login under way on a device stub answering its polls with
+/// `script` (fast polling).
+struct Device {
+    stub: Stub,
+    _server: (Env, Server),
+    c: Conn,
+    sid: String,
+}
+
+fn device_session(script: Vec<Resp>) -> Device {
+    let (stub, _server, mut c) = client(device_stub(script, None), FAST_POLL);
+    let sid = device_login(&mut c, None);
+    Device {
+        stub,
+        _server,
+        c,
+        sid,
+    }
+}
 
 fn initiate(c: &mut Conn, payload: Value) -> Value {
     c.ok("oauth_initiate", payload)
@@ -51,8 +80,7 @@ fn assert_no_secret_fields(init: &Value) {
 
 #[test]
 fn c046_initiate_anthropic_is_pkce_redirect() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
     assert_eq!(init["flow_type"], "pkce_redirect");
     // SPEC §4, §10: expires_in added (the session lifetime, 600 s default).
@@ -62,8 +90,10 @@ fn c046_initiate_anthropic_is_pkce_redirect() {
 
 #[test]
 fn c047_initiate_device_provider_is_device_code() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(
+        device_stub(vec![oauth_err(400, "authorization_pending")], None),
+        "",
+    );
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["flow_type"], "device_code");
     assert_eq!(stub.count(path::QWEN_DEVICE), 1);
@@ -71,22 +101,18 @@ fn c047_initiate_device_provider_is_device_code() {
 
 #[test]
 fn c048_initiate_unknown_provider_is_provider_not_configured() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("oauth_initiate", json!({"provider":"nosuch"})),
-        err_reply(
-            "r1",
-            "PROVIDER_NOT_CONFIGURED",
-            "No OAuth flow factory configured for provider: nosuch"
-        )
+    n_refuses(
+        "oauth_initiate",
+        json!({"provider":"nosuch"}),
+        "PROVIDER_NOT_CONFIGURED",
+        "No OAuth flow factory configured for provider: nosuch",
     );
 }
 
 #[test]
 fn c049_fix_b9_pkce_auth_url_built_by_host_state_is_not_the_verifier() {
     // SPEC §4 (pkce_redirect), §10: S256 PKCE with a separate random state.
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
     let url = init["auth_url"].as_str().expect("auth_url");
     assert!(url.starts_with(&stub.url("/anthropic/authorize?")), "{url}");
@@ -120,8 +146,10 @@ fn c049_fix_b9_pkce_auth_url_built_by_host_state_is_not_the_verifier() {
 
 #[test]
 fn c050_device_auth_url_is_the_verification_uri() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(
+        device_stub(vec![oauth_err(400, "authorization_pending")], None),
+        "",
+    );
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["auth_url"], "https://example.com/device");
     assert_eq!(init["verification_uri"], "https://example.com/device");
@@ -133,16 +161,17 @@ fn c050_device_auth_url_is_the_verification_uri() {
 
 #[test]
 fn c051_device_user_code_is_the_providers() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(
+        device_stub(vec![oauth_err(400, "authorization_pending")], None),
+        "",
+    );
     let init = initiate(&mut c, json!({"provider":"qwen"}));
     assert_eq!(init["user_code"], "UC-0");
 }
 
 #[test]
 fn c052_session_id_is_32_lowercase_hex() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(sid.len(), 32);
     assert!(
@@ -153,8 +182,7 @@ fn c052_session_id_is_32_lowercase_hex() {
 
 #[test]
 fn c053_two_initiates_give_different_sessions() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     let a = initiate(&mut c, json!({"provider":"anthropic"}));
     let b = initiate(&mut c, json!({"provider":"anthropic"}));
     assert_ne!(sid_of(&a), sid_of(&b));
@@ -166,8 +194,7 @@ fn c053_two_initiates_give_different_sessions() {
 
 #[test]
 fn c054_oauth_cancel_then_exchange_is_session_not_found() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(c.ok("oauth_cancel", json!({"session_id": sid})), json!({}));
     assert_eq!(
@@ -179,16 +206,20 @@ fn c054_oauth_cancel_then_exchange_is_session_not_found() {
 
 #[test]
 fn c055_initiate_reply_has_no_verifier_fields() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(
+        device_stub(vec![oauth_err(400, "authorization_pending")], None),
+        "",
+    );
     assert_no_secret_fields(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_no_secret_fields(&initiate(&mut c, json!({"provider":"qwen"})));
 }
 
 #[test]
 fn c056_initiate_reply_has_no_flow_internals() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(
+        device_stub(vec![oauth_err(400, "authorization_pending")], None),
+        "",
+    );
     for p in ["anthropic", "qwen"] {
         let init = initiate(&mut c, json!({"provider":p}));
         let allowed: BTreeSet<&str> = [
@@ -222,8 +253,7 @@ fn c057_device_poll_interval_ms_from_the_providers_interval() {
 
 #[test]
 fn c058_pkce_auth_url_present() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     let init = initiate(&mut c, json!({"provider":"anthropic"}));
     assert!(
         init["auth_url"]
@@ -235,10 +265,11 @@ fn c058_pkce_auth_url_present() {
 
 #[test]
 fn c059_initiate_without_provider_is_invalid_request() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("oauth_initiate", json!({})),
-        err_reply("r1", "INVALID_REQUEST", "Missing provider")
+    n_refuses(
+        "oauth_initiate",
+        json!({}),
+        "INVALID_REQUEST",
+        "Missing provider",
     );
 }
 
@@ -246,8 +277,7 @@ fn c059_initiate_without_provider_is_invalid_request() {
 
 #[test]
 fn c060_exchange_stores_the_providers_token() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     login_ok(&mut c, "anthropic", None, "c60");
     assert_eq!(
         c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
@@ -257,8 +287,7 @@ fn c060_exchange_stores_the_providers_token() {
 
 #[test]
 fn c061_exchange_stores_under_the_initiate_bucket() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     login_ok(&mut c, "anthropic", Some("work"), "c61");
     assert_eq!(
         c.ok("get_token", json!({"provider":"anthropic","bucket":"work"}))["access_token"],
@@ -272,8 +301,7 @@ fn c061_exchange_stores_under_the_initiate_bucket() {
 
 #[test]
 fn c062_exchange_reply_has_no_refresh_token_store_keeps_it() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let r = login(&mut c, "anthropic", None, "c62");
     assert_eq!(r["ok"], true, "{r}");
     assert!(r["data"].get("refresh_token").is_none(), "{r}");
@@ -290,8 +318,7 @@ fn c062_exchange_reply_has_no_refresh_token_store_keeps_it() {
 
 #[test]
 fn c063_exchange_keeps_extra_provider_fields() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     let t = login_ok(&mut c, "anthropic", None, "c63");
     assert_eq!(t["account_id"], "acct-c63");
     assert_eq!(
@@ -302,8 +329,7 @@ fn c063_exchange_keeps_extra_provider_fields() {
 
 #[test]
 fn c064_second_exchange_after_success_is_session_not_found() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     c.ok("oauth_exchange", json!({"session_id": sid, "code":"a"}));
     assert_eq!(
@@ -315,20 +341,17 @@ fn c064_second_exchange_after_success_is_session_not_found() {
 
 #[test]
 fn c065_exchange_unknown_session_is_session_not_found() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call(
-            "oauth_exchange",
-            json!({"session_id":"f".repeat(32),"code":"x"})
-        ),
-        err_reply("r1", "SESSION_NOT_FOUND", "OAuth session not found")
+    n_refuses(
+        "oauth_exchange",
+        json!({"session_id":"f".repeat(32), "code":"x"}),
+        "SESSION_NOT_FOUND",
+        "OAuth session not found",
     );
 }
 
 #[test]
 fn c066_exchange_sends_exactly_the_pasted_code_once() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     login_ok(&mut c, "anthropic", None, "code-66_x.y");
     let sent = stub.to(path::ANTHROPIC);
     assert_eq!(sent.len(), 1);
@@ -358,9 +381,14 @@ fn c067_exchange_rejected_by_provider_is_exchange_failed() {
 #[test]
 fn c068_exchange_without_session_id_is_invalid_request() {
     let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("oauth_exchange", json!({"code":"x"})),
-        err_reply("r1", "INVALID_REQUEST", "Missing session_id")
+    run_steps(
+        &mut c,
+        &[Refuses(
+            "oauth_exchange",
+            json!({"code":"x"}),
+            "INVALID_REQUEST",
+            "Missing session_id",
+        )],
     );
     assert_eq!(
         c.err("oauth_exchange", json!({})).1,
@@ -371,17 +399,17 @@ fn c068_exchange_without_session_id_is_invalid_request() {
 
 #[test]
 fn c069_exchange_without_code_is_invalid_request() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("oauth_exchange", json!({"session_id":"a".repeat(32)})),
-        err_reply("r1", "INVALID_REQUEST", "Missing code")
+    n_refuses(
+        "oauth_exchange",
+        json!({"session_id":"a".repeat(32)}),
+        "INVALID_REQUEST",
+        "Missing code",
     );
 }
 
 #[test]
 fn c070_exchange_reply_has_access_token_bearer_and_expiry() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(std_stub(), "");
     let before = conformance::now_secs();
     let t = login_ok(&mut c, "anthropic", None, "c70");
     assert_eq!(t["access_token"], "at-c70");
@@ -392,8 +420,7 @@ fn c070_exchange_reply_has_access_token_bearer_and_expiry() {
 
 #[test]
 fn c071_extra_state_field_in_exchange_payload_is_ignored() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     let t = c.ok(
         "oauth_exchange",
@@ -477,9 +504,12 @@ fn device_login(c: &mut Conn, bucket: Option<&str>) -> String {
 
 #[test]
 fn c074_poll_pending_has_no_token() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "authorization_pending")]);
     stub.wait_count(path::QWEN_TOKEN, 1);
     let p = c.ok("oauth_poll", json!({"session_id": sid}));
     assert_eq!(p["status"], "pending");
@@ -489,15 +519,15 @@ fn c074_poll_pending_has_no_token() {
 
 #[test]
 fn c075_slow_down_reports_a_larger_interval() {
-    let stub = device_stub(
-        vec![
-            oauth_err(400, "slow_down"),
-            oauth_err(400, "authorization_pending"),
-        ],
-        None,
-    );
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![
+        oauth_err(400, "slow_down"),
+        oauth_err(400, "authorization_pending"),
+    ]);
     stub.wait_count(path::QWEN_TOKEN, 1);
     let mut p = Value::Null;
     wait_for("interval after slow_down", Duration::from_secs(5), || {
@@ -513,9 +543,12 @@ fn c075_slow_down_reports_a_larger_interval() {
 
 #[test]
 fn c076_nothing_stored_while_pending() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "authorization_pending")]);
     stub.wait_count(path::QWEN_TOKEN, 3);
     assert_eq!(
         c.ok("oauth_poll", json!({"session_id": sid}))["status"],
@@ -529,9 +562,12 @@ fn c076_nothing_stored_while_pending() {
 
 #[test]
 fn c077_poll_complete_returns_the_token() {
-    let stub = device_stub(vec![device_token("at-77", "rt-77")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![device_token("at-77", "rt-77")]);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["data"]["status"], "complete");
@@ -540,9 +576,12 @@ fn c077_poll_complete_returns_the_token() {
 
 #[test]
 fn c078_completion_stores_the_token_under_the_provider() {
-    let stub = device_stub(vec![device_token("at-78", "rt-78")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![device_token("at-78", "rt-78")]);
     poll_until_done(&mut c, &sid);
     let t = c.ok("get_token", json!({"provider":"qwen"}));
     assert_eq!(t["access_token"], "at-78");
@@ -553,16 +592,16 @@ fn c078_completion_stores_the_token_under_the_provider() {
 fn c079_fix_b3_host_polls_pending_pending_then_complete() {
     // SPEC §4 (device_code), §10: the host polls on its own timers;
     // oauth_poll only reads the session.
-    let stub = device_stub(
-        vec![
-            oauth_err(400, "authorization_pending"),
-            oauth_err(400, "authorization_pending"),
-            device_token("at-79", "rt-79"),
-        ],
-        None,
-    );
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![
+        oauth_err(400, "authorization_pending"),
+        oauth_err(400, "authorization_pending"),
+        device_token("at-79", "rt-79"),
+    ]);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(r["data"]["status"], "complete", "{r}");
     assert_eq!(stub.count(path::QWEN_TOKEN), 3);
@@ -574,9 +613,12 @@ fn c079_fix_b3_host_polls_pending_pending_then_complete() {
 
 #[test]
 fn c080_complete_token_has_no_refresh_token_store_has_it() {
-    let stub = device_stub(vec![device_token("at-80", "rt-80")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![device_token("at-80", "rt-80")]);
     let r = poll_until_done(&mut c, &sid);
     assert!(r["data"]["token"].get("refresh_token").is_none(), "{r}");
     assert!(!r.to_string().contains("rt-80"));
@@ -591,9 +633,12 @@ fn c080_complete_token_has_no_refresh_token_store_has_it() {
 
 #[test]
 fn c081_poll_after_completion_is_session_not_found() {
-    let stub = device_stub(vec![device_token("at-81", "rt-81")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![device_token("at-81", "rt-81")]);
     poll_until_done(&mut c, &sid);
     assert_eq!(
         c.err("oauth_poll", json!({"session_id": sid})),
@@ -603,9 +648,12 @@ fn c081_poll_after_completion_is_session_not_found() {
 
 #[test]
 fn c082_three_polls_while_pending_are_pending() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "authorization_pending")]);
     for _ in 0..3 {
         assert_eq!(
             c.ok("oauth_poll", json!({"session_id": sid}))["status"],
@@ -616,18 +664,22 @@ fn c082_three_polls_while_pending_are_pending() {
 
 #[test]
 fn c083_poll_unknown_session_is_session_not_found() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("oauth_poll", json!({"session_id":"e".repeat(32)})),
-        err_reply("r1", "SESSION_NOT_FOUND", "OAuth session not found")
+    n_refuses(
+        "oauth_poll",
+        json!({"session_id":"e".repeat(32)}),
+        "SESSION_NOT_FOUND",
+        "OAuth session not found",
     );
 }
 
 #[test]
 fn c084_fix_b3_host_polls_with_the_issued_device_code() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "authorization_pending")]);
     // A device code in the request is ignored.
     c.ok(
         "oauth_poll",
@@ -647,9 +699,12 @@ fn c084_fix_b3_host_polls_with_the_issued_device_code() {
 
 #[test]
 fn c085_access_denied_is_access_denied() {
-    let stub = device_stub(vec![oauth_err(400, "access_denied")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "access_denied")]);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(
         code_and_msg(&r),
@@ -664,9 +719,12 @@ fn c085_access_denied_is_access_denied() {
 
 #[test]
 fn c086_expired_token_is_session_expired() {
-    let stub = device_stub(vec![oauth_err(400, "expired_token")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "expired_token")]);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(code_and_msg(&r), ("SESSION_EXPIRED", "Device code expired"));
 }
@@ -681,18 +739,22 @@ fn code_and_msg(r: &Value) -> (&str, &str) {
 
 #[test]
 fn c087_poll_without_session_id_is_invalid_request() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("oauth_poll", json!({})),
-        err_reply("r1", "INVALID_REQUEST", "Missing session_id")
+    n_refuses(
+        "oauth_poll",
+        json!({}),
+        "INVALID_REQUEST",
+        "Missing session_id",
     );
 }
 
 #[test]
 fn c088_complete_token_has_bearer_and_expiry() {
-    let stub = device_stub(vec![device_token("at-88", "rt-88")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![device_token("at-88", "rt-88")]);
     let r = poll_until_done(&mut c, &sid);
     let t = &r["data"]["token"];
     assert_eq!(t["token_type"], "Bearer");
@@ -705,8 +767,10 @@ fn c088_complete_token_has_bearer_and_expiry() {
 
 #[test]
 fn c089_completed_token_stored_under_the_initiate_bucket_only() {
-    let stub = device_stub(vec![device_token("at-89", "rt-89")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
+    let (_stub, _server, mut c) = client(
+        device_stub(vec![device_token("at-89", "rt-89")], None),
+        FAST_POLL,
+    );
     let sid = device_login(&mut c, Some("team"));
     poll_until_done(&mut c, &sid);
     assert_eq!(
@@ -726,12 +790,12 @@ fn c089_completed_token_stored_under_the_initiate_bucket_only() {
 #[test]
 fn c090_completed_token_is_the_providers_exactly() {
     let n = conformance::nonce("n90");
-    let stub = device_stub(
-        vec![device_token(&format!("at-{n}"), &format!("rt-{n}"))],
-        None,
-    );
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![device_token(&format!("at-{n}"), &format!("rt-{n}"))]);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(r["data"]["token"]["access_token"], format!("at-{n}"));
     assert_eq!(
@@ -884,8 +948,7 @@ fn b25_fix_transient_exchange_failure_keeps_the_session() {
 
 #[test]
 fn b25_fix_state_mismatch_ends_the_session() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let sid = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(
         c.err(
@@ -902,8 +965,10 @@ fn b25_fix_state_mismatch_ends_the_session() {
 
 #[test]
 fn b25_fix_op_must_fit_the_flow_type() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (_stub, _server, mut c) = client(
+        device_stub(vec![oauth_err(400, "authorization_pending")], None),
+        "",
+    );
     let pkce = sid_of(&initiate(&mut c, json!({"provider":"anthropic"})));
     assert_eq!(
         c.err("oauth_poll", json!({"session_id": pkce})),
@@ -924,8 +989,7 @@ fn b25_fix_op_must_fit_the_flow_type() {
 
 #[test]
 fn b25_fix_b10_redirect_uri_from_the_client_is_ignored() {
-    let stub = std_stub();
-    let (_e, _srv, mut c) = n_client(&stub, "");
+    let (stub, _server, mut c) = client(std_stub(), "");
     let init = initiate(
         &mut c,
         json!({"provider":"anthropic","redirect_uri":"http://evil.example/cb"}),
@@ -966,9 +1030,12 @@ fn b25_flow_initiation_failed() {
 
 #[test]
 fn b25_poll_failed() {
-    let stub = device_stub(vec![oauth_err(400, "invalid_request")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub: _stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "invalid_request")]);
     let r = poll_until_done(&mut c, &sid);
     assert_eq!(
         code_and_msg(&r),
@@ -985,9 +1052,12 @@ fn b25_poll_failed() {
 
 #[test]
 fn b25_fix_b6_oauth_cancel_stops_background_polling() {
-    let stub = device_stub(vec![oauth_err(400, "authorization_pending")], None);
-    let (_e, _srv, mut c) = n_client(&stub, FAST_POLL);
-    let sid = device_login(&mut c, None);
+    let Device {
+        stub,
+        _server,
+        mut c,
+        sid,
+    } = device_session(vec![oauth_err(400, "authorization_pending")]);
     stub.wait_count(path::QWEN_TOKEN, 1);
     assert_eq!(c.ok("oauth_cancel", json!({"session_id": sid})), json!({}));
     let n = stub.count(path::QWEN_TOKEN);

@@ -7,12 +7,15 @@
 
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
-use std::time::Duration;
 
 use serde_json::json;
 
+use crate::support::conformance::Kind::{N, S};
+use crate::support::conformance::Seed::{Key, Token};
+use crate::support::conformance::Step::{Answers, Code, Field, Refuses};
 use crate::support::conformance::{
-    self, Env, err_reply, login_ok, n_conn, path, providers_toml, std_stub, tok,
+    self, Env, check, check_handshake_refused, check_version_999_refused, err_reply, login_ok,
+    n_conn, n_refuses, path, providers_toml, run_steps, seeded, std_stub, tok,
 };
 
 /// An N-server whose anthropic/gemini/qwen point at a standard stub.
@@ -78,20 +81,19 @@ fn c005_n_server_handshake_then_list_providers() {
         c.handshake(None),
         json!({"v":2,"op":"handshake","ok":true,"data":{"version":2}})
     );
-    assert_eq!(c.ok("list_providers", json!({})), json!({"providers":[]}));
+    run_steps(
+        &mut c,
+        &[Answers(
+            "list_providers",
+            json!({}),
+            json!({"providers":[]}),
+        )],
+    );
 }
 
 #[test]
 fn c006_handshake_version_999_is_refused() {
-    let env = Env::new();
-    let srv = env.serve_n(&[]);
-    let mut c = srv.conn();
-    c.send(&json!({"v":999,"op":"handshake","payload":{"minVersion":999,"maxVersion":999}}));
-    assert_eq!(
-        c.recv(),
-        json!({"v":2,"op":"handshake","ok":false,"code":"UNKNOWN_VERSION","error":"Unsupported protocol version"})
-    );
-    c.assert_closed_within(Duration::from_secs(5));
+    check_version_999_refused(N);
 }
 
 #[test]
@@ -107,15 +109,11 @@ fn c007_get_token_strips_refresh_token() {
 
 #[test]
 fn c008_get_token_missing_is_not_found() {
-    let (_env, _srv, mut c) = n_conn();
-    let r = c.call("get_token", json!({"provider":"nonexistent"}));
-    assert_eq!(
-        r,
-        err_reply(
-            "r1",
-            "NOT_FOUND",
-            "No token found for provider: nonexistent"
-        )
+    n_refuses(
+        "get_token",
+        json!({"provider":"nonexistent"}),
+        "NOT_FOUND",
+        "No token found for provider: nonexistent",
     );
 }
 
@@ -143,133 +141,151 @@ fn c009_save_token_is_stored() {
 
 #[test]
 fn c010_remove_token_deletes_the_entry() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("at-10"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("remove_token", json!({"provider":"anthropic"})),
-        json!({})
-    );
-    assert_eq!(
-        c.err("get_token", json!({"provider":"anthropic"})).0,
-        "NOT_FOUND"
+    check(
+        N,
+        &[Token("anthropic", "default", "at-10")],
+        &[
+            Answers("remove_token", json!({"provider":"anthropic"}), json!({})),
+            Code("get_token", json!({"provider":"anthropic"}), "NOT_FOUND"),
+        ],
     );
 }
 
 #[test]
 fn c011_list_providers_lists_every_provider_with_a_token() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    env.save_token("openai", "work", &tok("b"));
-    env.save_token("gemini", "default", &tok("c"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("list_providers", json!({})),
-        json!({"providers":["anthropic","gemini","openai"]})
+    let seeds = [
+        ("anthropic", "default", "a"),
+        ("openai", "work", "b"),
+        ("gemini", "default", "c"),
+    ];
+    let seeds = seeds.map(|(p, b, a)| Token(p, b, a));
+    check(
+        N,
+        &seeds,
+        &[Answers(
+            "list_providers",
+            json!({}),
+            json!({"providers":["anthropic","gemini","openai"]}),
+        )],
     );
 }
 
 #[test]
 fn c012_list_buckets_lists_default_and_work() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    env.save_token("anthropic", "work", &tok("b"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("list_buckets", json!({"provider":"anthropic"})),
-        json!({"buckets":["default","work"]})
+    check(
+        N,
+        &[
+            Token("anthropic", "default", "a"),
+            Token("anthropic", "work", "b"),
+        ],
+        &[Answers(
+            "list_buckets",
+            json!({"provider":"anthropic"}),
+            json!({"buckets":["default","work"]}),
+        )],
     );
 }
 
 #[test]
 fn c013_get_api_key_returns_the_stored_value() {
-    let env = Env::new();
-    env.key_set("OPENAI_API_KEY", "sk-13");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("get_api_key", json!({"name":"OPENAI_API_KEY"})),
-        json!({"key":"sk-13"})
+    check(
+        N,
+        &[Key("OPENAI_API_KEY", "sk-13")],
+        &[Answers(
+            "get_api_key",
+            json!({"name":"OPENAI_API_KEY"}),
+            json!({"key":"sk-13"}),
+        )],
     );
 }
 
 #[test]
 fn c014_get_api_key_missing_is_not_found() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("get_api_key", json!({"name":"nonexistent"})),
-        err_reply("r1", "NOT_FOUND", "No API key found for: nonexistent")
+    n_refuses(
+        "get_api_key",
+        json!({"name":"nonexistent"}),
+        "NOT_FOUND",
+        "No API key found for: nonexistent",
     );
 }
 
 #[test]
 fn c015_list_api_keys_lists_every_name() {
-    let env = Env::new();
-    env.key_set("B_KEY", "b");
-    env.key_set("A_KEY", "a");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("list_api_keys", json!({})),
-        json!({"keys":["A_KEY","B_KEY"]})
+    check(
+        N,
+        &[Key("B_KEY", "b"), Key("A_KEY", "a")],
+        &[Answers(
+            "list_api_keys",
+            json!({}),
+            json!({"keys":["A_KEY","B_KEY"]}),
+        )],
     );
 }
 
 #[test]
 fn c016_has_api_key_true_and_false() {
-    let env = Env::new();
-    env.key_set("PRESENT", "v");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("has_api_key", json!({"name":"PRESENT"})),
-        json!({"exists":true})
-    );
-    assert_eq!(
-        c.ok("has_api_key", json!({"name":"ABSENT"})),
-        json!({"exists":false})
+    check(
+        N,
+        &[Key("PRESENT", "v")],
+        &[
+            Answers(
+                "has_api_key",
+                json!({"name":"PRESENT"}),
+                json!({"exists":true}),
+            ),
+            Answers(
+                "has_api_key",
+                json!({"name":"ABSENT"}),
+                json!({"exists":false}),
+            ),
+        ],
     );
 }
 
 #[test]
 fn c017_n_server_without_allow_list_serves_any_provider_and_name() {
-    let env = Env::new();
-    env.save_token("openai", "default", &tok("o"));
-    env.key_set("anthropic", "ka");
-    env.key_set("openai", "ko");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let seeds = [
+        Token("openai", "default", "o"),
+        Key("anthropic", "ka"),
+        Key("openai", "ko"),
+    ];
+    let (_env, _srv, mut c) = seeded(N, &seeds);
     for p in ["anthropic", "openai"] {
         c.ok("list_buckets", json!({"provider":p}));
-        assert_eq!(
-            c.ok("get_api_key", json!({"name":p}))["key"],
-            format!("k{}", &p[..1])
-        );
-        assert_eq!(
-            c.ok("has_api_key", json!({"name":p})),
-            json!({"exists":true})
+        run_steps(
+            &mut c,
+            &[
+                Field(
+                    "get_api_key",
+                    json!({"name":p}),
+                    "key",
+                    json!(format!("k{}", &p[..1])),
+                ),
+                Answers("has_api_key", json!({"name":p}), json!({"exists":true})),
+            ],
         );
     }
-    assert_eq!(
-        c.ok("list_api_keys", json!({})),
-        json!({"keys":["anthropic","openai"]})
+    run_steps(
+        &mut c,
+        &[Answers(
+            "list_api_keys",
+            json!({}),
+            json!({"keys":["anthropic","openai"]}),
+        )],
     );
 }
 
 #[test]
 fn c018_list_buckets_is_unfiltered() {
-    let env = Env::new();
-    for b in ["default", "a@b.c", "x-1", "Z_2"] {
-        env.save_token("anthropic", b, &tok(b));
-    }
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("list_buckets", json!({"provider":"anthropic"})),
-        json!({"buckets":["Z_2","a@b.c","default","x-1"]})
+    let seeds = ["default", "a@b.c", "x-1", "Z_2"].map(|b| Token("anthropic", b, b));
+    check(
+        N,
+        &seeds,
+        &[Answers(
+            "list_buckets",
+            json!({"provider":"anthropic"}),
+            json!({"buckets":["Z_2","a@b.c","default","x-1"]}),
+        )],
     );
 }
 
@@ -313,197 +329,215 @@ fn c020_save_token_keeps_the_stored_refresh_token() {
 
 #[test]
 fn c021_unknown_op_is_invalid_request() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call("totally_bogus_op", json!({})),
-        err_reply(
-            "r1",
-            "INVALID_REQUEST",
-            "Unknown operation: totally_bogus_op"
-        )
+    n_refuses(
+        "totally_bogus_op",
+        json!({}),
+        "INVALID_REQUEST",
+        "Unknown operation: totally_bogus_op",
     );
 }
 
 #[test]
 fn c022_invalid_get_token_then_the_connection_still_serves() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("at-22"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.call("get_token", json!({})),
-        err_reply("r1", "INVALID_REQUEST", "Missing provider")
-    );
-    assert_eq!(
-        c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
-        "at-22"
+    check(
+        N,
+        &[Token("anthropic", "default", "at-22")],
+        &[
+            Refuses(
+                "get_token",
+                json!({}),
+                "INVALID_REQUEST",
+                "Missing provider",
+            ),
+            Field(
+                "get_token",
+                json!({"provider":"anthropic"}),
+                "access_token",
+                json!("at-22"),
+            ),
+        ],
     );
 }
 
 #[test]
 fn c023_two_connections_one_after_the_other() {
-    let env = Env::new();
-    env.key_set("K", "v");
-    let srv = env.serve_n(&[]);
+    let (_env, srv, c) = seeded(N, &[Key("K", "v")]);
+    let get = [Field("get_api_key", json!({"name":"K"}), "key", json!("v"))];
     {
-        let mut c = srv.hs();
-        assert_eq!(c.ok("get_api_key", json!({"name":"K"}))["key"], "v");
+        let mut c = c;
+        run_steps(&mut c, &get);
     }
-    let mut c = srv.hs();
-    assert_eq!(c.ok("get_api_key", json!({"name":"K"}))["key"], "v");
+    run_steps(&mut srv.hs(), &get);
 }
 
 // --- S-server -------------------------------------------------------------
 
 #[test]
 fn c024_s_server_get_token_missing_is_forbidden() {
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.call("get_token", json!({"provider":"anthropic"})),
-        err_reply("r1", "FORBIDDEN", "Access denied")
+    check(
+        S,
+        &[],
+        &[Refuses(
+            "get_token",
+            json!({"provider":"anthropic"}),
+            "FORBIDDEN",
+            "Access denied",
+        )],
     );
 }
 
 #[test]
 fn c025_s_server_wrong_token_is_unauthorized() {
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.conn();
-    assert_eq!(
-        c.handshake(Some(&"0".repeat(64))),
-        json!({"v":2,"op":"handshake","ok":false,"code":"UNAUTHORIZED","error":"Invalid or missing capability token"})
+    check_handshake_refused(
+        S,
+        Some(&"0".repeat(64)),
+        "UNAUTHORIZED",
+        "Invalid or missing capability token",
     );
-    c.assert_closed_within(Duration::from_secs(5));
 }
 
 #[test]
 fn c026_s_server_no_token_is_unauthorized() {
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.conn();
-    assert_eq!(
-        c.handshake(None),
-        json!({"v":2,"op":"handshake","ok":false,"code":"UNAUTHORIZED","error":"Invalid or missing capability token"})
+    check_handshake_refused(
+        S,
+        None,
+        "UNAUTHORIZED",
+        "Invalid or missing capability token",
     );
-    c.assert_closed_within(Duration::from_secs(5));
 }
 
 #[test]
 fn c027_n_server_accepts_a_client_without_token_and_ignores_one() {
-    let env = Env::new();
-    env.key_set("K", "v");
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(c.ok("get_api_key", json!({"name":"K"}))["key"], "v");
+    let (_env, srv, mut c) = seeded(N, &[Key("K", "v")]);
+    run_steps(
+        &mut c,
+        &[Field("get_api_key", json!({"name":"K"}), "key", json!("v"))],
+    );
     // A token presented to an N-server is ignored: still host class.
     let mut d = srv.conn();
     assert_eq!(d.handshake(Some(&"a".repeat(64)))["ok"], true);
-    assert_eq!(d.ok("list_api_keys", json!({})), json!({"keys":["K"]}));
+    run_steps(
+        &mut d,
+        &[Answers("list_api_keys", json!({}), json!({"keys":["K"]}))],
+    );
 }
 
 #[test]
 fn c028_s_server_list_api_keys_is_empty() {
-    let env = Env::new();
-    env.key_set("K", "v");
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(c.ok("list_api_keys", json!({})), json!({"keys":[]}));
+    check(
+        S,
+        &[Key("K", "v")],
+        &[Answers("list_api_keys", json!({}), json!({"keys":[]}))],
+    );
 }
 
 #[test]
 fn c029_s_server_list_providers_is_empty() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(c.ok("list_providers", json!({})), json!({"providers":[]}));
+    check(
+        S,
+        &[Token("anthropic", "default", "a")],
+        &[Answers(
+            "list_providers",
+            json!({}),
+            json!({"providers":[]}),
+        )],
+    );
 }
 
 #[test]
 fn c030_s_server_list_buckets_is_empty_even_without_provider() {
-    let env = Env::new();
-    env.save_token("anthropic", "work", &tok("a"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("list_buckets", json!({"provider":"anthropic"})),
-        json!({"buckets":[]})
+    check(
+        S,
+        &[Token("anthropic", "work", "a")],
+        &[
+            Answers(
+                "list_buckets",
+                json!({"provider":"anthropic"}),
+                json!({"buckets":[]}),
+            ),
+            Answers("list_buckets", json!({}), json!({"buckets":[]})),
+        ],
     );
-    assert_eq!(c.ok("list_buckets", json!({})), json!({"buckets":[]}));
 }
 
 #[test]
 fn c031_s_server_get_token_existing_is_ok() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("at-31"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("get_token", json!({"provider":"anthropic"})),
-        tok("at-31")
+    check(
+        S,
+        &[Token("anthropic", "default", "at-31")],
+        &[Answers(
+            "get_token",
+            json!({"provider":"anthropic"}),
+            tok("at-31"),
+        )],
     );
 }
 
 #[test]
 fn c032_s_server_get_api_key_existing_is_ok() {
-    let env = Env::new();
-    env.key_set("K", "v32");
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok("get_api_key", json!({"name":"K"})),
-        json!({"key":"v32"})
+    check(
+        S,
+        &[Key("K", "v32")],
+        &[Answers(
+            "get_api_key",
+            json!({"name":"K"}),
+            json!({"key":"v32"}),
+        )],
     );
 }
 
 #[test]
 fn c033_s_server_has_api_key_is_forbidden() {
-    let env = Env::new();
-    env.key_set("K", "v");
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.call("has_api_key", json!({"name":"K"})),
-        err_reply(
-            "r1",
-            "FORBIDDEN",
-            "Sandbox connections cannot check key existence"
-        )
+    check(
+        S,
+        &[Key("K", "v")],
+        &[
+            Refuses(
+                "has_api_key",
+                json!({"name":"K"}),
+                "FORBIDDEN",
+                "Sandbox connections cannot check key existence",
+            ),
+            // Before validation: even without a name.
+            Code("has_api_key", json!({}), "FORBIDDEN"),
+        ],
     );
-    // Before validation: even without a name.
-    assert_eq!(c.err("has_api_key", json!({})).0, "FORBIDDEN");
 }
 
 #[test]
 fn c034_s_server_get_token_missing_is_forbidden_not_not_found() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.err(
-            "get_token",
-            json!({"provider":"anthropic","bucket":"other"})
-        ),
-        ("FORBIDDEN".into(), "Access denied".into())
-    );
-    // Validation still comes first.
-    assert_eq!(
-        c.err("get_token", json!({})),
-        ("INVALID_REQUEST".into(), "Missing provider".into())
+    check(
+        S,
+        &[Token("anthropic", "default", "a")],
+        &[
+            Refuses(
+                "get_token",
+                json!({"provider":"anthropic","bucket":"other"}),
+                "FORBIDDEN",
+                "Access denied",
+            ),
+            // Validation still comes first.
+            Refuses(
+                "get_token",
+                json!({}),
+                "INVALID_REQUEST",
+                "Missing provider",
+            ),
+        ],
     );
 }
 
 #[test]
 fn c035_s_server_get_api_key_missing_is_forbidden() {
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.call("get_api_key", json!({"name":"nonexistent"})),
-        err_reply("r1", "FORBIDDEN", "Access denied")
+    check(
+        S,
+        &[],
+        &[Refuses(
+            "get_api_key",
+            json!({"name":"nonexistent"}),
+            "FORBIDDEN",
+            "Access denied",
+        )],
     );
 }
 
@@ -511,11 +545,13 @@ fn c035_s_server_get_api_key_missing_is_forbidden() {
 fn c036_fix_bucket_stats_counted_by_the_proxy() {
     // SPEC §3.6, §10 ("get_bucket_stats works"): the counts are the
     // get_token requests this process served, not values from a store.
-    let env = Env::new();
-    env.save_token("gemini", "default", &tok("a"));
-    env.save_token("gemini", "work", &tok("b"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(
+        N,
+        &[
+            Token("gemini", "default", "a"),
+            Token("gemini", "work", "b"),
+        ],
+    );
     for _ in 0..3 {
         c.ok("get_token", json!({"provider":"gemini"}));
     }
@@ -537,134 +573,133 @@ fn c036_fix_bucket_stats_counted_by_the_proxy() {
 
 #[test]
 fn c037_s_server_save_token_is_forbidden_and_store_unchanged() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("at-37"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.call(
-            "save_token",
-            json!({"provider":"anthropic","token":tok("evil")})
-        ),
-        err_reply(
-            "r1",
-            "FORBIDDEN",
-            "Sandbox connections cannot modify tokens"
-        )
-    );
-    assert_eq!(
-        c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
-        "at-37"
+    check(
+        S,
+        &[Token("anthropic", "default", "at-37")],
+        &[
+            Refuses(
+                "save_token",
+                json!({"provider":"anthropic","token":tok("evil")}),
+                "FORBIDDEN",
+                "Sandbox connections cannot modify tokens",
+            ),
+            Field(
+                "get_token",
+                json!({"provider":"anthropic"}),
+                "access_token",
+                json!("at-37"),
+            ),
+        ],
     );
 }
 
 #[test]
 fn c038_s_server_remove_token_is_forbidden_and_token_kept() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("at-38"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.call("remove_token", json!({"provider":"anthropic"})),
-        err_reply(
-            "r1",
-            "FORBIDDEN",
-            "Sandbox connections cannot remove tokens"
-        )
-    );
-    assert_eq!(
-        c.ok("get_token", json!({"provider":"anthropic"}))["access_token"],
-        "at-38"
+    check(
+        S,
+        &[Token("anthropic", "default", "at-38")],
+        &[
+            Refuses(
+                "remove_token",
+                json!({"provider":"anthropic"}),
+                "FORBIDDEN",
+                "Sandbox connections cannot remove tokens",
+            ),
+            Field(
+                "get_token",
+                json!({"provider":"anthropic"}),
+                "access_token",
+                json!("at-38"),
+            ),
+        ],
     );
 }
 
 #[test]
 fn c039_s_server_bucket_stats_are_exactly_zero() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    c.ok("get_token", json!({"provider":"anthropic"}));
-    assert_eq!(
-        c.ok(
-            "get_bucket_stats",
-            json!({"provider":"anthropic","bucket":"default"})
-        ),
-        json!({"bucket":"default","requestCount":0,"percentage":0})
-    );
-    // Before validation, and the bucket defaults to "default".
-    assert_eq!(
-        c.ok("get_bucket_stats", json!({})),
-        json!({"bucket":"default","requestCount":0,"percentage":0})
+    let zero = json!({"bucket":"default","requestCount":0,"percentage":0});
+    check(
+        S,
+        &[Token("anthropic", "default", "a")],
+        &[
+            Field(
+                "get_token",
+                json!({"provider":"anthropic"}),
+                "access_token",
+                json!("a"),
+            ),
+            Answers(
+                "get_bucket_stats",
+                json!({"provider":"anthropic","bucket":"default"}),
+                zero.clone(),
+            ),
+            // Before validation, and the bucket defaults to "default".
+            Answers("get_bucket_stats", json!({}), zero),
+        ],
     );
 }
 
 #[test]
 fn c040_n_server_bucket_stats_without_token_is_not_found() {
-    let (_env, _srv, mut c) = n_conn();
-    assert_eq!(
-        c.call(
-            "get_bucket_stats",
-            json!({"provider":"anthropic","bucket":"default"})
-        ),
-        err_reply("r1", "NOT_FOUND", "No stats found for anthropic/default")
+    n_refuses(
+        "get_bucket_stats",
+        json!({"provider":"anthropic","bucket":"default"}),
+        "NOT_FOUND",
+        "No stats found for anthropic/default",
     );
 }
 
 #[test]
 fn c041_n_server_save_token_with_refresh_token_on_empty_store() {
-    let (_env, _srv, mut c) = n_conn();
     let mut t = tok("at-41");
     t["refresh_token"] = json!("rt-41");
-    assert_eq!(
-        c.ok("save_token", json!({"provider":"anthropic","token":t})),
-        json!({})
-    );
-    assert_eq!(
-        c.ok("get_token", json!({"provider":"anthropic"})),
-        tok("at-41")
-    );
-    // The incoming refresh token was dropped: nothing to refresh with.
-    assert_eq!(
-        c.err("refresh_token", json!({"provider":"anthropic"})),
-        (
-            "REFRESH_NOT_AVAILABLE".into(),
-            "Token for anthropic does not have a refresh_token".into()
-        )
+    check(
+        N,
+        &[],
+        &[
+            Answers(
+                "save_token",
+                json!({"provider":"anthropic","token":t}),
+                json!({}),
+            ),
+            Answers("get_token", json!({"provider":"anthropic"}), tok("at-41")),
+            // The incoming refresh token was dropped: nothing to refresh with.
+            Refuses(
+                "refresh_token",
+                json!({"provider":"anthropic"}),
+                "REFRESH_NOT_AVAILABLE",
+                "Token for anthropic does not have a refresh_token",
+            ),
+        ],
     );
 }
 
 #[test]
 fn c042_n_server_remove_token_in_a_bucket() {
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("keep"));
-    env.save_token("anthropic", "gone", &tok("drop"));
-    let srv = env.serve_n(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.ok(
-            "remove_token",
-            json!({"provider":"anthropic","bucket":"gone"})
-        ),
-        json!({})
-    );
-    assert_eq!(
-        c.ok("list_buckets", json!({"provider":"anthropic"})),
-        json!({"buckets":["default"]})
+    check(
+        N,
+        &[
+            Token("anthropic", "default", "keep"),
+            Token("anthropic", "gone", "drop"),
+        ],
+        &[
+            Answers(
+                "remove_token",
+                json!({"provider":"anthropic","bucket":"gone"}),
+                json!({}),
+            ),
+            Answers(
+                "list_buckets",
+                json!({"provider":"anthropic"}),
+                json!({"buckets":["default"]}),
+            ),
+        ],
     );
 }
 
 #[test]
 fn c044_s_server_version_mismatch_wins_over_missing_token() {
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.conn();
-    c.send(&json!({"v":999,"op":"handshake","payload":{"minVersion":999,"maxVersion":999}}));
-    assert_eq!(
-        c.recv(),
-        json!({"v":2,"op":"handshake","ok":false,"code":"UNKNOWN_VERSION","error":"Unsupported protocol version"})
-    );
-    c.assert_closed_within(Duration::from_secs(5));
+    check_version_999_refused(S);
 }
 
 /// The five login/refresh requests of item 45, sent in one write.
@@ -705,9 +740,7 @@ fn c045_fix_b1_sandbox_login_allowed_strict_sandbox_forbids() {
         assert_eq!(got[id], err_reply(id, "FORBIDDEN", msg));
     }
     // By default the same requests reach the login and refresh handlers.
-    let env = Env::new();
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
+    let (_env, _srv, mut c) = seeded(S, &[]);
     five_oauth_requests(&mut c);
     let got = c.recv_by_id(5);
     assert_eq!(got["i"]["ok"], true, "{}", got["i"]);
@@ -729,12 +762,13 @@ fn c045_fix_b1_sandbox_login_allowed_strict_sandbox_forbids() {
 fn c045_sandbox_refresh_of_a_stored_token_without_refresh_token() {
     // The sandbox reaches the refresh handler (not FORBIDDEN) and gets its
     // answer for a token saved without a refresh token.
-    let env = Env::new();
-    env.save_token("anthropic", "default", &tok("a"));
-    let srv = env.serve(&[]);
-    let mut c = srv.hs();
-    assert_eq!(
-        c.err("refresh_token", json!({"provider":"anthropic"})).0,
-        "REFRESH_NOT_AVAILABLE"
+    check(
+        S,
+        &[Token("anthropic", "default", "a")],
+        &[Code(
+            "refresh_token",
+            json!({"provider":"anthropic"}),
+            "REFRESH_NOT_AVAILABLE",
+        )],
     );
 }

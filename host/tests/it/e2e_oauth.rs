@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +24,7 @@ use credproxy_unix::client::{
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+use crate::support::http_stub::free_port;
 use crate::support::oauth_server::{DEVICE_GRANT, DeviceStep, OAuthServer};
 use crate::support::{self, Client, Proxy, Scratch};
 
@@ -38,14 +39,6 @@ const FLOW_LIMIT: Duration = Duration::from_secs(10);
 /// Pause between two `oauth_poll`s or refresh attempts: shorter than any
 /// poll interval the proxy uses here.
 const TICK: Duration = Duration::from_millis(20);
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn now_unix() -> u64 {
     SystemTime::now()

@@ -10,7 +10,7 @@ use credproxy::store::{FileStore, Store};
 use credproxy_core::http::{self, HttpOutcome, HttpRequest, MAX_BODY, Method, TransportError};
 use credproxy_core::{Effect, EffectResult, Secret};
 
-use crate::support::effects::{Behavior, Server, free_port, json, response};
+use crate::support::http_stub::{Behavior, Server, free_port, json, response};
 
 fn client() -> HttpClient {
     HttpClient::new()

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
@@ -82,23 +83,33 @@ fn assert_no_secret(ran: &Ran) {
     }
 }
 
-fn import(s: &Scratch, from: &Path, extra: &[&str]) -> Ran {
-    let from = from.display().to_string();
+/// `credproxy import llxprt` for host [`HOST`] into `s`'s store, reading
+/// `from` (none: where llxprt's environment says) as `user` (none: `$USER`
+/// decides), with `extra` flags.
+fn import_command(s: &Scratch, from: Option<&Path>, user: Option<&str>, extra: &[&str]) -> Command {
     let store = s.store_arg();
-    let mut args = vec![
-        "import",
-        "llxprt",
-        "--from",
-        &from,
-        "--hostname",
-        HOST,
-        "--user",
-        USER,
-        "--store",
-        &store,
-    ];
+    let mut args = vec!["import", "llxprt", "--hostname", HOST, "--store", &store];
+    let from = from.map(|f| f.display().to_string());
+    if let Some(from) = &from {
+        args.extend(["--from", from]);
+    }
+    if let Some(user) = user {
+        args.extend(["--user", user]);
+    }
     args.extend_from_slice(extra);
-    let ran = s.run(&args, b"");
+    s.command(&args)
+}
+
+/// Imports `from` as [`USER`]; no secret in the output.
+fn import(s: &Scratch, from: &Path, extra: &[&str]) -> Ran {
+    import_as(s, from, USER, extra)
+}
+
+/// Imports `from` as `user`; no secret in the output.
+fn import_as(s: &Scratch, from: &Path, user: &str, extra: &[&str]) -> Ran {
+    let mut cmd = import_command(s, Some(from), Some(user), extra);
+    cmd.stdin(Stdio::piped());
+    let ran = crate::support::run_bounded(cmd, b"");
     assert_no_secret(&ran);
     ran
 }
@@ -381,42 +392,16 @@ fn broken_tree_imports_the_good_entry_and_reports_the_others() {
 #[test]
 fn user_name_candidates_come_from_user_and_the_tag_picks_the_right_one() {
     let s = Scratch::new();
-    let from = fixtures().join("v1").display().to_string();
-    let store = s.store_arg();
-    let args = [
-        "import",
-        "llxprt",
-        "--from",
-        &from,
-        "--hostname",
-        HOST,
-        "--store",
-        &store,
-    ];
+    let from = fixtures().join("v1");
     // $USER is Bun's user name: found without --user.
-    let mut cmd = s.command(&args);
+    let mut cmd = import_command(&s, Some(&from), None, &[]);
     cmd.env("USER", USER);
     let ran = crate::support::run_bounded(cmd, b"");
     ran.assert_code(0);
     ran.assert_stdout_has(&["summary: 7 imported"]);
     // A wrong --user is the only candidate: nothing decrypts.
     let s = Scratch::new();
-    let store = s.store_arg();
-    let ran = s.run(
-        &[
-            "import",
-            "llxprt",
-            "--from",
-            &from,
-            "--hostname",
-            HOST,
-            "--user",
-            "someone",
-            "--store",
-            &store,
-        ],
-        b"",
-    );
+    let ran = import_as(&s, &from, "someone", &[]);
     ran.assert_code(4);
     ran.assert_stdout_has(&["user name \"someone\"", "7 skipped because of errors"]);
     assert_no_secret(&ran);
@@ -554,18 +539,7 @@ fn an_empty_data_directory_says_what_was_looked_at() {
 #[test]
 fn the_data_directory_follows_llxprt_data_home() {
     let s = Scratch::new();
-    let store = s.store_arg();
-    let mut cmd = s.command(&[
-        "import",
-        "llxprt",
-        "--hostname",
-        HOST,
-        "--user",
-        USER,
-        "--store",
-        &store,
-        "--dry-run",
-    ]);
+    let mut cmd = import_command(&s, None, Some(USER), &["--dry-run"]);
     cmd.env("LLXPRT_DATA_HOME", fixtures().join("v1"))
         .env_remove("LLXPRT_CONFIG_HOME");
     let ran = crate::support::run_bounded(cmd, b"");
@@ -575,7 +549,7 @@ fn the_data_directory_follows_llxprt_data_home() {
         "7 would be imported",
     ]);
     // Without overrides: $XDG_DATA_HOME/llxprt-code (here: none there yet).
-    let mut cmd = s.command(&["import", "llxprt", "--hostname", HOST, "--store", &store]);
+    let mut cmd = import_command(&s, None, None, &[]);
     cmd.env_remove("LLXPRT_DATA_HOME")
         .env_remove("LLXPRT_CONFIG_HOME");
     let ran = crate::support::run_bounded(cmd, b"");

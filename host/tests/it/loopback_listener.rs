@@ -12,7 +12,7 @@ use credproxy_core::loopback::PAGE_BAD_REQUEST;
 use smol::LocalExecutor;
 use smol::channel::{Sender, unbounded};
 
-use crate::support::effects::{TIMEOUT, free_port, get, raw_http, split_answer};
+use crate::support::http_stub::{TIMEOUT, free_port, get, raw_http, split_answer};
 
 const PAGE: &str = "stub page\n";
 

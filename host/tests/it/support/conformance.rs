@@ -25,19 +25,20 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
 use std::time::Duration;
 
 use credproxy_core::frame::FrameDecoder;
 use credproxy_unix::client::proto;
 use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
+
+use super::http_stub::{self, HttpStub, Mode, read_request};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_credproxy");
@@ -215,6 +216,14 @@ impl Env {
         let mut all = vec!["--insecure-no-token"];
         all.extend_from_slice(extra);
         Server::spawn_command(self.command_of(&self.proxy_args("serve", &all)), false)
+    }
+
+    /// An N- or S-server on this tree, without extra flags.
+    pub fn serve_as(&self, kind: Kind) -> Server {
+        match kind {
+            Kind::N => self.serve_n(&[]),
+            Kind::S => self.serve(&[]),
+        }
     }
 
     /// `serve` that is expected to fail before printing its start lines:
@@ -693,33 +702,25 @@ type Handler = dyn Fn(&Req, usize) -> Resp + Send + Sync;
 /// its index among the requests to the same path (0-based); each request is
 /// served on its own thread, so a handler may block (see [`Gate`]).
 pub struct Stub {
-    port: u16,
+    stub: HttpStub,
     log: Arc<Mutex<Vec<Req>>>,
 }
 
 impl Stub {
     /// Starts a stub answering with `handler`.
     pub fn start(handler: impl Fn(&Req, usize) -> Resp + Send + Sync + 'static) -> Stub {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the stub");
-        let port = listener.local_addr().expect("addr").port();
         let log: Arc<Mutex<Vec<Req>>> = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
         let log2 = log.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let log = log2.clone();
-                let handler = handler.clone();
-                thread::spawn(move || serve_one(stream, &log, &*handler));
-            }
+        let stub = HttpStub::start(Mode::Threaded, usize::MAX, move |stream, _| {
+            serve_one(stream, &log2, &handler);
         });
-        Stub { port, log }
+        Stub { stub, log }
     }
 
     /// `http://127.0.0.1:PORT` + `path`.
     #[must_use]
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.stub.url(path)
     }
 
     /// Every request so far.
@@ -752,24 +753,17 @@ impl Stub {
 }
 
 fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
-    let _ = stream.set_read_timeout(Some(WAIT));
-    let Some(got) = super::effects::read_request(&mut stream) else {
+    let Ok(got) = read_request(&mut stream) else {
         return;
     };
-    let (method, target, body) = (got.method, got.target, got.body);
-    let headers: BTreeMap<String, String> = (got.headers.into_iter())
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), parse_query(q)),
-        None => (target.clone(), BTreeMap::new()),
-    };
     let req = Req {
-        method,
-        path,
-        query,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        path: got.path().to_owned(),
+        query: parse_query(got.query()),
+        headers: (got.headers.iter())
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        body: String::from_utf8_lossy(&got.body).into_owned(),
+        method: got.method,
     };
     let nth = {
         let mut log = log.lock().expect("log");
@@ -783,13 +777,8 @@ fn serve_one(mut stream: TcpStream, log: &Mutex<Vec<Req>>, handler: &Handler) {
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return;
     }
-    let body = resp.body.to_string();
-    let out = format!(
-        "HTTP/1.1 {} Stub\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        resp.status,
-        body.len()
-    );
-    let _ = stream.write_all(out.as_bytes());
+    let out = http_stub::json(&format!("{} Stub", resp.status), &resp.body.to_string());
+    let _ = stream.write_all(&out);
     let _ = stream.flush();
 }
 
@@ -862,37 +851,16 @@ impl Gate {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
-#[must_use]
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use super::http_stub::free_port;
 
 /// A minimal HTTP GET to 127.0.0.1 (the "browser" of a loopback redirect):
 /// the status and body.
 pub fn http_get(port: u16, target: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the loopback listener");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send GET");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
+    let answer = http_stub::get(([127, 0, 0, 1], port).into(), target);
+    let (status_line, _, body) = http_stub::split_answer(&answer);
+    let status = (status_line.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
     (status, body)
 }
 
@@ -1094,6 +1062,120 @@ pub fn n_conn() -> (Env, Server, Conn) {
     let srv = env.serve_n(&[]);
     let c = srv.hs();
     (env, srv, c)
+}
+
+/// The two servers of the checklist: N (`--insecure-no-token`, host
+/// class) and S (generated capability token, sandbox class).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `serve --insecure-no-token`.
+    N,
+    /// `serve`.
+    S,
+}
+
+/// What a checklist item puts in the store before its server starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Seed<'a> {
+    /// An API key and its value.
+    Key(&'a str, &'a str),
+    /// `tok(access)` for a provider and bucket: `(provider, bucket, access)`.
+    Token(&'a str, &'a str, &'a str),
+}
+
+/// One request of a checklist item and what must answer it.
+#[derive(Debug, Clone)]
+pub enum Step<'a> {
+    /// `op` answers `ok:true` with exactly this `data`.
+    Answers(&'a str, Value, Value),
+    /// `op` answers `ok:true`; `data[field]` is exactly this.
+    Field(&'a str, Value, &'a str, Value),
+    /// `op` is refused with exactly this code and message (the whole reply).
+    Refuses(&'a str, Value, &'a str, &'a str),
+    /// `op` is refused with this code.
+    Code(&'a str, Value, &'a str),
+}
+
+/// A fresh tree seeded with `seeds`, a server of `kind` on it and a
+/// connection past the handshake.
+#[must_use]
+pub fn seeded(kind: Kind, seeds: &[Seed]) -> (Env, Server, Conn) {
+    let env = Env::new();
+    for seed in seeds {
+        match *seed {
+            Seed::Key(name, value) => env.key_set(name, value),
+            Seed::Token(provider, bucket, access) => env.save_token(provider, bucket, &tok(access)),
+        }
+    }
+    let srv = env.serve_as(kind);
+    let c = srv.hs();
+    (env, srv, c)
+}
+
+/// Runs `steps` in order on one connection.
+#[track_caller]
+pub fn run_steps(c: &mut Conn, steps: &[Step]) {
+    for step in steps {
+        match step.clone() {
+            Step::Answers(op, payload, want) => assert_eq!(c.ok(op, payload), want, "{op}"),
+            Step::Field(op, payload, field, want) => {
+                assert_eq!(c.ok(op, payload)[field], want, "{op}");
+            }
+            Step::Refuses(op, payload, code, error) => {
+                let got = c.call(op, payload);
+                let id = format!("r{}", c.next_id);
+                assert_eq!(got, err_reply(&id, code, error), "{op}");
+            }
+            Step::Code(op, payload, code) => assert_eq!(c.err(op, payload).0, code, "{op}"),
+        }
+    }
+}
+
+/// A checklist item: a server of `kind` over a store seeded with `seeds`,
+/// one connection past the handshake, `steps` on it.
+#[track_caller]
+pub fn check(kind: Kind, seeds: &[Seed], steps: &[Step]) {
+    let (_env, _srv, mut c) = seeded(kind, seeds);
+    run_steps(&mut c, steps);
+}
+
+/// A checklist item on a fresh N-server: `op` is refused with exactly
+/// `code` and `error`.
+#[track_caller]
+pub fn n_refuses(op: &str, payload: Value, code: &str, error: &str) {
+    check(Kind::N, &[], &[Step::Refuses(op, payload, code, error)]);
+}
+
+/// The exact handshake reply refusing a connection.
+#[must_use]
+pub fn handshake_refusal(code: &str, error: &str) -> Value {
+    json!({"v":2,"op":"handshake","ok":false,"code":code,"error":error})
+}
+
+/// On a fresh server of `kind`: a handshake presenting `token` is refused
+/// with exactly `code`/`error`, and the connection closes.
+#[track_caller]
+pub fn check_handshake_refused(kind: Kind, token: Option<&str>, code: &str, error: &str) {
+    let env = Env::new();
+    let srv = env.serve_as(kind);
+    let mut c = srv.conn();
+    assert_eq!(c.handshake(token), handshake_refusal(code, error));
+    c.assert_closed_within(Duration::from_secs(5));
+}
+
+/// On a fresh server of `kind`: a handshake for version 999 only is
+/// refused as `UNKNOWN_VERSION`, and the connection closes.
+#[track_caller]
+pub fn check_version_999_refused(kind: Kind) {
+    let env = Env::new();
+    let srv = env.serve_as(kind);
+    let mut c = srv.conn();
+    c.send(&json!({"v":999,"op":"handshake","payload":{"minVersion":999,"maxVersion":999}}));
+    assert_eq!(
+        c.recv(),
+        handshake_refusal("UNKNOWN_VERSION", "Unsupported protocol version")
+    );
+    c.assert_closed_within(Duration::from_secs(5));
 }
 
 /// An N-server on `stub`'s providers with extra `[limits]` lines (the

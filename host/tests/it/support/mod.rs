@@ -28,6 +28,7 @@
 pub mod conformance;
 pub mod effects;
 pub mod hostile;
+pub mod http_stub;
 pub mod keyring;
 pub mod matcher;
 pub mod oauth_server;

@@ -1,5 +1,5 @@
 //! A small OAuth 2.0 authorization server for integration tests: real
-//! HTTP/1.1 on `127.0.0.1:<ephemeral>`, one thread, one request per
+//! HTTP/1.1 on `127.0.0.1:<ephemeral>` (a [`HttpStub`]), one thread, one request per
 //! connection (every response says `Connection: close`), stopped and joined
 //! on drop. Every request is recorded.
 //!
@@ -34,11 +34,11 @@
 //! server cuts that wait short.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -46,10 +46,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use credproxy_core::Secret;
 use serde_json::{Map, Value, json};
 
-/// Bound on reading one request from a client.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head or body accepted.
-const MAX_REQUEST: usize = 256 * 1024;
+use super::http_stub::{HttpStub, Mode, Recorded as Request, read_request};
 
 /// The device-code grant type.
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -236,10 +233,8 @@ impl State {
 
 /// The running server. Stopped (and its thread joined) on drop.
 pub struct OAuthServer {
-    addr: SocketAddr,
+    stub: HttpStub,
     state: Arc<Mutex<State>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// An HTTP response: status and JSON body.
@@ -258,48 +253,30 @@ impl OAuthServer {
     /// its first poll unless a script says otherwise.
     #[must_use]
     pub fn start() -> OAuthServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the OAuth server");
-        let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
-            base: format!("http://127.0.0.1:{}", addr.port()),
             device_interval_s: Some(1),
             device_expires_in: 600,
             expires_in: 3600,
             ..State::default()
         }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let stub = {
             let state = state.clone();
-            let stop = stop.clone();
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if let Ok(stream) = stream {
-                        serve_one(stream, &state, &stop);
-                    }
-                }
+            HttpStub::start(Mode::Serial, usize::MAX, move |stream, stop| {
+                serve_one(stream, &state, stop);
             })
         };
-        OAuthServer {
-            addr,
-            state,
-            stop,
-            thread: Some(thread),
-        }
+        lock(&state).base = stub.url("");
+        OAuthServer { stub, state }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// The port.
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.stub.port()
     }
 
     /// `http://127.0.0.1:<port>` (also the issuer).
@@ -442,131 +419,10 @@ impl OAuthServer {
     }
 }
 
-impl Drop for OAuthServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// HTTP.
-
-struct Request {
-    method: String,
-    path: String,
-    content_type: String,
-    body: Vec<u8>,
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
-/// Reads one request: the head with httparse, then a `Content-Length` or
-/// chunked body.
-fn read_request(stream: &mut TcpStream) -> io::Result<Request> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_len = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err(bad("head too large"));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(bad("closed before the head ended"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&buf[..head_len]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad("malformed head")),
-    }
-    let method = req.method.unwrap_or_default().to_owned();
-    let target = req.path.unwrap_or_default();
-    let path = target.split('?').next().unwrap_or_default().to_owned();
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-    };
-    let content_type = header("content-type").unwrap_or_default();
-    let chunked = header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-    let length: usize = header("content-length")
-        .map(|l| l.parse().map_err(|_| bad("bad content-length")))
-        .transpose()?
-        .unwrap_or(0);
-    let mut rest = buf[head_len..].to_vec();
-    let body = if chunked {
-        read_chunked(stream, rest)?
-    } else {
-        if length > MAX_REQUEST {
-            return Err(bad("body too large"));
-        }
-        while rest.len() < length {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(bad("closed inside the body"));
-            }
-            rest.extend_from_slice(&chunk[..n]);
-        }
-        rest.truncate(length);
-        rest
-    };
-    Ok(Request {
-        method,
-        path,
-        content_type,
-        body,
-    })
-}
-
-fn read_chunked(stream: &mut TcpStream, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let mut body = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut more = |buf: &mut Vec<u8>| -> io::Result<()> {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(bad("closed inside a chunked body"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_REQUEST {
-            return Err(bad("body too large"));
-        }
-        Ok(())
-    };
-    loop {
-        let line_end = loop {
-            if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
-                break p;
-            }
-            more(&mut buf)?;
-        };
-        let size_text = String::from_utf8_lossy(&buf[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            return Ok(body);
-        }
-        while buf.len() < size + 2 {
-            more(&mut buf)?;
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The fields of a JSON object body (string values; numbers as text) or a
@@ -591,23 +447,20 @@ fn fields_of(content_type: &str, body: &[u8]) -> BTreeMap<String, String> {
 }
 
 fn serve_one(mut stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     let Ok(req) = read_request(&mut stream) else {
         return;
     };
+    let content_type = req.header("content-type").unwrap_or_default().to_owned();
     let at = Instant::now();
-    let fields = fields_of(&req.content_type, &req.body);
+    let fields = fields_of(&content_type, &req.body);
     let (status, body, latency) = {
-        let mut st = state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = lock(state);
         let ((status, body), latency) = route(&mut st, &req, &fields, at);
         st.requests.push(Recorded {
             at,
             method: req.method.clone(),
-            path: req.path.clone(),
-            content_type: req.content_type.clone(),
+            path: req.path().to_owned(),
+            content_type,
             body: String::from_utf8_lossy(&req.body).into_owned(),
             fields,
             status,
@@ -645,7 +498,7 @@ fn route(
     at: Instant,
 ) -> (Response, Duration) {
     let none = Duration::ZERO;
-    match (req.method.as_str(), req.path.as_str()) {
+    match (req.method.as_str(), req.path()) {
         ("GET", "/.well-known/openid-configuration") => {
             let base = st.base.clone();
             let issuer = st.discovery_issuer.clone().unwrap_or_else(|| base.clone());
