@@ -2,7 +2,10 @@
 //! (host/tests/fixtures/llxprt-store, copied from the shared fixtures): every
 //! expected entry lands in the store field for field, the proxy serves it,
 //! no secret is printed, reruns import nothing, and damaged input is
-//! reported entry by entry with exit status 4.
+//! reported entry by entry with exit status 4. These runs read the files
+//! only (`--files-only`), so whatever keyring the machine running the
+//! tests has is never read; the keyring half is in
+//! [`super::import_llxprt_keyring`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,20 +15,20 @@ use serde_json::{Value, json};
 use crate::support::{Ran, Scratch};
 
 /// The KDF identity the fixtures were written with.
-const HOST: &str = "fixture-host";
-const USER: &str = "fixture-user";
+pub(super) const HOST: &str = "fixture-host";
+pub(super) const USER: &str = "fixture-user";
 
-fn fixtures() -> PathBuf {
+pub(super) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llxprt-store")
 }
 
-fn expected() -> Value {
+pub(super) fn expected() -> Value {
     let text = fs::read_to_string(fixtures().join("expected.json")).expect("expected.json");
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
 /// The expected entries of `tree` that llxprt reads back.
-fn expected_ok(tree: &str) -> Vec<Value> {
+pub(super) fn expected_ok(tree: &str) -> Vec<Value> {
     expected()["files"]
         .as_array()
         .expect("files")
@@ -37,7 +40,7 @@ fn expected_ok(tree: &str) -> Vec<Value> {
 
 /// Every secret value in the fixtures (tokens, refresh tokens, id tokens,
 /// API keys, the machine secret, damaged files' plaintext included).
-fn all_secrets() -> Vec<String> {
+pub(super) fn all_secrets() -> Vec<String> {
     let e = expected();
     let mut out = vec![
         e["kdf"]["machine_secret_base64"]
@@ -96,6 +99,7 @@ fn import(s: &Scratch, from: &Path, extra: &[&str]) -> Ran {
         USER,
         "--store",
         &store,
+        "--files-only",
     ];
     args.extend_from_slice(extra);
     let ran = s.run(&args, b"");
@@ -104,7 +108,7 @@ fn import(s: &Scratch, from: &Path, extra: &[&str]) -> Ran {
 }
 
 /// A private copy of a fixture tree, for tests that damage or rename files.
-fn copy_tree(src: &Path, dst: &Path) {
+pub(super) fn copy_tree(src: &Path, dst: &Path) {
     fs::create_dir_all(dst).unwrap();
     for entry in fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
@@ -117,14 +121,14 @@ fn copy_tree(src: &Path, dst: &Path) {
     }
 }
 
-fn oauth_dir(data: &Path) -> PathBuf {
+pub(super) fn oauth_dir(data: &Path) -> PathBuf {
     data.join("secure-store/llxprt-code-oauth")
 }
 
 /// The stored value of every expected entry of `tree` equals llxprt's
 /// plaintext: tokens field for field (every string byte for byte), API
 /// keys exactly.
-fn assert_store_holds(s: &Scratch, tree: &str) {
+pub(super) fn assert_store_holds(s: &Scratch, tree: &str) {
     let store = s.open_store();
     let entries = expected_ok(tree);
     assert!(!entries.is_empty());
@@ -212,8 +216,7 @@ fn imports_every_v1_and_v2_entry_as_llxprt_wrote_it() {
             "imported API key my-key",
             "summary: 7 imported, 0 replaced, 0 already in credproxy (kept), 0 skipped",
         ]);
-        assert!(ran.stderr.contains("OS keyring entries"), "{}", ran.stderr);
-        assert!(ran.stderr.contains("not read"), "{}", ran.stderr);
+        ran.assert_stdout_has(&["llxprt keyring: not read (--files-only)"]);
         assert_store_holds(&s, tree);
         assert_proxy_serves(&s, tree);
     }
@@ -392,6 +395,7 @@ fn user_name_candidates_come_from_user_and_the_tag_picks_the_right_one() {
         HOST,
         "--store",
         &store,
+        "--files-only",
     ];
     // $USER is Bun's user name: found without --user.
     let mut cmd = s.command(&args);
@@ -414,6 +418,7 @@ fn user_name_candidates_come_from_user_and_the_tag_picks_the_right_one() {
             "someone",
             "--store",
             &store,
+            "--files-only",
         ],
         b"",
     );
@@ -547,8 +552,8 @@ fn an_empty_data_directory_says_what_was_looked_at() {
         "secure-store/llxprt-code-oauth",
         "provider-keys",
         "summary: 0 imported",
+        "llxprt keyring: not read (--files-only)",
     ]);
-    assert!(ran.stderr.contains("OS keyring entries"), "{}", ran.stderr);
 }
 
 #[test]
@@ -565,6 +570,7 @@ fn the_data_directory_follows_llxprt_data_home() {
         "--store",
         &store,
         "--dry-run",
+        "--files-only",
     ]);
     cmd.env("LLXPRT_DATA_HOME", fixtures().join("v1"))
         .env_remove("LLXPRT_CONFIG_HOME");
@@ -575,7 +581,15 @@ fn the_data_directory_follows_llxprt_data_home() {
         "7 would be imported",
     ]);
     // Without overrides: $XDG_DATA_HOME/llxprt-code (here: none there yet).
-    let mut cmd = s.command(&["import", "llxprt", "--hostname", HOST, "--store", &store]);
+    let mut cmd = s.command(&[
+        "import",
+        "llxprt",
+        "--hostname",
+        HOST,
+        "--store",
+        &store,
+        "--files-only",
+    ]);
     cmd.env_remove("LLXPRT_DATA_HOME")
         .env_remove("LLXPRT_CONFIG_HOME");
     let ran = crate::support::run_bounded(cmd, b"");
