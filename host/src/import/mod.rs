@@ -495,3 +495,6 @@ impl<'k> Keys<'k> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests;
