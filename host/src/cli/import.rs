@@ -79,7 +79,8 @@ pub(super) struct LlxprtArgs {
     #[arg(long)]
     files_only: bool,
     /// List what would be imported (provider and bucket or key name,
-    /// expiry, whether a refresh token is there); write nothing.
+    /// expiry, whether a refresh token is there, and where it was found:
+    /// the keyring or a file's envelope version); write nothing.
     #[arg(long)]
     dry_run: bool,
     /// Import only these providers, provider:bucket accounts or API key
