@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 
 use crate::import::{self, KeyringInput, Options, kdf, paths};
-use crate::keyring::Keyring;
+use crate::keyring::{Keyring, KeyringError};
 
 use super::{EXIT_FAILED, Failure, StoreOnly, emit, emit_line, open_store_cli, store_root_cli};
 
@@ -48,7 +48,9 @@ $LLXPRT_CONFIG_HOME, else $XDG_DATA_HOME/llxprt-code or ~/.local/share/llxprt-co
 files are keyed to the host name and user name that wrote them (and, for v2, to llxprt's
 machine secret: the keyring's llxprt-code-machine-secret entry is tried first, then
 <data>/machine_secret): for a directory copied from another machine give --hostname and
---user. Keyring calls are bounded in time; a locked keyring is reported, not waited for.
+--user. Keyring calls are bounded in time: a Secret Service that does not answer within
+5 s counts as none (the kernel keyring is read instead, with a note), and a locked
+keyring is reported, not waited for.
 Entries credproxy already has are kept unless --overwrite; a second run imports nothing.
 
 ",
@@ -101,6 +103,36 @@ pub(super) struct LlxprtArgs {
     store: StoreOnly,
 }
 
+/// The keyring llxprt's library would have written to: the Secret Service
+/// if it answers within [`KEYRING_CONNECT_TIMEOUT`], else (Linux) the
+/// kernel keyring, with a note saying why no Secret Service was read.
+fn open_keyring() -> (Result<Keyring, KeyringError>, Option<String>) {
+    #[cfg(target_os = "linux")]
+    {
+        match Keyring::open(KEYRING_CONNECT_TIMEOUT) {
+            Err(KeyringError::Unavailable(why)) => match Keyring::kernel() {
+                Ok(k) => (
+                    Ok(k),
+                    Some(format!(
+                        "no Secret Service was read ({why}); the kernel keyring was read instead"
+                    )),
+                ),
+                Err(e) => (
+                    Err(KeyringError::Unavailable(format!(
+                        "{why}; and the kernel keyring: {e}"
+                    ))),
+                    None,
+                ),
+            },
+            other => (other, None),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        (Keyring::open_for_reading(KEYRING_CONNECT_TIMEOUT), None)
+    }
+}
+
 pub(super) fn cmd_import(c: ImportCmd) -> Result<ExitCode, Failure> {
     match c {
         ImportCmd::Llxprt(a) => cmd_llxprt(&a),
@@ -143,17 +175,20 @@ fn cmd_llxprt(a: &LlxprtArgs) -> Result<ExitCode, Failure> {
     if let Some(dir) = &opts.data {
         import::check_data_dir(dir).map_err(|e| Failure(EXIT_FAILED, e))?;
     }
-    let keyring = if a.files_only {
-        None
+    let (keyring, note) = if a.files_only {
+        (None, None)
     } else {
-        Some(Keyring::open_for_reading(KEYRING_CONNECT_TIMEOUT))
+        let (k, note) = open_keyring();
+        (Some(k), note)
     };
     let input = match &keyring {
         None => KeyringInput::NotAsked,
         Some(Ok(k)) => KeyringInput::Open(k),
         Some(Err(e)) => KeyringInput::Unreachable(e.clone()),
     };
-    let report = import::run(&opts, store.as_ref(), input).map_err(|e| Failure(EXIT_FAILED, e))?;
+    let mut report =
+        import::run(&opts, store.as_ref(), input).map_err(|e| Failure(EXIT_FAILED, e))?;
+    report.notes.splice(0..0, note);
     if a.store.json {
         emit_line(format_args!("{}", report.to_json()));
     } else {

@@ -522,3 +522,35 @@ shift 2 && exec "$@""#;
         "kernel-key-secret"
     );
 }
+
+#[test]
+fn a_stalled_secret_service_costs_the_connect_limit_and_the_files_still_import() {
+    let keyctl = require_tool("keyctl", "keyutils");
+    let keyring = TestKeyring::llxprt_fixture();
+    // Frozen, the daemon keeps its bus name but never answers.
+    nix::sys::signal::kill(keyring.daemon_pid(), nix::sys::signal::Signal::SIGSTOP)
+        .expect("SIGSTOP the daemon");
+    let s = Scratch::new();
+    let store = s.store_arg();
+    let from = fixtures().join("v2").display().to_string();
+    // In a fresh session keyring, so the kernel fallback finds nothing.
+    let mut cmd = Command::new(keyctl);
+    cmd.args(["session", "-", crate::support::BIN])
+        .args(["import", "llxprt", "--hostname", HOST, "--user", USER])
+        .args(["--store", &store, "--from", &from]);
+    s.isolate(&mut cmd);
+    keyring.apply(&mut cmd);
+    let start = Instant::now();
+    let ran = run_bounded(cmd, b"");
+    let took = start.elapsed();
+    assert_no_secret(&ran);
+    ran.assert_code(0);
+    ran.assert_stdout_has(&[
+        "llxprt keyring: kernel keyring, 0 entries",
+        "note: no Secret Service was read",
+        "no answer within 5000 ms",
+        "summary: 7 imported, 0 replaced, 0 already in credproxy (kept), 0 skipped because of errors\n",
+    ]);
+    super::import_llxprt::assert_store_holds(&s, "v2");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}
