@@ -25,7 +25,8 @@ macro_rules! import_exit_help {
     () => {
         "\
 Exit status: 0 every entry found was imported or is already in credproxy; 1 the llxprt
-data directory could not be read; 2 bad usage; 3 could not start (invalid configuration
+data directory could not be read (a missing default one is only a note when a keyring
+answers); 2 bad usage; 3 could not start (invalid configuration
 file, unusable store directory); 4 some entry was skipped because of an error (each is
 listed with its reason; the others were imported), or the OS keyring answered but could
 not be read (locked, stalled), or --keyring-only found no keyring at all. With the
@@ -171,9 +172,21 @@ fn cmd_llxprt(a: &LlxprtArgs) -> Result<ExitCode, Failure> {
     } else {
         Some(open_store_cli(&a.store)?.0)
     };
-    // The data directory is checked before the keyring is touched.
-    if let Some(dir) = &opts.data {
-        import::check_data_dir(dir).map_err(|e| Failure(EXIT_FAILED, e))?;
+    // The data directory is checked before the keyring is touched. The
+    // default one may be missing where llxprt keeps everything in the
+    // keyring: then the keyring alone is read, if there is one.
+    let mut opts = opts;
+    let mut missing_default = None;
+    if let Some(dir) = &opts.data
+        && let Err(e) = import::check_data_dir(dir)
+    {
+        let absent =
+            matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if a.from.is_some() || a.files_only || !absent {
+            return Err(Failure(EXIT_FAILED, e));
+        }
+        missing_default = Some((dir.clone(), e));
+        opts.data = None;
     }
     let (keyring, note) = if a.files_only {
         (None, None)
@@ -181,6 +194,15 @@ fn cmd_llxprt(a: &LlxprtArgs) -> Result<ExitCode, Failure> {
         let (k, note) = open_keyring();
         (Some(k), note)
     };
+    if let (Some((_, missing)), Some(Err(why))) = (&missing_default, &keyring) {
+        return Err(Failure(EXIT_FAILED, format!("{missing}; and {why}")));
+    }
+    let note = note.into_iter().chain(missing_default.map(|(dir, _)| {
+        format!(
+            "no llxprt data directory at {} (name one with --from DIR): only the keyring was read",
+            dir.display()
+        )
+    }));
     let input = match &keyring {
         None => KeyringInput::NotAsked,
         Some(Ok(k)) => KeyringInput::Open(k),

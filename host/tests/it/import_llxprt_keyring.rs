@@ -554,3 +554,31 @@ fn a_stalled_secret_service_costs_the_connect_limit_and_the_files_still_import()
     super::import_llxprt::assert_store_holds(&s, "v2");
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }
+
+#[test]
+fn a_missing_default_data_directory_leaves_the_keyring() {
+    let keyring = TestKeyring::llxprt_fixture();
+    let s = Scratch::new();
+    let ran = import_with(&s, &[], |c| {
+        keyring.apply(
+            c.env_remove("LLXPRT_DATA_HOME")
+                .env_remove("LLXPRT_CONFIG_HOME"),
+        );
+    });
+    ran.assert_code(0);
+    let want = s.root().join("data/llxprt-code");
+    ran.assert_stdout_has(&[
+        &format!(
+            "note: no llxprt data directory at {} (name one with --from DIR): only the keyring was read",
+            want.display()
+        ),
+        "llxprt keyring: Secret Service, 7 entries",
+        "summary: 7 imported",
+    ]);
+    assert_store_holds_keyring(&s, &keyring_items());
+    // A --from that does not exist is still an error.
+    let missing = s.root().join("nope").display().to_string();
+    let ran = import(&s, &keyring, &["--from", &missing]);
+    ran.assert_code(1);
+    assert!(ran.stderr.contains(&missing), "{}", ran.stderr);
+}
