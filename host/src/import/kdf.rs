@@ -39,7 +39,7 @@ pub enum SecretError {
     /// No `<data>/machine_secret` (llxprt may keep it in the OS keyring).
     #[error(
         "a v2 envelope needs llxprt's machine secret, and {0} does not exist (llxprt may keep \
-         it in the OS keyring, which this version does not read)"
+         it in the OS keyring, which was not read or holds none)"
     )]
     Missing(String),
     /// The file could not be read.

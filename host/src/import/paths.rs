@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const OAUTH_SERVICE: &str = "llxprt-code-oauth";
 /// The keyring service of llxprt's provider API keys.
 pub const KEYS_SERVICE: &str = "llxprt-code-provider-keys";
-/// The keyring service of llxprt's machine secret (not read by this version).
+/// The keyring service of llxprt's machine secret (account `default`).
 pub const MACHINE_SECRET_SERVICE: &str = "llxprt-code-machine-secret";
 
 /// The variables the data directory depends on.

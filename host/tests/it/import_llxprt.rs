@@ -2,7 +2,10 @@
 //! (host/tests/fixtures/llxprt-store, copied from the shared fixtures): every
 //! expected entry lands in the store field for field, the proxy serves it,
 //! no secret is printed, reruns import nothing, and damaged input is
-//! reported entry by entry with exit status 4.
+//! reported entry by entry with exit status 4. These runs read the files
+//! only (`--files-only`), so whatever keyring the machine running the
+//! tests has is never read; the keyring half is in
+//! [`super::import_llxprt_keyring`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,20 +16,20 @@ use serde_json::{Value, json};
 use crate::support::{Ran, Scratch};
 
 /// The KDF identity the fixtures were written with.
-const HOST: &str = "fixture-host";
-const USER: &str = "fixture-user";
+pub(super) const HOST: &str = "fixture-host";
+pub(super) const USER: &str = "fixture-user";
 
-fn fixtures() -> PathBuf {
+pub(super) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llxprt-store")
 }
 
-fn expected() -> Value {
+pub(super) fn expected() -> Value {
     let text = fs::read_to_string(fixtures().join("expected.json")).expect("expected.json");
     serde_json::from_str(&text).expect("expected.json parses")
 }
 
 /// The expected entries of `tree` that llxprt reads back.
-fn expected_ok(tree: &str) -> Vec<Value> {
+pub(super) fn expected_ok(tree: &str) -> Vec<Value> {
     expected()["files"]
         .as_array()
         .expect("files")
@@ -38,7 +41,7 @@ fn expected_ok(tree: &str) -> Vec<Value> {
 
 /// Every secret value in the fixtures (tokens, refresh tokens, id tokens,
 /// API keys, the machine secret, damaged files' plaintext included).
-fn all_secrets() -> Vec<String> {
+pub(super) fn all_secrets() -> Vec<String> {
     let e = expected();
     let mut out = vec![
         e["kdf"]["machine_secret_base64"]
@@ -88,7 +91,17 @@ fn assert_no_secret(ran: &Ran) {
 /// decides), with `extra` flags.
 fn import_command(s: &Scratch, from: Option<&Path>, user: Option<&str>, extra: &[&str]) -> Command {
     let store = s.store_arg();
-    let mut args = vec!["import", "llxprt", "--hostname", HOST, "--store", &store];
+    // --files-only: never the keyring of the machine running the tests
+    // (import_llxprt_keyring.rs brings up its own).
+    let mut args = vec![
+        "import",
+        "llxprt",
+        "--hostname",
+        HOST,
+        "--store",
+        &store,
+        "--files-only",
+    ];
     let from = from.map(|f| f.display().to_string());
     if let Some(from) = &from {
         args.extend(["--from", from]);
@@ -115,7 +128,7 @@ fn import_as(s: &Scratch, from: &Path, user: &str, extra: &[&str]) -> Ran {
 }
 
 /// A private copy of a fixture tree, for tests that damage or rename files.
-fn copy_tree(src: &Path, dst: &Path) {
+pub(super) fn copy_tree(src: &Path, dst: &Path) {
     fs::create_dir_all(dst).unwrap();
     for entry in fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
@@ -128,14 +141,14 @@ fn copy_tree(src: &Path, dst: &Path) {
     }
 }
 
-fn oauth_dir(data: &Path) -> PathBuf {
+pub(super) fn oauth_dir(data: &Path) -> PathBuf {
     data.join("secure-store/llxprt-code-oauth")
 }
 
 /// The stored value of every expected entry of `tree` equals llxprt's
 /// plaintext: tokens field for field (every string byte for byte), API
 /// keys exactly.
-fn assert_store_holds(s: &Scratch, tree: &str) {
+pub(super) fn assert_store_holds(s: &Scratch, tree: &str) {
     let store = s.open_store();
     let entries = expected_ok(tree);
     assert!(!entries.is_empty());
@@ -223,8 +236,7 @@ fn imports_every_v1_and_v2_entry_as_llxprt_wrote_it() {
             "imported API key my-key",
             "summary: 7 imported, 0 replaced, 0 already in credproxy (kept), 0 skipped",
         ]);
-        assert!(ran.stderr.contains("OS keyring entries"), "{}", ran.stderr);
-        assert!(ran.stderr.contains("not read"), "{}", ran.stderr);
+        ran.assert_stdout_has(&["llxprt keyring: not read (--files-only)"]);
         assert_store_holds(&s, tree);
         assert_proxy_serves(&s, tree);
     }
@@ -532,8 +544,8 @@ fn an_empty_data_directory_says_what_was_looked_at() {
         "secure-store/llxprt-code-oauth",
         "provider-keys",
         "summary: 0 imported",
+        "llxprt keyring: not read (--files-only)",
     ]);
-    assert!(ran.stderr.contains("OS keyring entries"), "{}", ran.stderr);
 }
 
 #[test]

@@ -39,6 +39,7 @@ mod hostile_access;
 mod hostile_frames;
 mod hostile_load;
 mod import_llxprt;
+mod import_llxprt_keyring;
 mod io_threads;
 mod keyring;
 mod loopback_listener;
