@@ -15,9 +15,9 @@ use super::{ConfigArg, EXIT_START, Failure, emit_line, failed};
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct BackendArgs {
     /// Store backend: auto (a new store is encrypted-file with the key file
-    /// below, an existing plaintext store stays file), file (plaintext
-    /// files) or encrypted-file [default: the file's `store_backend`, else
-    /// auto]
+    /// below, an existing store keeps its backend), file (plaintext
+    /// files), encrypted-file, or keyring (the secrets in the OS keyring)
+    /// [default: the file's `store_backend`, else auto]
     #[arg(long, value_name = "NAME")]
     pub store_backend: Option<BackendName>,
     /// Key file of an encrypted store (64 hex digits, mode 0600, outside
@@ -82,7 +82,7 @@ pub(super) enum StoreCmd {
     /// backend; never overwrites, refuses a place inside the store.
     InitKey(InitKeyArgs),
     /// Move every token, API key and metadata entry to another backend
-    /// (file or encrypted-file), verifying each; stop the proxies using
+    /// (file, encrypted-file or keyring), verifying each; stop the proxies using
     /// the store first. Rerun it if it was interrupted.
     Migrate(super::migrate::MigrateArgs),
 }

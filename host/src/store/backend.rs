@@ -21,6 +21,7 @@ use credproxy_core::{Secret, Token};
 
 use super::codec::{self, Codec};
 use super::key::{self, DataKey};
+use super::stamp;
 use super::{FileStore, KEYS, KeyLock, KeyMeta, META, Replaced, StoreError, TOKENS, atomic, read};
 
 /// A backend as configured (`--store-backend`, `store_backend`).
@@ -35,6 +36,9 @@ pub enum BackendName {
     File,
     /// Each file an AES-256-GCM envelope under a key kept apart.
     EncryptedFile,
+    /// The secrets in the OS keyring (Secret Service / Keychain), a stamp
+    /// in each file.
+    Keyring,
 }
 
 impl BackendName {
@@ -45,6 +49,7 @@ impl BackendName {
             BackendName::Auto => "auto",
             BackendName::File => "file",
             BackendName::EncryptedFile => "encrypted-file",
+            BackendName::Keyring => "keyring",
         }
     }
 }
@@ -97,6 +102,7 @@ impl Backend {
     pub fn describe(&self) -> String {
         match (&self.name, &self.key) {
             (BackendName::EncryptedFile, Some(k)) => format!("encrypted-file ({k})"),
+            (BackendName::Keyring, Some(k)) => format!("keyring ({k})"),
             (name, _) if *name == BackendName::File => "file (plaintext)".to_owned(),
             (name, _) => name.to_string(),
         }
@@ -115,7 +121,8 @@ impl Backend {
 /// [`FileStore`] (see there for their errors).
 #[derive(Debug)]
 pub enum Store {
-    /// The `file` or `encrypted-file` backend.
+    /// The `file`, `encrypted-file` or `keyring` backend (the last keeps
+    /// the files, with stamps in place of the secrets).
     Files(FileStore),
 }
 
@@ -135,6 +142,8 @@ impl Store {
     pub fn open(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
         let root = &spec.root;
         let (name, key, notice) = match spec.backend {
+            BackendName::Keyring => return open_keyring(spec),
+            BackendName::Auto if has_keyring_marker(root) => return open_keyring(spec),
             BackendName::File => (BackendName::File, None, None),
             BackendName::EncryptedFile => {
                 let (key, whence) = explicit_key(&spec.key)?.ok_or_else(|| StoreError::Key {
@@ -298,6 +307,33 @@ impl Store {
     }
 }
 
+/// How long opening waits for the OS keyring to answer.
+const KEYRING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the store at `spec.root` as a `keyring` store.
+fn open_keyring(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
+    let keyring =
+        crate::keyring::Keyring::open(KEYRING_OPEN_TIMEOUT).map_err(|e| StoreError::Key {
+            detail: format!(
+                "the keyring backend needs the OS keyring: {e}; use --store-backend \
+                 encrypted-file (or file) where there is none"
+            ),
+        })?;
+    let store = FileStore::open_keyring(&spec.root, keyring)?;
+    let about = Backend {
+        name: BackendName::Keyring,
+        configured: spec.backend,
+        key: store.keyring_store_name().map(str::to_owned),
+        notice: None,
+    };
+    Ok((Store::Files(store), about))
+}
+
+/// Whether the store at `root` is marked as a keyring store.
+fn has_keyring_marker(root: &Path) -> bool {
+    std::fs::symlink_metadata(root.join(stamp::CHECK_FILE)).is_ok()
+}
+
 /// The key given explicitly (fd first, then file), with where it came from.
 fn explicit_key(src: &KeySource) -> Result<Option<(DataKey, String)>, StoreError> {
     if let Some(fd) = src.fd {
@@ -385,16 +421,43 @@ fn has_plaintext_entries(root: &Path) -> bool {
     })
 }
 
-/// The open-time check of the encrypted marker: a plaintext store must
-/// not be marked, an encrypted one must open with its key; an unmarked,
-/// empty store opened encrypted is marked now.
+/// The open-time check of the markers: a plaintext store must not be
+/// marked, an encrypted one must open with its key, a keyring store must
+/// be opened as one; an unmarked, empty store opened encrypted or keyring
+/// is marked now.
 pub(super) fn check_marker(store: &FileStore) -> Result<(), StoreError> {
     let path = codec::check_path(&store.root);
     let root = store.root.display();
+    let mut keyring_marked = has_keyring_marker(&store.root);
+    if !keyring_marked
+        && matches!(store.codec, Codec::Keyring(_))
+        && !has_plaintext_entries(&store.root)
+        && std::fs::symlink_metadata(&path).is_err()
+    {
+        // A new (or empty) store becomes a keyring store.
+        atomic::write_atomic(&store.root, stamp::CHECK_FILE, stamp::CHECK_TEXT)?;
+        keyring_marked = true;
+    }
+    if keyring_marked != matches!(store.codec, Codec::Keyring(_)) {
+        return Err(StoreError::Key {
+            detail: if keyring_marked {
+                format!(
+                    "the store {root} keeps its secrets in the OS keyring (backend keyring); \
+                     open it with --store-backend keyring or auto"
+                )
+            } else {
+                format!(
+                    "the store {root} holds entries of another backend (file or \
+                     encrypted-file); open it with its own backend, or move it with \
+                     `credproxy store migrate --to keyring`"
+                )
+            },
+        });
+    }
     let found = read::read_private(&path, 4096)?;
     match (&store.codec, found) {
         (Codec::Plain, None) => Ok(()),
-        (Codec::Plain, Some(_)) => Err(StoreError::Key {
+        (Codec::Plain | Codec::Keyring(_), Some(_)) => Err(StoreError::Key {
             detail: format!(
                 "the store {root} is encrypted (backend encrypted-file); open it with \
                  --store-backend encrypted-file or auto and its key"
@@ -408,6 +471,17 @@ pub(super) fn check_marker(store: &FileStore) -> Result<(), StoreError> {
                 path.display()
             ),
         }),
+        (Codec::Keyring(_), None) => {
+            let marker = read::read_private(&store.root.join(stamp::CHECK_FILE), 4096)?;
+            if marker.is_some_and(|m| m.bytes == stamp::CHECK_TEXT) {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt {
+                    path: store.root.join(stamp::CHECK_FILE),
+                    detail: "not a keyring store marker".to_owned(),
+                })
+            }
+        }
         (Codec::Sealed(key), None) => {
             if has_plaintext_entries(&store.root) {
                 return Err(StoreError::Key {

@@ -869,7 +869,8 @@ pub struct StdioProc {
 }
 
 impl StdioProc {
-    fn spawn(mut cmd: Command) -> StdioProc {
+    /// Spawns `cmd` (stdin, stdout and stderr piped), a `credproxy stdio`.
+    pub fn spawn(mut cmd: Command) -> StdioProc {
         let mut child = cmd.spawn().expect("spawn stdio");
         let stdin = child.stdin.take();
         let mut stdout = child.stdout.take().expect("stdout piped");
