@@ -1,8 +1,9 @@
 //! Store backends: the names, the choice of `auto`, and [`Store`], the one
 //! type the driver, the effects and the CLI use.
 //!
-//! `file` (plaintext) and `encrypted-file` share the directory layout of
-//! [`FileStore`] and differ only in the bytes of each file ([`Codec`]).
+//! `file` (plaintext), `encrypted-file` and `keyring` share the directory
+//! layout of [`FileStore`] and differ only in the bytes of each file
+//! ([`Codec`]; for `keyring` a stamp, the secret being a keyring item).
 //! [`Store`] is an enum with one arm per kind of storage, dispatching the
 //! same method names as [`FileStore`]; a keyring or a PostgreSQL backend
 //! becomes one more arm.
@@ -12,7 +13,9 @@
 //! first use (a notice says so). A store already marked encrypted is opened
 //! as `encrypted-file` (its key must exist: a new key is never made for
 //! it), and an existing store with plaintext entries keeps working as
-//! `file` (`credproxy status` says how to migrate).
+//! `file` (`credproxy status` says how to migrate). A store marked
+//! `keyring` (its `keyring.check`) is opened as one; `auto` never picks
+//! the keyring for a new store (yet).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
