@@ -5,7 +5,7 @@
 //! layout of [`FileStore`] and differ only in the bytes of each file
 //! ([`Codec`]; for `keyring` a stamp, the secret being a keyring item).
 //! [`Store`] is an enum with one arm per kind of storage, dispatching the
-//! same method names as [`FileStore`]; a keyring or a PostgreSQL backend
+//! same method names as [`FileStore`]; a PostgreSQL backend
 //! becomes one more arm.
 //!
 //! `auto` (the default) is `encrypted-file` for a new store, with the key
