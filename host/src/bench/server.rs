@@ -105,6 +105,8 @@ pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> 
         None | Some("auto") => BackendName::Auto,
         Some("file") => BackendName::File,
         Some("encrypted-file") => BackendName::EncryptedFile,
+        // The keyring of the session bus in the environment.
+        Some("keyring") => BackendName::Keyring,
         Some(other) => return Err(format!("unknown --store-backend {other}")),
     };
     let spec = StoreSpec {

@@ -371,3 +371,86 @@ fn migrate_moves_a_store_into_the_keyring_and_back_out() {
     assert_eq!(grep(&s.store(), SECRET).len(), 1, "plaintext again");
     assert_eq!(grep(&s.store(), SECRET_KEY).len(), 1, "plaintext again");
 }
+
+const FIGURES_OUT_ENV: &str = "CREDPROXY_KEYRING_FIGURES_OUT";
+
+/// The p50 and p99 of `v`.
+fn percentiles(mut v: Vec<std::time::Duration>) -> String {
+    v.sort_unstable();
+    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
+    format!("p50 {:?}, p99 {:?}", at(50), at(99))
+}
+
+/// Figures for BENCHMARKS.md: `cargo test -p credproxy --test it --
+/// --ignored --nocapture store_keyring::figures`.
+#[test]
+#[ignore = "measurement; run by hand with --nocapture"]
+fn figures() {
+    let kr = TestKeyring::fresh();
+    let out = tempfile::tempdir().expect("tempdir");
+    let file = out.path().join("figures");
+    crate::support::keyring::run_child_test("store_keyring::figures_child", &[], |c| {
+        kr.apply(c).env(FIGURES_OUT_ENV, &file)
+    });
+    eprintln!("{}", fs::read_to_string(&file).expect("figures"));
+}
+
+/// [`figures`]' measurement, in a child on the private bus.
+#[test]
+#[ignore = "helper process for figures"]
+fn figures_child() {
+    use std::time::Instant;
+    const N: usize = 200;
+    let Some(out) = std::env::var_os(FIGURES_OUT_ENV) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keyring =
+        credproxy::keyring::Keyring::open(std::time::Duration::from_secs(5)).expect("keyring");
+    let store = credproxy::store::FileStore::open_keyring(&tmp.path().join("s"), keyring)
+        .expect("open keyring store");
+    let Value::Object(map) = support::token_json("at-figures") else {
+        unreachable!("object");
+    };
+    let token = credproxy_core::Token::from_map(map);
+    let bucket = |i: usize| format!("b{}", i % 10);
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        t.elapsed()
+    };
+    let puts: Vec<_> = (0..N)
+        .map(|i| {
+            time(&mut || {
+                store
+                    .put_token("anthropic", &bucket(i), &token)
+                    .expect("put")
+            })
+        })
+        .collect();
+    let cached: Vec<_> = (0..10 * N)
+        .map(|i| {
+            time(&mut || {
+                assert!(store.get_token_cached("anthropic", &bucket(i)).is_some());
+            })
+        })
+        .collect();
+    let fresh: Vec<_> = (0..N)
+        .map(|i| {
+            time(&mut || {
+                store
+                    .get_token("anthropic", &bucket(i), true)
+                    .expect("get")
+                    .expect("present");
+            })
+        })
+        .collect();
+    let text = format!(
+        "keyring store figures (gnome-keyring on a private bus, {N} writes over 10 keys):\n  \
+         save_token (put_token): {}\n  get_token cached: {}\n  get_token fresh: {}",
+        percentiles(puts),
+        percentiles(cached),
+        percentiles(fresh),
+    );
+    fs::write(out, text).expect("write figures");
+}
