@@ -117,6 +117,7 @@ pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> 
             fd: None,
             default_file: Some(scratch.join("config").join("credproxy/store.key")),
         },
+        probe_keyring: false,
     };
     let (store, _) = Store::open(&spec).map_err(|e| e.to_string())?;
     store

@@ -140,6 +140,7 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
             _ => BackendName::Auto,
         },
         key: spec.key.clone(),
+        probe_keyring: false,
     };
     let (dest, dest_about) =
         Store::open(&target).map_err(|e| Failure(EXIT_START, e.to_string()))?;
@@ -187,6 +188,7 @@ fn remove_old(old: &Path, spec: &StoreSpec) -> Result<(), Failure> {
             root: old.to_owned(),
             backend: BackendName::Keyring,
             key: spec.key.clone(),
+            probe_keyring: false,
         };
         let (store, _) = Store::open(&spec).map_err(|e| Failure(EXIT_START, e.to_string()))?;
         let plan = Plan::of(&store)?;

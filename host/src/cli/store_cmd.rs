@@ -14,8 +14,9 @@ use super::{ConfigArg, EXIT_START, Failure, emit_line, failed};
 /// The backend flags every command that opens the store takes.
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct BackendArgs {
-    /// Store backend: auto (a new store is encrypted-file with the key file
-    /// below, an existing store keeps its backend), file (plaintext
+    /// Store backend: auto (a new store is keyring when the OS keyring is
+    /// unlocked, else encrypted-file with the key file below; an existing
+    /// store keeps its backend), file (plaintext
     /// files), encrypted-file, or keyring (the secrets in the OS keyring)
     /// [default: the file's `store_backend`, else auto]
     #[arg(long, value_name = "NAME")]
@@ -73,6 +74,7 @@ pub(super) fn store_spec(
             fd: flags.store_key_fd,
             default_file: key::default_key_file(&|n| config::process_env(n)),
         },
+        probe_keyring: true,
     })
 }
 

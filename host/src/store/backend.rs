@@ -14,8 +14,11 @@
 //! as `encrypted-file` (its key must exist: a new key is never made for
 //! it), and an existing store with plaintext entries keeps working as
 //! `file` (`credproxy status` says how to migrate). A store marked
-//! `keyring` (its `keyring.check`) is opened as one; `auto` never picks
-//! the keyring for a new store (yet).
+//! `keyring` (its `keyring.check`) is opened as one. With
+//! [`StoreSpec::probe_keyring`] (`serve` and the CLI), `auto` makes a new
+//! store a `keyring` store when the OS keyring answers within
+//! [`crate::keyring::PROBE_TIMEOUT`] with its default collection
+//! unlocked, and no key was given; else `encrypted-file` as above.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,8 +34,9 @@ use super::{FileStore, KEYS, KeyLock, KeyMeta, META, Replaced, StoreError, TOKEN
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendName {
-    /// `encrypted-file` for a new store, an existing plaintext store as
-    /// `file`.
+    /// `keyring` for a new store when the OS keyring is unlocked (with
+    /// [`StoreSpec::probe_keyring`]), else `encrypted-file`; an existing
+    /// store as what it is.
     #[default]
     Auto,
     /// Plaintext files (mode 0600), for CI and tests.
@@ -84,6 +88,11 @@ pub struct StoreSpec {
     pub backend: BackendName,
     /// The key, for an encrypted store.
     pub key: KeySource,
+    /// Whether `auto` may choose `keyring` for a new store (when the OS
+    /// keyring answers within [`crate::keyring::PROBE_TIMEOUT`], unlocked):
+    /// what `serve` and the CLI do; `false` keeps today's `encrypted-file`
+    /// choice (`store migrate`'s target, tests, the bench).
+    pub probe_keyring: bool,
 }
 
 /// What was opened, for `status` and messages (no key material).
@@ -147,6 +156,9 @@ impl Store {
         let (name, key, notice) = match spec.backend {
             BackendName::Keyring => return open_keyring(spec),
             BackendName::Auto if has_keyring_marker(root) => return open_keyring(spec),
+            BackendName::Auto if spec.probe_keyring && is_new_store(spec) && keyring_ready() => {
+                return open_keyring(spec);
+            }
             BackendName::File => (BackendName::File, None, None),
             BackendName::EncryptedFile => {
                 let (key, whence) = explicit_key(&spec.key)?.ok_or_else(|| StoreError::Key {
@@ -332,6 +344,21 @@ fn open_keyring(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
     Ok((Store::Files(store), about))
 }
 
+/// Whether `auto` would create a new store at `spec.root`: no marker, no
+/// entry, and no key given for it.
+fn is_new_store(spec: &StoreSpec) -> bool {
+    spec.key.fd.is_none()
+        && spec.key.file.is_none()
+        && std::fs::symlink_metadata(codec::check_path(&spec.root)).is_err()
+        && !has_plaintext_entries(&spec.root)
+}
+
+/// Whether the OS keyring answers within the probe timeout and can be
+/// used without a prompt (no session bus: an error at once).
+fn keyring_ready() -> bool {
+    crate::keyring::probe(crate::keyring::PROBE_TIMEOUT).is_ok_and(|p| p.ready())
+}
+
 /// Whether the store at `root` is marked as a keyring store.
 fn has_keyring_marker(root: &Path) -> bool {
     std::fs::symlink_metadata(root.join(stamp::CHECK_FILE)).is_ok()
@@ -513,6 +540,7 @@ mod tests {
                 default_file: Some(tmp.join("config/credproxy/store.key")),
                 ..KeySource::default()
             },
+            probe_keyring: false,
         }
     }
 

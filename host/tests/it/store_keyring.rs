@@ -454,3 +454,69 @@ fn figures_child() {
     );
     fs::write(out, text).expect("write figures");
 }
+
+#[test]
+fn auto_makes_a_new_store_a_keyring_store_when_the_keyring_is_unlocked() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    let (saved, _) = host_calls(
+        &s,
+        &kr,
+        &[("save_token", save_payload("anthropic", SECRET))],
+    );
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    assert_eq!(grep(&s.store(), SECRET), Vec::<String>::new());
+    assert_eq!(item_count(&kr), 1);
+    assert!(!support::exists(&s.default_key_file()), "no key file made");
+    let status = run(&s, &kr, &["status", "--store", &s.store_arg()], b"");
+    status.assert_stdout_has(&["anthropic", "backend: keyring (Secret Service)"]);
+    // Without the keyring it stays a keyring store, and says why it fails.
+    let without = s.run(&["status", "--store", &s.store_arg()], b"");
+    without.assert_stderr(3, &["keyring backend needs the OS keyring"]);
+    assert!(!support::exists(&s.default_key_file()), "still no key file");
+}
+
+#[test]
+fn auto_keeps_encrypted_file_without_an_unlocked_keyring_and_for_existing_stores() {
+    for kr in [
+        TestKeyring::llxprt_fixture_locked(),
+        TestKeyring::bus_only(),
+    ] {
+        let s = Scratch::new();
+        let status = run(&s, &kr, &["status", "--store", &s.store_arg()], b"");
+        status.assert_code(0);
+        status.assert_stdout_has(&["backend: encrypted-file (key file"]);
+        assert!(support::exists(&s.default_key_file()));
+    }
+    // A store made encrypted before the keyring was there stays so.
+    let s = Scratch::new();
+    s.run(&["status", "--store", &s.store_arg()], b"")
+        .assert_code(0);
+    let kr = TestKeyring::fresh();
+    let status = run(&s, &kr, &["status", "--store", &s.store_arg()], b"");
+    status.assert_stdout_has(&["backend: encrypted-file (key file"]);
+    // So does a plaintext one, and a key given names encrypted-file.
+    let plain = Scratch::new();
+    plain.seed_plain_token("codex", "default", &support::token_json("at-plain"));
+    run(&plain, &kr, &["status", "--store", &plain.store_arg()], b"")
+        .assert_stdout_has(&["backend: file (plaintext)"]);
+    let keyed = Scratch::new();
+    let key = keyed.root().join("k").display().to_string();
+    keyed
+        .run(&["store", "init-key", "--key-file", &key], b"")
+        .assert_code(0);
+    run(
+        &keyed,
+        &kr,
+        &[
+            "status",
+            "--store",
+            &keyed.store_arg(),
+            "--store-key-file",
+            &key,
+        ],
+        b"",
+    )
+    .assert_stdout_has(&["backend: encrypted-file (key file"]);
+    assert_eq!(item_count(&kr), 0);
+}
