@@ -81,6 +81,15 @@ impl Codec {
         }
     }
 
+    /// For a keyring store, whether `bytes` is a well-formed stamp (no
+    /// keyring call); `None` for the other backends.
+    pub fn stamp_is_whole(&self, bytes: &[u8]) -> Option<bool> {
+        match self {
+            Codec::Keyring(_) => Some(super::stamp::is_stamp(bytes)),
+            Codec::Plain | Codec::Sealed(_) => None,
+        }
+    }
+
     /// After the file of entry `kind`/`parts` was removed: drops what the
     /// entry has outside the files (the keyring item), if anything.
     pub fn forget(&self, kind: Kind, parts: &[&str]) -> Result<(), StoreError> {

@@ -254,6 +254,10 @@ impl FileStore {
             Replaced::Nothing
         } else {
             corrupt::keep_if_corrupt(&self.tokens, &name, MAX_JSON_BYTES + SEAL, |bytes| {
+                // A keyring stamp is whole or not; its item was just set.
+                if let Some(whole) = self.codec.stamp_is_whole(&bytes) {
+                    return whole;
+                }
                 self.codec
                     .decode(Kind::Token, &parts, bytes, &path)
                     .is_ok_and(|plain| serde_json::from_slice::<Map<String, Value>>(&plain).is_ok())

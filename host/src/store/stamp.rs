@@ -157,7 +157,8 @@ fn new_stamp() -> std::io::Result<String> {
     Ok(s)
 }
 
-fn is_stamp(bytes: &[u8]) -> bool {
+/// Whether `bytes` is a stamp of this format version.
+pub fn is_stamp(bytes: &[u8]) -> bool {
     let Some(rest) = bytes.strip_prefix(STAMP_PREFIX.as_bytes()) else {
         return false;
     };

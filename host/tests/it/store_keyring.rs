@@ -520,3 +520,38 @@ fn auto_keeps_encrypted_file_without_an_unlocked_keyring_and_for_existing_stores
     .assert_stdout_has(&["backend: encrypted-file (key file"]);
     assert_eq!(item_count(&kr), 0);
 }
+
+#[test]
+fn a_damaged_stamp_is_reported_and_kept_aside_by_the_next_write() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    s.write_default_config("store_backend = \"keyring\"\n");
+    let (saved, _) = host_calls(&s, &kr, &[("save_token", save_payload("codex", SECRET))]);
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    let tokens = s.store().join("tokens");
+    let stamp = fs::read_dir(&tokens)
+        .expect("ls")
+        .next()
+        .expect("one stamp")
+        .expect("entry")
+        .path();
+    assert!(
+        fs::read_to_string(&stamp)
+            .expect("stamp")
+            .starts_with("credproxy-keyring 1 "),
+        "a stamp, not a secret"
+    );
+    fs::write(&stamp, b"{\"access_token\": tor").expect("damage");
+    let status = run(&s, &kr, &["status", "--store", &s.store_arg()], b"");
+    status.assert_stdout_has(&["codex/default", "not a keyring stamp"]);
+    let (again, _) = host_calls(&s, &kr, &[("save_token", save_payload("codex", "at-KR-3"))]);
+    assert_eq!(again[0]["ok"], true, "{}", again[0]);
+    let kept: Vec<_> = fs::read_dir(&tokens)
+        .expect("ls")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let (got, _) = host_calls(&s, &kr, &[("get_token", json!({"provider": "codex"}))]);
+    assert_eq!(got[0]["data"]["access_token"], "at-KR-3", "{}", got[0]);
+}
