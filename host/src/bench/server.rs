@@ -105,6 +105,8 @@ pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> 
         None | Some("auto") => BackendName::Auto,
         Some("file") => BackendName::File,
         Some("encrypted-file") => BackendName::EncryptedFile,
+        // The keyring of the session bus in the environment.
+        Some("keyring") => BackendName::Keyring,
         Some(other) => return Err(format!("unknown --store-backend {other}")),
     };
     let spec = StoreSpec {
@@ -115,6 +117,7 @@ pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> 
             fd: None,
             default_file: Some(scratch.join("config").join("credproxy/store.key")),
         },
+        probe_keyring: false,
     };
     let (store, _) = Store::open(&spec).map_err(|e| e.to_string())?;
     store

@@ -1,5 +1,5 @@
-//! `credproxy store migrate`: moves a store between the `file` and
-//! `encrypted-file` backends in place.
+//! `credproxy store migrate`: moves a store between the `file`,
+//! `encrypted-file` and `keyring` backends in place.
 //!
 //! The entries are copied into a new store beside the old one
 //! (`<store>.migrate-new`), each read back and compared; then the old
@@ -8,6 +8,8 @@
 //! run again: copying again overwrites the partial new store, and a
 //! rename half done is finished first. Nothing is removed before every
 //! entry was verified. Proxies using the store must be stopped first.
+//! An old `keyring` store's items leave the OS keyring with it (unless
+//! `--keep`).
 
 use std::ffi::OsString;
 use std::fs;
@@ -29,7 +31,7 @@ pub(super) struct MigrateArgs {
     /// (or the file's `store_backend`, else auto) finds]
     #[arg(long, value_name = "NAME")]
     from: Option<BackendName>,
-    /// The backend to move it to: file or encrypted-file (its key: the
+    /// The backend to move it to: file, keyring or encrypted-file (its key: the
     /// --store-key-file/--store-key-fd given, else
     /// $XDG_CONFIG_HOME/credproxy/store.key, created when missing).
     #[arg(long, value_name = "NAME")]
@@ -69,7 +71,7 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
     if a.to == BackendName::Auto {
         return Err(Failure(
             super::EXIT_USAGE,
-            "--to takes file or encrypted-file".to_owned(),
+            "--to takes file, encrypted-file or keyring".to_owned(),
         ));
     }
     let settings = config::configured_store(a.config.config.as_deref())?;
@@ -102,7 +104,7 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
     }
     if about.name == a.to {
         if old.is_dir() && !a.keep && !a.dry_run {
-            fs::remove_dir_all(&old).map_err(failed)?;
+            remove_old(&old, &spec)?;
             emit_line(format_args!("removed the old store {}", old.display()));
         }
         emit_line(format_args!(
@@ -135,9 +137,11 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
         // missing), as `auto` does for a new store.
         backend: match a.to {
             BackendName::File => BackendName::File,
+            BackendName::Keyring => BackendName::Keyring,
             _ => BackendName::Auto,
         },
         key: spec.key.clone(),
+        probe_keyring: false,
     };
     let (dest, dest_about) =
         Store::open(&target).map_err(|e| Failure(EXIT_START, e.to_string()))?;
@@ -160,7 +164,7 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
     if a.keep {
         emit_line(format_args!("the old store is kept at {}", old.display()));
     } else {
-        fs::remove_dir_all(&old).map_err(failed)?;
+        remove_old(&old, &spec)?;
     }
     emit_line(format_args!(
         "moved {} tokens and {} API keys from {} to {}{}",
@@ -174,6 +178,29 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
             .unwrap_or_default()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the old store `old`; first, for a keyring store, its items in
+/// the OS keyring (each stamp, then its item, so a rerun after an
+/// interruption finds what is left).
+fn remove_old(old: &Path, spec: &StoreSpec) -> Result<(), Failure> {
+    if fs::symlink_metadata(old.join("keyring.check")).is_ok() {
+        let spec = StoreSpec {
+            root: old.to_owned(),
+            backend: BackendName::Keyring,
+            key: spec.key.clone(),
+            probe_keyring: false,
+        };
+        let (store, _) = Store::open(&spec).map_err(|e| Failure(EXIT_START, e.to_string()))?;
+        let plan = Plan::of(&store)?;
+        for (p, b) in &plan.tokens {
+            store.delete_token(p, b).map_err(failed)?;
+        }
+        for k in &plan.keys {
+            store.remove_api_key(k).map_err(failed)?;
+        }
+    }
+    fs::remove_dir_all(old).map_err(failed)
 }
 
 /// Every entry of the source store.

@@ -15,10 +15,11 @@ use super::{EXIT_START, Failure, emit_line, failed};
 /// The backend flags every command that opens the store takes.
 #[derive(Debug, Clone, Default, Args)]
 pub(super) struct BackendArgs {
-    /// Store backend: auto (a new store is encrypted-file with the key file
-    /// below, an existing plaintext store stays file), file (plaintext
-    /// files) or encrypted-file [default: the file's `store_backend`, else
-    /// auto]
+    /// Store backend: auto (a new store is keyring when the OS keyring is
+    /// unlocked, else encrypted-file with the key file below; an existing
+    /// store keeps its backend), file (plaintext
+    /// files), encrypted-file, or keyring (the secrets in the OS keyring)
+    /// [default: the file's `store_backend`, else auto]
     #[arg(long, value_name = "NAME")]
     pub store_backend: Option<BackendName>,
     /// Key file of an encrypted store (64 hex digits, mode 0600, outside
@@ -74,6 +75,7 @@ pub(super) fn store_spec(
             fd: flags.store_key_fd,
             default_file: key::default_key_file(&|n| config::process_env(n)),
         },
+        probe_keyring: true,
     })
 }
 
@@ -83,7 +85,7 @@ pub(super) enum StoreCmd {
     /// backend; never overwrites, refuses a place inside the store.
     InitKey(InitKeyArgs),
     /// Move every token, API key and metadata entry to another backend
-    /// (file or encrypted-file), verifying each; stop the proxies using
+    /// (file, encrypted-file or keyring), verifying each; stop the proxies using
     /// the store first. Rerun it if it was interrupted.
     Migrate(super::migrate::MigrateArgs),
 }

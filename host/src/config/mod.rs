@@ -29,8 +29,9 @@
 //! ```toml
 //! # Store directory (default $XDG_DATA_HOME/credproxy or ~/.local/share/credproxy).
 //! store = "/home/me/.local/share/credproxy"
-//! # Store backend: "auto" (default: encrypted-file for a new store, an
-//! # existing plaintext store stays file), "file" (plaintext) or "encrypted-file".
+//! # Store backend: "auto" (default: a new store is keyring when the OS keyring is
+//! # unlocked, else encrypted-file; an existing store keeps its backend), "file"
+//! # (plaintext), "encrypted-file" or "keyring".
 //! store_backend = "auto"
 //! # Key file of an encrypted store (default for auto: $XDG_CONFIG_HOME/credproxy/store.key).
 //! store_key_file = "/home/me/.config/credproxy/store.key"

@@ -1,10 +1,11 @@
 //! Store backends: the names, the choice of `auto`, and [`Store`], the one
 //! type the driver, the effects and the CLI use.
 //!
-//! `file` (plaintext) and `encrypted-file` share the directory layout of
-//! [`FileStore`] and differ only in the bytes of each file ([`Codec`]).
+//! `file` (plaintext), `encrypted-file` and `keyring` share the directory
+//! layout of [`FileStore`] and differ only in the bytes of each file
+//! ([`Codec`]; for `keyring` a stamp, the secret being a keyring item).
 //! [`Store`] is an enum with one arm per kind of storage, dispatching the
-//! same method names as [`FileStore`]; a keyring or a PostgreSQL backend
+//! same method names as [`FileStore`]; a PostgreSQL backend
 //! becomes one more arm.
 //!
 //! `auto` (the default) is `encrypted-file` for a new store, with the key
@@ -12,7 +13,12 @@
 //! first use (a notice says so). A store already marked encrypted is opened
 //! as `encrypted-file` (its key must exist: a new key is never made for
 //! it), and an existing store with plaintext entries keeps working as
-//! `file` (`credproxy status` says how to migrate).
+//! `file` (`credproxy status` says how to migrate). A store marked
+//! `keyring` (its `keyring.check`) is opened as one. With
+//! [`StoreSpec::probe_keyring`] (`serve` and the CLI), `auto` makes a new
+//! store a `keyring` store when the OS keyring answers within
+//! [`crate::keyring::PROBE_TIMEOUT`] with its default collection
+//! unlocked, and no key was given; else `encrypted-file` as above.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,20 +27,25 @@ use credproxy_core::{Secret, Token};
 
 use super::codec::{self, Codec};
 use super::key::{self, DataKey};
+use super::stamp;
 use super::{FileStore, KEYS, KeyLock, KeyMeta, META, Replaced, StoreError, TOKENS, atomic, read};
 
 /// A backend as configured (`--store-backend`, `store_backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendName {
-    /// `encrypted-file` for a new store, an existing plaintext store as
-    /// `file`.
+    /// `keyring` for a new store when the OS keyring is unlocked (with
+    /// [`StoreSpec::probe_keyring`]), else `encrypted-file`; an existing
+    /// store as what it is.
     #[default]
     Auto,
     /// Plaintext files (mode 0600), for CI and tests.
     File,
     /// Each file an AES-256-GCM envelope under a key kept apart.
     EncryptedFile,
+    /// The secrets in the OS keyring (Secret Service / Keychain), a stamp
+    /// in each file.
+    Keyring,
 }
 
 impl BackendName {
@@ -45,6 +56,7 @@ impl BackendName {
             BackendName::Auto => "auto",
             BackendName::File => "file",
             BackendName::EncryptedFile => "encrypted-file",
+            BackendName::Keyring => "keyring",
         }
     }
 }
@@ -76,6 +88,11 @@ pub struct StoreSpec {
     pub backend: BackendName,
     /// The key, for an encrypted store.
     pub key: KeySource,
+    /// Whether `auto` may choose `keyring` for a new store (when the OS
+    /// keyring answers within [`crate::keyring::PROBE_TIMEOUT`], unlocked):
+    /// what `serve` and the CLI do; `false` keeps today's `encrypted-file`
+    /// choice (`store migrate`'s target, tests, the bench).
+    pub probe_keyring: bool,
 }
 
 /// What was opened, for `status` and messages (no key material).
@@ -97,6 +114,7 @@ impl Backend {
     pub fn describe(&self) -> String {
         match (&self.name, &self.key) {
             (BackendName::EncryptedFile, Some(k)) => format!("encrypted-file ({k})"),
+            (BackendName::Keyring, Some(k)) => format!("keyring ({k})"),
             (name, _) if *name == BackendName::File => "file (plaintext)".to_owned(),
             (name, _) => name.to_string(),
         }
@@ -115,7 +133,8 @@ impl Backend {
 /// [`FileStore`] (see there for their errors).
 #[derive(Debug)]
 pub enum Store {
-    /// The `file` or `encrypted-file` backend.
+    /// The `file`, `encrypted-file` or `keyring` backend (the last keeps
+    /// the files, with stamps in place of the secrets).
     Files(FileStore),
 }
 
@@ -135,6 +154,11 @@ impl Store {
     pub fn open(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
         let root = &spec.root;
         let (name, key, notice) = match spec.backend {
+            BackendName::Keyring => return open_keyring(spec),
+            BackendName::Auto if has_keyring_marker(root) => return open_keyring(spec),
+            BackendName::Auto if spec.probe_keyring && is_new_store(spec) && keyring_ready() => {
+                return open_keyring(spec);
+            }
             BackendName::File => (BackendName::File, None, None),
             BackendName::EncryptedFile => {
                 let (key, whence) = explicit_key(&spec.key)?.ok_or_else(|| StoreError::Key {
@@ -298,6 +322,48 @@ impl Store {
     }
 }
 
+/// How long opening waits for the OS keyring to answer.
+const KEYRING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the store at `spec.root` as a `keyring` store.
+fn open_keyring(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
+    let keyring =
+        crate::keyring::Keyring::open(KEYRING_OPEN_TIMEOUT).map_err(|e| StoreError::Key {
+            detail: format!(
+                "the keyring backend needs the OS keyring: {e}; use --store-backend \
+                 encrypted-file (or file) where there is none"
+            ),
+        })?;
+    let store = FileStore::open_keyring(&spec.root, keyring)?;
+    let about = Backend {
+        name: BackendName::Keyring,
+        configured: spec.backend,
+        key: store.keyring_store_name().map(str::to_owned),
+        notice: None,
+    };
+    Ok((Store::Files(store), about))
+}
+
+/// Whether `auto` would create a new store at `spec.root`: no marker, no
+/// entry, and no key given for it.
+fn is_new_store(spec: &StoreSpec) -> bool {
+    spec.key.fd.is_none()
+        && spec.key.file.is_none()
+        && std::fs::symlink_metadata(codec::check_path(&spec.root)).is_err()
+        && !has_plaintext_entries(&spec.root)
+}
+
+/// Whether the OS keyring answers within the probe timeout and can be
+/// used without a prompt (no session bus: an error at once).
+fn keyring_ready() -> bool {
+    crate::keyring::probe(crate::keyring::PROBE_TIMEOUT).is_ok_and(|p| p.ready())
+}
+
+/// Whether the store at `root` is marked as a keyring store.
+fn has_keyring_marker(root: &Path) -> bool {
+    std::fs::symlink_metadata(root.join(stamp::CHECK_FILE)).is_ok()
+}
+
 /// The key given explicitly (fd first, then file), with where it came from.
 fn explicit_key(src: &KeySource) -> Result<Option<(DataKey, String)>, StoreError> {
     if let Some(fd) = src.fd {
@@ -385,16 +451,43 @@ fn has_plaintext_entries(root: &Path) -> bool {
     })
 }
 
-/// The open-time check of the encrypted marker: a plaintext store must
-/// not be marked, an encrypted one must open with its key; an unmarked,
-/// empty store opened encrypted is marked now.
+/// The open-time check of the markers: a plaintext store must not be
+/// marked, an encrypted one must open with its key, a keyring store must
+/// be opened as one; an unmarked, empty store opened encrypted or keyring
+/// is marked now.
 pub(super) fn check_marker(store: &FileStore) -> Result<(), StoreError> {
     let path = codec::check_path(&store.root);
     let root = store.root.display();
+    let mut keyring_marked = has_keyring_marker(&store.root);
+    if !keyring_marked
+        && matches!(store.codec, Codec::Keyring(_))
+        && !has_plaintext_entries(&store.root)
+        && std::fs::symlink_metadata(&path).is_err()
+    {
+        // A new (or empty) store becomes a keyring store.
+        atomic::write_atomic(&store.root, stamp::CHECK_FILE, stamp::CHECK_TEXT)?;
+        keyring_marked = true;
+    }
+    if keyring_marked != matches!(store.codec, Codec::Keyring(_)) {
+        return Err(StoreError::Key {
+            detail: if keyring_marked {
+                format!(
+                    "the store {root} keeps its secrets in the OS keyring (backend keyring); \
+                     open it with --store-backend keyring or auto"
+                )
+            } else {
+                format!(
+                    "the store {root} holds entries of another backend (file or \
+                     encrypted-file); open it with its own backend, or move it with \
+                     `credproxy store migrate --to keyring`"
+                )
+            },
+        });
+    }
     let found = read::read_private(&path, 4096)?;
     match (&store.codec, found) {
         (Codec::Plain, None) => Ok(()),
-        (Codec::Plain, Some(_)) => Err(StoreError::Key {
+        (Codec::Plain | Codec::Keyring(_), Some(_)) => Err(StoreError::Key {
             detail: format!(
                 "the store {root} is encrypted (backend encrypted-file); open it with \
                  --store-backend encrypted-file or auto and its key"
@@ -408,6 +501,17 @@ pub(super) fn check_marker(store: &FileStore) -> Result<(), StoreError> {
                 path.display()
             ),
         }),
+        (Codec::Keyring(_), None) => {
+            let marker = read::read_private(&store.root.join(stamp::CHECK_FILE), 4096)?;
+            if marker.is_some_and(|m| m.bytes == stamp::CHECK_TEXT) {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt {
+                    path: store.root.join(stamp::CHECK_FILE),
+                    detail: "not a keyring store marker".to_owned(),
+                })
+            }
+        }
         (Codec::Sealed(key), None) => {
             if has_plaintext_entries(&store.root) {
                 return Err(StoreError::Key {
@@ -436,6 +540,7 @@ mod tests {
                 default_file: Some(tmp.join("config/credproxy/store.key")),
                 ..KeySource::default()
             },
+            probe_keyring: false,
         }
     }
 

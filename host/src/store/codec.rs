@@ -1,7 +1,9 @@
-//! What a store file's bytes are: the value itself (`file` backend) or an
-//! envelope of it (`encrypted-file`, see [`super::envelope`]). The layout
-//! of the directory, the atomic writes, the locks and the cache are the
-//! same for both; only the bytes of each file differ.
+//! What a store file's bytes are: the value itself (`file` backend), an
+//! envelope of it (`encrypted-file`, see [`super::envelope`]), or a stamp
+//! naming a version of a secret kept in the OS keyring (`keyring`, see
+//! [`super::stamp`]). The layout of the directory, the atomic writes, the
+//! locks and the cache are the same for all three; only the bytes of each
+//! file differ.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use zeroize::Zeroizing;
 use super::envelope::{self, Kind};
 use super::error::StoreError;
 use super::key::DataKey;
+use super::stamp::KeyringCodec;
 
 /// Name of the file that marks a store as encrypted and proves a key is
 /// its key: an envelope of [`CHECK_TEXT`] (kind `check`). Holds no secret.
@@ -24,6 +27,9 @@ pub enum Codec {
     Plain,
     /// AES-256-GCM envelopes under this key (the `encrypted-file` backend).
     Sealed(Arc<DataKey>),
+    /// Secrets in the OS keyring, stamps in the files (the `keyring`
+    /// backend; metadata stays in the files as it is).
+    Keyring(Arc<KeyringCodec>),
 }
 
 impl std::fmt::Debug for Codec {
@@ -31,6 +37,7 @@ impl std::fmt::Debug for Codec {
         f.write_str(match self {
             Codec::Plain => "Plain",
             Codec::Sealed(_) => "Sealed",
+            Codec::Keyring(_) => "Keyring",
         })
     }
 }
@@ -49,6 +56,7 @@ impl Codec {
             Codec::Sealed(key) => envelope::seal(key, kind, parts, &plain)
                 .map(Zeroizing::new)
                 .map_err(|e| StoreError::io("encrypt", path, e)),
+            Codec::Keyring(k) => k.encode(kind, parts, plain, path),
         }
     }
 
@@ -69,12 +77,26 @@ impl Codec {
                     detail: e.to_string(),
                 })
             }
+            Codec::Keyring(k) => k.decode(kind, parts, bytes, path),
         }
     }
 
-    /// Whether the files are encrypted.
-    pub fn is_sealed(&self) -> bool {
-        matches!(self, Codec::Sealed(_))
+    /// For a keyring store, whether `bytes` is a well-formed stamp (no
+    /// keyring call); `None` for the other backends.
+    pub fn stamp_is_whole(&self, bytes: &[u8]) -> Option<bool> {
+        match self {
+            Codec::Keyring(_) => Some(super::stamp::is_stamp(bytes)),
+            Codec::Plain | Codec::Sealed(_) => None,
+        }
+    }
+
+    /// After the file of entry `kind`/`parts` was removed: drops what the
+    /// entry has outside the files (the keyring item), if anything.
+    pub fn forget(&self, kind: Kind, parts: &[&str]) -> Result<(), StoreError> {
+        match self {
+            Codec::Plain | Codec::Sealed(_) => Ok(()),
+            Codec::Keyring(k) => k.forget(kind, parts),
+        }
     }
 }
 

@@ -87,6 +87,19 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The OS keyring (the `keyring` backend) refused or did not answer:
+    /// unavailable, locked, or another failure. Nothing was lost: a
+    /// failed write left the previous entry in place.
+    #[error("cannot {op} the keyring item (service credproxy, account {account}): {cause}")]
+    Keyring {
+        /// What we were doing: "read", "store", "remove".
+        op: &'static str,
+        /// The item's account (`<provider>/<bucket>`, `key/<name>`).
+        account: String,
+        /// The keyring's error (its message never holds a secret).
+        cause: crate::keyring::KeyringError,
+    },
+
     /// An operating-system error on a store path.
     #[error("cannot {op} {path}: {cause}")]
     Io {

@@ -28,6 +28,7 @@ pub mod key;
 mod lock;
 mod names;
 mod read;
+mod stamp;
 
 #[cfg(test)]
 mod tests;
@@ -163,12 +164,33 @@ impl FileStore {
         Ok(store)
     }
 
-    /// The backend's name: `file` or `encrypted-file`.
+    /// Opens the store at `root` as a `keyring` store: token and API key
+    /// files hold stamps, the secrets are items of `keyring` (see
+    /// [`stamp`]). A new (or empty) store is marked by its check file.
+    pub fn open_keyring(
+        root: &Path,
+        keyring: crate::keyring::Keyring,
+    ) -> Result<FileStore, StoreError> {
+        FileStore::open_with(
+            root,
+            Codec::Keyring(std::sync::Arc::new(stamp::KeyringCodec::new(keyring))),
+        )
+    }
+
+    /// The backend's name: `file`, `encrypted-file` or `keyring`.
     pub fn backend_name(&self) -> BackendName {
-        if self.codec.is_sealed() {
-            BackendName::EncryptedFile
-        } else {
-            BackendName::File
+        match &self.codec {
+            Codec::Plain => BackendName::File,
+            Codec::Sealed(_) => BackendName::EncryptedFile,
+            Codec::Keyring(_) => BackendName::Keyring,
+        }
+    }
+
+    /// The OS store of a `keyring` store's secrets (`Secret Service`).
+    pub fn keyring_store_name(&self) -> Option<&'static str> {
+        match &self.codec {
+            Codec::Keyring(k) => Some(k.store_name()),
+            _ => None,
         }
     }
 
@@ -232,6 +254,10 @@ impl FileStore {
             Replaced::Nothing
         } else {
             corrupt::keep_if_corrupt(&self.tokens, &name, MAX_JSON_BYTES + SEAL, |bytes| {
+                // A keyring stamp is whole or not; its item was just set.
+                if let Some(whole) = self.codec.stamp_is_whole(&bytes) {
+                    return whole;
+                }
                 self.codec
                     .decode(Kind::Token, &parts, bytes, &path)
                     .is_ok_and(|plain| serde_json::from_slice::<Map<String, Value>>(&plain).is_ok())
@@ -260,7 +286,7 @@ impl FileStore {
             Ok(_) => {
                 self.cache
                     .set_absent(provider, bucket, &self.tokens.join(&name));
-                Ok(())
+                self.codec.forget(Kind::Token, &[provider, bucket])
             }
             Err(e) => {
                 self.cache.forget(provider, bucket);
@@ -364,7 +390,9 @@ impl FileStore {
     /// Removes the API key `name`; `true` if it existed.
     pub fn remove_api_key(&self, name: &str) -> Result<bool, StoreError> {
         check_api_key_name(name)?;
-        atomic::remove_durably(&self.keys, &api_key_file_name(name))
+        let existed = atomic::remove_durably(&self.keys, &api_key_file_name(name))?;
+        self.codec.forget(Kind::ApiKey, &[name])?;
+        Ok(existed)
     }
 
     /// Takes the cross-process refresh lock of `provider`/`bucket`

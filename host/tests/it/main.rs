@@ -49,4 +49,5 @@ mod stdio;
 mod store_corrupt;
 mod store_crash;
 mod store_encrypted;
+mod store_keyring;
 mod token;

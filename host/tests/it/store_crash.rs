@@ -5,8 +5,10 @@
 //!
 //! The writer is this test binary itself, re-run with `CRASH_ROOT_ENV` set so
 //! that only [`crash_writer_helper`] does anything. The torn-write test runs
-//! on both file backends (`CRASH_ENCRYPTED_ENV` makes the writer use
-//! `encrypted-file` with a fixed test key).
+//! on every backend (`CRASH_BACKEND_ENV` makes the writer use
+//! `encrypted-file` with a fixed test key, or `keyring`; the keyring run is
+//! itself a child test on a private gnome-keyring, whose writers inherit
+//! its session bus).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -24,15 +26,49 @@ use serde_json::{Map, Value, json};
 
 const CRASH_ROOT_ENV: &str = "CREDPROXY_STORE_CRASH_ROOT";
 const CRASH_BASE_ENV: &str = "CREDPROXY_STORE_CRASH_BASE";
-const CRASH_ENCRYPTED_ENV: &str = "CREDPROXY_STORE_CRASH_ENCRYPTED";
+const CRASH_BACKEND_ENV: &str = "CREDPROXY_STORE_CRASH_BACKEND";
 
-/// Opens the store at `root` as plaintext or encrypted with a test key.
-fn open(root: &Path, encrypted: bool) -> FileStore {
-    if encrypted {
-        let key = credproxy::store::key::DataKey::from_bytes([0x3c; 32]);
-        FileStore::open_encrypted(root, key).expect("open encrypted")
-    } else {
-        FileStore::open(root).expect("open")
+/// The backend a crash test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Plain,
+    Encrypted,
+    Keyring,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Plain => "file",
+            Backend::Encrypted => "encrypted-file",
+            Backend::Keyring => "keyring",
+        }
+    }
+
+    /// The backend `CRASH_BACKEND_ENV` names (plaintext when unset).
+    fn from_env() -> Backend {
+        match std::env::var(CRASH_BACKEND_ENV).as_deref() {
+            Ok("encrypted-file") => Backend::Encrypted,
+            Ok("keyring") => Backend::Keyring,
+            _ => Backend::Plain,
+        }
+    }
+}
+
+/// Opens the store at `root` with `backend` (a fixed test key when
+/// encrypted; the session bus of the environment for the keyring).
+fn open(root: &Path, backend: Backend) -> FileStore {
+    match backend {
+        Backend::Plain => FileStore::open(root).expect("open"),
+        Backend::Encrypted => {
+            let key = credproxy::store::key::DataKey::from_bytes([0x3c; 32]);
+            FileStore::open_encrypted(root, key).expect("open encrypted")
+        }
+        Backend::Keyring => {
+            let keyring = credproxy::keyring::Keyring::open(Duration::from_secs(5))
+                .expect("open the keyring");
+            FileStore::open_keyring(root, keyring).expect("open keyring store")
+        }
     }
 }
 /// Versions of round `r` start at `r * ROUND_STRIDE`.
@@ -71,10 +107,7 @@ fn crash_writer_helper() {
         .ok()
         .and_then(|b| b.parse().ok())
         .unwrap_or(0);
-    let store = open(
-        Path::new(&root),
-        std::env::var_os(CRASH_ENCRYPTED_ENV).is_some(),
-    );
+    let store = open(Path::new(&root), Backend::from_env());
     for n in base.. {
         let bucket = BUCKETS[(n % 3) as usize];
         store
@@ -89,20 +122,41 @@ fn random_below(bound: u64) -> u64 {
 
 #[test]
 fn crash_leaves_old_or_new_token_never_torn() {
-    crash_leaves_old_or_new_token_never_torn_on(false);
+    crash_leaves_old_or_new_token_never_torn_on(Backend::Plain);
 }
 
 #[test]
 fn crash_leaves_old_or_new_token_never_torn_encrypted() {
-    crash_leaves_old_or_new_token_never_torn_on(true);
+    crash_leaves_old_or_new_token_never_torn_on(Backend::Encrypted);
 }
 
-fn crash_leaves_old_or_new_token_never_torn_on(encrypted: bool) {
+#[test]
+fn crash_leaves_old_or_new_token_never_torn_keyring() {
+    let keyring = crate::support::keyring::TestKeyring::fresh();
+    crate::support::keyring::run_child_test("store_crash::crash_keyring_child", &[], |cmd| {
+        keyring.apply(cmd).env(CRASH_BACKEND_ENV, "keyring")
+    });
+}
+
+/// The keyring run, in a child on a private session bus (the test
+/// process has none, and its environment is not changed at run time).
+#[test]
+#[ignore = "helper process for crash_leaves_old_or_new_token_never_torn_keyring"]
+fn crash_keyring_child() {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
+        || Backend::from_env() != Backend::Keyring
+    {
+        return;
+    }
+    crash_leaves_old_or_new_token_never_torn_on(Backend::Keyring);
+}
+
+fn crash_leaves_old_or_new_token_never_torn_on(backend: Backend) {
     let exe = std::env::current_exe().expect("test binary");
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path().join("credproxy");
-    drop(open(&root, encrypted));
-    let observer = open(&root, encrypted);
+    drop(open(&root, backend));
+    let observer = open(&root, backend);
     for round in 0..5 {
         let base = round * ROUND_STRIDE;
         let mut child = Command::new(&exe)
@@ -114,7 +168,7 @@ fn crash_leaves_old_or_new_token_never_torn_on(encrypted: bool) {
             ])
             .env(CRASH_ROOT_ENV, &root)
             .env(CRASH_BASE_ENV, base.to_string())
-            .envs(encrypted.then_some((CRASH_ENCRYPTED_ENV, "1")))
+            .env(CRASH_BACKEND_ENV, backend.name())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -145,7 +199,7 @@ fn crash_leaves_old_or_new_token_never_torn_on(encrypted: bool) {
         let tokens = root.join("tokens");
         let live = tokens.join(format!(".tmp-live-writer.{round}"));
         let held = live_writer(&live);
-        let store = open(&root, encrypted);
+        let store = open(&root, backend);
         assert_eq!(
             temp_files(&tokens),
             std::slice::from_ref(&live),

@@ -50,11 +50,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Bound on polling for a condition.
 pub const POLL: Duration = Duration::from_secs(5);
 
-/// Set to a store backend (`file`, `encrypted-file`) to run the suite on
-/// it: every proxy and `key set` of [`Env`] gets `--store-backend` (and
-/// for `encrypted-file` the tree's default key file). Unset: the default
-/// (`auto`, so a new store is encrypted). `.ci/run` runs the suite once
-/// more with `file`.
+/// Set to a store backend (`file`, `encrypted-file`, `keyring`) to run the
+/// suite on it: every proxy and `key set` of [`Env`] gets `--store-backend`
+/// (and for `encrypted-file` the tree's default key file; for `keyring`
+/// every [`Env`] has its own private gnome-keyring, applied to each
+/// command). Unset: the default (`auto`, so a new store is encrypted).
+/// `.ci/run` runs the suite once more with `file` and with `keyring`.
 pub const BACKEND_ENV: &str = "CREDPROXY_IT_STORE_BACKEND";
 
 /// A far future expiry (2100-01-01) for tokens that must stay valid.
@@ -96,6 +97,8 @@ pub fn now_secs() -> u64 {
 pub struct Env {
     scratch: super::Scratch,
     config: Option<PathBuf>,
+    /// The tree's own keyring, when [`BACKEND_ENV`] is `keyring`.
+    keyring: Option<super::keyring::TestKeyring>,
 }
 
 impl Default for Env {
@@ -115,9 +118,12 @@ impl Env {
     /// A fresh tree.
     #[must_use]
     pub fn new() -> Env {
+        let keyring = (std::env::var(BACKEND_ENV).as_deref() == Ok("keyring"))
+            .then(super::keyring::TestKeyring::fresh);
         Env {
             scratch: super::Scratch::new(),
             config: None,
+            keyring,
         }
     }
 
@@ -150,6 +156,9 @@ impl Env {
         let mut cmd = Command::new(BIN);
         cmd.args(args);
         super::isolate(&mut cmd, self.root(), &self.root().join("xdgconfig"));
+        if let Some(keyring) = &self.keyring {
+            keyring.apply(&mut cmd);
+        }
         cmd
     }
 

@@ -277,6 +277,7 @@ impl Scratch {
                 default_file: Some(self.default_key_file()),
                 ..KeySource::default()
             },
+            probe_keyring: false,
         };
         Store::open(&spec).expect("open store").0
     }
@@ -385,6 +386,9 @@ pub fn isolate<'c>(cmd: &'c mut Command, root: &Path, config_home: &Path) -> &'c
         .env("XDG_DATA_HOME", root.join("data"))
         .env("XDG_CONFIG_HOME", config_home)
         .env("HOME", root)
+        // No session bus (a test that wants one applies a TestKeyring after
+        // this): `auto` must not find a developer's own keyring.
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
         .env_remove("CREDPROXY_SOCKET")
         .env_remove("CREDPROXY_CAPABILITY_FILE")
         .env_remove("CREDPROXY_STORE_KEY_FILE")
@@ -870,7 +874,8 @@ pub struct StdioProc {
 }
 
 impl StdioProc {
-    fn spawn(mut cmd: Command) -> StdioProc {
+    /// Spawns `cmd` (stdin, stdout and stderr piped), a `credproxy stdio`.
+    pub fn spawn(mut cmd: Command) -> StdioProc {
         let mut child = cmd.spawn().expect("spawn stdio");
         let stdin = child.stdin.take();
         let mut stdout = child.stdout.take().expect("stdout piped");
