@@ -74,6 +74,16 @@ fn import_with(s: &Scratch, args: &[&str], prepare: impl FnOnce(&mut Command)) -
     ];
     all.extend_from_slice(args);
     let mut cmd = s.command(&all);
+    // With a key file given, `auto` makes the new store encrypted-file
+    // rather than a keyring store in the test's keyring (which the
+    // in-process checks below could not open: they have no bus).
+    let key = s.default_key_file();
+    if !key.exists() {
+        let key_arg = key.display().to_string();
+        s.run(&["store", "init-key", "--key-file", &key_arg], b"")
+            .assert_code(0);
+    }
+    cmd.env("CREDPROXY_STORE_KEY_FILE", &key);
     prepare(&mut cmd);
     let ran = run_bounded(cmd, b"");
     assert_no_secret(&ran);
