@@ -27,6 +27,7 @@ use credproxy_core::{Secret, Token};
 
 use super::codec::{self, Codec};
 use super::key::{self, DataKey};
+use super::keyring_key::{self, WHENCE};
 use super::stamp;
 use super::{FileStore, KEYS, KeyLock, KeyMeta, META, Replaced, StoreError, TOKENS, atomic, read};
 
@@ -161,25 +162,35 @@ impl Store {
             }
             BackendName::File => (BackendName::File, None, None),
             BackendName::EncryptedFile => {
-                let (key, whence) = explicit_key(&spec.key)?.ok_or_else(|| StoreError::Key {
-                    detail: "the encrypted-file backend needs a key: --store-key-file PATH \
-                             (or CREDPROXY_STORE_KEY_FILE, or store_key_file in the \
-                             configuration file) or --store-key-fd N; create a key file with \
-                             `credproxy store init-key`"
-                        .to_owned(),
-                })?;
-                (BackendName::EncryptedFile, Some((key, whence)), None)
+                let key = match explicit_key(&spec.key)? {
+                    Some(key) => key,
+                    None => {
+                        keyring_key::for_encrypted_file(spec)?.ok_or_else(|| StoreError::Key {
+                            detail:
+                                "the encrypted-file backend needs a key: --store-key-file PATH \
+                                 (or CREDPROXY_STORE_KEY_FILE, or store_key_file in the \
+                                 configuration file) or --store-key-fd N, or a reachable OS \
+                                 keyring; create a key file with `credproxy store init-key`"
+                                    .to_owned(),
+                        })?
+                    }
+                };
+                (BackendName::EncryptedFile, Some(key), None)
             }
             BackendName::Auto => auto_choice(spec)?,
         };
+        let whence = key.as_ref().map(|(_, w)| w.clone());
         let store = match key {
             None => FileStore::open(root)?,
             Some((key, _)) => FileStore::open_encrypted(root, key)?,
         };
+        if whence.as_deref() == Some(WHENCE) {
+            keyring_key::mark(root)?;
+        }
         let about = Backend {
             name,
             configured: spec.backend,
-            key: store_key_label(spec, name),
+            key: whence.or_else(|| store_key_label(spec, name)),
             notice,
         };
         Ok((Store::Files(store), about))
@@ -346,7 +357,7 @@ fn open_keyring(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
 
 /// Whether `auto` would create a new store at `spec.root`: no marker, no
 /// entry, and no key given for it.
-fn is_new_store(spec: &StoreSpec) -> bool {
+pub(super) fn is_new_store(spec: &StoreSpec) -> bool {
     spec.key.fd.is_none()
         && spec.key.file.is_none()
         && std::fs::symlink_metadata(codec::check_path(&spec.root)).is_err()
@@ -355,7 +366,7 @@ fn is_new_store(spec: &StoreSpec) -> bool {
 
 /// Whether the OS keyring answers within the probe timeout and can be
 /// used without a prompt (no session bus: an error at once).
-fn keyring_ready() -> bool {
+pub(super) fn keyring_ready() -> bool {
     crate::keyring::probe(crate::keyring::PROBE_TIMEOUT).is_ok_and(|p| p.ready())
 }
 
@@ -399,6 +410,10 @@ fn auto_choice(spec: &StoreSpec) -> Result<Choice, StoreError> {
     }
     if let Some(key) = explicit_key(&spec.key)? {
         return Ok((BackendName::EncryptedFile, Some(key), None));
+    }
+    if keyring_key::marked(root)? {
+        let key = keyring_key::load(root, false)?;
+        return Ok((BackendName::EncryptedFile, Some((key, WHENCE.into())), None));
     }
     let Some(default) = &spec.key.default_file else {
         return Err(StoreError::Key {

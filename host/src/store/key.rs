@@ -59,7 +59,7 @@ impl DataKey {
     }
 
     /// Parses the key text: 64 hex digits, optionally one trailing newline.
-    fn parse(text: &[u8]) -> Option<DataKey> {
+    pub(super) fn parse(text: &[u8]) -> Option<DataKey> {
         let text = text.strip_suffix(b"\n").unwrap_or(text);
         if text.len() != 2 * KEY_LEN {
             return None;
@@ -72,7 +72,7 @@ impl DataKey {
     }
 
     /// The key text as written to a key file, in a zeroizing buffer.
-    fn to_text(&self) -> Zeroizing<Vec<u8>> {
+    pub(super) fn to_text(&self) -> Zeroizing<Vec<u8>> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = Zeroizing::new(Vec::with_capacity(2 * KEY_LEN + 1));
         for b in self.0.iter() {

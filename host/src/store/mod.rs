@@ -25,6 +25,7 @@ mod dirs;
 mod envelope;
 mod error;
 pub mod key;
+mod keyring_key;
 mod lock;
 mod names;
 mod read;

@@ -555,3 +555,184 @@ fn a_damaged_stamp_is_reported_and_kept_aside_by_the_next_write() {
     let (got, _) = host_calls(&s, &kr, &[("get_token", json!({"provider": "codex"}))]);
     assert_eq!(got[0]["data"]["access_token"], "at-KR-3", "{}", got[0]);
 }
+
+/// Every file under `dir` with its bytes, sorted (to see nothing changed).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).expect("ls") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                dirs.push(p.clone());
+                out.push((p.display().to_string(), Vec::new()));
+            } else {
+                out.push((p.display().to_string(), fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn encrypted_file_without_a_key_file_keeps_its_key_in_the_keyring() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    s.write_default_config("store_backend = \"encrypted-file\"\n");
+    let (saved, _) = host_calls(
+        &s,
+        &kr,
+        &[("save_token", save_payload("anthropic", SECRET))],
+    );
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    assert_eq!(grep(&s.store(), SECRET), Vec::<String>::new());
+    let tokens: Vec<_> = snapshot(&s.store().join("tokens"))
+        .into_iter()
+        .filter(|(_, bytes)| !bytes.is_empty())
+        .collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!(tokens[0].1.starts_with(b"CPXE"), "an envelope on disk");
+    assert!(!support::exists(&s.default_key_file()), "no key file made");
+    let root = fs::canonicalize(s.store()).expect("root");
+    let account = format!("store-key:{}", root.display());
+    // `secret-tool search service credproxy username ACCOUNT` finds it.
+    let (label, key) = item(&kr, &account).expect("the key item");
+    assert_eq!(
+        label,
+        format!("credproxy: store key for {}", root.display())
+    );
+    assert_eq!(key.len(), 64, "hex of 32 bytes");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(item_count(&kr), 1, "only the key is in the keyring");
+
+    // A restart serves the token back; status names the key's source.
+    let mut p = serve(&s, &kr, &["--store-backend", "encrypted-file"]);
+    let mut c = p.sandbox_client();
+    let got = c.call("1", "get_token", json!({"provider": "anthropic"}));
+    assert_eq!(got["data"]["access_token"], SECRET, "{got}");
+    p.stop(Signal::SIGTERM);
+    assert!(!p.stderr().contains(&key), "{}", p.stderr());
+    let status = run(&s, &kr, &["status", "--store", &s.store_arg()], b"");
+    status.assert_code(0);
+    status.assert_stdout_has(&[
+        "anthropic",
+        "backend: encrypted-file (key in the OS keyring)",
+    ]);
+    assert!(!status.stdout.contains(&key) && !status.stderr.contains(&key));
+    // So does auto, for the store marked so.
+    let auto = run(
+        &s,
+        &kr,
+        &[
+            "status",
+            "--store",
+            &s.store_arg(),
+            "--store-backend",
+            "auto",
+        ],
+        b"",
+    );
+    auto.assert_stdout_has(&["backend: encrypted-file (key in the OS keyring)"]);
+
+    // Without a reachable keyring: a clear error, and nothing written.
+    let before = snapshot(&s.store());
+    for backend in ["encrypted-file", "auto"] {
+        let without = s.run(
+            &[
+                "status",
+                "--store",
+                &s.store_arg(),
+                "--store-backend",
+                backend,
+            ],
+            b"",
+        );
+        without.assert_stderr(
+            3,
+            &[
+                "the store key of",
+                "is in the OS keyring, which is not reachable",
+            ],
+        );
+        assert!(!without.stderr.contains(&key), "{}", without.stderr);
+    }
+    let without = s.run(
+        &[
+            "serve",
+            "--store",
+            &s.store_arg(),
+            "--audit-log",
+            "off",
+            "--store-backend",
+            "encrypted-file",
+        ],
+        b"",
+    );
+    without.assert_stderr(3, &["is in the OS keyring, which is not reachable"]);
+    assert_eq!(snapshot(&s.store()), before, "nothing written");
+    assert!(!support::exists(&s.default_key_file()), "still no key file");
+    // A wrong explicit key is caught by the check file.
+    let other = s.root().join("other.key").display().to_string();
+    s.run(&["store", "init-key", "--key-file", &other], b"")
+        .assert_code(0);
+    run(
+        &s,
+        &kr,
+        &[
+            "status",
+            "--store",
+            &s.store_arg(),
+            "--store-key-file",
+            &other,
+        ],
+        b"",
+    )
+    .assert_stderr(3, &["does not open the store"]);
+    assert_eq!(snapshot(&s.store()), before, "still nothing written");
+}
+
+#[test]
+fn encrypted_file_with_a_key_file_makes_no_keyring_item() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    let key = s.root().join("k").display().to_string();
+    s.run(&["store", "init-key", "--key-file", &key], b"")
+        .assert_code(0);
+    let store = s.store_arg();
+    run(
+        &s,
+        &kr,
+        &[
+            "key",
+            "set",
+            "OPENAI",
+            "--store",
+            &store,
+            "--store-backend",
+            "encrypted-file",
+            "--store-key-file",
+            &key,
+        ],
+        format!("{SECRET_KEY}\n").as_bytes(),
+    )
+    .assert_code(0);
+    assert_eq!(item_count(&kr), 0, "no keyring item");
+    assert!(!support::exists(&s.store().join("key-source")));
+    assert_eq!(grep(&s.store(), SECRET_KEY), Vec::<String>::new());
+    run(
+        &s,
+        &kr,
+        &[
+            "status",
+            "--store",
+            &store,
+            "--store-backend",
+            "encrypted-file",
+            "--store-key-file",
+            &key,
+        ],
+        b"",
+    )
+    .assert_stdout_has(&["backend: encrypted-file (key file"]);
+}

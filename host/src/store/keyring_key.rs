@@ -1,0 +1,141 @@
+//! The `encrypted-file` backend's data key kept in the OS keyring.
+//!
+//! When `encrypted-file` is chosen with no key file or descriptor and the
+//! OS keyring is ready, a new store's 32-byte key is made at random and
+//! stored as hex under service `credproxy`, account
+//! `store-key:<absolute store root>`. The file [`KEY_SOURCE_FILE`] beside
+//! `encrypted.check` (no secret) says so, so a later open looks there and
+//! says clearly when the keyring cannot be reached. An explicit key still
+//! wins; a wrong one is caught by the check file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use super::backend::{self, StoreSpec};
+use super::error::StoreError;
+use super::key::{DataKey, KEY_LEN};
+use super::{atomic, read};
+
+/// The file that records where the data key is (`keyring`).
+pub const KEY_SOURCE_FILE: &str = "key-source";
+const KEY_SOURCE_TEXT: &[u8] = b"keyring\n";
+/// How `status` names the source.
+pub const WHENCE: &str = "key in the OS keyring";
+const SERVICE: &str = "credproxy";
+/// How long opening waits for the OS keyring to answer.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn absolute(root: &Path) -> PathBuf {
+    std::path::absolute(root).unwrap_or_else(|_| root.to_owned())
+}
+
+/// The keyring account of the store at `root`.
+#[must_use]
+pub fn account(root: &Path) -> String {
+    format!("store-key:{}", absolute(root).display())
+}
+
+/// Whether the store at `root` records that its key is in the keyring.
+pub fn marked(root: &Path) -> Result<bool, StoreError> {
+    Ok(read::read_private(&root.join(KEY_SOURCE_FILE), 64)?
+        .is_some_and(|f| f.bytes == KEY_SOURCE_TEXT))
+}
+
+/// Records that the key of the store at `root` is in the keyring.
+pub fn mark(root: &Path) -> Result<(), StoreError> {
+    if marked(root)? {
+        return Ok(());
+    }
+    atomic::write_atomic(root, KEY_SOURCE_FILE, KEY_SOURCE_TEXT).map(drop)
+}
+
+fn keyring(root: &Path) -> Result<crate::keyring::Keyring, StoreError> {
+    crate::keyring::Keyring::open(OPEN_TIMEOUT).map_err(|e| StoreError::Key {
+        detail: format!(
+            "the store key of {} is in the OS keyring, which is not reachable: {e}; \
+             nothing was read or written",
+            root.display()
+        ),
+    })
+}
+
+fn keyring_error(root: &Path, e: &crate::keyring::KeyringError) -> StoreError {
+    StoreError::Key {
+        detail: format!(
+            "cannot use the store key of {} in the OS keyring: {e}",
+            root.display()
+        ),
+    }
+}
+
+/// The key of the store at `root` from the keyring; with `create`, a new
+/// random one is stored there when there is none.
+pub fn load(root: &Path, create: bool) -> Result<DataKey, StoreError> {
+    let kr = keyring(root)?;
+    let account = account(root);
+    let found = kr
+        .get_string(SERVICE, &account)
+        .map_err(|e| keyring_error(root, &e))?;
+    if let Some(text) = found {
+        return DataKey::parse(text.as_bytes()).ok_or_else(|| StoreError::Key {
+            detail: format!(
+                "the keyring item {account:?} (service {SERVICE}) does not hold a \
+                 credproxy store key (64 hexadecimal digits)"
+            ),
+        });
+    }
+    if !create {
+        return Err(StoreError::Key {
+            detail: format!(
+                "the store key of {} is not in the OS keyring (no item {account:?} of \
+                 service {SERVICE}): without it the store cannot be read",
+                root.display()
+            ),
+        });
+    }
+    let key = DataKey::generate().map_err(|e| StoreError::Key {
+        detail: format!("cannot generate a store key: {e}"),
+    })?;
+    let text: Zeroizing<Vec<u8>> = key.to_text();
+    let label = format!("credproxy: store key for {}", absolute(root).display());
+    kr.set(SERVICE, &account, &label, &text[..2 * KEY_LEN])
+        .map_err(|e| keyring_error(root, &e))?;
+    Ok(key)
+}
+
+/// The key kept in the OS keyring for an explicit `encrypted-file` with
+/// no key given: that of a store marked so (an error when the keyring is
+/// not reachable), else with [`StoreSpec::probe_keyring`] a new one for a
+/// new store when the keyring is ready; `None` otherwise.
+pub(super) fn for_encrypted_file(
+    spec: &StoreSpec,
+) -> Result<Option<(DataKey, String)>, StoreError> {
+    let root = &spec.root;
+    let create = !marked(root)?;
+    if create && !(spec.probe_keyring && backend::is_new_store(spec) && backend::keyring_ready()) {
+        return Ok(None);
+    }
+    let key = load(root, create)?;
+    Ok(Some((key, WHENCE.to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_round_trips_and_the_account_is_absolute() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!marked(dir.path()).expect("unmarked"));
+        mark(dir.path()).expect("mark");
+        mark(dir.path()).expect("again");
+        assert!(marked(dir.path()).expect("marked"));
+        let a = account(Path::new("rel/store"));
+        assert!(
+            a.starts_with("store-key:/") && a.ends_with("rel/store"),
+            "{a}"
+        );
+    }
+}
