@@ -184,9 +184,6 @@ impl Store {
             None => FileStore::open(root)?,
             Some((key, _)) => FileStore::open_encrypted(root, key)?,
         };
-        if whence.as_deref() == Some(WHENCE) {
-            keyring_key::mark(root)?;
-        }
         let about = Backend {
             name,
             configured: spec.backend,

@@ -8,15 +8,17 @@
 //! says clearly when the keyring cannot be reached. An explicit key still
 //! wins; a wrong one is caught by the check file.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use zeroize::Zeroizing;
 
 use super::backend::{self, StoreSpec};
 use super::error::StoreError;
 use super::key::{DataKey, KEY_LEN};
-use super::{atomic, read};
+use super::{atomic, dirs, read};
 
 /// The file that records where the data key is (`keyring`).
 pub const KEY_SOURCE_FILE: &str = "key-source";
@@ -70,39 +72,65 @@ fn keyring_error(root: &Path, e: &crate::keyring::KeyringError) -> StoreError {
     }
 }
 
-/// The key of the store at `root` from the keyring; with `create`, a new
-/// random one is stored there when there is none.
+/// The key of the store at `root` from the keyring; with `create`, that
+/// of a new store: the one found, else a new random one stored there, and
+/// the store marked (under a lock on the store directory, so processes
+/// creating it at once agree on one key).
 pub fn load(root: &Path, create: bool) -> Result<DataKey, StoreError> {
     let kr = keyring(root)?;
+    if !create {
+        return get(&kr, root)?.ok_or_else(|| StoreError::Key {
+            detail: format!(
+                "the store key of {} is not in the OS keyring (no item {:?} of service \
+                 {SERVICE}): without it the store cannot be read",
+                root.display(),
+                account(root)
+            ),
+        });
+    }
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::io("create directory", parent, e))?;
+    }
+    dirs::ensure_private_dir(root)?;
+    let dir = File::open(root).map_err(|e| StoreError::io("open", root, e))?;
+    let _lock = Flock::lock(dir, FlockArg::LockExclusive)
+        .map_err(|(_, e)| StoreError::io("lock", root, e.into()))?;
+    // Found: made by a process that ran a moment ago (or one that stopped
+    // before marking the store, which then has no entry yet).
+    let key = match get(&kr, root)? {
+        Some(key) => key,
+        None => {
+            let key = DataKey::generate().map_err(|e| StoreError::Key {
+                detail: format!("cannot generate a store key: {e}"),
+            })?;
+            let text: Zeroizing<Vec<u8>> = key.to_text();
+            let label = format!("credproxy: store key for {}", absolute(root).display());
+            kr.set(SERVICE, &account(root), &label, &text[..2 * KEY_LEN])
+                .map_err(|e| keyring_error(root, &e))?;
+            key
+        }
+    };
+    mark(root)?;
+    Ok(key)
+}
+
+fn get(kr: &crate::keyring::Keyring, root: &Path) -> Result<Option<DataKey>, StoreError> {
     let account = account(root);
-    let found = kr
+    let Some(text) = kr
         .get_string(SERVICE, &account)
-        .map_err(|e| keyring_error(root, &e))?;
-    if let Some(text) = found {
-        return DataKey::parse(text.as_bytes()).ok_or_else(|| StoreError::Key {
+        .map_err(|e| keyring_error(root, &e))?
+    else {
+        return Ok(None);
+    };
+    DataKey::parse(text.as_bytes())
+        .map(Some)
+        .ok_or_else(|| StoreError::Key {
             detail: format!(
                 "the keyring item {account:?} (service {SERVICE}) does not hold a \
                  credproxy store key (64 hexadecimal digits)"
             ),
-        });
-    }
-    if !create {
-        return Err(StoreError::Key {
-            detail: format!(
-                "the store key of {} is not in the OS keyring (no item {account:?} of \
-                 service {SERVICE}): without it the store cannot be read",
-                root.display()
-            ),
-        });
-    }
-    let key = DataKey::generate().map_err(|e| StoreError::Key {
-        detail: format!("cannot generate a store key: {e}"),
-    })?;
-    let text: Zeroizing<Vec<u8>> = key.to_text();
-    let label = format!("credproxy: store key for {}", absolute(root).display());
-    kr.set(SERVICE, &account, &label, &text[..2 * KEY_LEN])
-        .map_err(|e| keyring_error(root, &e))?;
-    Ok(key)
+        })
 }
 
 /// The key kept in the OS keyring for an explicit `encrypted-file` with

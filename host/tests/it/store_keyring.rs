@@ -736,3 +736,45 @@ fn encrypted_file_with_a_key_file_makes_no_keyring_item() {
     )
     .assert_stdout_has(&["backend: encrypted-file (key file"]);
 }
+
+#[test]
+fn first_uses_at_once_of_a_keyring_keyed_store_agree_on_one_key() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    let store = s.store_arg();
+    let args = [
+        "status",
+        "--store",
+        store.as_str(),
+        "--store-backend",
+        "encrypted-file",
+    ];
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let mut cmd = command(&s, &kr, &args);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd.spawn().expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(item_count(&kr), 1, "one key item");
+    let (saved, _) = {
+        s.write_default_config("store_backend = \"encrypted-file\"\n");
+        host_calls(
+            &s,
+            &kr,
+            &[("save_token", save_payload("anthropic", SECRET))],
+        )
+    };
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    run(&s, &kr, &args, b"").assert_stdout_has(&["anthropic", "key in the OS keyring"]);
+}
