@@ -156,7 +156,8 @@ pub fn load_file(path: &Path) -> Result<DataKey, StoreError> {
 }
 
 /// Loads the key from the inherited descriptor `fd` (re-opened through
-/// `/proc/self/fd`, as the host has no unsafe code to own it by number).
+/// `/proc/self/fd`: std offers no safe way to take ownership of a raw
+/// descriptor number, and the host forbids that escape hatch).
 ///
 /// # Errors
 ///

@@ -4,7 +4,6 @@
 //! swapped entry and an existing plaintext store.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 
 use nix::sys::signal::Signal;
@@ -14,27 +13,6 @@ use crate::support::{self, BIN, Scratch, run_bounded};
 
 const SECRET: &str = "at-ENC-SENTINEL-93ab";
 const SECRET_KEY: &str = "sk-ENC-SENTINEL-7c10";
-
-/// Whether any file under `dir` contains `needle`.
-fn grep(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in fs::read_dir(&d).expect("ls") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if fs::read(&p)
-                .expect("read")
-                .windows(needle.len())
-                .any(|w| w == needle.as_bytes())
-            {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
-}
 
 /// `save_token` over a host-class `credproxy stdio` with `args`.
 fn save(s: &Scratch, args: &[&str], provider: &str, access: &str) -> Value {
@@ -76,15 +54,21 @@ fn serve_on_a_new_store_encrypts_and_says_where_the_key_is() {
     assert_eq!(support::mode_of(&key), 0o600);
     assert!(!key.starts_with(s.store()));
     assert_eq!(
-        grep(&s.store(), SECRET),
+        support::files_containing(&s.store(), SECRET),
         Vec::<String>::new(),
         "no plaintext token on disk"
     );
-    assert_eq!(grep(&s.store(), "access_token"), Vec::<String>::new());
+    assert_eq!(
+        support::files_containing(&s.store(), "access_token"),
+        Vec::<String>::new()
+    );
 
     // API keys too.
     s.seed_api_key("OPENAI", SECRET_KEY);
-    assert_eq!(grep(&s.store(), SECRET_KEY), Vec::<String>::new());
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET_KEY),
+        Vec::<String>::new()
+    );
 
     // Later starts find the key: no second notice, the token still there.
     let mut again = s.serve(&["--audit-log", "off"]);
@@ -127,7 +111,11 @@ fn an_existing_plaintext_store_keeps_working_and_status_says_how_to_migrate() {
         !support::exists(&s.default_key_file()),
         "no key made for it"
     );
-    assert_eq!(grep(&s.store(), "at-plain-2").len(), 1, "still plaintext");
+    assert_eq!(
+        support::files_containing(&s.store(), "at-plain-2").len(),
+        1,
+        "still plaintext"
+    );
     let status = s.run(&["status", "--store", &s.store_arg()], b"");
     status.assert_code(0);
     status.assert_stdout_has(&["backend: file (plaintext)"]);
@@ -377,7 +365,11 @@ fn migrate_moves_everything_verified_and_can_go_back() {
         "dry run",
     ]);
     assert!(!dry.stdout.contains("SENTINEL"), "{}", dry.stdout);
-    assert_eq!(grep(&s.store(), SECRET).len(), 1, "dry run wrote nothing");
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET).len(),
+        1,
+        "dry run wrote nothing"
+    );
 
     let ran = s.run(
         &[
@@ -394,7 +386,11 @@ fn migrate_moves_everything_verified_and_can_go_back() {
     ran.assert_stdout_has(&["moved 2 tokens and 1 API keys from file to encrypted-file"]);
     assert!(!ran.stdout.contains("SENTINEL") && !ran.stderr.contains("SENTINEL"));
     for secret in [SECRET, SECRET_KEY, "rt-ENC-SENTINEL", "refresh_unusable"] {
-        assert_eq!(grep(&s.store(), secret), Vec::<String>::new(), "{secret}");
+        assert_eq!(
+            support::files_containing(&s.store(), secret),
+            Vec::<String>::new(),
+            "{secret}"
+        );
     }
     assert!(
         !support::exists(&s.root().join("store.migrate-old")),
@@ -452,7 +448,11 @@ fn migrate_moves_everything_verified_and_can_go_back() {
     );
     back.assert_code(0);
     back.assert_stdout_has(&["kept at", "from encrypted-file to file"]);
-    assert_eq!(grep(&s.store(), SECRET).len(), 1, "plaintext again");
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET).len(),
+        1,
+        "plaintext again"
+    );
     assert!(support::exists(
         &s.root().join("store.migrate-old/encrypted.check")
     ));

@@ -18,27 +18,6 @@ use crate::support::{self, Proxy, Ran, Scratch, StdioProc, run_bounded};
 const SECRET: &str = "at-KR-SENTINEL-51d2";
 const SECRET_KEY: &str = "sk-KR-SENTINEL-0c3f";
 
-/// Files under `dir` whose bytes contain `needle`.
-fn grep(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in fs::read_dir(&d).expect("ls") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if fs::read(&p)
-                .expect("read")
-                .windows(needle.len())
-                .any(|w| w == needle.as_bytes())
-            {
-                hits.push(p.display().to_string());
-            }
-        }
-    }
-    hits
-}
-
 /// The binary with `args` in `s`, on `kr`'s bus.
 fn command(s: &Scratch, kr: &TestKeyring, args: &[&str]) -> Command {
     let mut cmd = s.command(args);
@@ -148,7 +127,7 @@ fn secrets_live_in_the_keyring_and_the_store_holds_only_names_and_stamps() {
 
     for needle in [SECRET, SECRET_KEY, "access_token"] {
         assert_eq!(
-            grep(&s.store(), needle),
+            support::files_containing(&s.store(), needle),
             Vec::<String>::new(),
             "{needle} on disk"
         );
@@ -338,7 +317,7 @@ fn migrate_moves_a_store_into_the_keyring_and_back_out() {
     to.assert_stdout_has(&["moved 1 tokens and 1 API keys from file to keyring"]);
     for needle in [SECRET, SECRET_KEY] {
         assert_eq!(
-            grep(&s.store(), needle),
+            support::files_containing(&s.store(), needle),
             Vec::<String>::new(),
             "{needle} on disk"
         );
@@ -368,8 +347,16 @@ fn migrate_moves_a_store_into_the_keyring_and_back_out() {
     );
     back.assert_code(0);
     assert_eq!(item_count(&kr), 0, "the old store's items left with it");
-    assert_eq!(grep(&s.store(), SECRET).len(), 1, "plaintext again");
-    assert_eq!(grep(&s.store(), SECRET_KEY).len(), 1, "plaintext again");
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET).len(),
+        1,
+        "plaintext again"
+    );
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET_KEY).len(),
+        1,
+        "plaintext again"
+    );
 }
 
 const FIGURES_OUT_ENV: &str = "CREDPROXY_KEYRING_FIGURES_OUT";
@@ -465,7 +452,10 @@ fn auto_makes_a_new_store_a_keyring_store_when_the_keyring_is_unlocked() {
         &[("save_token", save_payload("anthropic", SECRET))],
     );
     assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
-    assert_eq!(grep(&s.store(), SECRET), Vec::<String>::new());
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET),
+        Vec::<String>::new()
+    );
     assert_eq!(item_count(&kr), 1);
     assert!(!support::exists(&s.default_key_file()), "no key file made");
     let status = run(&s, &kr, &["status", "--store", &s.store_arg()], b"");
@@ -586,7 +576,10 @@ fn encrypted_file_without_a_key_file_keeps_its_key_in_the_keyring() {
         &[("save_token", save_payload("anthropic", SECRET))],
     );
     assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
-    assert_eq!(grep(&s.store(), SECRET), Vec::<String>::new());
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET),
+        Vec::<String>::new()
+    );
     let tokens: Vec<_> = snapshot(&s.store().join("tokens"))
         .into_iter()
         .filter(|(_, bytes)| !bytes.is_empty())
@@ -719,7 +712,10 @@ fn encrypted_file_with_a_key_file_makes_no_keyring_item() {
     .assert_code(0);
     assert_eq!(item_count(&kr), 0, "no keyring item");
     assert!(!support::exists(&s.store().join("key-source")));
-    assert_eq!(grep(&s.store(), SECRET_KEY), Vec::<String>::new());
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET_KEY),
+        Vec::<String>::new()
+    );
     run(
         &s,
         &kr,

@@ -94,6 +94,29 @@ pub fn files_where(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     out
 }
 
+/// Files under `dir` (recursively) whose bytes contain `needle`: how the
+/// at-rest tests show a secret is not on disk.
+#[must_use]
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).expect("ls") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if fs::read(&p)
+                .expect("read")
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
 /// Whether anything (even a dangling symlink) is at `path`.
 pub fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
