@@ -100,6 +100,33 @@ pub enum StoreError {
         cause: crate::keyring::KeyringError,
     },
 
+    /// The PostgreSQL store could not be reached or refused a statement
+    /// (`postgres` backend). The detail is the server's message and SQLSTATE
+    /// or the connection error; statements carry secrets only as sealed
+    /// parameters, which no error message quotes.
+    #[error("PostgreSQL store: cannot {op}: {detail}")]
+    Database {
+        /// What we were doing, e.g. "connect", "read token".
+        op: &'static str,
+        /// The error, free of parameter values.
+        detail: String,
+    },
+
+    /// A PostgreSQL row failed its check (authentication of the sealed
+    /// value, or a version older than one already seen): it was modified,
+    /// swapped with another row or rolled back. Never served.
+    #[error("PostgreSQL store: {what} {provider}:{bucket} refused: {detail}")]
+    RowRefused {
+        /// "token", "metadata".
+        what: &'static str,
+        /// The row's provider.
+        provider: String,
+        /// The row's bucket.
+        bucket: String,
+        /// Why, free of content.
+        detail: String,
+    },
+
     /// An operating-system error on a store path.
     #[error("cannot {op} {path}: {cause}")]
     Io {

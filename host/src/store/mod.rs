@@ -28,6 +28,7 @@ pub mod key;
 mod keyring_key;
 mod lock;
 mod names;
+pub mod postgres;
 mod read;
 mod stamp;
 

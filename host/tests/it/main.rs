@@ -50,4 +50,5 @@ mod store_corrupt;
 mod store_crash;
 mod store_encrypted;
 mod store_keyring;
+mod store_postgres;
 mod token;

@@ -32,6 +32,7 @@ pub mod http_stub;
 pub mod keyring;
 pub mod matcher;
 pub mod oauth_server;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::fs;

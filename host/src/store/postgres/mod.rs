@@ -1,0 +1,193 @@
+//! The `postgres` store backend (issue 15): many proxies on many machines
+//! share one set of logins through one PostgreSQL database.
+//!
+//! - [`schema`]: the tables, created and migrated by the proxy itself under
+//!   a transaction-scoped advisory lock (two proxies starting together
+//!   apply each migration once).
+//! - [`tokens`]: token rows sealed with the store envelope (AES-256-GCM,
+//!   the store's data key) before they reach the database, the associated
+//!   data binding provider, bucket and row version; writes are
+//!   compare-and-set on that version.
+//! - [`lease`]: the cross-machine refresh lock, a lease row.
+//! - [`target`]: which servers may be reached without TLS.
+//!
+//! The client is the sync `postgres` crate: every call blocks, so the
+//! store is only used from the store effects (which run on smol's blocking
+//! pool) and the CLI, never on an I/O thread. One connection is kept
+//! behind a mutex and reconnected on the next operation after it broke
+//! (the database restarted), so a proxy outlives a database outage.
+
+mod lease;
+mod schema;
+pub mod target;
+mod tokens;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+
+use super::error::StoreError;
+use super::key::DataKey;
+
+pub use lease::Lease;
+pub use tokens::{Cas, Versioned};
+
+/// Tunables of the backend, with the defaults [`PgOptions::default`].
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    /// How long a refresh lease lasts. It must outlast one refresh (provider
+    /// HTTP calls are bounded at 8 s), so that a live holder is never
+    /// deposed; a dead one is taken over after it.
+    pub lease: Duration,
+    /// `statement_timeout` of the connection: a slow database fails the
+    /// one operation instead of holding a blocking-pool thread.
+    pub statement_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> PgOptions {
+        PgOptions {
+            lease: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A store in a PostgreSQL database.
+pub struct PgStore {
+    config: Config,
+    key: DataKey,
+    options: PgOptions,
+    /// Who this store is in lease rows: random, so two stores in one
+    /// process (or a restarted process) never take each other's lease.
+    holder: String,
+    client: Mutex<Option<Client>>,
+    /// The highest version seen per token row, to refuse a row rolled back
+    /// to an older sealed value.
+    seen: Mutex<std::collections::HashMap<(String, String), i64>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration may hold a password: never shown.
+        f.debug_struct("PgStore")
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database of `url` (libpq URL or key=value form),
+    /// creates or migrates the schema, and returns the store.
+    ///
+    /// # Errors
+    ///
+    /// The URL does not parse, names a server that would need TLS
+    /// ([`target::check`]), or the database cannot be reached or migrated.
+    pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
+        let mut config: Config =
+            url.parse()
+                .map_err(|e: postgres::Error| StoreError::Database {
+                    op: "parse the connection string",
+                    detail: e.to_string(),
+                })?;
+        target::check(&config)?;
+        config.connect_timeout(options.connect_timeout);
+        config.options(&format!(
+            "-c statement_timeout={}",
+            options.statement_timeout.as_millis()
+        ));
+        let mut id = [0u8; 12];
+        getrandom::fill(&mut id).map_err(|e| StoreError::Database {
+            op: "make a lease holder id",
+            detail: e.to_string(),
+        })?;
+        let holder = format!(
+            "{}-{}",
+            std::process::id(),
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        let store = PgStore {
+            config,
+            key,
+            options,
+            holder,
+            client: Mutex::new(None),
+            seen: Mutex::new(std::collections::HashMap::new()),
+        };
+        store.with_client("migrate the schema", schema::migrate)?;
+        let have = store.schema_version()?;
+        if have > schema::LATEST {
+            return Err(StoreError::Database {
+                op: "open the schema",
+                detail: format!(
+                    "the database schema is at version {have}, newer than this build's {}; \
+                     upgrade credproxy",
+                    schema::LATEST
+                ),
+            });
+        }
+        Ok(store)
+    }
+
+    /// This store's lease holder id.
+    #[must_use]
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The schema version of the database.
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be reached.
+    pub fn schema_version(&self) -> Result<i32, StoreError> {
+        self.with_client("read the schema version", schema::current)
+    }
+
+    /// Runs `f` on the connection, (re)connecting first if there is none or
+    /// it broke. A failure of `f` that closed the connection drops it, so
+    /// the next call reconnects.
+    fn with_client<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut guard = lock(&self.client);
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = None;
+            let client = self
+                .config
+                .connect(NoTls)
+                .map_err(|e| db_error("connect", &e))?;
+            *guard = Some(client);
+        }
+        let client = guard.as_mut().expect("connected above");
+        let result = f(client);
+        if result.is_err() && client.is_closed() {
+            *guard = None;
+        }
+        result.map_err(|e| db_error(op, &e))
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it;
+/// the data (a connection, a map of versions) stays usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A client error as a [`StoreError::Database`]: the server's message and
+/// SQLSTATE (never its DETAIL, which can quote row values), or the
+/// connection error.
+fn db_error(op: &'static str, e: &postgres::Error) -> StoreError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    StoreError::Database { op, detail }
+}

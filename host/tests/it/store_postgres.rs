@@ -1,0 +1,300 @@
+//! The `postgres` store module against a real PostgreSQL (issue 15),
+//! started by the test ([`TestPostgres`]): schema migration (idempotent,
+//! two stores migrating at once), sealed rows (a dump holds no secret; a
+//! row swapped, re-versioned or rolled back by hand is refused, never
+//! served), compare-and-set writes (a stale version is refused and the
+//! newer token kept), the lease (exclusion, takeover after expiry with a
+//! new fence, release only by the holder), and reconnecting after the
+//! database was stopped and started again.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use credproxy::store::StoreError;
+use credproxy::store::key::DataKey;
+use credproxy::store::postgres::{Cas, PgOptions, PgStore};
+use credproxy_core::Token;
+use serde_json::json;
+
+use crate::support::postgres::TestPostgres;
+
+const ACCESS: &str = "at-PG-SENTINEL-7a1c";
+const REFRESH: &str = "rt-PG-SENTINEL-93fe";
+
+fn key() -> DataKey {
+    DataKey::from_bytes([0x42; 32])
+}
+
+fn token(access: &str, refresh: &str) -> Token {
+    let serde_json::Value::Object(map) = json!({
+        "access_token": access,
+        "refresh_token": refresh,
+        "expiry": 4_000_000_000u64,
+    }) else {
+        unreachable!()
+    };
+    Token::from_map(map)
+}
+
+fn open(pg: &TestPostgres, options: PgOptions) -> PgStore {
+    PgStore::connect(&pg.url(), key(), options).expect("connect")
+}
+
+fn access_of(t: &Token) -> String {
+    t.as_map()["access_token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn schema_is_created_once_even_by_concurrent_stores() {
+    let pg = TestPostgres::start_new();
+    let url = Arc::new(pg.url());
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (Arc::clone(&url), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                PgStore::connect(&url, key(), PgOptions::default()).map(|s| s.schema_version())
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().expect("connect").expect("version"), 1);
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM credproxy_schema_version")
+            .trim(),
+        "1"
+    );
+    // Opening again applies nothing.
+    let s = open(&pg, PgOptions::default());
+    assert_eq!(s.schema_version().unwrap(), 1);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM credproxy_schema_version")
+            .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn rows_are_sealed_and_cas_keeps_the_newer_token() {
+    let pg = TestPostgres::start_new();
+    let a = open(&pg, PgOptions::default());
+    let b = open(&pg, PgOptions::default());
+    assert!(a.read_token("anthropic", "default").unwrap().is_none());
+    assert_eq!(
+        a.put_token_cas("anthropic", "default", 0, Some(&token(ACCESS, REFRESH)))
+            .unwrap(),
+        Cas::Written(1)
+    );
+    // A second creator lost the race.
+    assert_eq!(
+        b.put_token_cas("anthropic", "default", 0, Some(&token("x", "y")))
+            .unwrap(),
+        Cas::Stale { current: 1 }
+    );
+    let read = b.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(read.version, 1);
+    assert_eq!(access_of(read.token.as_ref().unwrap()), ACCESS);
+    // b writes version 2; a, still at 1, is refused and the newer token kept.
+    assert_eq!(
+        b.put_token_cas("anthropic", "default", 1, Some(&token("at-new", "rt-new")))
+            .unwrap(),
+        Cas::Written(2)
+    );
+    assert_eq!(
+        a.put_token_cas(
+            "anthropic",
+            "default",
+            1,
+            Some(&token("at-stale", "rt-stale"))
+        )
+        .unwrap(),
+        Cas::Stale { current: 2 }
+    );
+    let now = a.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(
+        (now.version, access_of(now.token.as_ref().unwrap())),
+        (2, "at-new".to_owned())
+    );
+    // Delete leaves a tombstone at a higher version.
+    assert_eq!(
+        a.put_token_cas("anthropic", "default", 2, None).unwrap(),
+        Cas::Written(3)
+    );
+    let gone = b.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!((gone.version, gone.token.is_none()), (3, true));
+    assert_eq!(
+        a.put_token_cas("anthropic", "default", 3, Some(&token(ACCESS, REFRESH)))
+            .unwrap(),
+        Cas::Written(4)
+    );
+    // The dump has the names but no secret, in any encoding a dump uses.
+    let dump = pg.dump();
+    let text = String::from_utf8_lossy(&dump);
+    assert!(text.contains("credproxy_tokens"), "dump has the table");
+    assert!(text.contains("anthropic"), "dump has the provider name");
+    for secret in [ACCESS, REFRESH, "at-new", "rt-new"] {
+        assert!(!text.contains(secret), "dump contains {secret}");
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        assert!(!text.contains(&hex), "dump contains {secret} as hex");
+    }
+}
+
+fn assert_refused(r: Result<impl std::fmt::Debug, StoreError>, what: &str) {
+    match r {
+        Err(e @ StoreError::RowRefused { .. }) => {
+            let msg = e.to_string();
+            assert!(!msg.contains(ACCESS) && !msg.contains(REFRESH), "{msg}");
+        }
+        other => panic!("{what}: expected RowRefused, got {other:?}"),
+    }
+}
+
+#[test]
+fn swapped_reversioned_and_rolled_back_rows_are_refused() {
+    let pg = TestPostgres::start_new();
+    let s = open(&pg, PgOptions::default());
+    s.put_token_cas("anthropic", "default", 0, Some(&token(ACCESS, REFRESH)))
+        .unwrap();
+    s.put_token_cas("anthropic", "other", 0, Some(&token("at-o", "rt-o")))
+        .unwrap();
+    // Keep version 1 of anthropic/default, then move it on to version 2.
+    pg.psql("CREATE TABLE old AS SELECT * FROM credproxy_tokens");
+    s.put_token_cas("anthropic", "default", 1, Some(&token("at-2", "rt-2")))
+        .unwrap();
+
+    // Swapped: other's ciphertext (also version 1) onto default, at
+    // default's version 2 and at version 1.
+    pg.psql(
+        "UPDATE credproxy_tokens SET ciphertext = (SELECT ciphertext FROM old \
+         WHERE bucket = 'other') WHERE bucket = 'default'",
+    );
+    assert_refused(s.read_token("anthropic", "default"), "swapped row");
+    // Re-versioned: version 1's own ciphertext under version 2.
+    pg.psql(
+        "UPDATE credproxy_tokens SET ciphertext = (SELECT ciphertext FROM old \
+         WHERE bucket = 'default') WHERE bucket = 'default'",
+    );
+    assert_refused(s.read_token("anthropic", "default"), "re-versioned row");
+    // Rolled back whole: version 1 with its ciphertext (authentic, but older
+    // than the version 2 this store wrote).
+    pg.psql(
+        "UPDATE credproxy_tokens SET version = 1, ciphertext = (SELECT ciphertext FROM old \
+         WHERE bucket = 'default') WHERE bucket = 'default'",
+    );
+    assert_refused(s.read_token("anthropic", "default"), "rolled-back row");
+    // The untouched row still opens; a store with another key refuses it.
+    let other = s.read_token("anthropic", "other").unwrap().unwrap();
+    assert_eq!(access_of(other.token.as_ref().unwrap()), "at-o");
+    let wrong = PgStore::connect(
+        &pg.url(),
+        DataKey::from_bytes([7; 32]),
+        PgOptions::default(),
+    )
+    .unwrap();
+    assert_refused(wrong.read_token("anthropic", "other"), "wrong key");
+}
+
+#[test]
+fn lease_excludes_expires_and_is_released_only_by_its_holder() {
+    let pg = TestPostgres::start_new();
+    let short = PgOptions {
+        lease: Duration::from_millis(600),
+        ..PgOptions::default()
+    };
+    let a = open(&pg, short);
+    let b = open(&pg, short);
+    let la = a
+        .try_lease("anthropic", "default")
+        .unwrap()
+        .expect("free lease");
+    assert!(a.lease_valid(&la).unwrap());
+    assert!(
+        b.try_lease("anthropic", "default").unwrap().is_none(),
+        "held by a"
+    );
+    // Another key is independent.
+    assert!(b.try_lease("anthropic", "other").unwrap().is_some());
+    // b waits; a's lease expires (a "died") and b takes over with a new fence.
+    let started = Instant::now();
+    let lb = b
+        .lease("anthropic", "default", Duration::from_secs(10))
+        .unwrap()
+        .expect("taken over after expiry");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "took over after {waited:?}"
+    );
+    assert!(
+        lb.fence > la.fence,
+        "fence grows: {} then {}",
+        la.fence,
+        lb.fence
+    );
+    assert!(!a.lease_valid(&la).unwrap(), "a is deposed");
+    assert!(b.lease_valid(&lb).unwrap());
+    // The deposed holder's release does not free b's lease.
+    assert!(!a.release_lease(&la).unwrap());
+    assert!(a.try_lease("anthropic", "default").unwrap().is_none());
+    // b's release frees it at once.
+    assert!(b.release_lease(&lb).unwrap());
+    let again = a
+        .try_lease("anthropic", "default")
+        .unwrap()
+        .expect("released");
+    assert!(again.fence > lb.fence);
+}
+
+#[test]
+fn a_lease_waiter_gives_up_after_its_wait() {
+    let pg = TestPostgres::start_new();
+    let a = open(&pg, PgOptions::default());
+    let b = open(&pg, PgOptions::default());
+    let _held = a.try_lease("anthropic", "default").unwrap().unwrap();
+    let started = Instant::now();
+    assert!(
+        b.lease("anthropic", "default", Duration::from_millis(300))
+            .unwrap()
+            .is_none()
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn database_down_is_a_clear_error_and_the_store_reconnects() {
+    let pg = TestPostgres::start_new();
+    let s = open(&pg, PgOptions::default());
+    s.put_token_cas("anthropic", "default", 0, Some(&token(ACCESS, REFRESH)))
+        .unwrap();
+    pg.stop();
+    let err = s.read_token("anthropic", "default").unwrap_err();
+    assert!(matches!(err, StoreError::Database { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with("PostgreSQL store: cannot"),
+        "{err}"
+    );
+    // Still down: the reconnect fails clearly too.
+    let err = s.read_token("anthropic", "default").unwrap_err();
+    assert!(err.to_string().contains("connect"), "{err}");
+    pg.start();
+    let back = s.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(access_of(back.token.as_ref().unwrap()), ACCESS);
+}
+
+#[test]
+fn a_remote_host_without_tls_is_refused_before_connecting() {
+    let err = PgStore::connect(
+        "postgresql://u@db.example.com/credproxy",
+        key(),
+        PgOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+}

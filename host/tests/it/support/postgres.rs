@@ -1,0 +1,230 @@
+//! A throw-away PostgreSQL cluster for the postgres store tests.
+//!
+//! `initdb` refuses to run as root, so when the tests run as root the
+//! cluster belongs to the `postgres` user (`runuser -u postgres`); its
+//! directory is a private temporary directory chowned to that user. The
+//! server listens only on a Unix socket in that directory (no TCP), with
+//! trust authentication (nobody else can reach the socket directory), and
+//! is stopped by the PID in `postmaster.pid` when dropped. `stop` and
+//! `start` take the same cluster down and up again (the "database down"
+//! tests).
+//!
+//! PostgreSQL missing is always a failure naming the Debian package
+//! (`postgresql`): these tests must never skip silently, and `.ci/run`
+//! installs it and sets `CREDPROXY_IT_REQUIRE_POSTGRES`.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, geteuid};
+
+/// The database role created by `initdb -U`.
+pub const USER: &str = "credproxy";
+
+/// A running (or stopped) private cluster.
+pub struct TestPostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    as_postgres: bool,
+}
+
+/// The directory holding `initdb`, `pg_ctl`, `pg_dump`, `psql`.
+fn find_bin() -> PathBuf {
+    let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    found.sort();
+    if let Some(bin) = found.pop() {
+        return bin;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if d.join("initdb").is_file() && d.join("pg_ctl").is_file() {
+                return d;
+            }
+        }
+    }
+    let why = if std::env::var_os("CI").is_some()
+        || std::env::var_os("CREDPROXY_IT_REQUIRE_POSTGRES").is_some()
+    {
+        "required in CI (CREDPROXY_IT_REQUIRE_POSTGRES)"
+    } else {
+        "these tests never skip"
+    };
+    panic!(
+        "PostgreSQL not found (no /usr/lib/postgresql/*/bin/initdb, no initdb on PATH); \
+         install the Debian package `postgresql` ({why})"
+    );
+}
+
+impl TestPostgres {
+    /// initdb and start a new cluster.
+    pub fn start_new() -> TestPostgres {
+        let bin = find_bin();
+        let as_postgres = geteuid().is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("cppg")
+            .tempdir_in("/tmp")
+            .expect("temp dir")
+            .keep();
+        assert!(dir.as_os_str().len() < 60, "socket dir too long: {dir:?}");
+        if as_postgres {
+            let st = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown {dir:?} to postgres");
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let pg = TestPostgres {
+            bin,
+            dir,
+            as_postgres,
+        };
+        let data = pg.data();
+        let out = pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                USER,
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        assert!(out.status.success(), "initdb failed: {}", stderr(&out));
+        pg.start();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// A key=value connection string for database `postgres`.
+    pub fn url(&self) -> String {
+        format!("host={} user={USER} dbname=postgres", self.dir.display())
+    }
+
+    /// Runs a PostgreSQL tool as the cluster's owner.
+    pub fn run(&self, tool: &str, args: &[&str]) -> Output {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(args).current_dir("/tmp").output().expect(tool)
+    }
+
+    /// `psql -c sql` against database `postgres`; its stdout.
+    pub fn psql(&self, sql: &str) -> String {
+        let dir = self.dir.to_str().unwrap().to_owned();
+        let out = self.run(
+            "psql",
+            &[
+                "-h",
+                &dir,
+                "-U",
+                USER,
+                "-d",
+                "postgres",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        );
+        assert!(out.status.success(), "psql failed: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `pg_dump` of database `postgres`, as text.
+    pub fn dump(&self) -> Vec<u8> {
+        let dir = self.dir.to_str().unwrap().to_owned();
+        let out = self.run("pg_dump", &["-h", &dir, "-U", USER, "postgres"]);
+        assert!(out.status.success(), "pg_dump failed: {}", stderr(&out));
+        out.stdout
+    }
+
+    /// Starts the (stopped) cluster and waits until it accepts connections.
+    pub fn start(&self) {
+        let opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories={} -c fsync=off \
+             -c synchronous_commit=off",
+            self.dir.display()
+        );
+        let data = self.data();
+        let log = self.dir.join("log");
+        let out = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}; log: {}",
+            stderr(&out),
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// The postmaster's PID, if it runs.
+    fn pid(&self) -> Option<Pid> {
+        let text = fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok().map(Pid::from_raw)
+    }
+
+    /// Stops the cluster and waits until the postmaster is gone: a fast
+    /// shutdown (SIGINT to its PID), which checkpoints, so what was
+    /// committed survives even with `fsync` and `synchronous_commit` off
+    /// (an immediate shutdown could lose the last commits).
+    pub fn stop(&self) {
+        let Some(pid) = self.pid() else { return };
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while kill(pid, None).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(kill(pid, None).is_err(), "postmaster {pid} did not stop");
+        let _ = fs::remove_file(self.data().join("postmaster.pid"));
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, Signal::SIGQUIT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while kill(pid, None).is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
