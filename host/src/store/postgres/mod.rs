@@ -10,6 +10,7 @@
 //!   compare-and-set on that version.
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
 //! - [`target`]: which servers may be reached without TLS.
+//! - [`url`]: where the connection string comes from (never a flag).
 //!
 //! The client is the sync `postgres` crate: every call blocks, so the
 //! store is only used from the store effects (which run on smol's blocking
@@ -21,6 +22,7 @@ mod lease;
 mod schema;
 pub mod target;
 mod tokens;
+pub mod url;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
