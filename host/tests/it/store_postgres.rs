@@ -298,3 +298,64 @@ fn a_remote_host_without_tls_is_refused_before_connecting() {
     .unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
 }
+
+const API_KEY: &str = "sk-PG-SENTINEL-4d0b";
+
+#[test]
+fn api_keys_are_sealed_listed_replaced_and_removed() {
+    use credproxy_core::Secret;
+    let pg = TestPostgres::start_new();
+    let a = open(&pg, PgOptions::default());
+    let b = open(&pg, PgOptions::default());
+    assert!(a.read_api_key("openai").unwrap().is_none());
+    assert!(a.api_key_names().unwrap().is_empty());
+    a.store_api_key("openai", &Secret::new(API_KEY)).unwrap();
+    a.store_api_key("gemini", &Secret::new("sk-other")).unwrap();
+    assert_eq!(b.api_key_names().unwrap(), ["gemini", "openai"]);
+    assert_eq!(b.read_api_key("openai").unwrap().unwrap().expose(), API_KEY);
+    b.store_api_key("openai", &Secret::new("sk-replaced"))
+        .unwrap();
+    assert_eq!(
+        a.read_api_key("openai").unwrap().unwrap().expose(),
+        "sk-replaced"
+    );
+    // The dump shows the names, not the values.
+    let dump = String::from_utf8_lossy(&pg.dump()).into_owned();
+    assert!(dump.contains("gemini"));
+    assert!(!dump.contains(API_KEY) && !dump.contains("sk-replaced") && !dump.contains("sk-other"));
+    // A value moved onto another name is refused.
+    pg.psql(
+        "UPDATE credproxy_api_keys SET ciphertext = (SELECT ciphertext FROM credproxy_api_keys \
+         WHERE name = 'gemini'), version = 1 WHERE name = 'openai'",
+    );
+    let fresh = open(&pg, PgOptions::default());
+    assert_refused(fresh.read_api_key("openai"), "swapped API key");
+    assert!(a.delete_api_key("gemini").unwrap());
+    assert!(!a.delete_api_key("gemini").unwrap());
+    assert!(b.read_api_key("gemini").unwrap().is_none());
+    assert_eq!(b.api_key_names().unwrap(), ["openai"]);
+}
+
+#[test]
+fn invalid_names_are_refused_as_in_the_file_store() {
+    let pg = TestPostgres::start_new();
+    let s = open(&pg, PgOptions::default());
+    for (p, b) in [
+        ("", "default"),
+        ("anthropic", "a/b"),
+        ("an\0thropic", "default"),
+    ] {
+        let err = s.read_token(p, b).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidName { .. }),
+            "{p:?} {b:?}: {err:?}"
+        );
+        let err = s.try_lease(p, b).unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidName { .. }),
+            "{p:?} {b:?}: {err:?}"
+        );
+    }
+    let err = s.read_api_key("../x").unwrap_err();
+    assert!(matches!(err, StoreError::InvalidName { .. }), "{err:?}");
+}

@@ -47,6 +47,7 @@ impl PgStore {
     ///
     /// The database cannot be reached.
     pub fn try_lease(&self, provider: &str, bucket: &str) -> Result<Option<Lease>, StoreError> {
+        super::tokens::check_names(provider, bucket)?;
         let secs = self.options.lease.as_secs_f64();
         let holder = self.holder.as_str();
         let row = self.with_client("take a refresh lease", |c: &mut Client| {

@@ -8,6 +8,7 @@
 //!   the store's data key) before they reach the database, the associated
 //!   data binding provider, bucket and row version; writes are
 //!   compare-and-set on that version.
+//! - [`api_keys`]: API key rows, sealed the same way.
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
 //! - [`target`]: which servers may be reached without TLS.
 //! - [`url`]: where the connection string comes from (never a flag).
@@ -18,6 +19,7 @@
 //! behind a mutex and reconnected on the next operation after it broke
 //! (the database restarted), so a proxy outlives a database outage.
 
+mod api_keys;
 mod lease;
 mod schema;
 pub mod target;

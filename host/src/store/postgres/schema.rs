@@ -14,6 +14,9 @@ const MIGRATION_LOCK: i64 = 0x6372_6564_7072_6f78;
 /// The migrations, `MIGRATIONS[i]` bringing the schema to version `i + 1`.
 /// Sealed columns are `bytea` envelopes; names and versions are plain (a
 /// database administrator sees which logins exist, never their secrets).
+/// A NULL ciphertext is a tombstone: deletes keep the row so that versions
+/// only grow and an old sealed value can never come back under a reused
+/// version.
 const MIGRATIONS: &[&str] = &["
 CREATE TABLE credproxy_tokens (
     provider text NOT NULL,
@@ -34,7 +37,7 @@ CREATE TABLE credproxy_meta (
 CREATE TABLE credproxy_api_keys (
     name text PRIMARY KEY,
     version bigint NOT NULL,
-    ciphertext bytea NOT NULL,
+    ciphertext bytea,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE credproxy_leases (

@@ -18,7 +18,8 @@ use postgres::Client;
 use zeroize::Zeroizing;
 
 use super::super::envelope::{self, Kind};
-use super::super::error::StoreError;
+use super::super::error::{NameKind, StoreError};
+use super::super::names::check_key_part;
 use super::{PgStore, lock};
 
 /// A token and the row version it was read at.
@@ -60,6 +61,7 @@ impl PgStore {
         provider: &str,
         bucket: &str,
     ) -> Result<Option<Versioned>, StoreError> {
+        check_names(provider, bucket)?;
         let row = self.with_client("read a token", |c: &mut Client| {
             c.query_opt(
                 "SELECT version, ciphertext FROM credproxy_tokens \
@@ -125,6 +127,7 @@ impl PgStore {
         expected: i64,
         token: Option<&Token>,
     ) -> Result<Cas, StoreError> {
+        check_names(provider, bucket)?;
         let next = expected + 1;
         let sealed = match token {
             None => None,
@@ -185,4 +188,10 @@ fn db_error_io(op: &'static str, e: &std::io::Error) -> StoreError {
         op,
         detail: e.to_string(),
     }
+}
+
+/// The file store's name rules, so a store migrates both ways.
+pub(super) fn check_names(provider: &str, bucket: &str) -> Result<(), StoreError> {
+    check_key_part(NameKind::Provider, provider)?;
+    check_key_part(NameKind::Bucket, bucket)
 }
