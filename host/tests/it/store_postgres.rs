@@ -359,3 +359,54 @@ fn invalid_names_are_refused_as_in_the_file_store() {
     let err = s.read_api_key("../x").unwrap_err();
     assert!(matches!(err, StoreError::InvalidName { .. }), "{err:?}");
 }
+
+#[test]
+fn the_cache_serves_without_the_database_within_its_staleness_bound() {
+    let pg = TestPostgres::start_new();
+    let a = open(&pg, PgOptions::default());
+    let b = open(&pg, PgOptions::default());
+    assert!(
+        a.cached_token("anthropic", "default").is_none(),
+        "nothing read yet"
+    );
+    assert!(a.read_token("anthropic", "default").unwrap().is_none());
+    assert!(
+        matches!(a.cached_token("anthropic", "default"), Some(None)),
+        "known absent"
+    );
+    b.put_token_cas("anthropic", "default", 0, Some(&token(ACCESS, REFRESH)))
+        .unwrap();
+    // b's write reaches a through an invalidation (what NOTIFY delivers).
+    a.invalidate_cached("anthropic", "default", 1);
+    assert!(a.cached_token("anthropic", "default").is_none());
+    a.read_token("anthropic", "default").unwrap();
+
+    // A store with a short bound stops serving an entry once it is older.
+    let short = open(
+        &pg,
+        PgOptions {
+            cache_staleness: Duration::from_millis(200),
+            ..PgOptions::default()
+        },
+    );
+    short.read_token("anthropic", "default").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while short.cached_token("anthropic", "default").is_some() {
+        assert!(Instant::now() < deadline, "cache entry never went stale");
+        thread::sleep(Duration::from_millis(10));
+    }
+
+    // The database goes down: the cached token is still served, a read
+    // fails clearly; after the restart reads work again.
+    pg.stop();
+    let cached = a.cached_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(access_of(&cached), ACCESS);
+    assert!(matches!(
+        a.read_token("anthropic", "default"),
+        Err(StoreError::Database { .. })
+    ));
+    pg.start();
+    let back = short.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(back.version, 1);
+    assert!(short.cached_token("anthropic", "default").is_some());
+}

@@ -9,6 +9,7 @@
 //!   data binding provider, bucket and row version; writes are
 //!   compare-and-set on that version.
 //! - [`api_keys`]: API key rows, sealed the same way.
+//! - [`cache`]: the hot-path token cache (memory only, bounded staleness).
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
 //! - [`target`]: which servers may be reached without TLS.
 //! - [`url`]: where the connection string comes from (never a flag).
@@ -20,6 +21,7 @@
 //! (the database restarted), so a proxy outlives a database outage.
 
 mod api_keys;
+mod cache;
 mod lease;
 mod schema;
 pub mod target;
@@ -49,6 +51,9 @@ pub struct PgOptions {
     pub statement_timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// How long a cached token is served without a database read: bounds
+    /// how long a lost invalidation can go unnoticed.
+    pub cache_staleness: Duration,
 }
 
 impl Default for PgOptions {
@@ -57,6 +62,7 @@ impl Default for PgOptions {
             lease: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            cache_staleness: Duration::from_secs(5),
         }
     }
 }
@@ -73,6 +79,7 @@ pub struct PgStore {
     /// The highest version seen per token row, to refuse a row rolled back
     /// to an older sealed value.
     seen: Mutex<std::collections::HashMap<(String, String), i64>>,
+    cache: cache::TokenCache,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -122,6 +129,7 @@ impl PgStore {
             holder,
             client: Mutex::new(None),
             seen: Mutex::new(std::collections::HashMap::new()),
+            cache: cache::TokenCache::new(options.cache_staleness),
         };
         store.with_client("migrate the schema", schema::migrate)?;
         let have = store.schema_version()?;
@@ -144,6 +152,29 @@ impl PgStore {
         &self.holder
     }
 
+    /// The cached token of `provider`/`bucket` if one is young enough
+    /// (`Some(None)`: known deleted); never touches the network, so it may
+    /// run on an I/O thread. `None`: read it with [`PgStore::read_token`].
+    #[must_use]
+    pub fn cached_token(
+        &self,
+        provider: &str,
+        bucket: &str,
+    ) -> Option<Option<credproxy_core::Token>> {
+        self.cache.get(provider, bucket)
+    }
+
+    /// Drops the cached token if older than `version` (another proxy
+    /// wrote it).
+    pub fn invalidate_cached(&self, provider: &str, bucket: &str, version: i64) {
+        self.cache.invalidate(provider, bucket, version);
+    }
+
+    /// Drops every cached token.
+    pub fn clear_cache(&self) {
+        self.cache.clear();
+    }
+
     /// The schema version of the database.
     ///
     /// # Errors
@@ -156,21 +187,33 @@ impl PgStore {
     /// Runs `f` on the connection, (re)connecting first if there is none or
     /// it broke. A failure of `f` that closed the connection drops it, so
     /// the next call reconnects.
+    ///
+    /// A kept connection is checked first with an empty query
+    /// (`is_valid`, bounded by the connect timeout): a connection to a
+    /// database that restarted only shows it is dead when used, and
+    /// retrying `f` after it failed is not safe in general (a write may
+    /// have committed before the reply was lost). The check costs one
+    /// round trip per operation; only operations that need the database
+    /// pay it, never the cached hot path.
     fn with_client<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut guard = lock(&self.client);
-        if guard.as_ref().is_none_or(Client::is_closed) {
+        if let Some(client) = guard.as_mut()
+            && (client.is_closed() || client.is_valid(self.options.connect_timeout).is_err())
+        {
             *guard = None;
-            let client = self
-                .config
-                .connect(NoTls)
-                .map_err(|e| db_error("connect", &e))?;
-            *guard = Some(client);
         }
-        let client = guard.as_mut().expect("connected above");
+        let client = match guard.as_mut() {
+            Some(client) => client,
+            None => guard.insert(
+                self.config
+                    .connect(NoTls)
+                    .map_err(|e| db_error("connect", &e))?,
+            ),
+        };
         let result = f(client);
         if result.is_err() && client.is_closed() {
             *guard = None;

@@ -69,7 +69,10 @@ impl PgStore {
                 &[&provider, &bucket],
             )
         })?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            self.cache.put(provider, bucket, 0, None);
+            return Ok(None);
+        };
         let version: i64 = row.get(0);
         let sealed: Option<Vec<u8>> = row.get(1);
         let refused = |detail: String| StoreError::RowRefused {
@@ -111,6 +114,7 @@ impl PgStore {
             }
         };
         self.saw(provider, bucket, version);
+        self.cache.put(provider, bucket, version, token.clone());
         Ok(Some(Versioned { version, token }))
     }
 
@@ -161,6 +165,7 @@ impl PgStore {
         })?;
         if written == 1 {
             self.saw(provider, bucket, next);
+            self.cache.put(provider, bucket, next, token.cloned());
             return Ok(Cas::Written(next));
         }
         let current = self.with_client("read a token version", |c: &mut Client| {

@@ -1,0 +1,131 @@
+//! The hot-path token cache of the postgres backend.
+//!
+//! Serving a token must never wait for the network (it runs inline on an
+//! I/O thread), so cached entries are served from memory only:
+//! `(provider, bucket) → (version, token, when read)`. Another proxy's
+//! write is meant to drop the entry through LISTEN/NOTIFY
+//! ([`TokenCache::invalidate`] with the notified version); a notification
+//! can be lost (the listener's connection dropped), so an entry older than
+//! the staleness bound is not served and the caller goes through a read
+//! that checks the version. On a listener (re)connect the whole cache is
+//! dropped ([`TokenCache::clear`]).
+//!
+//! An entry only ever moves forward: a put older than the entry it would
+//! replace is ignored, so a slow reader cannot reinstate an old token.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use credproxy_core::Token;
+
+use super::lock;
+
+struct Entry {
+    version: i64,
+    token: Option<Token>,
+    at: Instant,
+}
+
+/// See the module documentation.
+pub struct TokenCache {
+    entries: Mutex<HashMap<(String, String), Entry>>,
+    max_age: Duration,
+}
+
+impl TokenCache {
+    /// An empty cache serving entries younger than `max_age`.
+    #[must_use]
+    pub fn new(max_age: Duration) -> TokenCache {
+        TokenCache {
+            entries: Mutex::new(HashMap::new()),
+            max_age,
+        }
+    }
+
+    /// The cached token: `Some(None)` for a known deleted row, `None` when
+    /// there is no entry young enough (read from the database then).
+    /// Memory only; the lock is held for a map lookup and a clone.
+    pub fn get(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
+        let entries = lock(&self.entries);
+        let e = entries.get(&(provider.to_owned(), bucket.to_owned()))?;
+        (e.at.elapsed() < self.max_age).then(|| e.token.clone())
+    }
+
+    /// Records `token` read or written at `version`, unless the entry is
+    /// already newer.
+    pub fn put(&self, provider: &str, bucket: &str, version: i64, token: Option<Token>) {
+        let mut entries = lock(&self.entries);
+        let key = (provider.to_owned(), bucket.to_owned());
+        if entries.get(&key).is_some_and(|e| e.version > version) {
+            return;
+        }
+        entries.insert(
+            key,
+            Entry {
+                version,
+                token,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Drops the entry if it is older than `version` (a notification of
+    /// another proxy's write).
+    pub fn invalidate(&self, provider: &str, bucket: &str, version: i64) {
+        let mut entries = lock(&self.entries);
+        let key = (provider.to_owned(), bucket.to_owned());
+        if entries.get(&key).is_some_and(|e| e.version < version) {
+            entries.remove(&key);
+        }
+    }
+
+    /// Drops every entry.
+    pub fn clear(&self) {
+        lock(&self.entries).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(a: &str) -> Token {
+        let serde_json::Value::Object(m) = serde_json::json!({ "access_token": a }) else {
+            unreachable!()
+        };
+        Token::from_map(m)
+    }
+
+    fn access(c: &TokenCache) -> Option<Option<String>> {
+        c.get("p", "b")
+            .map(|t| t.map(|t| t.as_map()["access_token"].as_str().unwrap().to_owned()))
+    }
+
+    #[test]
+    fn serves_moves_forward_and_invalidates_older_entries() {
+        let c = TokenCache::new(Duration::from_secs(3600));
+        assert_eq!(access(&c), None);
+        c.put("p", "b", 2, Some(token("v2")));
+        assert_eq!(access(&c), Some(Some("v2".to_owned())));
+        c.put("p", "b", 1, Some(token("v1")));
+        assert_eq!(access(&c), Some(Some("v2".to_owned())), "older put ignored");
+        c.invalidate("p", "b", 2);
+        assert_eq!(access(&c), Some(Some("v2".to_owned())), "same version kept");
+        c.invalidate("p", "b", 3);
+        assert_eq!(access(&c), None);
+        c.put("p", "b", 4, None);
+        assert_eq!(access(&c), Some(None), "tombstone cached");
+        c.put("p", "b", 3, Some(token("v3")));
+        assert_eq!(access(&c), Some(None), "older than the tombstone");
+        c.clear();
+        assert_eq!(access(&c), None);
+    }
+
+    #[test]
+    fn stale_entries_are_not_served() {
+        let c = TokenCache::new(Duration::ZERO);
+        c.put("p", "b", 1, Some(token("v1")));
+        assert_eq!(access(&c), None);
+    }
+}
