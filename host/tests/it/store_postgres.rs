@@ -410,3 +410,96 @@ fn the_cache_serves_without_the_database_within_its_staleness_bound() {
     assert_eq!(back.version, 1);
     assert!(short.cached_token("anthropic", "default").is_some());
 }
+
+#[test]
+fn concurrent_writers_of_one_version_have_exactly_one_winner() {
+    let pg = TestPostgres::start_new();
+    let first = open(&pg, PgOptions::default());
+    first
+        .put_token_cas("anthropic", "default", 0, Some(&token(ACCESS, REFRESH)))
+        .unwrap();
+    let stores: Vec<Arc<PgStore>> = (0..8)
+        .map(|_| Arc::new(open(&pg, PgOptions::default())))
+        .collect();
+    let barrier = Arc::new(Barrier::new(stores.len()));
+    let threads: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (s, barrier) = (Arc::clone(s), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                let t = token(&format!("at-{i}"), &format!("rt-{i}"));
+                (
+                    i,
+                    s.put_token_cas("anthropic", "default", 1, Some(&t))
+                        .unwrap(),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<(usize, Cas)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let winners: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| *r == Cas::Written(2))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|(_, r)| *r == Cas::Written(2) || *r == Cas::Stale { current: 2 }),
+        "{results:?}"
+    );
+    let now = first.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(
+        access_of(now.token.as_ref().unwrap()),
+        format!("at-{}", winners[0])
+    );
+}
+
+#[test]
+fn a_deposed_lease_holders_late_write_is_rejected() {
+    let pg = TestPostgres::start_new();
+    let short = PgOptions {
+        lease: Duration::from_millis(300),
+        ..PgOptions::default()
+    };
+    let a = open(&pg, short);
+    let b = open(&pg, short);
+    a.put_token_cas("anthropic", "default", 0, Some(&token(ACCESS, REFRESH)))
+        .unwrap();
+    // a takes the lease and reads version 1, then stalls past its lease.
+    let la = a.try_lease("anthropic", "default").unwrap().unwrap();
+    let seen = a.read_token("anthropic", "default").unwrap().unwrap();
+    let lb = b
+        .lease("anthropic", "default", Duration::from_secs(10))
+        .unwrap()
+        .expect("taken over");
+    assert!(!a.lease_valid(&la).unwrap());
+    let fresh = b.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(
+        b.put_token_cas(
+            "anthropic",
+            "default",
+            fresh.version,
+            Some(&token("at-b", "rt-b"))
+        )
+        .unwrap(),
+        Cas::Written(2)
+    );
+    b.release_lease(&lb).unwrap();
+    // a's late write at the version it read is refused; b's token stays.
+    assert_eq!(
+        a.put_token_cas(
+            "anthropic",
+            "default",
+            seen.version,
+            Some(&token("at-a-late", "rt-a-late"))
+        )
+        .unwrap(),
+        Cas::Stale { current: 2 }
+    );
+    let now = b.read_token("anthropic", "default").unwrap().unwrap();
+    assert_eq!(access_of(now.token.as_ref().unwrap()), "at-b");
+}
