@@ -299,3 +299,20 @@ proptest! {
         }
     }
 }
+
+/// `Engine::peer` reports the identity the transport gave at open (the
+/// host's per-peer policy and audit read it) and nothing once it is gone.
+#[test]
+fn peer_is_reported_while_the_connection_is_open() {
+    let mut h = Harness::new();
+    let p = Peer {
+        uid: Some(1000),
+        gid: Some(100),
+        pid: Some(42),
+        transport: Transport::Unix,
+    };
+    let conn = h.open_peer(p).expect("accepted");
+    assert_eq!(h.engine.peer(conn), Some(p));
+    common::gone(&mut h, conn);
+    assert_eq!(h.engine.peer(conn), None);
+}

@@ -204,6 +204,19 @@ fn debug_output_is_redacted() {
     }
 }
 
+/// The engine's `Debug` is redacted but not empty: it names the live
+/// counts an operator's diagnostic dump needs.
+#[test]
+fn engine_debug_names_its_counts() {
+    let mut h = Harness::new();
+    let _ = h.connect();
+    let dbg = format!("{:?}", h.engine);
+    assert!(
+        dbg.starts_with("Engine {") && dbg.contains("connections: 1"),
+        "{dbg}"
+    );
+}
+
 #[test]
 fn request_events_name_op_outcome_and_subject() {
     let mut h = seeded(Config::default());

@@ -20,6 +20,7 @@ fn in_flight_target_gets_cancelled_before_the_cancel_reply() {
     h.store.put_token("p", "default", token("at"));
     let conn = connect_held(&mut h);
     h.no_reply_yet(conn, "t", "get_token", json!({"provider":"p"}));
+    assert_eq!(h.engine.pending_tasks(), 1, "the read waits for its effect");
     assert_eq!(
         send_req(&mut h, conn, "c", "cancel", json!({"targetId":"t"})),
         vec![cancelled("t"), ok("c", json!({"cancelled":true}))]

@@ -381,3 +381,22 @@ fn oauth_cancel_ends_the_session() {
     let r = exchange(&mut h, conn, &sid, "c");
     assert_eq!(r["code"], json!("SESSION_NOT_FOUND"));
 }
+
+/// A started login is one live session, listed under the id the client got,
+/// still under way; `oauth_cancel` removes it from both at once.
+#[test]
+fn live_sessions_are_counted_and_listed_until_cancelled() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    let sid = new_session(&mut h, conn, "anthropic");
+    assert_eq!(h.engine.session_count(), 1);
+    let listed: Vec<(String, u8)> = h
+        .engine
+        .session_states()
+        .map(|(id, state)| (id.to_owned(), state.rank()))
+        .collect();
+    assert_eq!(listed, vec![(sid.clone(), 0)]);
+    h.call(conn, "oauth_cancel", json!({"session_id": sid}));
+    assert_eq!(h.engine.session_count(), 0);
+    assert_eq!(h.engine.session_states().count(), 0);
+}
