@@ -127,6 +127,33 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The PostgreSQL store cannot be reached (connect failed, the
+    /// connection broke, or a statement timed out): a temporary state, the
+    /// proxy reconnects with back-off; `retry_after` is when the next
+    /// attempt is due. Nothing was written by the failed operation, or it
+    /// committed and will be seen by the next read (never written twice:
+    /// writes are compare-and-set on the row version).
+    #[error("PostgreSQL store unavailable: cannot {op}: {detail}")]
+    Unavailable {
+        /// What we were doing, e.g. "connect", "read a token".
+        op: &'static str,
+        /// The error, free of parameter values.
+        detail: String,
+        /// How long until the next connection attempt.
+        retry_after: std::time::Duration,
+    },
+
+    /// A compare-and-set write was refused: the row changed since this
+    /// store read it (another proxy wrote it, or this proxy's lease was
+    /// taken over). Nothing was written; re-read and merge.
+    #[error("store entry {provider}:{bucket} changed since it was read; nothing was written")]
+    Stale {
+        /// The row's provider.
+        provider: String,
+        /// The row's bucket.
+        bucket: String,
+    },
+
     /// An operating-system error on a store path.
     #[error("cannot {op} {path}: {cause}")]
     Io {
