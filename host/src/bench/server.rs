@@ -118,6 +118,7 @@ pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> 
             default_file: Some(scratch.join("config").join("credproxy/store.key")),
         },
         probe_keyring: false,
+        postgres: crate::store::PgSpec::default(),
     };
     let (store, _) = Store::open(&spec).map_err(|e| e.to_string())?;
     store

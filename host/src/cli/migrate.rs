@@ -142,6 +142,7 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
         },
         key: spec.key.clone(),
         probe_keyring: false,
+        postgres: spec.postgres.clone(),
     };
     let (dest, dest_about) =
         Store::open(&target).map_err(|e| Failure(EXIT_START, e.to_string()))?;
@@ -190,6 +191,7 @@ fn remove_old(old: &Path, spec: &StoreSpec) -> Result<(), Failure> {
             backend: BackendName::Keyring,
             key: spec.key.clone(),
             probe_keyring: false,
+            postgres: spec.postgres.clone(),
         };
         let (store, _) = Store::open(&spec).map_err(|e| Failure(EXIT_START, e.to_string()))?;
         let plan = Plan::of(&store)?;

@@ -76,6 +76,7 @@ pub(super) fn store_spec(
             default_file: key::default_key_file(&|n| config::process_env(n)),
         },
         probe_keyring: true,
+        postgres: settings.postgres.clone(),
     })
 }
 

@@ -35,6 +35,9 @@
 //! store_backend = "auto"
 //! # Key file of an encrypted store (default for auto: $XDG_CONFIG_HOME/credproxy/store.key).
 //! store_key_file = "/home/me/.config/credproxy/store.key"
+//! # The postgres backend's connection string, in a file of mode 0600
+//! # (CREDPROXY_POSTGRES_URL wins when set; never a flag).
+//! postgres_url_file = "/home/me/.config/credproxy/postgres.url"
 //! # Audit log: a file path, "stderr" (default) or "off".
 //! audit_log = "stderr"
 //! # Threads doing socket I/O (default: one per core, at most 4; allowed: 4 per core, >= 8).
@@ -78,6 +81,13 @@
 //! renewal_backoff_ms = 30000
 //! renewal_backoff_cap_ms = 1800000
 //! renewal_max_tries = 10
+//!
+//! [postgres]                       # the postgres backend; defaults shown
+//! pool_size = 4                    # connections kept, 1 to 64
+//! statement_timeout_ms = 5000
+//! connect_timeout_ms = 5000
+//! lease_ms = 30000                 # refresh lease: a dead holder's reign, >= 1000
+//! cache_staleness_ms = 5000        # a cached token is re-checked after this
 //!
 //! # Override a built-in provider field by field (e.g. a local test server).
 //! [providers.anthropic]
@@ -177,6 +187,7 @@ impl std::error::Error for SettingsError {}
 
 mod limits;
 mod policy;
+mod postgres;
 mod providers;
 #[cfg(test)]
 mod tests;
@@ -184,6 +195,7 @@ mod tests;
 pub use limits::{DEPRECATED_LIMIT_KEYS, LIMIT_FLAGS, LIMIT_KEYS, LimitsArgs, LimitsFile};
 use policy::name_set;
 pub use policy::{DEPRECATED_POLICY_KEYS, POLICY_KEYS, PolicyArgs, PolicyFile};
+pub use postgres::{POSTGRES_KEYS, PostgresFile};
 pub use providers::{ExtraParams, ProviderFile};
 
 // ---------------------------------------------------------------------------
@@ -199,6 +211,8 @@ pub struct FileConfig {
     pub store_backend: Option<crate::store::BackendName>,
     /// Key file of an encrypted store.
     pub store_key_file: Option<PathBuf>,
+    /// The postgres backend's connection string file (mode 0600).
+    pub postgres_url_file: Option<PathBuf>,
     /// Audit log: a file path, `stderr` or `off`.
     pub audit_log: Option<String>,
     /// Threads doing socket I/O (bounded: [`crate::thread_count`]).
@@ -209,6 +223,9 @@ pub struct FileConfig {
     /// Access policy.
     #[serde(default)]
     pub policy: PolicyFile,
+    /// The postgres backend's tunables.
+    #[serde(default)]
+    pub postgres: PostgresFile,
     /// Provider overrides and new providers.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderFile>,
@@ -223,6 +240,7 @@ pub const TOP_KEYS: &[&str] = &[
     "store",
     "store_backend",
     "store_key_file",
+    "postgres_url_file",
     "audit_log",
     "io_threads",
 ];
@@ -243,6 +261,9 @@ impl FileConfig {
             ))
         };
         let mut file: FileConfig = toml::from_str(text).map_err(|e| invalid(&e.to_string()))?;
+        file.postgres
+            .apply(crate::store::postgres::PgOptions::default())
+            .map_err(|m| invalid(&m))?;
         let mut warnings = file.limits.upgrade().map_err(|m| invalid(&m))?;
         warnings.extend(file.policy.upgrade().map_err(|m| invalid(&m))?);
         file.warnings = warnings
@@ -315,6 +336,8 @@ pub struct StoreSettings {
     /// Key file, when configured (the file's `store_key_file` over
     /// `CREDPROXY_STORE_KEY_FILE`, as for every variable: env < file < flags).
     pub store_key_file: Option<PathBuf>,
+    /// The postgres backend: its connection string file and tunables.
+    pub postgres: crate::store::PgSpec,
 }
 
 impl StoreSettings {
@@ -338,6 +361,12 @@ impl StoreSettings {
         if let Some(k) = &file.store_key_file {
             self.store_key_file = Some(base.join(k));
         }
+        if let Some(u) = &file.postgres_url_file {
+            self.postgres.url_file = Some(base.join(u));
+        }
+        // Checked by `FileConfig::parse`.
+        let pg = self.postgres.options;
+        self.postgres.options = file.postgres.apply(pg).unwrap_or(pg);
     }
 }
 

@@ -23,13 +23,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use credproxy_core::{Secret, Token};
-
 use super::codec::{self, Codec};
 use super::key::{self, DataKey};
 use super::keyring_key::{self, WHENCE};
+use super::postgres::{self, PgOptions, PgStore};
 use super::stamp;
-use super::{FileStore, KEYS, KeyLock, KeyMeta, META, Replaced, StoreError, TOKENS, atomic, read};
+use super::{FileStore, KEYS, META, Store, StoreError, TOKENS, atomic, read};
 
 /// A backend as configured (`--store-backend`, `store_backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -47,6 +46,8 @@ pub enum BackendName {
     /// The secrets in the OS keyring (Secret Service / Keychain), a stamp
     /// in each file.
     Keyring,
+    /// Sealed rows in a PostgreSQL database shared by a fleet of proxies.
+    Postgres,
 }
 
 impl BackendName {
@@ -58,6 +59,7 @@ impl BackendName {
             BackendName::File => "file",
             BackendName::EncryptedFile => "encrypted-file",
             BackendName::Keyring => "keyring",
+            BackendName::Postgres => "postgres",
         }
     }
 }
@@ -80,10 +82,20 @@ pub struct KeySource {
     pub default_file: Option<PathBuf>,
 }
 
+/// Where the `postgres` backend's database is and how it is used.
+#[derive(Debug, Clone, Default)]
+pub struct PgSpec {
+    /// The configuration file's `postgres_url_file` (the connection string
+    /// is `CREDPROXY_POSTGRES_URL` when that is set).
+    pub url_file: Option<PathBuf>,
+    /// Pool size, timeouts, lease (the `[postgres]` table).
+    pub options: PgOptions,
+}
+
 /// Everything needed to open the store.
 #[derive(Debug, Clone)]
 pub struct StoreSpec {
-    /// The store directory.
+    /// The store directory (not used by the `postgres` backend).
     pub root: PathBuf,
     /// The configured backend.
     pub backend: BackendName,
@@ -94,6 +106,8 @@ pub struct StoreSpec {
     /// what `serve` and the CLI do; `false` keeps today's `encrypted-file`
     /// choice (`store migrate`'s target, tests, the bench).
     pub probe_keyring: bool,
+    /// The database, for the `postgres` backend.
+    pub postgres: PgSpec,
 }
 
 /// What was opened, for `status` and messages (no key material).
@@ -116,6 +130,7 @@ impl Backend {
         match (&self.name, &self.key) {
             (BackendName::EncryptedFile, Some(k)) => format!("encrypted-file ({k})"),
             (BackendName::Keyring, Some(k)) => format!("keyring ({k})"),
+            (BackendName::Postgres, Some(k)) => format!("postgres ({k})"),
             (name, _) if *name == BackendName::File => "file (plaintext)".to_owned(),
             (name, _) => name.to_string(),
         }
@@ -130,21 +145,6 @@ impl Backend {
     }
 }
 
-/// The credential store, whatever its backend. The methods are those of
-/// [`FileStore`] (see there for their errors).
-#[derive(Debug)]
-pub enum Store {
-    /// The `file`, `encrypted-file` or `keyring` backend (the last keeps
-    /// the files, with stamps in place of the secrets).
-    Files(FileStore),
-}
-
-impl From<FileStore> for Store {
-    fn from(s: FileStore) -> Store {
-        Store::Files(s)
-    }
-}
-
 impl Store {
     /// Opens the store `spec` names, choosing for `auto`.
     ///
@@ -155,6 +155,7 @@ impl Store {
     pub fn open(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
         let root = &spec.root;
         let (name, key, notice) = match spec.backend {
+            BackendName::Postgres => return open_postgres(spec),
             BackendName::Keyring => return open_keyring(spec),
             BackendName::Auto if has_keyring_marker(root) => return open_keyring(spec),
             BackendName::Auto if spec.probe_keyring && is_new_store(spec) && keyring_ready() => {
@@ -192,146 +193,35 @@ impl Store {
         };
         Ok((Store::Files(store), about))
     }
-
-    /// The store directory.
-    #[must_use]
-    pub fn root(&self) -> &Path {
-        match self {
-            Store::Files(s) => s.root(),
-        }
-    }
-
-    /// `file` or `encrypted-file`.
-    #[must_use]
-    pub fn backend_name(&self) -> BackendName {
-        match self {
-            Store::Files(s) => s.backend_name(),
-        }
-    }
-
-    /// See [`FileStore::get_token`].
-    pub fn get_token(
-        &self,
-        provider: &str,
-        bucket: &str,
-        fresh: bool,
-    ) -> Result<Option<Token>, StoreError> {
-        match self {
-            Store::Files(s) => s.get_token(provider, bucket, fresh),
-        }
-    }
-
-    /// See [`FileStore::get_token_cached`].
-    pub fn get_token_cached(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
-        match self {
-            Store::Files(s) => s.get_token_cached(provider, bucket),
-        }
-    }
-
-    /// See [`FileStore::put_token`].
-    pub fn put_token(&self, provider: &str, bucket: &str, token: &Token) -> Result<(), StoreError> {
-        match self {
-            Store::Files(s) => s.put_token(provider, bucket, token),
-        }
-    }
-
-    /// See [`FileStore::put_token_replacing`].
-    pub fn put_token_replacing(
-        &self,
-        provider: &str,
-        bucket: &str,
-        token: &Token,
-    ) -> Result<Replaced, StoreError> {
-        match self {
-            Store::Files(s) => s.put_token_replacing(provider, bucket, token),
-        }
-    }
-
-    /// See [`FileStore::delete_token`].
-    pub fn delete_token(&self, provider: &str, bucket: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Files(s) => s.delete_token(provider, bucket),
-        }
-    }
-
-    /// See [`FileStore::list_providers`].
-    pub fn list_providers(&self) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Files(s) => s.list_providers(),
-        }
-    }
-
-    /// See [`FileStore::list_buckets`].
-    pub fn list_buckets(&self, provider: &str) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Files(s) => s.list_buckets(provider),
-        }
-    }
-
-    /// See [`FileStore::get_api_key`].
-    pub fn get_api_key(&self, name: &str) -> Result<Option<Secret>, StoreError> {
-        match self {
-            Store::Files(s) => s.get_api_key(name),
-        }
-    }
-
-    /// See [`FileStore::list_api_keys`].
-    pub fn list_api_keys(&self) -> Result<Vec<String>, StoreError> {
-        match self {
-            Store::Files(s) => s.list_api_keys(),
-        }
-    }
-
-    /// See [`FileStore::has_api_key`].
-    pub fn has_api_key(&self, name: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Files(s) => s.has_api_key(name),
-        }
-    }
-
-    /// See [`FileStore::set_api_key`].
-    pub fn set_api_key(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
-        match self {
-            Store::Files(s) => s.set_api_key(name, value),
-        }
-    }
-
-    /// See [`FileStore::remove_api_key`].
-    pub fn remove_api_key(&self, name: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Files(s) => s.remove_api_key(name),
-        }
-    }
-
-    /// See [`FileStore::lock_key`].
-    pub fn lock_key(
-        &self,
-        provider: &str,
-        bucket: &str,
-        wait: Duration,
-    ) -> Result<Option<KeyLock>, StoreError> {
-        match self {
-            Store::Files(s) => s.lock_key(provider, bucket, wait),
-        }
-    }
-
-    /// See [`FileStore::get_meta`].
-    pub fn get_meta(&self, provider: &str, bucket: &str) -> Result<KeyMeta, StoreError> {
-        match self {
-            Store::Files(s) => s.get_meta(provider, bucket),
-        }
-    }
-
-    /// See [`FileStore::put_meta`].
-    pub fn put_meta(&self, provider: &str, bucket: &str, meta: &KeyMeta) -> Result<(), StoreError> {
-        match self {
-            Store::Files(s) => s.put_meta(provider, bucket, meta),
-        }
-    }
 }
 
 /// How long opening waits for the OS keyring to answer.
 const KEYRING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the `postgres` store `spec.postgres` names, sealed with the key
+/// given explicitly (a database shared by machines needs the same key on
+/// each: one made on first use, or kept in one machine's keyring, would
+/// not be).
+fn open_postgres(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
+    let url = postgres::url::resolve(&|n| std::env::var_os(n), spec.postgres.url_file.as_deref())?;
+    let Some((key, whence)) = explicit_key(&spec.key)? else {
+        return Err(StoreError::Key {
+            detail: "the postgres backend needs the store key every proxy of the fleet \
+                     shares: --store-key-file PATH (or CREDPROXY_STORE_KEY_FILE, or \
+                     store_key_file in the configuration file) or --store-key-fd N; create \
+                     one with `credproxy store init-key` and copy it to each machine"
+                .to_owned(),
+        });
+    };
+    let store = PgStore::connect(&url, key, spec.postgres.options)?;
+    let about = Backend {
+        name: BackendName::Postgres,
+        configured: spec.backend,
+        key: Some(whence),
+        notice: None,
+    };
+    Ok((Store::Postgres(Box::new(store)), about))
+}
 
 /// Opens the store at `spec.root` as a `keyring` store.
 fn open_keyring(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
@@ -553,6 +443,7 @@ mod tests {
                 ..KeySource::default()
             },
             probe_keyring: false,
+            postgres: PgSpec::default(),
         }
     }
 

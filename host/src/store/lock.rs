@@ -1,4 +1,6 @@
-//! Cross-process refresh locks.
+//! Cross-process refresh locks: [`KeyLock`], an `flock` for the stores in
+//! a directory, a lease row for the `postgres` backend (see
+//! `postgres::lease`).
 //!
 //! Two proxies (or a proxy and the CLI) must not refresh the same key at
 //! once, or one of them would spend a rotated refresh token. Each key has a
@@ -25,16 +27,22 @@ const FIRST_POLL: Duration = Duration::from_millis(1);
 /// Longest pause between lock attempts.
 const MAX_POLL: Duration = Duration::from_millis(25);
 
-/// An exclusive lock on one key; released when dropped.
+/// An exclusive lock on one key; released when dropped, without waiting.
 ///
-/// Dropping the [`Flock`] unlocks (`LOCK_UN`) before the descriptor is
+/// `Flock`: dropping the [`Flock`] unlocks (`LOCK_UN`) before the descriptor is
 /// closed: closing releases the lock anyway, unlocking first makes the
 /// release immediate even if the fd were duplicated. (nix's `Drop` panics
 /// if that unlock fails; on a descriptor we hold open it cannot: no
 /// `EBADF`, and an unlock never blocks, so no `EINTR`.)
+/// `Lease`: dropping the guard queues the delete of the lease row on the
+/// store's release thread (a lease outlives a dead holder only until its
+/// deadline).
 #[derive(Debug)]
-pub struct KeyLock {
-    _lock: Flock<File>,
+pub enum KeyLock {
+    /// An `flock` on the key's lock file.
+    Flock(Flock<File>),
+    /// A lease row in the database.
+    Lease(super::postgres::LeaseGuard),
 }
 
 /// Locks the file at `path` (created 0600 if missing), waiting at most
@@ -48,7 +56,7 @@ pub fn acquire(path: &Path, wait: Duration) -> Result<Option<KeyLock>, StoreErro
         // Rust 1.89; the workspace MSRV is 1.88). A failed attempt hands the
         // file back for the next one.
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Some(KeyLock { _lock: lock })),
+            Ok(lock) => return Ok(Some(KeyLock::Flock(lock))),
             Err((back, Errno::EWOULDBLOCK)) => file = back,
             Err((back, Errno::EINTR)) => {
                 file = back;

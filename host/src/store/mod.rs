@@ -22,6 +22,7 @@ mod cache;
 mod codec;
 mod corrupt;
 mod dirs;
+mod dispatch;
 mod envelope;
 mod error;
 pub mod key;
@@ -53,8 +54,9 @@ use names::{
 };
 use zeroize::Zeroizing;
 
-pub use backend::{Backend, BackendName, KeySource, Store, StoreSpec};
+pub use backend::{Backend, BackendName, KeySource, PgSpec, StoreSpec};
 pub use corrupt::Replaced;
+pub use dispatch::Store;
 pub use error::{NameKind, StoreError};
 pub use lock::KeyLock;
 pub use names::MAX_NAME_LEN;

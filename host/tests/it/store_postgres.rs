@@ -275,17 +275,38 @@ fn database_down_is_a_clear_error_and_the_store_reconnects() {
         .unwrap();
     pg.stop();
     let err = s.read_token("anthropic", "default").unwrap_err();
-    assert!(matches!(err, StoreError::Database { .. }), "{err:?}");
+    let StoreError::Unavailable { retry_after, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(*retry_after >= Duration::from_secs(1), "{retry_after:?}");
     assert!(
-        err.to_string().starts_with("PostgreSQL store: cannot"),
+        err.to_string()
+            .starts_with("PostgreSQL store unavailable: cannot"),
         "{err}"
     );
-    // Still down: the reconnect fails clearly too.
+    // Still down: the reconnect fails clearly too, at once (back-off).
     let err = s.read_token("anthropic", "default").unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("connect"), "{err}");
     pg.start();
-    let back = s.read_token("anthropic", "default").unwrap().unwrap();
+    let back = read_when_back(&s);
     assert_eq!(access_of(back.token.as_ref().unwrap()), ACCESS);
+}
+
+/// Reads the token until the database answers again (the store's
+/// reconnect back-off can still be running just after a restart); every
+/// failure before must be `Unavailable`.
+fn read_when_back(s: &PgStore) -> credproxy::store::postgres::Versioned {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match s.read_token("anthropic", "default") {
+            Ok(v) => return v.expect("token row"),
+            Err(StoreError::Unavailable { .. }) if Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 }
 
 #[test]
@@ -403,10 +424,10 @@ fn the_cache_serves_without_the_database_within_its_staleness_bound() {
     assert_eq!(access_of(&cached), ACCESS);
     assert!(matches!(
         a.read_token("anthropic", "default"),
-        Err(StoreError::Database { .. })
+        Err(StoreError::Unavailable { .. })
     ));
     pg.start();
-    let back = short.read_token("anthropic", "default").unwrap().unwrap();
+    let back = read_when_back(&short);
     assert_eq!(back.version, 1);
     assert!(short.cached_token("anthropic", "default").is_some());
 }

@@ -4,8 +4,10 @@
 //! store's random id, the deadline is computed by the database clock
 //! (`now()`, so the proxies' clocks do not matter), and the fence comes
 //! from a sequence, growing with every grant. A lease is free when there is
-//! no row or its deadline has passed; taking it over replaces the holder.
-//! Releasing deletes the row only where the holder is still us.
+//! no row, its deadline has passed, or it is this store's own (a release
+//! still queued, see [`super::release`]: the engine never holds one key
+//! twice); taking it over replaces the holder and the fence. Releasing
+//! deletes the row only where holder and fence are still ours.
 //!
 //! Why a lease row and not a session advisory lock: an advisory lock lives
 //! as long as the holder's session, and a holder on a dead TCP peer (a
@@ -50,19 +52,21 @@ impl PgStore {
         super::tokens::check_names(provider, bucket)?;
         let secs = self.options.lease.as_secs_f64();
         let holder = self.holder.as_str();
-        let row = self.with_client("take a refresh lease", |c: &mut Client| {
-            c.query_opt(
-                "INSERT INTO credproxy_leases AS l (provider, bucket, holder, deadline, fence) \
+        let row = self
+            .pool
+            .with_client("take a refresh lease", |c: &mut Client| {
+                c.query_opt(
+                    "INSERT INTO credproxy_leases AS l (provider, bucket, holder, deadline, fence) \
                  VALUES ($1, $2, $3, now() + make_interval(secs => $4), \
                          nextval('credproxy_lease_fence')) \
                  ON CONFLICT (provider, bucket) DO UPDATE \
                  SET holder = EXCLUDED.holder, deadline = EXCLUDED.deadline, \
                      fence = EXCLUDED.fence \
-                 WHERE l.deadline < now() \
+                 WHERE l.deadline < now() OR l.holder = EXCLUDED.holder \
                  RETURNING fence",
-                &[&provider, &bucket, &holder, &secs],
-            )
-        })?;
+                    &[&provider, &bucket, &holder, &secs],
+                )
+            })?;
         Ok(row.map(|r| Lease {
             provider: provider.to_owned(),
             bucket: bucket.to_owned(),
@@ -105,31 +109,27 @@ impl PgStore {
     /// The database cannot be reached.
     pub fn lease_valid(&self, lease: &Lease) -> Result<bool, StoreError> {
         let holder = self.holder.as_str();
-        let row = self.with_client("check a refresh lease", |c: &mut Client| {
-            c.query_opt(
-                "SELECT 1 FROM credproxy_leases WHERE provider = $1 AND bucket = $2 \
+        let row = self
+            .pool
+            .with_client("check a refresh lease", |c: &mut Client| {
+                c.query_opt(
+                    "SELECT 1 FROM credproxy_leases WHERE provider = $1 AND bucket = $2 \
                  AND holder = $3 AND fence = $4 AND deadline >= now()",
-                &[&lease.provider, &lease.bucket, &holder, &lease.fence],
-            )
-        })?;
+                    &[&lease.provider, &lease.bucket, &holder, &lease.fence],
+                )
+            })?;
         Ok(row.is_some())
     }
 
-    /// Releases `lease`: deletes its row if it is still ours (a lease taken
-    /// over after expiry belongs to its new holder and stays).
+    /// Releases `lease` now: deletes its row if it is still ours (a lease
+    /// taken over after expiry belongs to its new holder and stays).
+    /// `Ok(true)` if it was. (A [`super::LeaseGuard`] releases on drop,
+    /// off the caller's thread.)
     ///
     /// # Errors
     ///
     /// The database cannot be reached (the lease then expires by itself).
     pub fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let holder = self.holder.as_str();
-        let n = self.with_client("release a refresh lease", |c: &mut Client| {
-            c.execute(
-                "DELETE FROM credproxy_leases WHERE provider = $1 AND bucket = $2 \
-                 AND holder = $3 AND fence = $4",
-                &[&lease.provider, &lease.bucket, &holder, &lease.fence],
-            )
-        })?;
-        Ok(n == 1)
+        super::release::delete(&self.pool, &self.holder, lease)
     }
 }

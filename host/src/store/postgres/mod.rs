@@ -14,29 +14,40 @@
 //! - [`target`]: which servers may be reached without TLS.
 //! - [`url`]: where the connection string comes from (never a flag).
 //!
+//! - [`meta`]: per-key metadata rows (the unusable-refresh mark).
+//! - [`ops`]: the store's operations as the effects and the CLI call them.
+//! - [`pool`]: the connections, reconnect and back-off.
+//! - [`release`]: lease releases, off the caller's thread.
+//!
 //! The client is the sync `postgres` crate: every call blocks, so the
 //! store is only used from the store effects (which run on smol's blocking
-//! pool) and the CLI, never on an I/O thread. One connection is kept
-//! behind a mutex and reconnected on the next operation after it broke
-//! (the database restarted), so a proxy outlives a database outage.
+//! pool) and the CLI, never on an I/O thread — except
+//! [`PgStore::cached_token`], which is memory only. A proxy outlives a
+//! database outage: the pool reconnects (see [`pool`]).
 
 mod api_keys;
 mod cache;
 mod lease;
+mod meta;
+mod ops;
+mod pool;
+mod release;
 mod schema;
 pub mod target;
 mod tokens;
 pub mod url;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 
 use super::error::StoreError;
 use super::key::DataKey;
 
 pub use lease::Lease;
+pub use release::LeaseGuard;
 pub use tokens::{Cas, Versioned};
 
 /// Tunables of the backend, with the defaults [`PgOptions::default`].
@@ -54,6 +65,9 @@ pub struct PgOptions {
     /// How long a cached token is served without a database read: bounds
     /// how long a lost invalidation can go unnoticed.
     pub cache_staleness: Duration,
+    /// Connections kept to the database (the store effects of concurrent
+    /// requests run in parallel up to this many).
+    pub pool_size: usize,
 }
 
 impl Default for PgOptions {
@@ -63,23 +77,29 @@ impl Default for PgOptions {
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             cache_staleness: Duration::from_secs(5),
+            pool_size: 4,
         }
     }
 }
 
 /// A store in a PostgreSQL database.
 pub struct PgStore {
-    config: Config,
     key: DataKey,
     options: PgOptions,
     /// Who this store is in lease rows: random, so two stores in one
     /// process (or a restarted process) never take each other's lease.
     holder: String,
-    client: Mutex<Option<Client>>,
+    pool: Arc<pool::Pool>,
     /// The highest version seen per token row, to refuse a row rolled back
     /// to an older sealed value.
-    seen: Mutex<std::collections::HashMap<(String, String), i64>>,
+    seen: Mutex<HashMap<(String, String), i64>>,
+    /// The version of each key's last fresh read or write: what the next
+    /// write expects ([`ops`]). A fresh read happens under the key's lease,
+    /// so a write that finds the row moved on was overtaken (a lease taken
+    /// over, a writer without a lease) and is refused, never applied.
+    fresh: Mutex<HashMap<(String, String), i64>>,
     cache: cache::TokenCache,
+    releaser: release::Releaser,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -122,14 +142,23 @@ impl PgStore {
             std::process::id(),
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let pool = Arc::new(pool::Pool::new(config, options.pool_size));
+        let releaser =
+            release::Releaser::start(Arc::clone(&pool), holder.clone()).map_err(|e| {
+                StoreError::Database {
+                    op: "start the lease release thread",
+                    detail: e.to_string(),
+                }
+            })?;
         let store = PgStore {
-            config,
             key,
             options,
             holder,
-            client: Mutex::new(None),
-            seen: Mutex::new(std::collections::HashMap::new()),
+            pool,
+            seen: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(HashMap::new()),
             cache: cache::TokenCache::new(options.cache_staleness),
+            releaser,
         };
         store.with_client("migrate the schema", schema::migrate)?;
         let have = store.schema_version()?;
@@ -184,41 +213,13 @@ impl PgStore {
         self.with_client("read the schema version", schema::current)
     }
 
-    /// Runs `f` on the connection, (re)connecting first if there is none or
-    /// it broke. A failure of `f` that closed the connection drops it, so
-    /// the next call reconnects.
-    ///
-    /// A kept connection is checked first with an empty query
-    /// (`is_valid`, bounded by the connect timeout): a connection to a
-    /// database that restarted only shows it is dead when used, and
-    /// retrying `f` after it failed is not safe in general (a write may
-    /// have committed before the reply was lost). The check costs one
-    /// round trip per operation; only operations that need the database
-    /// pay it, never the cached hot path.
+    /// Runs `f` on a pooled connection (see [`pool`]).
     fn with_client<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut guard = lock(&self.client);
-        if let Some(client) = guard.as_mut()
-            && (client.is_closed() || client.is_valid(self.options.connect_timeout).is_err())
-        {
-            *guard = None;
-        }
-        let client = match guard.as_mut() {
-            Some(client) => client,
-            None => guard.insert(
-                self.config
-                    .connect(NoTls)
-                    .map_err(|e| db_error("connect", &e))?,
-            ),
-        };
-        let result = f(client);
-        if result.is_err() && client.is_closed() {
-            *guard = None;
-        }
-        result.map_err(|e| db_error(op, &e))
+        self.pool.with_client(op, f)
     }
 }
 
@@ -226,15 +227,4 @@ impl PgStore {
 /// the data (a connection, a map of versions) stays usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A client error as a [`StoreError::Database`]: the server's message and
-/// SQLSTATE (never its DETAIL, which can quote row values), or the
-/// connection error.
-fn db_error(op: &'static str, e: &postgres::Error) -> StoreError {
-    let detail = match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    };
-    StoreError::Database { op, detail }
 }

@@ -302,6 +302,7 @@ impl Scratch {
                 ..KeySource::default()
             },
             probe_keyring: false,
+            postgres: credproxy::store::PgSpec::default(),
         };
         Store::open(&spec).expect("open store").0
     }
