@@ -3,15 +3,19 @@
 //! Serving a token must never wait for the network (it runs inline on an
 //! I/O thread), so cached entries are served from memory only:
 //! `(provider, bucket) → (version, token, when read)`. Another proxy's
-//! write is meant to drop the entry through LISTEN/NOTIFY
-//! ([`TokenCache::invalidate`] with the notified version); a notification
+//! write drops the entry through LISTEN/NOTIFY ([`super::listener`] calls
+//! [`TokenCache::invalidate`] with the notified version); a notification
 //! can be lost (the listener's connection dropped), so an entry older than
 //! the staleness bound is not served and the caller goes through a read
 //! that checks the version. On a listener (re)connect the whole cache is
 //! dropped ([`TokenCache::clear`]).
 //!
 //! An entry only ever moves forward: a put older than the entry it would
-//! replace is ignored, so a slow reader cannot reinstate an old token.
+//! replace is ignored, so a slow reader cannot reinstate an old token. An
+//! invalidation leaves a marker at the notified version (never served) for
+//! the same reason: a read that fetched the old row just before another
+//! proxy's write, and is slower than that write's notification, would
+//! otherwise cache the old token after it was invalidated.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,7 +27,8 @@ use super::lock;
 
 struct Entry {
     version: i64,
-    token: Option<Token>,
+    /// `None`: a marker left by [`TokenCache::invalidate`], never served.
+    token: Option<Option<Token>>,
     at: Instant,
 }
 
@@ -49,7 +54,8 @@ impl TokenCache {
     pub fn get(&self, provider: &str, bucket: &str) -> Option<Option<Token>> {
         let entries = lock(&self.entries);
         let e = entries.get(&(provider.to_owned(), bucket.to_owned()))?;
-        (e.at.elapsed() < self.max_age).then(|| e.token.clone())
+        let token = e.token.as_ref()?;
+        (e.at.elapsed() < self.max_age).then(|| token.clone())
     }
 
     /// Records `token` read or written at `version`, unless the entry is
@@ -64,20 +70,30 @@ impl TokenCache {
             key,
             Entry {
                 version,
-                token,
+                token: Some(token),
                 at: Instant::now(),
             },
         );
     }
 
-    /// Drops the entry if it is older than `version` (a notification of
-    /// another proxy's write).
+    /// Drops the entry unless it is at `version` or newer (a notification
+    /// of another proxy's write; our own writes are already cached at their
+    /// version), leaving a marker so that a put older than `version` is
+    /// ignored.
     pub fn invalidate(&self, provider: &str, bucket: &str, version: i64) {
         let mut entries = lock(&self.entries);
         let key = (provider.to_owned(), bucket.to_owned());
-        if entries.get(&key).is_some_and(|e| e.version < version) {
-            entries.remove(&key);
+        if entries.get(&key).is_some_and(|e| e.version >= version) {
+            return;
         }
+        entries.insert(
+            key,
+            Entry {
+                version,
+                token: None,
+                at: Instant::now(),
+            },
+        );
     }
 
     /// Drops every entry.
@@ -120,6 +136,23 @@ mod tests {
         assert_eq!(access(&c), Some(None), "older than the tombstone");
         c.clear();
         assert_eq!(access(&c), None);
+    }
+
+    #[test]
+    fn a_read_older_than_an_invalidation_is_not_cached() {
+        let c = TokenCache::new(Duration::from_secs(3600));
+        // The notification of version 5 overtook a read of version 4.
+        c.invalidate("p", "b", 5);
+        c.put("p", "b", 4, Some(token("v4")));
+        assert_eq!(access(&c), None);
+        c.put("p", "b", 5, Some(token("v5")));
+        assert_eq!(access(&c), Some(Some("v5".to_owned())));
+        c.invalidate("p", "b", 4);
+        assert_eq!(
+            access(&c),
+            Some(Some("v5".to_owned())),
+            "older notice ignored"
+        );
     }
 
     #[test]
