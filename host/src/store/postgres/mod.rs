@@ -10,6 +10,7 @@
 //!   compare-and-set on that version.
 //! - [`api_keys`]: API key rows, sealed the same way.
 //! - [`cache`]: the hot-path token cache (memory only, bounded staleness).
+//! - [`listener`]: other proxies' writes invalidate it (LISTEN/NOTIFY).
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
 //! - [`target`]: which servers may be reached without TLS.
 //! - [`url`]: where the connection string comes from (never a flag).
@@ -23,6 +24,7 @@
 mod api_keys;
 mod cache;
 mod lease;
+mod listener;
 mod schema;
 pub mod target;
 mod tokens;
@@ -37,6 +39,7 @@ use super::error::StoreError;
 use super::key::DataKey;
 
 pub use lease::Lease;
+pub use listener::ListenerProbe;
 pub use tokens::{Cas, Versioned};
 
 /// Tunables of the backend, with the defaults [`PgOptions::default`].
@@ -79,7 +82,9 @@ pub struct PgStore {
     /// The highest version seen per token row, to refuse a row rolled back
     /// to an older sealed value.
     seen: Mutex<std::collections::HashMap<(String, String), i64>>,
-    cache: cache::TokenCache,
+    cache: std::sync::Arc<cache::TokenCache>,
+    /// Invalidates `cache` on other proxies' writes; stops when dropped.
+    listener: listener::Listener,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -122,6 +127,12 @@ impl PgStore {
             std::process::id(),
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let cache = std::sync::Arc::new(cache::TokenCache::new(options.cache_staleness));
+        let listener = listener::Listener::start(
+            config.clone(),
+            std::sync::Arc::downgrade(&cache),
+            options.connect_timeout,
+        )?;
         let store = PgStore {
             config,
             key,
@@ -129,7 +140,8 @@ impl PgStore {
             holder,
             client: Mutex::new(None),
             seen: Mutex::new(std::collections::HashMap::new()),
-            cache: cache::TokenCache::new(options.cache_staleness),
+            cache,
+            listener,
         };
         store.with_client("migrate the schema", schema::migrate)?;
         let have = store.schema_version()?;
@@ -168,6 +180,13 @@ impl PgStore {
     /// wrote it).
     pub fn invalidate_cached(&self, provider: &str, bucket: &str, version: i64) {
         self.cache.invalidate(provider, bucket, version);
+    }
+
+    /// A probe of the notification listener thread (whether it runs, how
+    /// often it subscribed), valid after the store is dropped.
+    #[must_use]
+    pub fn listener(&self) -> ListenerProbe {
+        self.listener.probe()
     }
 
     /// Drops every cached token.

@@ -9,6 +9,9 @@
 //! old ciphertext, which authenticates) is refused when its version is
 //! below one this store has already seen for it.
 //!
+//! Every write notifies the other proxies in its own statement
+//! ([`super::listener`]), so their caches drop the older token.
+//!
 //! Versions only grow: a delete leaves a tombstone (no ciphertext, next
 //! version) instead of removing the row, so a re-created token never
 //! reuses a version an older ciphertext was sealed under.
@@ -20,6 +23,7 @@ use zeroize::Zeroizing;
 use super::super::envelope::{self, Kind};
 use super::super::error::{NameKind, StoreError};
 use super::super::names::check_key_part;
+use super::listener::NOTIFY_WRITTEN;
 use super::{PgStore, lock};
 
 /// A token and the row version it was read at.
@@ -148,20 +152,31 @@ impl PgStore {
                 )
             }
         };
+        // The write and its notification are one statement, hence one
+        // transaction: other proxies are told exactly when it committed.
         let written = self.with_client("write a token", |c: &mut Client| {
-            if expected == 0 {
-                c.execute(
-                    "INSERT INTO credproxy_tokens (provider, bucket, version, ciphertext) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (provider, bucket) DO NOTHING",
+            let rows = if expected == 0 {
+                c.query(
+                    &format!(
+                        "WITH w AS (INSERT INTO credproxy_tokens \
+                         (provider, bucket, version, ciphertext) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (provider, bucket) DO NOTHING \
+                         RETURNING provider, bucket, version) {NOTIFY_WRITTEN}"
+                    ),
                     &[&provider, &bucket, &next, &sealed],
                 )
             } else {
-                c.execute(
-                    "UPDATE credproxy_tokens SET version = $3, ciphertext = $4, updated_at = now() \
-                     WHERE provider = $1 AND bucket = $2 AND version = $5",
+                c.query(
+                    &format!(
+                        "WITH w AS (UPDATE credproxy_tokens \
+                         SET version = $3, ciphertext = $4, updated_at = now() \
+                         WHERE provider = $1 AND bucket = $2 AND version = $5 \
+                         RETURNING provider, bucket, version) {NOTIFY_WRITTEN}"
+                    ),
                     &[&provider, &bucket, &next, &sealed, &expected],
                 )
-            }
+            }?;
+            Ok(rows.len())
         })?;
         if written == 1 {
             self.saw(provider, bucket, next);
