@@ -281,8 +281,8 @@ mod tests {
     #[test]
     fn payloads_invalidate_their_row_and_unknown_ones_clear_everything() {
         let cache = TokenCache::new(Duration::from_secs(3600));
-        cache.put("p", "b", 1, None);
-        cache.put("p", "c", 1, None);
+        cache.put(cache.epoch(), "p", "b", 1, None);
+        cache.put(cache.epoch(), "p", "c", 1, None);
         apply(&cache, r#"{"provider":"p","bucket":"b","version":2}"#);
         assert!(cache.get("p", "b").is_none());
         assert!(cache.get("p", "c").is_some());

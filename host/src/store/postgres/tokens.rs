@@ -66,6 +66,7 @@ impl PgStore {
         bucket: &str,
     ) -> Result<Option<Versioned>, StoreError> {
         check_names(provider, bucket)?;
+        let epoch = self.cache.epoch();
         let row = self.with_client("read a token", |c: &mut Client| {
             c.query_opt(
                 "SELECT version, ciphertext FROM credproxy_tokens \
@@ -74,7 +75,7 @@ impl PgStore {
             )
         })?;
         let Some(row) = row else {
-            self.cache.put(provider, bucket, 0, None);
+            self.cache.put(epoch, provider, bucket, 0, None);
             return Ok(None);
         };
         let version: i64 = row.get(0);
@@ -118,7 +119,8 @@ impl PgStore {
             }
         };
         self.saw(provider, bucket, version);
-        self.cache.put(provider, bucket, version, token.clone());
+        self.cache
+            .put(epoch, provider, bucket, version, token.clone());
         Ok(Some(Versioned { version, token }))
     }
 
@@ -154,6 +156,7 @@ impl PgStore {
         };
         // The write and its notification are one statement, hence one
         // transaction: other proxies are told exactly when it committed.
+        let epoch = self.cache.epoch();
         let written = self.with_client("write a token", |c: &mut Client| {
             let rows = if expected == 0 {
                 c.query(
@@ -180,7 +183,8 @@ impl PgStore {
         })?;
         if written == 1 {
             self.saw(provider, bucket, next);
-            self.cache.put(provider, bucket, next, token.cloned());
+            self.cache
+                .put(epoch, provider, bucket, next, token.cloned());
             return Ok(Cas::Written(next));
         }
         let current = self.with_client("read a token version", |c: &mut Client| {
