@@ -10,6 +10,7 @@
 //!   compare-and-set on that version.
 //! - [`api_keys`]: API key rows, sealed the same way.
 //! - [`cache`]: the hot-path token cache (memory only, bounded staleness).
+//! - [`listener`]: other proxies' writes invalidate it (LISTEN/NOTIFY).
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
 //! - [`target`]: which servers may be reached without TLS.
 //! - [`url`]: where the connection string comes from (never a flag).
@@ -28,6 +29,7 @@
 mod api_keys;
 mod cache;
 mod lease;
+mod listener;
 mod meta;
 mod ops;
 mod pool;
@@ -48,6 +50,7 @@ use super::key::DataKey;
 
 pub use lease::Lease;
 pub use release::LeaseGuard;
+pub use listener::ListenerProbe;
 pub use tokens::{Cas, Versioned};
 
 /// Tunables of the backend, with the defaults [`PgOptions::default`].
@@ -98,7 +101,9 @@ pub struct PgStore {
     /// so a write that finds the row moved on was overtaken (a lease taken
     /// over, a writer without a lease) and is refused, never applied.
     fresh: Mutex<HashMap<(String, String), i64>>,
-    cache: cache::TokenCache,
+    cache: Arc<cache::TokenCache>,
+    /// Invalidates `cache` on other proxies' writes; stops when dropped.
+    listener: listener::Listener,
     releaser: release::Releaser,
 }
 
@@ -142,6 +147,12 @@ impl PgStore {
             std::process::id(),
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        let cache = Arc::new(cache::TokenCache::new(options.cache_staleness));
+        let listener = listener::Listener::start(
+            config.clone(),
+            Arc::downgrade(&cache),
+            options.connect_timeout,
+        )?;
         let pool = Arc::new(pool::Pool::new(config, options.pool_size));
         let releaser =
             release::Releaser::start(Arc::clone(&pool), holder.clone()).map_err(|e| {
@@ -157,7 +168,8 @@ impl PgStore {
             pool,
             seen: Mutex::new(HashMap::new()),
             fresh: Mutex::new(HashMap::new()),
-            cache: cache::TokenCache::new(options.cache_staleness),
+            cache,
+            listener,
             releaser,
         };
         store.with_client("migrate the schema", schema::migrate)?;
@@ -197,6 +209,13 @@ impl PgStore {
     /// wrote it).
     pub fn invalidate_cached(&self, provider: &str, bucket: &str, version: i64) {
         self.cache.invalidate(provider, bucket, version);
+    }
+
+    /// A probe of the notification listener thread (whether it runs, how
+    /// often it subscribed), valid after the store is dropped.
+    #[must_use]
+    pub fn listener(&self) -> ListenerProbe {
+        self.listener.probe()
     }
 
     /// Drops every cached token.

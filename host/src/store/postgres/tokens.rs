@@ -9,6 +9,9 @@
 //! old ciphertext, which authenticates) is refused when its version is
 //! below one this store has already seen for it.
 //!
+//! Every write notifies the other proxies in its own statement
+//! ([`super::listener`]), so their caches drop the older token.
+//!
 //! Versions only grow: a delete leaves a tombstone (no ciphertext, next
 //! version) instead of removing the row, so a re-created token never
 //! reuses a version an older ciphertext was sealed under.
@@ -20,6 +23,7 @@ use zeroize::Zeroizing;
 use super::super::envelope::{self, Kind};
 use super::super::error::{NameKind, StoreError};
 use super::super::names::check_key_part;
+use super::listener::NOTIFY_WRITTEN;
 use super::{PgStore, lock};
 
 /// A token and the row version it was read at.
@@ -62,6 +66,7 @@ impl PgStore {
         bucket: &str,
     ) -> Result<Option<Versioned>, StoreError> {
         check_names(provider, bucket)?;
+        let epoch = self.cache.epoch();
         let row = self.with_client("read a token", |c: &mut Client| {
             c.query_opt(
                 "SELECT version, ciphertext FROM credproxy_tokens \
@@ -70,7 +75,7 @@ impl PgStore {
             )
         })?;
         let Some(row) = row else {
-            self.cache.put(provider, bucket, 0, None);
+            self.cache.put(epoch, provider, bucket, 0, None);
             return Ok(None);
         };
         let version: i64 = row.get(0);
@@ -114,7 +119,8 @@ impl PgStore {
             }
         };
         self.saw(provider, bucket, version);
-        self.cache.put(provider, bucket, version, token.clone());
+        self.cache
+            .put(epoch, provider, bucket, version, token.clone());
         Ok(Some(Versioned { version, token }))
     }
 
@@ -148,24 +154,37 @@ impl PgStore {
                 )
             }
         };
+        // The write and its notification are one statement, hence one
+        // transaction: other proxies are told exactly when it committed.
+        let epoch = self.cache.epoch();
         let written = self.with_client("write a token", |c: &mut Client| {
-            if expected == 0 {
-                c.execute(
-                    "INSERT INTO credproxy_tokens (provider, bucket, version, ciphertext) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (provider, bucket) DO NOTHING",
+            let rows = if expected == 0 {
+                c.query(
+                    &format!(
+                        "WITH w AS (INSERT INTO credproxy_tokens \
+                         (provider, bucket, version, ciphertext) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (provider, bucket) DO NOTHING \
+                         RETURNING provider, bucket, version) {NOTIFY_WRITTEN}"
+                    ),
                     &[&provider, &bucket, &next, &sealed],
                 )
             } else {
-                c.execute(
-                    "UPDATE credproxy_tokens SET version = $3, ciphertext = $4, updated_at = now() \
-                     WHERE provider = $1 AND bucket = $2 AND version = $5",
+                c.query(
+                    &format!(
+                        "WITH w AS (UPDATE credproxy_tokens \
+                         SET version = $3, ciphertext = $4, updated_at = now() \
+                         WHERE provider = $1 AND bucket = $2 AND version = $5 \
+                         RETURNING provider, bucket, version) {NOTIFY_WRITTEN}"
+                    ),
                     &[&provider, &bucket, &next, &sealed, &expected],
                 )
-            }
+            }?;
+            Ok(rows.len())
         })?;
         if written == 1 {
             self.saw(provider, bucket, next);
-            self.cache.put(provider, bucket, next, token.cloned());
+            self.cache
+                .put(epoch, provider, bucket, next, token.cloned());
             return Ok(Cas::Written(next));
         }
         let current = self.with_client("read a token version", |c: &mut Client| {
