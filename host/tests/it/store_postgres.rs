@@ -288,15 +288,21 @@ fn database_down_is_a_clear_error_and_the_store_reconnects() {
     assert_eq!(access_of(back.token.as_ref().unwrap()), ACCESS);
 }
 
+/// A remote host is only ever reached with verified TLS; a string asking
+/// for clear text to one is refused before anything is sent (no name is
+/// even resolved: the refusal comes from the string alone).
 #[test]
-fn a_remote_host_without_tls_is_refused_before_connecting() {
-    let err = PgStore::connect(
-        "postgresql://u@db.example.com/credproxy",
-        key(),
-        PgOptions::default(),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("TLS"), "{err}");
+fn a_remote_host_in_clear_text_is_refused_before_connecting() {
+    for url in [
+        "postgresql://u:pw-PG-SENTINEL@db.example.com/credproxy?sslmode=disable",
+        "host=db.example.com user=u password=pw-PG-SENTINEL sslmode=prefer",
+    ] {
+        let err = PgStore::connect(url, key(), PgOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TLS") && err.contains("verify-full"), "{err}");
+        assert!(!err.contains("SENTINEL"), "{err}");
+    }
 }
 
 const API_KEY: &str = "sk-PG-SENTINEL-4d0b";

@@ -11,7 +11,9 @@
 //! - [`api_keys`]: API key rows, sealed the same way.
 //! - [`cache`]: the hot-path token cache (memory only, bounded staleness).
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
-//! - [`target`]: which servers may be reached without TLS.
+//! - [`target`]: whether a connection uses TLS (decided before connecting).
+//! - [`tls`]: the connection string read, and the verified TLS connector.
+//! - [`sslparams`]: libpq's TLS parameters the client's parser refuses.
 //! - [`url`]: where the connection string comes from (never a flag).
 //!
 //! The client is the sync `postgres` crate: every call blocks, so the
@@ -24,14 +26,16 @@ mod api_keys;
 mod cache;
 mod lease;
 mod schema;
+mod sslparams;
 pub mod target;
+pub mod tls;
 mod tokens;
 pub mod url;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 
 use super::error::StoreError;
 use super::key::DataKey;
@@ -70,6 +74,7 @@ impl Default for PgOptions {
 /// A store in a PostgreSQL database.
 pub struct PgStore {
     config: Config,
+    connector: tls::Connector,
     key: DataKey,
     options: PgOptions,
     /// Who this store is in lease rows: random, so two stores in one
@@ -98,15 +103,9 @@ impl PgStore {
     /// # Errors
     ///
     /// The URL does not parse, names a server that would need TLS
-    /// ([`target::check`]), or the database cannot be reached or migrated.
+    /// ([`target::decide`]), or the database cannot be reached or migrated.
     pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: postgres::Error| StoreError::Database {
-                    op: "parse the connection string",
-                    detail: e.to_string(),
-                })?;
-        target::check(&config)?;
+        let (mut config, connector) = tls::prepare(url)?;
         config.connect_timeout(options.connect_timeout);
         config.options(&format!(
             "-c statement_timeout={}",
@@ -124,6 +123,7 @@ impl PgStore {
         );
         let store = PgStore {
             config,
+            connector,
             key,
             options,
             holder,
@@ -208,11 +208,9 @@ impl PgStore {
         }
         let client = match guard.as_mut() {
             Some(client) => client,
-            None => guard.insert(
-                self.config
-                    .connect(NoTls)
-                    .map_err(|e| db_error("connect", &e))?,
-            ),
+            None => guard.insert(self.connector.connect(&self.config).map_err(|e| {
+                tls::handshake_error(&e).unwrap_or_else(|| db_error("connect", &e))
+            })?),
         };
         let result = f(client);
         if result.is_err() && client.is_closed() {
