@@ -51,4 +51,5 @@ mod store_crash;
 mod store_encrypted;
 mod store_keyring;
 mod store_postgres;
+mod store_postgres_tls;
 mod token;
