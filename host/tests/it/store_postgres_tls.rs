@@ -94,6 +94,21 @@ fn a_wrong_ca_is_refused_with_a_clear_error() {
     assert!(err.contains("UnknownIssuer"), "{err}");
     assert!(!err.contains("SENTINEL"), "{err}");
     assert_eq!(tls_sessions(&pg), 0);
+
+    // The system store (named, or by default) does not hold the test CA
+    // either: refused by the handshake, or before it if the store is empty.
+    for roots in ["sslrootcert=system", ""] {
+        let err = connect(&tcp_url(
+            &pg,
+            "localhost",
+            &format!("sslmode=verify-full {roots}"),
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("UnknownIssuer") || err.contains("no trusted root certificate"),
+            "{roots}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -139,33 +139,33 @@ pub fn decide(config: &Config, mode: Option<SslMode>) -> Decision {
         mode,
         Some(SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
     );
-    let remote = servers.iter().any(|s| s.2 == Reach::Remote);
-    if remote && let Some(weak @ (SslMode::Disable | SslMode::Allow | SslMode::Prefer)) = mode {
-        let (host, addr, _) = servers
-            .iter()
-            .find(|s| s.2 == Reach::Remote)
-            .expect("a remote server");
+    let first_remote = servers.iter().find(|s| s.2 == Reach::Remote);
+    if let (
+        Some((host, addr, _)),
+        Some(weak @ (SslMode::Disable | SslMode::Allow | SslMode::Prefer)),
+    ) = (first_remote, mode)
+    {
         let host = match (host, addr) {
             (Some(Host::Tcp(name)), _) => name.clone(),
             (_, Some(addr)) => addr.to_string(),
-            _ => String::new(),
+            (_, None) => String::new(),
         };
         return Decision::Refused(Refusal::WeakMode { host, mode: weak });
     }
-    if !remote && !asked {
+    if first_remote.is_none() && !asked {
         return Decision::Plain;
     }
     let sockets = servers.iter().filter(|s| s.2 == Reach::Socket).count();
     if sockets == count {
         return Decision::Plain;
     }
-    if sockets > 0 {
-        return Decision::Refused(Refusal::SocketWithTls);
-    }
     for (host, addr, _) in &servers {
-        if !matches!(host, Some(Host::Tcp(_))) {
-            let addr = addr.expect("a TCP server without a host name has a hostaddr");
-            return Decision::Refused(Refusal::NoServerName { addr });
+        match (host, addr) {
+            (Some(Host::Tcp(_)), _) => {}
+            (_, Some(addr)) => {
+                return Decision::Refused(Refusal::NoServerName { addr: *addr });
+            }
+            (_, None) => return Decision::Refused(Refusal::SocketWithTls),
         }
     }
     Decision::VerifyFull
@@ -262,6 +262,8 @@ mod tests {
             err.contains("hostaddr 192.0.2.7") && err.contains("host=NAME"),
             "{err}"
         );
+        let err = refusal("host=/run/postgresql hostaddr=127.0.0.1 sslmode=require");
+        assert!(err.contains("hostaddr 127.0.0.1"), "{err}");
         let err = refusal("host=/run/postgresql,db.example.com user=a");
         assert!(err.contains("Unix socket"), "{err}");
         let err = refusal("host=/run/postgresql,localhost sslmode=verify-full");
