@@ -28,7 +28,7 @@ mod lease;
 mod schema;
 mod sslparams;
 pub mod target;
-pub mod tls;
+mod tls;
 mod tokens;
 pub mod url;
 
@@ -102,8 +102,9 @@ impl PgStore {
     ///
     /// # Errors
     ///
-    /// The URL does not parse, names a server that would need TLS
-    /// ([`target::decide`]), or the database cannot be reached or migrated.
+    /// The URL does not parse, breaks the TLS rules ([`target::decide`]),
+    /// its TLS roots cannot be loaded, or the database cannot be reached
+    /// (or its certificate is refused) or migrated.
     pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
         let (mut config, connector) = tls::prepare(url)?;
         config.connect_timeout(options.connect_timeout);
