@@ -52,4 +52,5 @@ mod store_encrypted;
 mod store_keyring;
 mod store_postgres;
 mod store_postgres_notify;
+mod store_postgres_tls;
 mod token;

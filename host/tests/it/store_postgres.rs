@@ -309,15 +309,21 @@ fn read_when_back(s: &PgStore) -> credproxy::store::postgres::Versioned {
     }
 }
 
+/// A remote host is only ever reached with verified TLS; a string asking
+/// for clear text to one is refused before anything is sent (no name is
+/// even resolved: the refusal comes from the string alone).
 #[test]
-fn a_remote_host_without_tls_is_refused_before_connecting() {
-    let err = PgStore::connect(
-        "postgresql://u@db.example.com/credproxy",
-        key(),
-        PgOptions::default(),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("TLS"), "{err}");
+fn a_remote_host_in_clear_text_is_refused_before_connecting() {
+    for url in [
+        "postgresql://u:pw-PG-SENTINEL@db.example.com/credproxy?sslmode=disable",
+        "host=db.example.com user=u password=pw-PG-SENTINEL sslmode=prefer",
+    ] {
+        let err = PgStore::connect(url, key(), PgOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TLS") && err.contains("verify-full"), "{err}");
+        assert!(!err.contains("SENTINEL"), "{err}");
+    }
 }
 
 const API_KEY: &str = "sk-PG-SENTINEL-4d0b";

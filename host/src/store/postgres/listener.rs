@@ -31,12 +31,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 use serde::Deserialize;
 
 use super::super::error::StoreError;
 use super::cache::TokenCache;
 use super::lock;
+use super::tls::Connector;
 
 /// The notification channel of token writes.
 pub(super) const CHANNEL: &str = "credproxy_tokens";
@@ -160,6 +161,7 @@ impl Listener {
     /// The thread could not be spawned.
     pub(super) fn start(
         config: Config,
+        connector: Connector,
         cache: Weak<TokenCache>,
         first: Duration,
     ) -> Result<Listener, StoreError> {
@@ -170,7 +172,7 @@ impl Listener {
             .name("credproxy-pg-listen".to_owned())
             .spawn(move || {
                 let running = running;
-                run(&config, &cache, &running.0);
+                run(&config, &connector, &cache, &running.0);
             })
             .map_err(|e| StoreError::Database {
                 op: "start the notification listener",
@@ -204,10 +206,10 @@ impl Drop for Listener {
 
 /// Connects, subscribes and listens until stopped, reconnecting with
 /// back-off.
-fn run(config: &Config, cache: &Weak<TokenCache>, shared: &Shared) {
+fn run(config: &Config, connector: &Connector, cache: &Weak<TokenCache>, shared: &Shared) {
     let mut backoff = BACKOFF_START;
     while !shared.stopped() {
-        match subscribe(config) {
+        match subscribe(config, connector) {
             Some(mut client) => {
                 let Some(c) = cache.upgrade() else { return };
                 c.clear();
@@ -233,8 +235,8 @@ fn run(config: &Config, cache: &Weak<TokenCache>, shared: &Shared) {
 /// A connection that LISTENs on [`CHANNEL`]; `None` if the database cannot
 /// be reached (why is not kept: the thread has nobody to tell, and the
 /// store's own operations report the outage).
-fn subscribe(config: &Config) -> Option<Client> {
-    let mut client = config.connect(NoTls).ok()?;
+fn subscribe(config: &Config, connector: &Connector) -> Option<Client> {
+    let mut client = connector.connect(config).ok()?;
     client.batch_execute(&format!("LISTEN {CHANNEL}")).ok()?;
     Some(client)
 }

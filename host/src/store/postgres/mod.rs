@@ -12,7 +12,9 @@
 //! - [`cache`]: the hot-path token cache (memory only, bounded staleness).
 //! - [`listener`]: other proxies' writes invalidate it (LISTEN/NOTIFY).
 //! - [`lease`]: the cross-machine refresh lock, a lease row.
-//! - [`target`]: which servers may be reached without TLS.
+//! - [`target`]: whether a connection uses TLS (decided before connecting).
+//! - [`tls`]: the connection string read, and the verified TLS connector.
+//! - [`sslparams`]: libpq's TLS parameters the client's parser refuses.
 //! - [`url`]: where the connection string comes from (never a flag).
 //!
 //! - [`meta`]: per-key metadata rows (the unusable-refresh mark).
@@ -35,7 +37,9 @@ mod ops;
 mod pool;
 mod release;
 mod schema;
+mod sslparams;
 pub mod target;
+mod tls;
 mod tokens;
 pub mod url;
 
@@ -43,14 +47,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use postgres::{Client, Config};
+use postgres::Client;
 
 use super::error::StoreError;
 use super::key::DataKey;
 
 pub use lease::Lease;
-pub use release::LeaseGuard;
 pub use listener::ListenerProbe;
+pub use release::LeaseGuard;
 pub use tokens::{Cas, Versioned};
 
 /// Tunables of the backend, with the defaults [`PgOptions::default`].
@@ -122,16 +126,11 @@ impl PgStore {
     ///
     /// # Errors
     ///
-    /// The URL does not parse, names a server that would need TLS
-    /// ([`target::check`]), or the database cannot be reached or migrated.
+    /// The URL does not parse, breaks the TLS rules ([`target::decide`]),
+    /// its TLS roots cannot be loaded, or the database cannot be reached
+    /// (or its certificate is refused) or migrated.
     pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: postgres::Error| StoreError::Database {
-                    op: "parse the connection string",
-                    detail: e.to_string(),
-                })?;
-        target::check(&config)?;
+        let (mut config, connector) = tls::prepare(url)?;
         config.connect_timeout(options.connect_timeout);
         config.options(&format!(
             "-c statement_timeout={}",
@@ -150,10 +149,11 @@ impl PgStore {
         let cache = Arc::new(cache::TokenCache::new(options.cache_staleness));
         let listener = listener::Listener::start(
             config.clone(),
+            connector.clone(),
             Arc::downgrade(&cache),
             options.connect_timeout,
         )?;
-        let pool = Arc::new(pool::Pool::new(config, options.pool_size));
+        let pool = Arc::new(pool::Pool::new(config, connector, options.pool_size));
         let releaser =
             release::Releaser::start(Arc::clone(&pool), holder.clone()).map_err(|e| {
                 StoreError::Database {

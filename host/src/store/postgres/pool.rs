@@ -25,10 +25,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 
 use super::super::error::StoreError;
 use super::lock;
+use super::tls::{self, Connector};
 
 /// First pause after a failed connect.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -55,33 +56,46 @@ impl Backoff {
 /// See the module documentation.
 pub struct Pool {
     config: Config,
+    connector: Connector,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
     backoff: Mutex<Backoff>,
 }
 
 impl Pool {
-    /// A pool of `size` (at least 1) connections made from `config`.
+    /// A pool of `size` (at least 1) connections made from `config`
+    /// with `connector`.
     #[must_use]
-    pub fn new(config: Config, size: usize) -> Pool {
+    pub fn new(config: Config, connector: Connector, size: usize) -> Pool {
         Pool {
             config,
+            connector,
             slots: (0..size.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             backoff: Mutex::new(Backoff::default()),
         }
     }
 
-    /// A free slot, else the next one in turn (waiting for it).
+    /// A free slot that holds a connection, else a free empty one (a
+    /// connection is only made when every open one is busy), else the
+    /// next slot in turn, waiting for it.
     fn slot(&self) -> MutexGuard<'_, Option<Client>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.len();
-        for i in 0..n {
-            if let Ok(guard) = self.slots[(start + i) % n].try_lock() {
-                return guard;
+        let mut empty = None;
+        for slot in &self.slots {
+            if let Ok(guard) = slot.try_lock() {
+                if guard.is_some() {
+                    return guard;
+                }
+                if empty.is_none() {
+                    empty = Some(guard);
+                }
             }
         }
-        lock(&self.slots[start % n])
+        if let Some(guard) = empty {
+            return guard;
+        }
+        let n = self.slots.len();
+        lock(&self.slots[self.next.fetch_add(1, Ordering::Relaxed) % n])
     }
 
     /// Runs `f` on a connection (see the module documentation for the
@@ -136,10 +150,15 @@ impl Pool {
                 }
             }
         }
-        match self.config.connect(NoTls) {
+        match self.connector.connect(&self.config) {
             Ok(client) => {
                 *lock(&self.backoff) = Backoff::default();
                 Ok(client)
+            }
+            // A refused certificate is the configuration's fault, not a
+            // passing state.
+            Err(e) if tls::handshake_error(&e).is_some() => {
+                Err(tls::handshake_error(&e).unwrap_or_else(|| db_error("connect", &e)))
             }
             // The server answered and refused (authentication, no such
             // database): not a passing state, retrying will not help.
@@ -243,7 +262,7 @@ mod tests {
         let mut config = Config::new();
         config.host_path(dir.path()).port(5);
         config.connect_timeout(Duration::from_secs(1));
-        let pool = Pool::new(config, 2);
+        let pool = Pool::new(config, Connector::Plain, 2);
         let first = pool.with_client("read", |c| c.simple_query("SELECT 1").map(drop));
         let Err(StoreError::Unavailable { retry_after, .. }) = first else {
             panic!("{first:?}")

@@ -22,8 +22,9 @@
 //! The helpers of one suite each are submodules: [`conformance`] (the
 //! self-contained black-box checklist), [`effects`] (canned HTTP servers
 //! for the effect executor), [`hostile`] (the server under attack and a
-//! witness), [`keyring`] (a private gnome-keyring Secret Service) and
-//! [`oauth_server`] (a real OAuth authorization server).
+//! witness), [`keyring`] (a private gnome-keyring Secret Service),
+//! [`oauth_server`] (a real OAuth authorization server), [`postgres`] (a
+//! throw-away PostgreSQL cluster) and [`pki`] (its TLS certificates).
 
 pub mod conformance;
 pub mod effects;
@@ -32,6 +33,7 @@ pub mod http_stub;
 pub mod keyring;
 pub mod matcher;
 pub mod oauth_server;
+pub mod pki;
 pub mod postgres;
 
 use std::collections::BTreeMap;

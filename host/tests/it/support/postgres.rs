@@ -3,11 +3,15 @@
 //! `initdb` refuses to run as root, so when the tests run as root the
 //! cluster belongs to the `postgres` user (`runuser -u postgres`); its
 //! directory is a private temporary directory chowned to that user. The
-//! server listens only on a Unix socket in that directory (no TCP), with
-//! trust authentication (nobody else can reach the socket directory), and
-//! is stopped by the PID in `postmaster.pid` when dropped. `stop` and
-//! `start` take the same cluster down and up again (the "database down"
-//! tests).
+//! server listens on a Unix socket in that directory, with trust
+//! authentication (nobody else can reach the socket directory), and is
+//! stopped by the PID in `postmaster.pid` when dropped. `stop` and `start`
+//! take the same cluster down and up again (the "database down" tests).
+//!
+//! [`TestPostgres::start_new_tcp`] also listens on 127.0.0.1 on a free
+//! port, with throw-away certificates ([`TestPki`]); with TLS on, its
+//! `pg_hba.conf` admits TCP clients only over TLS (`hostssl`), so a
+//! connection that succeeds over TCP is a TLS one.
 //!
 //! PostgreSQL missing is always a failure naming the Debian package
 //! (`postgresql`): these tests must never skip silently, and `.ci/run`
@@ -22,6 +26,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, geteuid};
 
+use super::pki::TestPki;
+
 /// The database role created by `initdb -U`.
 pub const USER: &str = "credproxy";
 
@@ -30,6 +36,16 @@ pub struct TestPostgres {
     bin: PathBuf,
     dir: PathBuf,
     as_postgres: bool,
+    /// The port: of the TCP listener, and in the socket's name.
+    port: u16,
+    /// Listening on 127.0.0.1 too, with these certificates.
+    tcp: Option<Tcp>,
+}
+
+/// The TCP side of a cluster from [`TestPostgres::start_new_tcp`].
+struct Tcp {
+    pki: TestPki,
+    ssl: bool,
 }
 
 /// The directory holding `initdb`, `pg_ctl`, `pg_dump`, `psql`.
@@ -66,8 +82,47 @@ fn find_bin() -> PathBuf {
 }
 
 impl TestPostgres {
-    /// initdb and start a new cluster.
+    /// initdb and start a new cluster, on its Unix socket only.
     pub fn start_new() -> TestPostgres {
+        let pg = TestPostgres::init(5432);
+        pg.start();
+        pg
+    }
+
+    /// initdb and start a new cluster listening on 127.0.0.1 too, on a
+    /// free port, with `ssl = on` (TCP clients admitted over TLS only) or
+    /// off.
+    pub fn start_new_tcp(ssl: bool) -> TestPostgres {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free loopback port")
+            .port();
+        let mut pg = TestPostgres::init(port);
+        let pki = TestPki::generate(&pg.dir.join("tls"));
+        if pg.as_postgres {
+            let st = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&pki.server_key)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown the server key to postgres");
+        }
+        // PostgreSQL refuses a key readable by others.
+        fs::set_permissions(&pki.server_key, fs::Permissions::from_mode(0o600)).expect("chmod");
+        if ssl {
+            // Rewritten in place: the file keeps its owner.
+            fs::write(
+                pg.data().join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+        }
+        pg.tcp = Some(Tcp { pki, ssl });
+        pg.start();
+        pg
+    }
+
+    fn init(port: u16) -> TestPostgres {
         let bin = find_bin();
         let as_postgres = geteuid().is_root();
         let dir = tempfile::Builder::new()
@@ -89,6 +144,8 @@ impl TestPostgres {
             bin,
             dir,
             as_postgres,
+            port,
+            tcp: None,
         };
         let data = pg.data();
         let out = pg.run(
@@ -103,7 +160,6 @@ impl TestPostgres {
             ],
         );
         assert!(out.status.success(), "initdb failed: {}", stderr(&out));
-        pg.start();
         pg
     }
 
@@ -111,9 +167,26 @@ impl TestPostgres {
         self.dir.join("data")
     }
 
-    /// A key=value connection string for database `postgres`.
+    /// A key=value connection string for database `postgres`, through
+    /// the Unix socket.
     pub fn url(&self) -> String {
-        format!("host={} user={USER} dbname=postgres", self.dir.display())
+        format!(
+            "host={} port={} user={USER} dbname=postgres",
+            self.dir.display(),
+            self.port
+        )
+    }
+
+    /// The TCP port (on 127.0.0.1) of a [`TestPostgres::start_new_tcp`]
+    /// cluster.
+    pub fn port(&self) -> u16 {
+        assert!(self.tcp.is_some(), "not a TCP cluster");
+        self.port
+    }
+
+    /// The certificates of a [`TestPostgres::start_new_tcp`] cluster.
+    pub fn pki(&self) -> &TestPki {
+        &self.tcp.as_ref().expect("not a TCP cluster").pki
     }
 
     /// Runs a PostgreSQL tool as the cluster's owner.
@@ -132,11 +205,14 @@ impl TestPostgres {
     /// `psql -c sql` against database `postgres`; its stdout.
     pub fn psql(&self, sql: &str) -> String {
         let dir = self.dir.to_str().unwrap().to_owned();
+        let port = self.port.to_string();
         let out = self.run(
             "psql",
             &[
                 "-h",
                 &dir,
+                "-p",
+                &port,
                 "-U",
                 USER,
                 "-d",
@@ -155,18 +231,35 @@ impl TestPostgres {
     /// `pg_dump` of database `postgres`, as text.
     pub fn dump(&self) -> Vec<u8> {
         let dir = self.dir.to_str().unwrap().to_owned();
-        let out = self.run("pg_dump", &["-h", &dir, "-U", USER, "postgres"]);
+        let port = self.port.to_string();
+        let out = self.run(
+            "pg_dump",
+            &["-h", &dir, "-p", &port, "-U", USER, "postgres"],
+        );
         assert!(out.status.success(), "pg_dump failed: {}", stderr(&out));
         out.stdout
     }
 
     /// Starts the (stopped) cluster and waits until it accepts connections.
     pub fn start(&self) {
-        let opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories={} -c fsync=off \
-             -c synchronous_commit=off",
+        let mut opts = format!(
+            "-c port={} -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off",
+            self.port,
             self.dir.display()
         );
+        match &self.tcp {
+            None => opts.push_str(" -c listen_addresses=''"),
+            Some(tcp) => {
+                opts.push_str(" -c listen_addresses=127.0.0.1");
+                if tcp.ssl {
+                    opts.push_str(&format!(
+                        " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                        tcp.pki.server_cert.display(),
+                        tcp.pki.server_key.display()
+                    ));
+                }
+            }
+        }
         let data = self.data();
         let log = self.dir.join("log");
         let out = self.run(
