@@ -35,6 +35,7 @@ mod e2e_oauth;
 mod effects_http;
 mod effects_store;
 mod exec;
+mod fleet;
 mod hostile_access;
 mod hostile_frames;
 mod hostile_load;

@@ -131,11 +131,6 @@ impl PgStore {
     /// (or its certificate is refused) or migrated.
     pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
         let (mut config, connector) = tls::prepare(url)?;
-        config.connect_timeout(options.connect_timeout);
-        config.options(&format!(
-            "-c statement_timeout={}",
-            options.statement_timeout.as_millis()
-        ));
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| StoreError::Database {
             op: "make a lease holder id",
@@ -146,6 +141,15 @@ impl PgStore {
             std::process::id(),
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
+        // A database administrator sees which proxy each connection is
+        // (`pg_stat_activity.application_name` is `credproxy <holder>`, the
+        // holder of its lease rows).
+        config.application_name(&format!("credproxy {holder}"));
+        config.connect_timeout(options.connect_timeout);
+        config.options(&format!(
+            "-c statement_timeout={}",
+            options.statement_timeout.as_millis()
+        ));
         let cache = Arc::new(cache::TokenCache::new(options.cache_staleness));
         let listener = listener::Listener::start(
             config.clone(),

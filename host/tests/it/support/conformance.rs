@@ -99,6 +99,20 @@ pub struct Env {
     config: Option<PathBuf>,
     /// The tree's own keyring, when [`BACKEND_ENV`] is `keyring`.
     keyring: Option<super::keyring::TestKeyring>,
+    /// The database every process of this tree uses, for the `postgres`
+    /// backend.
+    pg: Option<PgTarget>,
+}
+
+/// A `postgres` store for an [`Env`]: the connection string (given to each
+/// process as `CREDPROXY_POSTGRES_URL`) and the data key file the fleet
+/// shares.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// The connection string.
+    pub url: String,
+    /// The key file (`--store-key-file`).
+    pub key_file: PathBuf,
 }
 
 impl Default for Env {
@@ -124,6 +138,19 @@ impl Env {
             scratch: super::Scratch::new(),
             config: None,
             keyring,
+            pg: None,
+        }
+    }
+
+    /// A fresh tree whose processes use the `postgres` store `pg` (several
+    /// trees on one target are the proxies of one fleet).
+    #[must_use]
+    pub fn on_postgres(pg: &PgTarget) -> Env {
+        Env {
+            scratch: super::Scratch::new(),
+            config: None,
+            keyring: None,
+            pg: Some(pg.clone()),
         }
     }
 
@@ -159,11 +186,22 @@ impl Env {
         if let Some(keyring) = &self.keyring {
             keyring.apply(&mut cmd);
         }
+        if let Some(pg) = &self.pg {
+            cmd.env("CREDPROXY_POSTGRES_URL", &pg.url);
+        }
         cmd
     }
 
     /// `--store-backend NAME [--store-key-file K]` for [`BACKEND_ENV`].
     fn backend_args(&self) -> Vec<String> {
+        if let Some(pg) = &self.pg {
+            return vec![
+                "--store-backend".to_owned(),
+                "postgres".to_owned(),
+                "--store-key-file".to_owned(),
+                pg.key_file.display().to_string(),
+            ];
+        }
         let Some(name) = std::env::var(BACKEND_ENV).ok().filter(|n| !n.is_empty()) else {
             return Vec::new();
         };
@@ -355,6 +393,11 @@ impl Server {
     /// SIGTERM, then a bounded wait for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.proxy.stop(Signal::SIGTERM)
+    }
+
+    /// SIGKILL (a crash: nothing is cleaned up), then the reap.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.proxy.stop(Signal::SIGKILL)
     }
 }
 
