@@ -4,15 +4,20 @@
 //! and flags exist; and every block marked ```sh runnable is executed, as
 //! written, in a private XDG home with the binary on `PATH` and, in its
 //! working directory, `llxprt-copy`: a copy of llxprt's v2 fixture tree for
-//! the README's `credproxy import llxprt` example.
+//! the README's `credproxy import llxprt` example. A block marked
+//! ```sh runnable postgres gets a throw-away PostgreSQL in
+//! `CREDPROXY_POSTGRES_URL`; a toml block with `store_backend = "postgres"`
+//! gets one behind the key and `postgres_url_file` it names.
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
 
+use crate::support::postgres::TestPostgres;
 use crate::support::{BIN, Scratch, run_bounded};
 
 /// The documents whose blocks are checked, relative to the workspace.
@@ -130,11 +135,31 @@ fn runnable(b: &Block) -> bool {
 fn every_toml_block_is_a_configuration_that_serves() {
     let blocks = blocks_where(|b| language(b) == "toml");
     assert!(!blocks.is_empty(), "the README has a configuration example");
+    let mut pg: Option<TestPostgres> = None;
     for b in &blocks {
         let s = Scratch::new();
         let cfg = s.root().join("config.toml");
         fs::write(&cfg, &b.text).expect("write config");
         let cfg_arg = cfg.display().to_string();
+        let parsed = credproxy::config::FileConfig::parse(&b.text, &cfg)
+            .unwrap_or_else(|e| panic!("{}: {e}", b.whence));
+        if parsed.store_backend == Some(credproxy::store::BackendName::Postgres) {
+            // The fleet's files as the block names them, for a throw-away
+            // database: the key, and the connection string (mode 0600).
+            let db = pg.get_or_insert_with(TestPostgres::start_new);
+            let key = s
+                .root()
+                .join(parsed.store_key_file.as_ref().expect("store_key_file"));
+            credproxy::store::key::create_file(&key, &s.root().join("no-store")).expect("key");
+            let url = s.root().join(
+                parsed
+                    .postgres_url_file
+                    .as_ref()
+                    .expect("postgres_url_file"),
+            );
+            fs::write(&url, db.url()).expect("write the connection string");
+            fs::set_permissions(&url, fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
 
         let ran = s.run(&["providers", "--json", "--config", &cfg_arg], b"");
         ran.assert_code(0);
@@ -341,6 +366,7 @@ fn runnable_sh_blocks_run() {
         std::env::var("PATH").unwrap_or_default()
     );
     let llxprt = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llxprt-store/v2");
+    let mut pg: Option<TestPostgres> = None;
     for b in &blocks {
         let s = Scratch::new();
         copy_tree(&llxprt, &s.root().join("llxprt-copy"));
@@ -349,6 +375,12 @@ fn runnable_sh_blocks_run() {
             .env("PATH", &path)
             // A stand-in for the user's own key in the README's example.
             .env("OPENAI_API_KEY", "sk-docs-example-0000");
+        if b.info.iter().any(|w| w == "postgres") {
+            // `sh runnable postgres`: the fleet's database, as the user
+            // would have it in the environment.
+            let db = pg.get_or_insert_with(TestPostgres::start_new);
+            sh.env("CREDPROXY_POSTGRES_URL", db.url());
+        }
         piped(&mut sh);
         let ran = run_bounded(sh, b"");
         assert_eq!(
