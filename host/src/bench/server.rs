@@ -107,6 +107,8 @@ pub fn prepare_store(scratch: &Scratch, extra: &[String]) -> Result<(), String> 
         Some("encrypted-file") => BackendName::EncryptedFile,
         // The keyring of the session bus in the environment.
         Some("keyring") => BackendName::Keyring,
+        // The database of CREDPROXY_POSTGRES_URL, with --store-key-file.
+        Some("postgres") => BackendName::Postgres,
         Some(other) => return Err(format!("unknown --store-backend {other}")),
     };
     let spec = StoreSpec {

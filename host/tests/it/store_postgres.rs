@@ -530,3 +530,70 @@ fn a_deposed_lease_holders_late_write_is_rejected() {
     let now = b.read_token("anthropic", "default").unwrap().unwrap();
     assert_eq!(access_of(now.token.as_ref().unwrap()), "at-b");
 }
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort_unstable();
+    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
+    format!("p50 {:?}, p99 {:?}", at(50), at(99))
+}
+
+/// Figures for BENCHMARKS.md: what the postgres backend adds to a refresh
+/// (the lease, the fresh read, the compare-and-set write) next to the
+/// plaintext file store (flock, read, fsynced write), in process:
+/// `cargo test -p credproxy --test it -- --ignored --nocapture
+/// store_postgres::figures`.
+#[test]
+#[ignore = "measurement; run by hand with --nocapture"]
+fn figures() {
+    const N: usize = 500;
+    let pg = TestPostgres::start_new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = [
+        (
+            "postgres",
+            credproxy::store::Store::Postgres(Box::new(open(&pg, PgOptions::default()))),
+        ),
+        (
+            "file",
+            credproxy::store::Store::from(
+                credproxy::store::FileStore::open(&dir.path().join("s")).expect("file store"),
+            ),
+        ),
+    ];
+    let t = token(ACCESS, REFRESH);
+    for (name, store) in &stores {
+        let time = |f: &mut dyn FnMut()| {
+            let at = Instant::now();
+            f();
+            at.elapsed()
+        };
+        let (mut lease, mut fresh, mut put, mut cached) = (vec![], vec![], vec![], vec![]);
+        for i in 0..N {
+            let bucket = format!("b{}", i % 10);
+            let mut guard = None;
+            lease.push(time(&mut || {
+                guard = store
+                    .lock_key("anthropic", &bucket, Duration::from_secs(5))
+                    .expect("lock");
+            }));
+            assert!(guard.is_some());
+            fresh.push(time(&mut || {
+                store.get_token("anthropic", &bucket, true).expect("read");
+            }));
+            put.push(time(&mut || {
+                store.put_token("anthropic", &bucket, &t).expect("write");
+            }));
+            drop(guard);
+            cached.push(time(&mut || {
+                assert!(store.get_token_cached("anthropic", &bucket).is_some());
+            }));
+        }
+        eprintln!(
+            "{name}: lock {}; fresh read {}; write {}; cached read {}",
+            percentiles(lease),
+            percentiles(fresh),
+            percentiles(put),
+            percentiles(cached)
+        );
+    }
+}
