@@ -86,8 +86,9 @@ pub(super) enum StoreCmd {
     /// backend; never overwrites, refuses a place inside the store.
     InitKey(InitKeyArgs),
     /// Move every token, API key and metadata entry to another backend
-    /// (file, encrypted-file or keyring), verifying each; stop the proxies using
-    /// the store first. Rerun it if it was interrupted.
+    /// (file, encrypted-file, keyring or postgres), verifying each; stop the
+    /// proxies using the store first. Rerun it if it was interrupted.
+    /// `--check`: the postgres database's schema version.
     Migrate(super::migrate::MigrateArgs),
 }
 

@@ -51,5 +51,6 @@ mod store_crash;
 mod store_encrypted;
 mod store_keyring;
 mod store_postgres;
+mod store_postgres_cli;
 mod store_postgres_notify;
 mod token;

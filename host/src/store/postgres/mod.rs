@@ -49,8 +49,8 @@ use super::error::StoreError;
 use super::key::DataKey;
 
 pub use lease::Lease;
-pub use release::LeaseGuard;
 pub use listener::ListenerProbe;
+pub use release::LeaseGuard;
 pub use tokens::{Cas, Versioned};
 
 /// Tunables of the backend, with the defaults [`PgOptions::default`].
@@ -125,18 +125,7 @@ impl PgStore {
     /// The URL does not parse, names a server that would need TLS
     /// ([`target::check`]), or the database cannot be reached or migrated.
     pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: postgres::Error| StoreError::Database {
-                    op: "parse the connection string",
-                    detail: e.to_string(),
-                })?;
-        target::check(&config)?;
-        config.connect_timeout(options.connect_timeout);
-        config.options(&format!(
-            "-c statement_timeout={}",
-            options.statement_timeout.as_millis()
-        ));
+        let config = client_config(url, options)?;
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| StoreError::Database {
             op: "make a lease holder id",
@@ -240,6 +229,40 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         self.pool.with_client(op, f)
     }
+}
+
+/// The schema version this build creates and migrates to.
+pub const SCHEMA_LATEST: i32 = schema::LATEST;
+
+/// The schema version of the database at `url` (0: no schema yet), read
+/// without migrating anything and without the data key: what
+/// `credproxy store migrate --check` reports, so that checking a database
+/// never changes it.
+///
+/// # Errors
+///
+/// As [`PgStore::connect`] for the connection string and the server.
+pub fn peek_schema_version(url: &str, options: PgOptions) -> Result<i32, StoreError> {
+    let pool = pool::Pool::new(client_config(url, options)?, 1);
+    pool.with_client("read the schema version", schema::peek)
+}
+
+/// The client configuration of `url` with the timeouts of `options`,
+/// refused when the server would need TLS ([`target::check`]).
+fn client_config(url: &str, options: PgOptions) -> Result<Config, StoreError> {
+    let mut config: Config = url
+        .parse()
+        .map_err(|e: postgres::Error| StoreError::Database {
+            op: "parse the connection string",
+            detail: e.to_string(),
+        })?;
+    target::check(&config)?;
+    config.connect_timeout(options.connect_timeout);
+    config.options(&format!(
+        "-c statement_timeout={}",
+        options.statement_timeout.as_millis()
+    ));
+    Ok(config)
 }
 
 /// A poisoned lock only means another thread panicked while holding it;
