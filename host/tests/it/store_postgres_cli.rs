@@ -8,13 +8,14 @@
 //! the connection string.
 
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use credproxy::store::postgres::{PgOptions, PgStore};
 use credproxy::store::{FileStore, KeyMeta, key};
 use credproxy_core::{Secret, Token};
 use serde_json::{Value, json};
 
+use crate::support::keyring::{TestKeyring, require_tool};
 use crate::support::postgres::TestPostgres;
 use crate::support::{self, Ran, Scratch, run_bounded};
 
@@ -65,6 +66,15 @@ impl Fleet {
             );
         }
         ran
+    }
+
+    /// [`Fleet::run`] on `kr`'s session bus (a keyring store).
+    fn run_keyring(&self, kr: &TestKeyring, args: &[&str], stdin: &[u8]) -> Ran {
+        let mut cmd = self.s.command(args);
+        kr.apply(&mut cmd);
+        cmd.env("CREDPROXY_POSTGRES_URL", self.pg.url())
+            .stdin(Stdio::piped());
+        run_bounded(cmd, stdin)
     }
 
     /// `run` with `--store-backend postgres --store-key-file KEY` after
@@ -599,4 +609,95 @@ fn migrate_check_reports_the_schema_version_and_changes_nothing() {
         b"",
     )
     .assert_stderr(2, &["--check reports the schema of the postgres backend"]);
+}
+
+#[test]
+fn status_lists_a_tampered_row_as_corrupt_and_the_others_still() {
+    let f = Fleet::new();
+    let db = f.db();
+    db.put_token(
+        "anthropic",
+        "default",
+        &as_token(&token(SECRET, Some(REFRESH))),
+    )
+    .expect("login");
+    db.put_token("codex", "work", &as_token(&token("at-codex", None)))
+        .expect("login");
+    drop(db);
+    // codex's sealed value copied onto anthropic's row.
+    f.pg.psql(
+        "UPDATE credproxy_tokens SET ciphertext = (SELECT ciphertext FROM credproxy_tokens \
+         WHERE provider = 'codex') WHERE provider = 'anthropic'",
+    );
+    let status = f.run_pg(&["status"], b"");
+    status.assert_code(0).assert_stdout_has(&[
+        "anthropic/default\tcorrupt: ",
+        "codex/work\texpires 2100-01-01",
+        "backend: postgres",
+    ]);
+    assert!(!status.stdout.contains("at-codex"), "{}", status.stdout);
+    f.run_pg(&["status", "--strict"], b"").assert_code(1);
+
+    // The database down: a clear error, no connection string.
+    f.pg.stop();
+    let down = f.run_pg(&["status"], b"");
+    assert_ne!(down.code(), Some(0));
+    down.assert_stderr_has(&["PostgreSQL store unavailable"]);
+    f.run_pg(&["key", "list"], b"")
+        .assert_stderr_has(&["PostgreSQL store unavailable"]);
+}
+
+/// The items of the service `credproxy` in `kr` (libsecret's view).
+fn keyring_items(kr: &TestKeyring) -> usize {
+    let tool = require_tool("secret-tool", "libsecret-tools");
+    let mut cmd = Command::new(tool);
+    cmd.args(["search", "--all", "service", "credproxy"]);
+    let out = kr.apply(&mut cmd).output().expect("run secret-tool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .count()
+}
+
+#[test]
+fn a_keyring_store_moves_into_postgres_and_its_items_leave_the_keyring() {
+    let kr = TestKeyring::fresh();
+    let f = Fleet::new();
+    seed_plain(&f.s);
+    let store = f.store();
+    f.run_keyring(
+        &kr,
+        &["store", "migrate", "--to", "keyring", "--store", &store],
+        b"",
+    )
+    .assert_code(0);
+    assert_eq!(keyring_items(&kr), 3);
+    let key = f.key_arg();
+    let ran = f.run_keyring(
+        &kr,
+        &[
+            "store",
+            "migrate",
+            "--from",
+            "keyring",
+            "--to",
+            "postgres",
+            "--store",
+            &store,
+            "--store-key-file",
+            &key,
+        ],
+        b"",
+    );
+    ran.assert_code(0);
+    ran.assert_stdout_has(&["moved 2 tokens and 1 API keys from keyring to postgres"]);
+    assert_eq!(keyring_items(&kr), 0, "the items left with the store");
+    assert!(!support::exists(&f.s.store()));
+    assert_eq!(f.live_rows(), ("2".to_owned(), "1".to_owned()));
+    let db = f.db();
+    assert_eq!(
+        db.get_token("anthropic", "default", true).expect("read"),
+        Some(as_token(&token(SECRET, Some(REFRESH))))
+    );
+    assert!(db.get_meta("codex", "work").expect("meta").refresh_unusable);
 }
