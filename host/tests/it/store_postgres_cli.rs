@@ -500,6 +500,9 @@ fn an_interrupted_migration_removes_nothing_and_a_rerun_finishes_it() {
 fn status_key_and_logout_work_on_the_postgres_store() {
     let f = Fleet::new();
     let key = f.key_arg();
+    f.run_pg(&["store", "migrate", "--to", "postgres"], b"")
+        .assert_code(0)
+        .assert_stdout_has(&["already postgres", "pass --from file"]);
     let no_key = f.run(&["status", "--store-backend", "postgres"], b"");
     no_key.assert_stderr(3, &["postgres backend needs the store key"]);
 

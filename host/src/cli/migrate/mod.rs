@@ -89,7 +89,8 @@ pub(super) fn cmd_migrate(a: &MigrateArgs) -> Result<ExitCode, Failure> {
     match (from_postgres, to) {
         (true, BackendName::Postgres) => {
             super::emit_line(format_args!(
-                "the store is already postgres: nothing to move"
+                "the store is already postgres: nothing to move (to move a directory \
+                 store into the database, pass --from file, encrypted-file or keyring)"
             ));
             Ok(ExitCode::SUCCESS)
         }

@@ -41,18 +41,18 @@ pub(super) fn into_database(
         plan.list(about.name, BackendName::Postgres);
         return Ok(ExitCode::SUCCESS);
     }
+    let old = sibling(root, ".migrate-old");
+    if a.keep && fs::symlink_metadata(&old).is_ok() {
+        return Err(failed(format!(
+            "{} exists, so the old store cannot be kept there; move it away and run again \
+             (nothing was written)",
+            old.display()
+        )));
+    }
     let (dest, dest_about) = open(&postgres_spec(spec))?;
     plan.copy(&source, &dest)?;
     drop((source, dest));
     if a.keep {
-        let old = sibling(root, ".migrate-old");
-        if fs::symlink_metadata(&old).is_ok() {
-            return Err(failed(format!(
-                "everything was copied and verified, but {} exists, so the old store \
-                 cannot be kept there; move it away and run again",
-                old.display()
-            )));
-        }
         fs::rename(root, &old).map_err(failed)?;
         sync_parent(root);
         emit_line(format_args!("the old store is kept at {}", old.display()));
