@@ -703,4 +703,37 @@ fn a_keyring_store_moves_into_postgres_and_its_items_leave_the_keyring() {
         Some(as_token(&token(SECRET, Some(REFRESH))))
     );
     assert!(db.get_meta("codex", "work").expect("meta").refresh_unusable);
+    drop(db);
+
+    // And out into a new keyring store, over an empty directory.
+    support::mkdir(&f.s.store(), 0o700);
+    let out = f.run_keyring(
+        &kr,
+        &[
+            "store",
+            "migrate",
+            "--from",
+            "postgres",
+            "--to",
+            "keyring",
+            "--store",
+            &store,
+            "--store-key-file",
+            &key,
+        ],
+        b"",
+    );
+    out.assert_code(0);
+    out.assert_stdout_has(&["moved 2 tokens and 1 API keys from postgres to keyring"]);
+    assert_eq!(keyring_items(&kr), 3);
+    assert_eq!(f.live_rows(), ("0".to_owned(), "0".to_owned()));
+    for secret in [SECRET, REFRESH, SECRET_KEY] {
+        assert!(support::files_containing(&f.s.store(), secret).is_empty());
+    }
+    let status = f.run_keyring(&kr, &["status", "--store", &store], b"");
+    status.assert_code(0).assert_stdout_has(&[
+        "anthropic/default\texpires 2100-01-01\trefreshable",
+        "codex/work\texpires 2100-01-01\trefresh token rejected",
+        "backend: keyring",
+    ]);
 }
