@@ -1,9 +1,9 @@
 //! `credproxy status`: stored tokens and their expiry, never secrets.
 //!
 //! One unreadable token file must not hide the others: a file that does
-//! not parse is listed as `corrupt` with the store's reason (a position,
-//! never content) and its path, and `status` still exits 0 unless
-//! `--strict` asks for 1.
+//! not parse (or a `postgres` row that fails its check) is listed as
+//! `corrupt` with the store's reason (a position, never content) and its
+//! path, and `status` still exits 0 unless `--strict` asks for 1.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,17 @@ pub(super) fn cmd_status(a: StatusArgs) -> Result<ExitCode, Failure> {
                         "bucket": bucket,
                         "reason": detail,
                         "path": path.display().to_string(),
+                    }));
+                    continue;
+                }
+                // A database row that fails its check (tampered, swapped,
+                // rolled back) is listed like a corrupt file.
+                Err(StoreError::RowRefused { detail, .. }) => {
+                    corrupt.push(json!({
+                        "provider": provider,
+                        "bucket": bucket,
+                        "reason": detail,
+                        "path": "credproxy_tokens row",
                     }));
                     continue;
                 }

@@ -18,12 +18,14 @@ pub(super) struct BackendArgs {
     /// Store backend: auto (a new store is keyring when the OS keyring is
     /// unlocked, else encrypted-file with the key file below; an existing
     /// store keeps its backend), file (plaintext
-    /// files), encrypted-file, or keyring (the secrets in the OS keyring)
-    /// [default: the file's `store_backend`, else auto]
+    /// files), encrypted-file, keyring (the secrets in the OS keyring), or
+    /// postgres (sealed rows in the database of $CREDPROXY_POSTGRES_URL or
+    /// the file's `postgres_url_file`; needs the key below, given
+    /// explicitly) [default: the file's `store_backend`, else auto]
     #[arg(long, value_name = "NAME")]
     pub store_backend: Option<BackendName>,
-    /// Key file of an encrypted store (64 hex digits, mode 0600, outside
-    /// the store; create one with `credproxy store init-key`) [default:
+    /// Key file of an encrypted or postgres store (64 hex digits, mode
+    /// 0600, outside the store; create one with `credproxy store init-key`) [default:
     /// the file's `store_key_file`, else $CREDPROXY_STORE_KEY_FILE, else for
     /// auto $XDG_CONFIG_HOME/credproxy/store.key]
     #[arg(long, value_name = "PATH")]
@@ -86,8 +88,9 @@ pub(super) enum StoreCmd {
     /// backend; never overwrites, refuses a place inside the store.
     InitKey(InitKeyArgs),
     /// Move every token, API key and metadata entry to another backend
-    /// (file, encrypted-file or keyring), verifying each; stop the proxies using
-    /// the store first. Rerun it if it was interrupted.
+    /// (file, encrypted-file, keyring or postgres), verifying each; stop the
+    /// proxies using the store first. Rerun it if it was interrupted.
+    /// `--check`: the postgres database's schema version.
     Migrate(super::migrate::MigrateArgs),
 }
 

@@ -207,11 +207,14 @@ fn store_settings_layer_env_then_file_relative_to_the_file() {
     std::fs::write(&cfg, "store_backend = \"keyring\"\n").unwrap();
     let s = Settings::load_with(Some(&cfg), &no_env).unwrap();
     assert_eq!(s.store.store_backend, Some(BackendName::Keyring));
-    // A backend this build does not know is refused.
     std::fs::write(&cfg, "store_backend = \"postgres\"\n").unwrap();
+    let s = Settings::load_with(Some(&cfg), &no_env).unwrap();
+    assert_eq!(s.store.store_backend, Some(BackendName::Postgres));
+    // A backend this build does not know is refused.
+    std::fs::write(&cfg, "store_backend = \"mysql\"\n").unwrap();
     let e = Settings::load_with(Some(&cfg), &no_env).unwrap_err();
     assert!(
-        e.0.contains("store_backend") || e.0.contains("postgres"),
+        e.0.contains("store_backend") || e.0.contains("mysql"),
         "{}",
         e.0
     );

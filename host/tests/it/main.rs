@@ -52,6 +52,7 @@ mod store_crash;
 mod store_encrypted;
 mod store_keyring;
 mod store_postgres;
+mod store_postgres_cli;
 mod store_postgres_notify;
 mod store_postgres_tls;
 mod token;

@@ -47,7 +47,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use postgres::Client;
+use postgres::{Client, Config};
 
 use super::error::StoreError;
 use super::key::DataKey;
@@ -130,7 +130,7 @@ impl PgStore {
     /// its TLS roots cannot be loaded, or the database cannot be reached
     /// (or its certificate is refused) or migrated.
     pub fn connect(url: &str, key: DataKey, options: PgOptions) -> Result<PgStore, StoreError> {
-        let (mut config, connector) = tls::prepare(url)?;
+        let (mut config, connector) = client_config(url, options)?;
         let mut id = [0u8; 12];
         getrandom::fill(&mut id).map_err(|e| StoreError::Database {
             op: "make a lease holder id",
@@ -145,11 +145,6 @@ impl PgStore {
         // (`pg_stat_activity.application_name` is `credproxy <holder>`, the
         // holder of its lease rows).
         config.application_name(&format!("credproxy {holder}"));
-        config.connect_timeout(options.connect_timeout);
-        config.options(&format!(
-            "-c statement_timeout={}",
-            options.statement_timeout.as_millis()
-        ));
         let cache = Arc::new(cache::TokenCache::new(options.cache_staleness));
         let listener = listener::Listener::start(
             config.clone(),
@@ -244,6 +239,35 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         self.pool.with_client(op, f)
     }
+}
+
+/// The schema version this build creates and migrates to.
+pub const SCHEMA_LATEST: i32 = schema::LATEST;
+
+/// The schema version of the database at `url` (0: no schema yet), read
+/// without migrating anything and without the data key: what
+/// `credproxy store migrate --check` reports, so that checking a database
+/// never changes it.
+///
+/// # Errors
+///
+/// As [`PgStore::connect`] for the connection string and the server.
+pub fn peek_schema_version(url: &str, options: PgOptions) -> Result<i32, StoreError> {
+    let (config, connector) = client_config(url, options)?;
+    let pool = pool::Pool::new(config, connector, 1);
+    pool.with_client("read the schema version", schema::peek)
+}
+
+/// The client configuration of `url` with the timeouts of `options`, and
+/// its connector (refused when it breaks the TLS rules, [`target::decide`]).
+fn client_config(url: &str, options: PgOptions) -> Result<(Config, tls::Connector), StoreError> {
+    let (mut config, connector) = tls::prepare(url)?;
+    config.connect_timeout(options.connect_timeout);
+    config.options(&format!(
+        "-c statement_timeout={}",
+        options.statement_timeout.as_millis()
+    ));
+    Ok((config, connector))
 }
 
 /// A poisoned lock only means another thread panicked while holding it;

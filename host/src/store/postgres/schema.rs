@@ -94,3 +94,15 @@ pub fn current(client: &mut Client) -> Result<i32, Error> {
         )?
         .get(0))
 }
+
+/// The schema version recorded in the database, 0 when it has no schema
+/// yet; reads only (a check must not create the version table).
+pub fn peek(client: &mut Client) -> Result<i32, Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('credproxy_schema_version') IS NOT NULL",
+            &[],
+        )?
+        .get(0);
+    if exists { current(client) } else { Ok(0) }
+}

@@ -419,6 +419,7 @@ pub fn isolate<'c>(cmd: &'c mut Command, root: &Path, config_home: &Path) -> &'c
         .env_remove("CREDPROXY_SOCKET")
         .env_remove("CREDPROXY_CAPABILITY_FILE")
         .env_remove("CREDPROXY_STORE_KEY_FILE")
+        .env_remove("CREDPROXY_POSTGRES_URL")
         .env_remove("CREDPROXY_OAUTH_SESSION_TIMEOUT_SECONDS")
         .env_remove("LLXPRT_CREDENTIAL_SOCKET")
         .env_remove("LLXPRT_CAPABILITY_FD")
