@@ -165,6 +165,7 @@ where
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();
     let audit = Arc::new(opts.audit);
+    let held = Arc::clone(&store);
     let mut driver = Driver::new(engine, store, audit, tx.clone()).io_threads(opts.io_threads);
     driver.start_io().map_err(err)?;
     ready(&bound);
@@ -188,6 +189,7 @@ where
     })
     .detach();
     let served = smol::block_on(ex.run(driver.run(&ex, rx, Lifetime::UntilShutdown)));
+    held.flush(RELEASE_FLUSH);
     instance.cleanup().map_err(err)?;
     served.map_err(err)?;
     Ok(signal_slot.get())
@@ -198,6 +200,7 @@ pub fn run_stdio(opts: ServeOptions, store: Arc<Store>) -> Result<(), StartError
     let engine = engine(opts.config)?;
     let ex = LocalExecutor::new();
     let (tx, rx) = unbounded();
+    let held = Arc::clone(&store);
     // One connection: one I/O thread is plenty.
     let driver =
         Driver::new(engine, store, Arc::new(opts.audit), tx.clone()).io_threads(NonZeroUsize::MIN);
@@ -208,9 +211,14 @@ pub fn run_stdio(opts: ServeOptions, store: Arc<Store>) -> Result<(), StartError
         on_close: Box::new(|| {}),
         peer: credproxy_stdio::parent_peer(),
     };
-    smol::block_on(ex.run(async {
+    let served = smol::block_on(ex.run(async {
         let _ = tx.send(open).await;
         driver.run(&ex, rx, Lifetime::SingleConnection).await
-    }))
-    .map_err(err)
+    }));
+    held.flush(RELEASE_FLUSH);
+    served.map_err(err)
 }
+
+/// How long a stopping proxy waits for its store to give back its refresh
+/// leases (the postgres backend); a lease not given back expires by itself.
+const RELEASE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);

@@ -29,6 +29,16 @@ impl From<FileStore> for Store {
 }
 
 impl Store {
+    /// Gives back what the store still holds for this process before it
+    /// exits: the postgres backend's queued lease releases (waiting at
+    /// most `wait`); nothing for the files (the kernel drops an `flock`).
+    pub fn flush(&self, wait: Duration) {
+        match self {
+            Store::Files(_) => {}
+            Store::Postgres(s) => s.flush_releases(wait),
+        }
+    }
+
     /// The backend in use (never `auto`).
     #[must_use]
     pub fn backend_name(&self) -> BackendName {

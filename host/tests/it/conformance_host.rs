@@ -112,7 +112,11 @@ fn c167_exec_hands_the_token_to_the_child_on_a_descriptor() {
          while [ ! -e {d}/done ]; do sleep 0.02; done",
         d = dir.display()
     );
-    let mut cmd = env.command(&["exec", "--store", &env.store(), "--", "sh", "-c", &script]);
+    let mut args = vec!["exec".to_owned(), "--store".into(), env.store()];
+    args.extend(env.backend_args());
+    args.extend(["--", "sh", "-c", &script].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = env.command(&args);
     cmd.stdout(Stdio::null());
     let mut child = cmd.spawn().expect("spawn exec");
     wait_for("the child to read its token", CLOSE, || {

@@ -4,9 +4,21 @@
 //! store's random id, the deadline is computed by the database clock
 //! (`now()`, so the proxies' clocks do not matter), and the fence comes
 //! from a sequence, growing with every grant. A lease is free when there is
-//! no row, its deadline has passed, or it is this store's own (a release
+//! no row, its deadline has passed, it is this store's own (a release
 //! still queued, see [`super::release`]: the engine never holds one key
-//! twice); taking it over replaces the holder and the fence. Releasing
+//! twice), or its holder has no connection to the database any more; taking
+//! it over replaces the holder and the fence.
+//!
+//! The last rule makes a crash cheap: every connection of a store is named
+//! `credproxy <holder>` (`application_name`), and a process that dies
+//! (kill -9, OOM) closes its sockets, so the server drops its sessions at
+//! once and the next waiter takes the lease without waiting out the
+//! deadline. A holder that is only cut off (its sessions still open on the
+//! server until TCP keepalive notices) keeps the lease until the deadline.
+//! A live holder with no session for a moment (all its connections being
+//! made again after a database restart) can lose its lease early; its
+//! late write is then refused by the row version, as for any deposed
+//! holder. Releasing
 //! deletes the row only where holder and fence are still ours.
 //!
 //! Why a lease row and not a session advisory lock: an advisory lock lives
@@ -63,6 +75,8 @@ impl PgStore {
                  SET holder = EXCLUDED.holder, deadline = EXCLUDED.deadline, \
                      fence = EXCLUDED.fence \
                  WHERE l.deadline < now() OR l.holder = EXCLUDED.holder \
+                    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
+                                   WHERE a.application_name = 'credproxy ' || l.holder) \
                  RETURNING fence",
                     &[&provider, &bucket, &holder, &secs],
                 )

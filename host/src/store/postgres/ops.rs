@@ -162,6 +162,12 @@ impl PgStore {
             .map(|lease| KeyLock::Lease(self.releaser.guard(lease))))
     }
 
+    /// Waits (at most `wait`) until the lease releases queued so far are
+    /// done (see `release`).
+    pub fn flush_releases(&self, wait: Duration) {
+        self.releaser.flush(wait);
+    }
+
     /// See [`PgStore::read_meta`].
     ///
     /// # Errors

@@ -9,8 +9,8 @@
 //! key twice), and the queued delete, which names the old fence, then
 //! touches nothing.
 //!
-//! When the store is dropped, the thread finishes the releases queued
-//! before and stops, so a CLI command leaves no lease behind for others to
+//! When the store is dropped (or flushed, as `serve` and `stdio` do when
+//! they stop), the thread finishes the releases queued before (and stops), so a CLI command leaves no lease behind for others to
 //! wait out. A release that cannot reach the database is dropped: the lease
 //! expires by itself at its deadline.
 
@@ -26,6 +26,8 @@ use super::pool::Pool;
 
 enum Msg {
     Release(Lease),
+    /// Answer once every release queued before is done.
+    Flush(Sender<()>),
     Stop,
 }
 
@@ -92,6 +94,18 @@ impl Releaser {
     }
 }
 
+impl Releaser {
+    /// Waits (at most `wait`) until the releases queued so far are done:
+    /// a proxy shutting down gives its leases back before it exits, even
+    /// while other parts of it still hold the store.
+    pub fn flush(&self, wait: std::time::Duration) {
+        let (tx, rx) = mpsc::channel();
+        if lock(&self.tx).send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(wait);
+        }
+    }
+}
+
 impl Drop for Releaser {
     fn drop(&mut self) {
         let _ = lock(&self.tx).send(Msg::Stop);
@@ -102,8 +116,16 @@ impl Drop for Releaser {
 }
 
 fn run(rx: &Receiver<Msg>, pool: &Pool, holder: &str) {
-    while let Ok(Msg::Release(lease)) = rx.recv() {
-        let _ = delete(pool, holder, &lease);
+    loop {
+        match rx.recv() {
+            Ok(Msg::Release(lease)) => {
+                let _ = delete(pool, holder, &lease);
+            }
+            Ok(Msg::Flush(done)) => {
+                let _ = done.send(());
+            }
+            Ok(Msg::Stop) | Err(_) => return,
+        }
     }
 }
 

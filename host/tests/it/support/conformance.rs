@@ -50,11 +50,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// Bound on polling for a condition.
 pub const POLL: Duration = Duration::from_secs(5);
 
-/// Set to a store backend (`file`, `encrypted-file`, `keyring`) to run the
+/// Set to a store backend (`file`, `encrypted-file`, `keyring`, `postgres`) to run the
 /// suite on it: every proxy and `key set` of [`Env`] gets `--store-backend`
 /// (and for `encrypted-file` the tree's default key file; for `keyring`
 /// every [`Env`] has its own private gnome-keyring, applied to each
-/// command). Unset: the default (`auto`, so a new store is encrypted).
+/// command; for `postgres` every [`Env`] has its own database in one
+/// cluster per test process, `support::postgres::SharedPostgres`). Unset:
+/// the default (`auto`, so a new store is encrypted).
 /// `.ci/run` runs the suite once more with `file` and with `keyring`.
 pub const BACKEND_ENV: &str = "CREDPROXY_IT_STORE_BACKEND";
 
@@ -132,13 +134,22 @@ impl Env {
     /// A fresh tree.
     #[must_use]
     pub fn new() -> Env {
-        let keyring = (std::env::var(BACKEND_ENV).as_deref() == Ok("keyring"))
-            .then(super::keyring::TestKeyring::fresh);
+        let backend = std::env::var(BACKEND_ENV);
+        let keyring =
+            (backend.as_deref() == Ok("keyring")).then(super::keyring::TestKeyring::fresh);
+        // `postgres`: a database of its own in the process's one cluster.
+        let pg = (backend.as_deref() == Ok("postgres")).then(|| {
+            let shared = super::postgres::SharedPostgres::get();
+            PgTarget {
+                url: shared.new_database(),
+                key_file: shared.key_file.clone(),
+            }
+        });
         Env {
             scratch: super::Scratch::new(),
             config: None,
             keyring,
-            pg: None,
+            pg,
         }
     }
 
@@ -192,8 +203,9 @@ impl Env {
         cmd
     }
 
-    /// `--store-backend NAME [--store-key-file K]` for [`BACKEND_ENV`].
-    fn backend_args(&self) -> Vec<String> {
+    /// `--store-backend NAME [--store-key-file K]` for [`BACKEND_ENV`] (or
+    /// this tree's postgres store), for a command a test writes out itself.
+    pub fn backend_args(&self) -> Vec<String> {
         if let Some(pg) = &self.pg {
             return vec![
                 "--store-backend".to_owned(),

@@ -321,3 +321,71 @@ impl Drop for TestPostgres {
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// One cluster for a whole test process, for suites that run on the
+/// `postgres` backend test by test (a cluster each would cost an `initdb`
+/// per test): each user gets its own database of it
+/// ([`SharedPostgres::new_database`]).
+///
+/// A `static` is never dropped, so the cluster is stopped by a watchdog
+/// instead: a shell whose stdin is a pipe this process holds open until it
+/// exits (however it exits, a SIGKILL included); at end of file the shell
+/// stops the postmaster by its PID (immediate shutdown: nothing in it
+/// needs to survive) and removes the cluster's directory.
+pub struct SharedPostgres {
+    pg: TestPostgres,
+    /// The watchdog, its stdin open until this process ends (never waited
+    /// for: it outlives the process by design).
+    _watchdog: std::process::Child,
+    next: std::sync::atomic::AtomicU64,
+    /// The data key every process on the cluster uses (outside any store).
+    pub key_file: PathBuf,
+}
+
+impl SharedPostgres {
+    /// The process's cluster, started on first use.
+    pub fn get() -> &'static SharedPostgres {
+        static SHARED: std::sync::OnceLock<SharedPostgres> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| {
+            let pg = TestPostgres::start_new();
+            let pid = pg.pid().expect("postmaster pid");
+            let keys = tempfile::Builder::new()
+                .prefix("cppgkey")
+                .tempdir()
+                .expect("key dir")
+                .keep();
+            let key_file = keys.join("fleet.key");
+            credproxy::store::key::create_file(&key_file, &keys.join("no-store"))
+                .expect("create the key");
+            let script = format!(
+                "cat >/dev/null; kill -QUIT {pid} 2>/dev/null; \
+                 while kill -0 {pid} 2>/dev/null; do sleep 0.05; done; rm -rf '{}' '{}'",
+                pg.dir.display(),
+                keys.display()
+            );
+            let watchdog = Command::new("sh")
+                .args(["-c", &script])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn the cluster's watchdog");
+            SharedPostgres {
+                pg,
+                _watchdog: watchdog,
+                next: std::sync::atomic::AtomicU64::new(0),
+                key_file,
+            }
+        })
+    }
+
+    /// A new, empty database of the cluster: its connection string.
+    pub fn new_database(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("cp{n}");
+        self.pg.psql(&format!("CREATE DATABASE {name}"));
+        self.pg
+            .url()
+            .replace("dbname=postgres", &format!("dbname={name}"))
+    }
+}
