@@ -72,6 +72,18 @@ impl Fleet {
         (env, srv)
     }
 
+    /// Stores an expired `anthropic` token with a refresh token (version 1).
+    fn seed_expired(&self) {
+        self.store()
+            .put_token_cas(
+                "anthropic",
+                "default",
+                0,
+                Some(&token(SEED_ACCESS, Some(SEED_REFRESH), 1_000_000)),
+            )
+            .expect("seed an expired token");
+    }
+
     /// `SELECT` one number.
     fn number(&self, sql: &str) -> i64 {
         self.pg.psql(sql).trim().parse().expect("a number")
@@ -102,6 +114,24 @@ fn refresh_stub(f: impl Fn(usize) -> Resp + Send + Sync + 'static) -> Stub {
     })
 }
 
+/// A token endpoint whose refresh number `n` waits for `gate` when
+/// `hold(n)`, then answers `at-<tag>-<n>` with the rotated refresh token
+/// `rt-<tag>-<n>`.
+fn held_refreshes(gate: &Gate, tag: &'static str, hold: fn(usize) -> bool) -> Stub {
+    let held = gate.clone();
+    refresh_stub(move |n| {
+        if hold(n) {
+            held.wait();
+        }
+        ok_json(json!({
+            "access_token": format!("at-{tag}-{n}"),
+            "refresh_token": format!("rt-{tag}-{n}"),
+            "expires_in": 3600,
+            "token_type": "Bearer",
+        }))
+    })
+}
+
 fn refreshes(stub: &Stub) -> usize {
     stub.to(path::ANTHROPIC)
         .iter()
@@ -125,26 +155,9 @@ fn lease_waiters(f: &Fleet) -> i64 {
 #[test]
 fn three_proxies_and_24_clients_share_exactly_one_refresh() {
     let fleet = Fleet::new();
-    fleet
-        .store()
-        .put_token_cas(
-            "anthropic",
-            "default",
-            0,
-            Some(&token(SEED_ACCESS, Some(SEED_REFRESH), 1_000_000)),
-        )
-        .expect("seed an expired token");
+    fleet.seed_expired();
     let gate = Gate::new();
-    let held = gate.clone();
-    let stub = refresh_stub(move |n| {
-        held.wait();
-        ok_json(json!({
-            "access_token": format!("at-FLEET-NEW-{n}"),
-            "refresh_token": format!("rt-FLEET-ROTATED-{n}"),
-            "expires_in": 3600,
-            "token_type": "Bearer",
-        }))
-    });
+    let stub = held_refreshes(&gate, "FLEET", |_| true);
     let config = providers_toml(&stub, None);
     let proxies: Vec<(Env, Server)> = (0..3).map(|_| fleet.proxy(&config)).collect();
     // Every request is on its socket before anything is awaited.
@@ -177,7 +190,7 @@ fn three_proxies_and_24_clients_share_exactly_one_refresh() {
 
     for r in &replies {
         assert_eq!(r["ok"], true, "{r}");
-        assert_eq!(r["data"]["access_token"], "at-FLEET-NEW-0", "{r}");
+        assert_eq!(r["data"]["access_token"], "at-FLEET-0", "{r}");
         assert!(r["data"].get("refresh_token").is_none(), "{r}");
     }
     assert_eq!(refreshes(&stub), 1, "exactly one refresh for the fleet");
@@ -192,7 +205,7 @@ fn three_proxies_and_24_clients_share_exactly_one_refresh() {
         .expect("read")
         .expect("row");
     let t = stored.token.expect("token");
-    assert_eq!(t.refresh_token(), Some("rt-FLEET-ROTATED-0"));
+    assert_eq!(t.refresh_token(), Some("rt-FLEET-0"));
     // Every lease was given back.
     wait_for("leases released", Duration::from_secs(10), || {
         fleet.number("SELECT count(*) FROM credproxy_leases") == 0
@@ -203,8 +216,8 @@ fn three_proxies_and_24_clients_share_exactly_one_refresh() {
     for secret in [
         SEED_ACCESS,
         SEED_REFRESH,
-        "at-FLEET-NEW-0",
-        "rt-FLEET-ROTATED-0",
+        "at-FLEET-0",
+        "rt-FLEET-0",
         "FLEET",
     ] {
         assert!(!dump.contains(secret), "{secret} in pg_dump");
@@ -214,30 +227,11 @@ fn three_proxies_and_24_clients_share_exactly_one_refresh() {
 #[test]
 fn a_killed_lease_holders_lease_is_taken_over_without_waiting_out_its_deadline() {
     let fleet = Fleet::new();
-    fleet
-        .store()
-        .put_token_cas(
-            "anthropic",
-            "default",
-            0,
-            Some(&token(SEED_ACCESS, Some(SEED_REFRESH), 1_000_000)),
-        )
-        .expect("seed an expired token");
+    fleet.seed_expired();
     let gate = Gate::new();
-    let held = gate.clone();
-    let stub = refresh_stub(move |n| {
-        if n == 0 {
-            // The first refresh never gets an answer in time: its proxy is
-            // killed while the provider holds it.
-            held.wait();
-        }
-        ok_json(json!({
-            "access_token": format!("at-TAKEOVER-{n}"),
-            "refresh_token": format!("rt-TAKEOVER-{n}"),
-            "expires_in": 3600,
-            "token_type": "Bearer",
-        }))
-    });
+    // The first refresh never gets an answer in time: its proxy is killed
+    // while the provider holds it.
+    let stub = held_refreshes(&gate, "TAKEOVER", |n| n == 0);
     // The default lease (30 s) outlasts the lock wait (10 s): only the
     // holder's vanished connections let b in before it gives up.
     let config = providers_toml(&stub, None);

@@ -15,27 +15,13 @@ use credproxy::store::StoreError;
 use credproxy::store::key::DataKey;
 use credproxy::store::postgres::{Cas, PgOptions, PgStore};
 use credproxy_core::Token;
-use serde_json::json;
 
 use crate::support::postgres::TestPostgres;
 
 const ACCESS: &str = "at-PG-SENTINEL-7a1c";
 const REFRESH: &str = "rt-PG-SENTINEL-93fe";
 
-fn key() -> DataKey {
-    DataKey::from_bytes([0x42; 32])
-}
-
-fn token(access: &str, refresh: &str) -> Token {
-    let serde_json::Value::Object(map) = json!({
-        "access_token": access,
-        "refresh_token": refresh,
-        "expiry": 4_000_000_000u64,
-    }) else {
-        unreachable!()
-    };
-    Token::from_map(map)
-}
+use crate::support::postgres::{test_key as key, test_token as token};
 
 fn open(pg: &TestPostgres, options: PgOptions) -> PgStore {
     PgStore::connect(&pg.url(), key(), options).expect("connect")

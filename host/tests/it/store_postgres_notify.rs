@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use credproxy::store::key::DataKey;
 use credproxy::store::postgres::{Cas, PgOptions, PgStore};
 use credproxy_core::Token;
 use postgres::fallible_iterator::FallibleIterator;
@@ -26,20 +25,7 @@ const B: &str = "default";
 /// machine, far below the hour the cache would otherwise serve.
 const DELIVERY: Duration = Duration::from_secs(5);
 
-fn key() -> DataKey {
-    DataKey::from_bytes([0x42; 32])
-}
-
-fn token(access: &str, refresh: &str) -> Token {
-    let serde_json::Value::Object(map) = json!({
-        "access_token": access,
-        "refresh_token": refresh,
-        "expiry": 4_000_000_000u64,
-    }) else {
-        unreachable!()
-    };
-    Token::from_map(map)
-}
+use crate::support::postgres::{test_key as key, test_token as token};
 
 /// A store whose cache entries never go stale within a test.
 fn open(pg: &TestPostgres) -> PgStore {

@@ -389,3 +389,21 @@ impl SharedPostgres {
             .replace("dbname=postgres", &format!("dbname={name}"))
     }
 }
+
+/// The data key of the postgres store tests (a constant: these stores hold
+/// only test tokens).
+pub fn test_key() -> credproxy::store::key::DataKey {
+    credproxy::store::key::DataKey::from_bytes([0x42; 32])
+}
+
+/// A token with `access`, `refresh` and a far expiry.
+pub fn test_token(access: &str, refresh: &str) -> credproxy_core::Token {
+    let serde_json::Value::Object(map) = serde_json::json!({
+        "access_token": access,
+        "refresh_token": refresh,
+        "expiry": 4_000_000_000u64,
+    }) else {
+        unreachable!()
+    };
+    credproxy_core::Token::from_map(map)
+}
