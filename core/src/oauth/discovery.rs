@@ -142,6 +142,15 @@ mod tests {
     }
 
     #[test]
+    fn a_shown_issuer_is_cut_only_past_its_limit() {
+        let exact = "a".repeat(SHOWN_MAX);
+        assert_eq!(shown(&exact), format!("\"{exact}\""));
+        let longer = "a".repeat(SHOWN_MAX + 1);
+        assert_eq!(shown(&longer), format!("\"{exact}...\""));
+        assert_eq!(shown("a\"b\\c\u{e9}"), "\"a?b?c?\"");
+    }
+
+    #[test]
     fn issuer_must_match_and_endpoints_be_https() {
         let doc = json!({"issuer":"https://id.example","token_endpoint":"https://id.example/t","authorization_endpoint":"https://id.example/a"});
         let e = parse(ok(doc.clone()), Some("https://id.example")).unwrap();

@@ -162,3 +162,51 @@ impl OauthEndpoints {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PORT: u16 = 1455;
+
+    #[test]
+    fn a_listener_is_started_once_queues_its_waiters_and_then_runs() {
+        let mut e = OauthEndpoints::default();
+        let (a, b, other) = (TaskId(1), TaskId(2), TaskId(9));
+        assert_eq!(e.wait_listener(PORT, "/cb".into(), a), ListenerWait::Start);
+        assert_eq!(e.wait_listener(PORT, "/cb".into(), b), ListenerWait::Queued);
+        assert_eq!(e.starting_port_of(a), Some(PORT));
+        assert_eq!(e.starting_port_of(b), Some(PORT));
+        assert_eq!(e.starting_port_of(other), None, "not a waiter");
+        assert_eq!(e.running_path(PORT), None, "still starting");
+        assert_eq!(e.listener_started(PORT, true), vec![a, b]);
+        assert_eq!(e.running_path(PORT), Some("/cb"));
+        assert_eq!(e.starting_port_of(a), None, "no longer waiting");
+        assert_eq!(
+            e.wait_listener(PORT, "/cb".into(), other),
+            ListenerWait::Running
+        );
+        assert!(e.remove_running(PORT));
+        assert!(!e.remove_running(PORT));
+        assert_eq!(
+            e.wait_listener(PORT, "/cb".into(), other),
+            ListenerWait::Start
+        );
+    }
+
+    #[test]
+    fn a_listener_that_failed_to_start_is_forgotten_with_its_waiters() {
+        let mut e = OauthEndpoints::default();
+        let (a, b) = (TaskId(1), TaskId(2));
+        assert_eq!(e.wait_listener(PORT, "/cb".into(), a), ListenerWait::Start);
+        assert_eq!(e.wait_listener(PORT, "/cb".into(), b), ListenerWait::Queued);
+        assert_eq!(e.listener_started(PORT, false), vec![a, b]);
+        assert_eq!(e.running_path(PORT), None);
+        assert_eq!(e.starting_port_of(a), None);
+        assert_eq!(
+            e.wait_listener(PORT, "/cb".into(), b),
+            ListenerWait::Start,
+            "asked anew"
+        );
+    }
+}
