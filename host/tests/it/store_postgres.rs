@@ -583,3 +583,34 @@ fn figures() {
         );
     }
 }
+
+#[test]
+fn while_the_database_is_down_the_last_read_token_is_served_whatever_its_age() {
+    let pg = TestPostgres::start_new();
+    let s = credproxy::store::Store::Postgres(Box::new(open(
+        &pg,
+        PgOptions {
+            cache_staleness: Duration::ZERO,
+            ..PgOptions::default()
+        },
+    )));
+    s.put_token("anthropic", "default", &token(ACCESS, REFRESH))
+        .unwrap();
+    s.get_token("anthropic", "default", false).unwrap().unwrap();
+    assert!(
+        s.get_token_cached("anthropic", "default").is_none(),
+        "no entry is young enough"
+    );
+    pg.stop();
+    let served = s.get_token("anthropic", "default", false).unwrap().unwrap();
+    assert_eq!(access_of(&served), ACCESS);
+    for fresh in [
+        s.get_token("anthropic", "default", true).map(drop),
+        s.get_token("anthropic", "other", false).map(drop),
+    ] {
+        assert!(
+            matches!(fresh, Err(StoreError::Unavailable { .. })),
+            "{fresh:?}"
+        );
+    }
+}

@@ -26,7 +26,9 @@ fn key_of(provider: &str, bucket: &str) -> (String, String) {
 
 impl PgStore {
     /// The token of `provider`/`bucket`: from the cache unless `fresh` (or
-    /// no young entry), else from the database. A fresh read records the
+    /// no young entry), else from the database; while the database cannot
+    /// be reached, a non-fresh read is answered from the cache whatever the
+    /// entry's age. A fresh read records the
     /// version the next write of the key expects.
     ///
     /// # Errors
@@ -42,7 +44,16 @@ impl PgStore {
         if !fresh && let Some(hit) = self.cached_token(provider, bucket) {
             return Ok(hit);
         }
-        let read = self.read_token(provider, bucket)?;
+        let read = match self.read_token(provider, bucket) {
+            // The database is down: what was read last is served (a
+            // fresh read, before a write, is never answered from memory).
+            Err(StoreError::Unavailable { .. })
+                if !fresh && let Some(hit) = self.cache.get_during_outage(provider, bucket) =>
+            {
+                return Ok(hit);
+            }
+            other => other?,
+        };
         let version = read.as_ref().map_or(0, |r| r.version);
         if fresh {
             lock(&self.fresh).insert(key_of(provider, bucket), version);
