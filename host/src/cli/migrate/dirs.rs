@@ -17,8 +17,7 @@ use crate::store::{BackendName, StoreSpec};
 use super::super::{Failure, emit_line, failed};
 use super::plan::Plan;
 use super::{
-    MigrateArgs, dir_target, key_note, open, open_dir_source, remove_dir_store, sibling,
-    sync_parent,
+    MigrateArgs, copy_to_staging, key_note, open_dir_source, remove_dir_store, sibling, sync_parent,
 };
 
 pub(super) fn run(
@@ -56,14 +55,7 @@ pub(super) fn run(
         plan.list(about.name, to);
         return Ok(ExitCode::SUCCESS);
     }
-    let (dest, dest_about) = open(&dir_target(spec, staging.clone(), to))?;
-    if dest_about.name != to {
-        return Err(failed(format!(
-            "{} holds a store that is not {to}; remove it and run again",
-            staging.display(),
-        )));
-    }
-    plan.copy(&source, &dest)?;
+    let (dest, dest_about) = copy_to_staging(&plan, &source, spec, &staging, to)?;
     drop((source, dest));
     fs::rename(&root, &old).map_err(failed)?;
     fs::rename(&staging, &root).map_err(failed)?;

@@ -178,6 +178,26 @@ fn dir_target(spec: &StoreSpec, root: PathBuf, to: BackendName) -> StoreSpec {
 }
 
 /// `<store>` with `suffix` appended to its last component.
+/// Opens a new directory store of backend `to` at `staging` and copies
+/// `plan`'s entries from `source` into it, each read back.
+fn copy_to_staging(
+    plan: &plan::Plan,
+    source: &Store,
+    spec: &StoreSpec,
+    staging: &Path,
+    to: BackendName,
+) -> Result<(Store, Backend), Failure> {
+    let (dest, dest_about) = open(&dir_target(spec, staging.to_owned(), to))?;
+    if dest_about.name != to {
+        return Err(failed(format!(
+            "{} holds a store that is not {to}; remove it and run again",
+            staging.display(),
+        )));
+    }
+    plan.copy(source, &dest)?;
+    Ok((dest, dest_about))
+}
+
 fn sibling(root: &Path, suffix: &str) -> PathBuf {
     let mut name = root.file_name().map(OsString::from).unwrap_or_default();
     name.push(suffix);

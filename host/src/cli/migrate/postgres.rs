@@ -24,7 +24,7 @@ use crate::store::{BackendName, StoreSpec};
 use super::super::{Failure, emit_line, failed};
 use super::plan::Plan;
 use super::{
-    MigrateArgs, dir_target, dirs_spec, key_note, open, open_dir_source, postgres_spec,
+    MigrateArgs, copy_to_staging, dirs_spec, key_note, open, open_dir_source, postgres_spec,
     remove_dir_store, sibling, sync_parent,
 };
 
@@ -89,14 +89,7 @@ pub(super) fn out_of_database(
         plan.list(BackendName::Postgres, to);
         return Ok(ExitCode::SUCCESS);
     }
-    let (dest, dest_about) = open(&dir_target(spec, staging.clone(), to))?;
-    if dest_about.name != to {
-        return Err(failed(format!(
-            "{} holds a store that is not {to}; remove it and run again",
-            staging.display(),
-        )));
-    }
-    plan.copy(&source, &dest)?;
+    let (dest, dest_about) = copy_to_staging(&plan, &source, spec, &staging, to)?;
     drop(dest);
     if a.keep {
         emit_line(format_args!("the rows are kept in the database"));
