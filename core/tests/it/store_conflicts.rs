@@ -330,3 +330,116 @@ fn a_login_whose_write_is_refused_is_written_again() {
     );
     assert!(h.store.locks.is_empty());
 }
+
+/// Starts an anthropic login on `conn` and sends its exchange under id
+/// `x`, the provider's answer scripted.
+fn login(h: &mut Harness, conn: credproxy_core::ConnId) {
+    let r = h.call(conn, "oauth_initiate", json!({"provider":"anthropic"}));
+    assert_eq!(r["ok"], json!(true), "{r}");
+    h.script(
+        TOKEN_URL,
+        200,
+        json!({"access_token":"AT-L","refresh_token":"RT-L","expires_in":3600}),
+    );
+    h.request(
+        conn,
+        "x",
+        "oauth_exchange",
+        json!({"session_id": r["data"]["session_id"], "code": "c"}),
+    );
+}
+
+#[test]
+fn a_sandbox_login_is_checked_again_against_what_another_process_stored() {
+    let config = credproxy_core::Config {
+        capability_token: Some(credproxy_core::Secret::new("c".repeat(64))),
+        ..credproxy_core::Config::default()
+    };
+    let mut h = Harness::with_config(config, 9);
+    let far = h.now.unix_secs() + 3600;
+    // Nothing stored at the check; a valid credential lands before the
+    // write, which is refused.
+    h.store.sibling_writes.push_back(Some(json!({
+        "access_token":"AT-S","refresh_token":"RT-S","expiry":far,"token_type":"Bearer"
+    })));
+    let conn = h.connect();
+    login(&mut h, conn);
+    let r = reply(&mut h, conn, "x");
+    assert_eq!(
+        r,
+        json!({"id":"x","ok":false,"code":"FORBIDDEN","error":"Login would replace an existing credential"})
+    );
+    assert_eq!(stored(&h)["access_token"], json!("AT-S"), "not replaced");
+    assert_eq!(puts(&h).len(), 1);
+    assert!(h.store.locks.is_empty());
+}
+
+#[test]
+fn a_refused_clear_of_the_unusable_mark_is_read_fresh_and_cleared_again() {
+    let mut h = Harness::new();
+    let key = ("anthropic".to_owned(), "default".to_owned());
+    h.store.unusable.insert(key.clone());
+    let conn = h.connect();
+    h.auto_effects = false;
+    login(&mut h, conn);
+    assert!(matches!(h.held[0].1, Effect::TokenPut { .. }));
+    h.complete(0);
+    assert!(matches!(h.held[0].1, Effect::MetaPut { .. }));
+    h.complete_with(0, credproxy_core::EffectResult::Conflict);
+    assert!(matches!(h.held[0].1, Effect::TokenGet { fresh: true, .. }));
+    h.complete(0);
+    assert!(matches!(
+        h.held[0].1,
+        Effect::MetaPut {
+            refresh_unusable: false,
+            ..
+        }
+    ));
+    h.complete(0);
+    let r = reply(&mut h, conn, "x");
+    assert_eq!(r["data"]["access_token"], json!("AT-L"), "{r}");
+    assert!(!h.store.unusable.contains(&key), "the mark is cleared");
+    assert!(h.store.locks.is_empty());
+}
+
+#[test]
+fn a_login_whose_mark_clear_keeps_being_refused_still_succeeds() {
+    // The token is stored; only the mark's clear lost its races.
+    let mut h = Harness::new();
+    let conn = h.connect();
+    h.auto_effects = false;
+    login(&mut h, conn);
+    h.complete(0);
+    for _ in 0..2 {
+        h.complete_with(0, credproxy_core::EffectResult::Conflict);
+        h.complete(0);
+    }
+    h.complete_with(0, credproxy_core::EffectResult::Conflict);
+    let r = reply(&mut h, conn, "x");
+    assert_eq!(r["data"]["access_token"], json!("AT-L"), "{r}");
+    assert_eq!(stored(&h)["refresh_token"], json!("RT-L"));
+    assert!(h.held.is_empty());
+    assert!(h.store.locks.is_empty());
+    assert_eq!(h.engine.pending_tasks(), 0);
+}
+
+#[test]
+fn a_refused_write_back_ends_the_override() {
+    let (mut h, conn) = seeded(-10);
+    h.request(conn, "r", "refresh_token", json!({"provider":"anthropic"}));
+    h.store.fail_writes = true;
+    provider_rotates(&mut h);
+    assert_eq!(reply(&mut h, conn, "r")["data"]["access_token"], json!("AT-1"));
+    h.store.fail_writes = false;
+    let theirs = expiry_in(&h, 3600);
+    h.store.sibling_writes.push_back(Some(json!({
+        "access_token":"AT-S","refresh_token":"RT-S","expiry":theirs,"token_type":"Bearer"
+    })));
+    h.advance(1_000);
+    assert_eq!(puts(&h).len(), 2, "the write-back ran and was refused");
+    assert_eq!(stored(&h)["access_token"], json!("AT-S"), "not written over");
+    let g = h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    assert_eq!(g["data"]["access_token"], json!("AT-S"), "no override: {g}");
+    h.advance(60_000);
+    assert_eq!(puts(&h).len(), 2, "no further write-back");
+}
