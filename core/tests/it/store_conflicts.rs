@@ -443,3 +443,21 @@ fn a_refused_write_back_ends_the_override() {
     h.advance(60_000);
     assert_eq!(puts(&h).len(), 2, "no further write-back");
 }
+
+#[test]
+fn refresh_conflict_with_a_sibling_refresh_that_kept_the_refresh_token_returns_theirs() {
+    // A provider that does not rotate: the sibling's token carries the
+    // refresh token this job spent, but its access token is new and valid.
+    let (mut h, conn) = seeded(-10);
+    let theirs = expiry_in(&h, 3600);
+    h.store.sibling_writes.push_back(Some(json!({
+        "access_token":"AT-S","refresh_token":"RT-0","expiry":theirs,"token_type":"Bearer"
+    })));
+    h.request(conn, "r", "refresh_token", json!({"provider":"anthropic"}));
+    provider_rotates(&mut h);
+    let r = reply(&mut h, conn, "r");
+    assert_eq!(r["data"]["access_token"], json!("AT-S"), "{r}");
+    assert_eq!(puts(&h).len(), 1, "ours not written over theirs");
+    assert_eq!(stored(&h)["access_token"], json!("AT-S"));
+    assert_eq!(h.http_log.len(), 1);
+}
