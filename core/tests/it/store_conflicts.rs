@@ -429,7 +429,10 @@ fn a_refused_write_back_ends_the_override() {
     h.request(conn, "r", "refresh_token", json!({"provider":"anthropic"}));
     h.store.fail_writes = true;
     provider_rotates(&mut h);
-    assert_eq!(reply(&mut h, conn, "r")["data"]["access_token"], json!("AT-1"));
+    assert_eq!(
+        reply(&mut h, conn, "r")["data"]["access_token"],
+        json!("AT-1")
+    );
     h.store.fail_writes = false;
     let theirs = expiry_in(&h, 3600);
     h.store.sibling_writes.push_back(Some(json!({
@@ -437,7 +440,11 @@ fn a_refused_write_back_ends_the_override() {
     })));
     h.advance(1_000);
     assert_eq!(puts(&h).len(), 2, "the write-back ran and was refused");
-    assert_eq!(stored(&h)["access_token"], json!("AT-S"), "not written over");
+    assert_eq!(
+        stored(&h)["access_token"],
+        json!("AT-S"),
+        "not written over"
+    );
     let g = h.call(conn, "get_token", json!({"provider":"anthropic"}));
     assert_eq!(g["data"]["access_token"], json!("AT-S"), "no override: {g}");
     h.advance(60_000);
