@@ -110,11 +110,13 @@ impl<R: CryptoRng> Engine<R> {
     /// whether the task re-decides after a fresh read.
     pub(crate) fn token_write_conflicted(&mut self, task: TaskId) -> bool {
         match self.tasks.work_mut(task) {
-            Some(Work::SaveToken { write, .. }) if write.stage() == Some(&SaveStage::Writing) => {
+            // Only their write stage answers `Conflict` (`save_step`,
+            // `remove_step`).
+            Some(Work::SaveToken { write, .. }) => {
                 write.set_stage(SaveStage::Reading);
                 true
             }
-            Some(Work::RemoveToken { write }) if write.stage() == Some(&RemoveStage::Deleting) => {
+            Some(Work::RemoveToken { write }) => {
                 write.set_stage(RemoveStage::Rereading);
                 true
             }

@@ -308,8 +308,10 @@ fn a_login_whose_write_is_refused_is_written_again() {
     let conn = h.connect();
     let r = h.call(conn, "oauth_initiate", json!({"provider":"anthropic"}));
     let sid = r["data"]["session_id"].as_str().unwrap().to_owned();
+    // Even a valid credential written meanwhile: a host login replaces it.
+    let far = expiry_in(&h, 3600);
     h.store.sibling_writes.push_back(Some(json!({
-        "access_token":"AT-S","refresh_token":"RT-S","expiry":1,"token_type":"Bearer"
+        "access_token":"AT-S","refresh_token":"RT-S","expiry":far,"token_type":"Bearer"
     })));
     h.script(
         TOKEN_URL,
