@@ -470,3 +470,21 @@ fn refresh_conflict_with_a_sibling_refresh_that_kept_the_refresh_token_returns_t
     assert_eq!(stored(&h)["access_token"], json!("AT-S"));
     assert_eq!(h.http_log.len(), 1);
 }
+
+#[test]
+fn refresh_conflict_with_an_expired_reread_without_a_refresh_token_is_not_available() {
+    // A login elsewhere stored a token that cannot be refreshed: ours is
+    // not written over it, and nothing more can be done.
+    let (mut h, conn) = seeded(-10);
+    let expired = expiry_in(&h, 0) - 10;
+    h.store.sibling_writes.push_back(Some(json!({
+        "access_token":"AT-L","expiry":expired,"token_type":"Bearer"
+    })));
+    h.request(conn, "r", "refresh_token", json!({"provider":"anthropic"}));
+    provider_rotates(&mut h);
+    let r = reply(&mut h, conn, "r");
+    assert_eq!(r["code"], json!("REFRESH_NOT_AVAILABLE"), "{r}");
+    assert_eq!(h.http_log.len(), 1);
+    assert_eq!(stored(&h)["access_token"], json!("AT-L"));
+    assert!(h.store.locks.is_empty());
+}
