@@ -45,6 +45,14 @@ pub struct MemStore {
     pub foreign_locks: BTreeSet<(String, String)>,
     /// When set, token writes fail (reads still work).
     pub fail_writes: bool,
+    /// When set, every store effect answers `Unavailable` with this
+    /// `retry_after_ms` (a database store that is down).
+    pub unavailable: Option<u64>,
+    /// Writes of "another process" that land just before this engine's
+    /// next store writes (`TokenPut`, `TokenDelete`, `MetaPut`), one each:
+    /// the token it stored (`None`: it removed the token), after which
+    /// the compare-and-set write is refused with `Conflict`.
+    pub sibling_writes: VecDeque<Option<Value>>,
 }
 
 impl MemStore {
@@ -67,6 +75,30 @@ impl MemStore {
     pub fn execute(&mut self, effect: &Effect) -> EffectResult {
         if self.fail_all {
             return EffectResult::Failed;
+        }
+        let store_effect = !matches!(
+            effect,
+            Effect::Http(_) | Effect::StartListener { .. } | Effect::StopListener { .. }
+        );
+        if let Some(retry_after_ms) = self.unavailable.filter(|_| store_effect) {
+            return EffectResult::Unavailable { retry_after_ms };
+        }
+        if let Effect::TokenPut {
+            provider, bucket, ..
+        }
+        | Effect::TokenDelete { provider, bucket }
+        | Effect::MetaPut {
+            provider, bucket, ..
+        } = effect
+            && let Some(sibling) = self.sibling_writes.pop_front()
+        {
+            match sibling {
+                Some(token) => self.put_token(provider, bucket, token),
+                None => {
+                    self.tokens.remove(&(provider.clone(), bucket.clone()));
+                }
+            }
+            return EffectResult::Conflict;
         }
         match effect {
             Effect::TokenPut { .. } if self.fail_writes => EffectResult::Failed,

@@ -166,9 +166,64 @@ impl Executor {
                 return EffectResult::Failed;
             }
         };
-        result.unwrap_or_else(|e| {
-            log_store_error(&e);
-            EffectResult::Failed
-        })
+        result.unwrap_or_else(|e| store_error_result(&e))
+    }
+}
+
+/// The engine's result for a store error, logged first (the error's text
+/// holds no secret). A compare-and-set write refused because the row
+/// changed since the fresh read is a `Conflict` (the engine re-reads and
+/// merges); a store that cannot be reached is `Unavailable`, with when it
+/// is due back; anything else is `Failed`.
+pub(crate) fn store_error_result(error: &StoreError) -> EffectResult {
+    log_store_error(error);
+    match error {
+        StoreError::Stale { .. } => EffectResult::Conflict,
+        StoreError::Unavailable { retry_after, .. } => EffectResult::Unavailable {
+            retry_after_ms: retry_after_ms(*retry_after),
+        },
+        _ => EffectResult::Failed,
+    }
+}
+
+/// `retry_after` in whole milliseconds, rounded up (a due time is never
+/// reported early) and saturating.
+fn retry_after_ms(retry_after: Duration) -> u64 {
+    let ms = retry_after.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_their_results() {
+        let stale = StoreError::Stale {
+            provider: "p".into(),
+            bucket: "default".into(),
+        };
+        assert_eq!(store_error_result(&stale), EffectResult::Conflict);
+        let down = |retry_after| StoreError::Unavailable {
+            op: "connect",
+            detail: "connection refused".into(),
+            retry_after,
+        };
+        for (after, ms) in [
+            (Duration::from_millis(2_500), 2_500),
+            (Duration::from_micros(1), 1),
+            (Duration::ZERO, 0),
+            (Duration::MAX, u64::MAX),
+        ] {
+            assert_eq!(
+                store_error_result(&down(after)),
+                EffectResult::Unavailable { retry_after_ms: ms },
+                "{after:?}"
+            );
+        }
+        let other = StoreError::Key {
+            detail: "no key".into(),
+        };
+        assert_eq!(store_error_result(&other), EffectResult::Failed);
     }
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use credproxy_core::EffectResult;
 
-use crate::audit_log::log_store_error;
-use crate::store::{KeyLock, Store};
+use crate::effects::store_error_result;
+use crate::store::{KeyLock, Store, StoreError};
 
 #[derive(Debug, Default)]
 struct Held {
@@ -55,7 +55,10 @@ impl Locks {
     /// Takes the store lock of `provider`/`bucket`, waiting at most `wait`
     /// (blocks: run it on the blocking pool). `Locked(true)` keeps the
     /// guard until [`Locks::release`]; `Locked(false)` when another holder
-    /// kept it for the whole wait; `Failed` (logged) on a store error.
+    /// kept it for the whole wait; `Unavailable` (logged) when the store
+    /// cannot be reached (the PostgreSQL lease), so the request answers
+    /// `STORE_UNAVAILABLE` with when to retry; `Failed` (logged) on any
+    /// other store error.
     #[must_use]
     pub fn acquire(
         &self,
@@ -67,10 +70,7 @@ impl Locks {
         let guard = match store.lock_key(provider, bucket, wait) {
             Ok(Some(guard)) => guard,
             Ok(None) => return EffectResult::Locked(false),
-            Err(e) => {
-                log_store_error(&e);
-                return EffectResult::Failed;
-            }
+            Err(e) => return lock_error_result(&e),
         };
         let mut held = self.held();
         if held.closed {
@@ -122,6 +122,16 @@ impl Locks {
             std::mem::take(&mut held.guards)
         };
         drop(guards);
+    }
+}
+
+/// The result of an acquisition that failed with `error` (logged): only
+/// an unreachable store is told apart (the lease of the PostgreSQL store);
+/// a lock has no write to refuse, so anything else is `Failed`.
+fn lock_error_result(error: &StoreError) -> EffectResult {
+    match store_error_result(error) {
+        unavailable @ EffectResult::Unavailable { .. } => unavailable,
+        _ => EffectResult::Failed,
     }
 }
 
@@ -177,6 +187,26 @@ mod tests {
             EffectResult::Locked(false)
         );
         assert!(other.lock_key("p", "c", Duration::ZERO).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_unreachable_lease_is_unavailable() {
+        let down = StoreError::Unavailable {
+            op: "take the refresh lease",
+            detail: "connection refused".into(),
+            retry_after: Duration::from_millis(1_500),
+        };
+        assert_eq!(
+            lock_error_result(&down),
+            EffectResult::Unavailable {
+                retry_after_ms: 1_500
+            }
+        );
+        let stale = StoreError::Stale {
+            provider: "p".into(),
+            bucket: "default".into(),
+        };
+        assert_eq!(lock_error_result(&stale), EffectResult::Failed);
     }
 
     #[test]

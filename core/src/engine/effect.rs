@@ -10,6 +10,7 @@
 use crate::engine::secret::Secret;
 use crate::oauth::http::{HttpOutcome, HttpRequest};
 use crate::tokens::token::Token;
+use crate::wire::reply::Failure;
 use crate::writes::keylock::Key;
 
 /// Identifies one effect until its result is delivered.
@@ -235,15 +236,28 @@ impl ResultKind {
         }
     }
 
+    /// Whether the effect is one of the store's (token, key, metadata or
+    /// lock): those are the effects `Unavailable` may answer.
+    fn is_store(self) -> bool {
+        !matches!(
+            self,
+            ResultKind::Http | ResultKind::Listening | ResultKind::Ignored
+        )
+    }
+
     /// Whether `result` answers an effect of this kind. `Failed` answers
-    /// every kind.
+    /// every kind; `Unavailable` every store effect; `Conflict` a store
+    /// write (a `Done` effect).
     pub(crate) fn accepts(self, result: &EffectResult) -> bool {
         matches!(
             (self, result),
             (_, EffectResult::Failed)
                 | (ResultKind::Ignored, _)
                 | (ResultKind::Token, EffectResult::Token(_))
-                | (ResultKind::Done, EffectResult::Done)
+                | (
+                    ResultKind::Done,
+                    EffectResult::Done | EffectResult::Conflict
+                )
                 | (ResultKind::Names, EffectResult::Names(_))
                 | (ResultKind::ApiKey, EffectResult::ApiKey(_))
                 | (ResultKind::Exists, EffectResult::Exists(_))
@@ -251,7 +265,7 @@ impl ResultKind {
                 | (ResultKind::Locked, EffectResult::Locked(_))
                 | (ResultKind::Http, EffectResult::Http(_))
                 | (ResultKind::Listening, EffectResult::Listening(_))
-        )
+        ) || (self.is_store() && matches!(result, EffectResult::Unavailable { .. }))
     }
 }
 
@@ -279,9 +293,47 @@ pub enum EffectResult {
     Http(HttpOutcome),
     /// Whether the loopback listener is running.
     Listening(bool),
+    /// The store refused a write (`TokenPut`, `TokenDelete`, `MetaPut`)
+    /// because the stored value changed since the fresh read under the
+    /// key's locks: another process wrote it meanwhile, or this process's
+    /// cross-process lock (a lease) was taken over. Nothing was written.
+    /// The engine re-reads fresh under the same locks and decides again
+    /// (SPEC §5.2–5.3 fresh-read rule): a newer token is never written over,
+    /// and no in-memory authoritative copy is kept, since the store holds
+    /// something newer. After three conflicts in a row the request fails
+    /// with the code a failed write gives and "Credential store changed
+    /// during the write".
+    Conflict,
+    /// The store is temporarily unreachable (any store effect): nothing was
+    /// done. A request that cannot be answered without the store gets
+    /// `STORE_UNAVAILABLE` with `retryAfter` (`retry_after_ms` rounded up to
+    /// whole seconds, at least 1). A refresh whose provider call succeeded
+    /// but whose write got this still answers the new token, kept in memory
+    /// as authoritative and written again later, as for `Failed` (a rotated
+    /// refresh token must not be lost).
+    Unavailable {
+        /// When the host expects the store to be reachable again.
+        retry_after_ms: u64,
+    },
     /// The host could not perform the effect. The engine answers the request
     /// with `INTERNAL_ERROR` and a generic message; the host logs details.
     /// A result of another kind than the effect's (see each [`Effect`]) is a
     /// host fault and is treated exactly like `Failed`.
     Failed,
+}
+
+impl EffectResult {
+    /// The answer of a request whose store effect came back with this
+    /// instead of a usable result: `STORE_UNAVAILABLE` with `retryAfter`
+    /// when the store is temporarily unreachable (the client may retry),
+    /// the generic `INTERNAL_ERROR` for anything else (a failure, or a
+    /// result of the wrong kind).
+    pub(crate) fn store_failure(&self) -> Failure {
+        match self {
+            EffectResult::Unavailable { retry_after_ms } => {
+                Failure::store_unavailable(*retry_after_ms)
+            }
+            _ => Failure::internal(),
+        }
+    }
 }

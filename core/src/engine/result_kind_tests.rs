@@ -146,3 +146,55 @@ fn failed_answers_every_kind_and_each_kind_one_variant() {
         assert_eq!(accepted, want, "{effect:?}");
     }
 }
+
+#[test]
+fn conflict_answers_writes_and_unavailable_answers_store_effects() {
+    let key = crate::writes::keylock::Key::new("p", "default");
+    let token = crate::tokens::token::Token::default();
+    // (effect, accepts Conflict, accepts Unavailable)
+    let cases = [
+        (Effect::token_get(&key, true), false, true),
+        (Effect::token_put(&key, token), true, true),
+        (Effect::token_delete(&key), true, true),
+        (Effect::ListProviders, false, true),
+        (Effect::ApiKeyGet { name: "k".into() }, false, true),
+        (Effect::ApiKeyHas { name: "k".into() }, false, true),
+        (Effect::meta_get(&key), false, true),
+        (Effect::meta_put(&key, true), true, true),
+        (Effect::lock_acquire(&key, 1), false, true),
+        (
+            Effect::Http(crate::oauth::http::get("https://x.example/", 1)),
+            false,
+            false,
+        ),
+        (
+            Effect::StartListener {
+                port: 1,
+                path: "/".into(),
+            },
+            false,
+            false,
+        ),
+    ];
+    let unavailable = EffectResult::Unavailable {
+        retry_after_ms: 1_500,
+    };
+    for (effect, conflict, down) in cases {
+        let kind = ResultKind::of(&effect);
+        assert_eq!(
+            kind.accepts(&EffectResult::Conflict),
+            conflict,
+            "{effect:?}"
+        );
+        assert_eq!(kind.accepts(&unavailable), down, "{effect:?}");
+    }
+}
+
+#[test]
+fn a_conflict_for_a_read_is_handled_as_failed() {
+    let payload = json!({"provider":"anthropic"});
+    assert_eq!(
+        run("get_token", &payload, 0, &EffectResult::Conflict),
+        run("get_token", &payload, 0, &EffectResult::Failed)
+    );
+}

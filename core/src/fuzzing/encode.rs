@@ -344,7 +344,7 @@ impl Enc for RawFrame {
 
 impl Enc for Completion {
     fn enc(&self, out: &mut Vec<u8>) {
-        const N: u64 = 5;
+        const N: u64 = 7;
         match self {
             Completion::Store => tag(out, 0, N),
             Completion::Failed => tag(out, 1, N),
@@ -353,6 +353,11 @@ impl Enc for Completion {
             Completion::WrongKind(n) => {
                 tag(out, 4, N);
                 n.enc(out);
+            }
+            Completion::Conflict => tag(out, 5, N),
+            Completion::Unavailable(ms) => {
+                tag(out, 6, N);
+                ms.enc(out);
             }
         }
     }
@@ -396,6 +401,7 @@ impl Enc for StoreMode {
         self.fail_all.enc(out);
         self.foreign_lock.enc(out);
         self.unusable.enc(out);
+        self.unavailable.enc(out);
     }
 }
 

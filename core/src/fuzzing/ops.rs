@@ -298,6 +298,11 @@ pub enum Completion {
     /// A result of the wrong kind (a host bug the engine must survive);
     /// the index picks which.
     WrongKind(u8),
+    /// `EffectResult::Conflict`: a compare-and-set write refused because
+    /// another process wrote the key (for a read: a wrong kind).
+    Conflict,
+    /// `EffectResult::Unavailable` with this many milliseconds to wait.
+    Unavailable(u16),
 }
 
 /// How the host answers a pending HTTP request.
@@ -339,6 +344,9 @@ pub struct StoreMode {
     pub foreign_lock: bool,
     /// The stored refresh token of `anthropic:default` is marked unusable.
     pub unusable: bool,
+    /// The store cannot be reached: every store effect answers
+    /// `Unavailable`.
+    pub unavailable: bool,
 }
 
 /// What a browser's loopback request carries.

@@ -41,6 +41,9 @@ pub(crate) enum SaveStage {
 pub(crate) enum RemoveStage {
     /// Deleting the stored token.
     Deleting,
+    /// The store refused the delete (another process wrote the key):
+    /// reading it fresh before deleting again.
+    Rereading,
 }
 
 /// The state of an operation between effects.
@@ -180,6 +183,9 @@ pub(crate) enum StoreStage {
     Put,
     /// Clearing the unusable-refresh mark.
     ClearMeta,
+    /// The store refused the mark's clear (the key changed after the
+    /// token was stored): reading it fresh before clearing again.
+    RereadForMeta,
 }
 
 /// The task state of a login.
@@ -233,9 +239,23 @@ pub(crate) enum JobStage {
     /// sibling rotated it. Carries the refusal.
     Reread(Failure),
     /// Writing the merged token.
-    Writing(Token),
+    Writing(Refreshed),
+    /// The store refused the write of the refreshed token (another process
+    /// wrote the key meanwhile): re-reading it fresh to decide between the
+    /// stored token and ours (see `refresh::reconcile`).
+    Reconciling(Refreshed),
     /// Marking the refresh token unusable; carries the failure to answer.
     MarkUnusable(Failure),
+}
+
+/// A provider's answer to a refresh, and the token to store.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Refreshed {
+    /// The provider's token, as answered: merged again over the re-read
+    /// token when the write is refused.
+    pub(crate) new: Token,
+    /// `new` merged over the token refreshed.
+    pub(crate) merged: Token,
 }
 
 /// One refresh of one key.

@@ -29,6 +29,8 @@ enum Next {
     Effect(Effect),
     /// Answer the request.
     Answer(Answer),
+    /// The store refused the write (see `locked_write::write_conflict`).
+    Conflict,
 }
 
 impl<R: CryptoRng> Engine<R> {
@@ -101,6 +103,27 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
+    /// The store refused a save's write or a remove's delete: a save
+    /// re-reads and merges its token over what is stored now, a remove
+    /// re-reads (so the store's compare-and-set sees the current version)
+    /// and deletes again — a remove wins over whatever was written. Returns
+    /// whether the task re-decides after a fresh read.
+    pub(crate) fn token_write_conflicted(&mut self, task: TaskId) -> bool {
+        match self.tasks.work_mut(task) {
+            // Only their write stage answers `Conflict` (`save_step`,
+            // `remove_step`).
+            Some(Work::SaveToken { write, .. }) => {
+                write.set_stage(SaveStage::Reading);
+                true
+            }
+            Some(Work::RemoveToken { write }) => {
+                write.set_stage(RemoveStage::Rereading);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Continues a task with the result of its effect.
     pub(crate) fn resume(&mut self, task: TaskId, result: EffectResult) {
         let Some(t) = self.tasks.get(task) else {
@@ -133,6 +156,7 @@ impl<R: CryptoRng> Engine<R> {
         };
         let next = match &mut t.work {
             Work::SaveToken { write, incoming } => save_step(write, incoming, result),
+            Work::RemoveToken { write } => remove_step(write, result),
             Work::BucketStats { key } if matches!(result, EffectResult::Token(Some(_))) => {
                 Next::Answer(Ok(self.stats.report(key).into()))
             }
@@ -154,6 +178,7 @@ impl<R: CryptoRng> Engine<R> {
                 self.emit_effect(task, effect);
             }
             Next::Answer(answer) => self.finish(task, answer),
+            Next::Conflict => self.write_conflict(task),
         }
     }
 
@@ -234,7 +259,22 @@ fn save_step(write: &mut LockedWrite<SaveStage>, incoming: &Token, result: Effec
             Next::Effect(Effect::token_put(write.key(), merged))
         }
         (Some(SaveStage::Writing), EffectResult::Done) => Next::Answer(Ok(Map::new().into())),
-        _ => Next::Answer(Err(Failure::internal())),
+        (Some(SaveStage::Writing), EffectResult::Conflict) => Next::Conflict,
+        (_, other) => Next::Answer(Err(other.store_failure())),
+    }
+}
+
+/// `remove_token` under its key's locks: delete (again after a fresh read
+/// when the store refused the delete).
+fn remove_step(write: &mut LockedWrite<RemoveStage>, result: EffectResult) -> Next {
+    match (write.stage().copied(), result) {
+        (Some(RemoveStage::Deleting), EffectResult::Done) => Next::Answer(Ok(Map::new().into())),
+        (Some(RemoveStage::Deleting), EffectResult::Conflict) => Next::Conflict,
+        (Some(RemoveStage::Rereading), EffectResult::Token(_)) => {
+            write.set_stage(RemoveStage::Deleting);
+            Next::Effect(Effect::token_delete(write.key()))
+        }
+        (_, other) => Next::Answer(Err(other.store_failure())),
     }
 }
 
@@ -256,7 +296,6 @@ fn read_answer(
             ErrorCode::NotFound,
             format!("No stats found for {}/{}", key.provider, key.bucket),
         )),
-        (Work::RemoveToken { .. }, EffectResult::Done) => Ok(Map::new().into()),
         (Work::ListProviders, EffectResult::Names(list)) => Ok(names(
             "providers",
             filter_allowed(policy.allowed_providers.as_ref(), list),
@@ -285,6 +324,6 @@ fn read_answer(
             m.insert("exists".into(), Value::Bool(exists));
             Ok(m.into())
         }
-        _ => Err(Failure::internal()),
+        (_, other) => Err(other.store_failure()),
     }
 }

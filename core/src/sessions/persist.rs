@@ -9,6 +9,16 @@
 //! refresh token adds `login_no_refresh_token` at WARN, since such a login
 //! cannot be renewed and the usual cause is a missing `offline_access`
 //! scope or `prompt=consent`.
+//!
+//! When the store refuses the write because another process wrote the key
+//! since the fresh read (`EffectResult::Conflict`), the key is read fresh
+//! again and the decision made anew: a login still replaces (no merge),
+//! but a sandbox login is checked again against what is stored now. A
+//! refused clear of the unusable mark is read fresh and cleared again (the
+//! login's token is stored; a mark left set would answer `REAUTH_REQUIRED`
+//! for it). A store that cannot be reached answers `STORE_UNAVAILABLE`; a
+//! failed clear of the mark after the token is stored does not fail the
+//! login.
 
 use rand_core::CryptoRng;
 
@@ -88,6 +98,22 @@ impl<R: CryptoRng> Engine<R> {
         self.emit_effect(task, effect);
     }
 
+    /// The store refused the token's write or the mark's clear: the stage
+    /// the fresh re-read is decided from (see `locked_write`). Returns
+    /// whether there is one.
+    pub(crate) fn persist_conflicted(&mut self, task: TaskId) -> bool {
+        let Some(s) = self.storing_mut(task) else {
+            return false;
+        };
+        let next = match s.write.stage() {
+            Some(StoreStage::Put) => StoreStage::CheckExisting,
+            Some(StoreStage::ClearMeta) => StoreStage::RereadForMeta,
+            _ => return false,
+        };
+        s.write.set_stage(next);
+        true
+    }
+
     /// Continues storing with an effect result.
     pub(crate) fn persist_step(&mut self, task: TaskId, result: EffectResult) {
         let Some((_, s)) = self.storing(task) else {
@@ -97,7 +123,13 @@ impl<R: CryptoRng> Engine<R> {
             return;
         };
         let key = s.write.key().clone();
+        let checks = s.sandbox && !self.config.policy.sandbox_login_overwrite;
         match (stage, result) {
+            // Only after a refused write: a login that replaces whatever
+            // is stored writes again on the version just read.
+            (StoreStage::CheckExisting, EffectResult::Token(_)) if !checks => {
+                self.persist_put(task)
+            }
             (StoreStage::CheckExisting, EffectResult::Token(existing)) => {
                 let margin = self.config.limits.valid_margin_ms;
                 if existing.is_some_and(|t| still_valid(&t, self.now.unix_ms, margin)) {
@@ -120,15 +152,38 @@ impl<R: CryptoRng> Engine<R> {
                 );
                 self.persist_done(task, Err(f));
             }
-            (StoreStage::Put, EffectResult::Done) => {
+            (StoreStage::Put, EffectResult::Done)
+            | (StoreStage::RereadForMeta, EffectResult::Token(_)) => {
                 self.persist_stage(task, StoreStage::ClearMeta);
                 self.emit_effect(task, Effect::meta_put(&key, false));
             }
-            (StoreStage::ClearMeta, _) => {
+            (StoreStage::Put | StoreStage::ClearMeta, EffectResult::Conflict) => {
+                self.write_conflict(task)
+            }
+            // The token is stored: a mark that could not be cleared (or
+            // re-read for) does not undo the login.
+            (StoreStage::ClearMeta | StoreStage::RereadForMeta, _) => {
                 let token = s.token.clone();
                 self.persist_done(task, Ok(token));
             }
-            _ => self.persist_done(task, Err(Failure::internal())),
+            (_, other) => self.persist_done(task, Err(other.store_failure())),
+        }
+    }
+
+    /// The write cannot go on (store lock busy or unreachable, the store
+    /// changing under it): the login fails with `f`, unless its token is
+    /// stored already and only the mark's clear is left.
+    pub(crate) fn persist_aborted(&mut self, task: TaskId, f: Failure) {
+        let stored = self.storing(task).and_then(|(_, s)| {
+            matches!(
+                s.write.stage(),
+                Some(StoreStage::ClearMeta | StoreStage::RereadForMeta)
+            )
+            .then(|| s.token.clone())
+        });
+        match stored {
+            Some(token) => self.persist_done(task, Ok(token)),
+            None => self.persist_done(task, Err(f)),
         }
     }
 

@@ -57,7 +57,7 @@ impl<R: CryptoRng> Engine<R> {
                 self.finish(task, Err(not_available(key)));
             }
             EffectResult::Token(Some(t)) => self.join_or_start(task, key, &t),
-            _ => self.finish(task, Err(Failure::internal())),
+            other => self.finish(task, Err(other.store_failure())),
         }
     }
 

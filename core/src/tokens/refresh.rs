@@ -15,6 +15,15 @@
 //!   the write fails, the merged token stays authoritative in memory and the
 //!   write is retried.
 //! - A `remove_token` during the job wins: the result is not saved.
+//! - A write the store refuses because another process wrote the key
+//!   meanwhile is reconciled with what is stored now (see `reconcile`).
+//! - A store that cannot be reached answers `STORE_UNAVAILABLE` with
+//!   `retryAfter` wherever the refresh needs the store to go on (reads, the
+//!   lock, the re-read after a refusal). The write of a refreshed token is
+//!   the exception: the provider has answered (and may have rotated the
+//!   refresh token, spending the old one), so the callers get the new token
+//!   and it is kept in memory as authoritative and written again once the
+//!   store is due back, exactly as for a failed write.
 
 use rand_core::CryptoRng;
 use serde_json::Map;
@@ -26,7 +35,9 @@ use crate::oauth::http::{self, Verdict};
 use crate::oauth::oauth_reply::with_codex_account;
 use crate::oauth::provider::{BodyEncoding, Dialect};
 use crate::operations::op::Op;
-use crate::operations::task::{CheckStage, JobStage, RefreshCheck, RefreshJob, TaskId, Work};
+use crate::operations::task::{
+    CheckStage, JobStage, RefreshCheck, RefreshJob, Refreshed, TaskId, Work,
+};
 use crate::sessions::login::{provider_failure, still_valid};
 use crate::tokens::token::Token;
 use crate::wire::error::ErrorCode;
@@ -113,7 +124,7 @@ impl<R: CryptoRng> Engine<R> {
                 check.stage = CheckStage::Reread;
                 self.cooldown_reread(task, &key, result);
             }
-            _ => self.finish(task, Err(Failure::internal())),
+            (_, other) => self.finish(task, Err(other.store_failure())),
         }
     }
 
@@ -166,7 +177,7 @@ impl<R: CryptoRng> Engine<R> {
         true
     }
 
-    fn job(&mut self, task: TaskId) -> Option<&mut RefreshJob> {
+    pub(crate) fn job(&mut self, task: TaskId) -> Option<&mut RefreshJob> {
         match self.tasks.work_mut(task) {
             Some(Work::Refresh(j)) => Some(j),
             _ => None,
@@ -241,16 +252,25 @@ impl<R: CryptoRng> Engine<R> {
                 job.current = Some(t);
                 self.call_provider(task);
             }
-            (JobStage::Reread(failure), _) => self.mark_unusable(task, failure),
-            (JobStage::Writing(merged), EffectResult::Done) => self.job_done(task, Ok(merged)),
-            (JobStage::Writing(merged), _) => {
-                let retry_at = self.now.mono.plus(1_000);
-                self.keys
-                    .set_override(&key, merged.clone(), retry_at, &mut self.timers);
-                self.job_done(task, Ok(merged));
+            // Whether a sibling rotated the refresh token cannot be told:
+            // neither mark it nor claim a login is needed.
+            (JobStage::Reread(_), other @ EffectResult::Unavailable { .. }) => {
+                self.job_done(task, Err(other.store_failure()))
             }
+            (JobStage::Reread(failure), _) => self.mark_unusable(task, failure),
+            (JobStage::Writing(r), EffectResult::Done) => self.job_done(task, Ok(r.merged)),
+            (JobStage::Writing(_) | JobStage::MarkUnusable(_), EffectResult::Conflict) => {
+                self.write_conflict(task)
+            }
+            (JobStage::Writing(r), other) => {
+                let retry_at = self.now.mono.plus(write_retry_ms(&other, 1_000));
+                self.keys
+                    .set_override(&key, r.merged.clone(), retry_at, &mut self.timers);
+                self.job_done(task, Ok(r.merged));
+            }
+            (JobStage::Reconciling(r), result) => self.reconcile(task, r, result),
             (JobStage::MarkUnusable(f), _) => self.job_done(task, Err(f)),
-            _ => self.job_done(task, Err(Failure::internal())),
+            (_, other) => self.job_done(task, Err(other.store_failure())),
         }
     }
 
@@ -325,8 +345,10 @@ impl<R: CryptoRng> Engine<R> {
                 if job.logout {
                     return self.job_done(task, Err(not_found(&key)));
                 }
-                job.write.set_stage(JobStage::Writing(merged.clone()));
-                self.emit_effect(task, Effect::token_put(&key, merged));
+                let put = Effect::token_put(&key, merged.clone());
+                job.write
+                    .set_stage(JobStage::Writing(Refreshed { new, merged }));
+                self.emit_effect(task, put);
             }
             Verdict::Transient(_) if job.attempts < MAX_ATTEMPTS => {
                 let wait = retry[usize::from(job.attempts - 1).min(1)];
@@ -444,15 +466,26 @@ impl<R: CryptoRng> Engine<R> {
         self.emit_effect(task, Effect::token_put(&key, token));
     }
 
-    /// Result of a write-back.
+    /// Result of a write-back. A refused one (`Conflict`) ends it too:
+    /// another process wrote the key since, and a newer stored token is
+    /// never written over, so the in-memory copy stops being authoritative.
     pub(crate) fn write_back_done(&mut self, task: TaskId, key: &Key, result: &EffectResult) {
         self.tasks.remove(task);
-        if matches!(result, EffectResult::Done) {
+        if matches!(result, EffectResult::Done | EffectResult::Conflict) {
             self.keys.clear_override(key);
         } else {
-            let at = self.now.mono.plus(5_000);
+            let at = self.now.mono.plus(write_retry_ms(result, 5_000));
             self.keys.retry_write_back(key, at, &mut self.timers);
         }
+    }
+}
+
+/// When to write an authoritative token again after `result`: `default_ms`
+/// later, or when an unreachable store is due back if that is later.
+fn write_retry_ms(result: &EffectResult, default_ms: u64) -> u64 {
+    match result {
+        EffectResult::Unavailable { retry_after_ms } => default_ms.max(*retry_after_ms),
+        _ => default_ms,
     }
 }
 

@@ -68,6 +68,10 @@ pub enum ErrorCode {
     ReauthRequired,
     /// The refresh failed.
     RefreshFailed,
+    /// The credential store is temporarily unreachable (a database store
+    /// that is down or cut off); the reply carries `retryAfter`, and the
+    /// request may be sent again after it.
+    StoreUnavailable,
 }
 
 #[cfg(test)]
@@ -87,6 +91,7 @@ mod tests {
             ErrorCode::ProviderNotConfigured.to_string(),
             "PROVIDER_NOT_CONFIGURED"
         );
+        assert_eq!(ErrorCode::StoreUnavailable.to_string(), "STORE_UNAVAILABLE");
         for code in ErrorCode::iter() {
             assert_eq!(ErrorCode::from_str(&code.to_string()), Ok(code));
         }

@@ -1,7 +1,8 @@
 //! Response envelopes (SPEC §3.3) and the outbound size guard (§3.1).
 //!
 //! Responses carry no `v`: `{"id","ok":true,"data":{…}}` or
-//! `{"id","ok":false,"code","error"}` plus `retryAfter` with `RATE_LIMITED`.
+//! `{"id","ok":false,"code","error"}` plus `retryAfter` with `RATE_LIMITED`
+//! and `STORE_UNAVAILABLE`.
 //! `data` is always an object.
 
 use serde::{Serialize, Serializer};
@@ -19,7 +20,7 @@ pub struct Failure {
     pub code: ErrorCode,
     /// Wire message; never contains a secret or upstream text.
     pub message: String,
-    /// Seconds to wait, for `RATE_LIMITED`.
+    /// Seconds to wait, for `RATE_LIMITED` and `STORE_UNAVAILABLE`.
     pub retry_after: Option<u64>,
 }
 
@@ -34,14 +35,32 @@ impl Failure {
         }
     }
 
-    /// `RATE_LIMITED` with `retryAfter` (at least 1 s).
-    #[must_use]
-    pub fn rate_limited(message: impl Into<String>, seconds: u64) -> Failure {
+    /// A failure with `retryAfter`: whole seconds, at least 1 (SPEC §3.3),
+    /// for every code that carries one.
+    fn retry_after(code: ErrorCode, message: impl Into<String>, seconds: u64) -> Failure {
         Failure {
-            code: ErrorCode::RateLimited,
+            code,
             message: message.into(),
             retry_after: Some(seconds.max(1)),
         }
+    }
+
+    /// `RATE_LIMITED` with `retryAfter` (at least 1 s).
+    #[must_use]
+    pub fn rate_limited(message: impl Into<String>, seconds: u64) -> Failure {
+        Failure::retry_after(ErrorCode::RateLimited, message, seconds)
+    }
+
+    /// `STORE_UNAVAILABLE "Credential store unavailable"`, with `retryAfter`
+    /// the host's `retry_after_ms` rounded up to whole seconds (at least 1),
+    /// so a client never retries before the store is due back.
+    #[must_use]
+    pub fn store_unavailable(retry_after_ms: u64) -> Failure {
+        Failure::retry_after(
+            ErrorCode::StoreUnavailable,
+            "Credential store unavailable",
+            retry_after_ms.div_ceil(1000),
+        )
     }
 
     /// The generic host failure.
@@ -217,6 +236,13 @@ mod tests {
             &rl[4..],
             br#"{"id":"a","ok":false,"code":"RATE_LIMITED","error":"Too many requests","retryAfter":1}"#
         );
+        for (ms, secs) in [(0, 1), (1, 1), (1_000, 1), (1_001, 2), (29_999, 30)] {
+            let (su, _) = encode_reply("a", &Err(Failure::store_unavailable(ms)), 2, &l);
+            let want = format!(
+                r#"{{"id":"a","ok":false,"code":"STORE_UNAVAILABLE","error":"Credential store unavailable","retryAfter":{secs}}}"#
+            );
+            assert_eq!(&su[4..], want.as_bytes(), "retry_after_ms {ms}");
+        }
     }
 
     #[test]

@@ -17,6 +17,17 @@
 //! (`write_aborted`). The lock state lives in a `LockedWrite` (see
 //! `write_lock`) inside the caller's work, so "holds the engine lock" and
 //! "holds the store lock" are one enum, not flags kept in step by hand.
+//!
+//! A store whose writes are compare-and-set (the PostgreSQL backend) can
+//! refuse a write made after the fresh read: another process wrote the key
+//! meanwhile, or this process's lease was taken over
+//! ([`EffectResult::Conflict`]). The machine then forgets any in-memory
+//! authoritative token of the key (the store holds something newer), lets
+//! the caller name the stage it re-decides from (`*_conflicted`), and reads
+//! the key fresh again under the same locks; the caller's post-read
+//! decision runs on what is stored now (SPEC §5.2–5.3). After
+//! [`MAX_CONFLICTS`] refusals in a row the write fails with the code a
+//! failed write gives, "Credential store changed during the write".
 
 use rand_core::CryptoRng;
 
@@ -27,6 +38,12 @@ use crate::wire::error::ErrorCode;
 use crate::wire::reply::Failure;
 use crate::writes::keylock::Key;
 use crate::writes::write_lock::LockPhase;
+
+/// Refused writes in a row after which a write under the locks gives up:
+/// each refusal means another process wrote the key between this write's
+/// fresh read and its write, so a few in a row are a write storm, not a
+/// race, and the client is better told than kept waiting.
+pub(crate) const MAX_CONFLICTS: u8 = 3;
 
 impl<R: CryptoRng> Engine<R> {
     /// Queues `task`'s write on its key's engine write lock; requests the
@@ -65,19 +82,66 @@ impl<R: CryptoRng> Engine<R> {
             .is_some_and(|w| w.phase() == LockPhase::Locking)
     }
 
-    /// The store lock was (or was not) granted.
+    /// The code of a write that cannot be done (store lock busy, the store
+    /// changing under it): a refresh's callers get `REFRESH_FAILED`, other
+    /// writes `INTERNAL_ERROR`.
+    fn write_failure_code(&self, task: TaskId) -> ErrorCode {
+        match self.tasks.work(task) {
+            Some(Work::Refresh(_)) => ErrorCode::RefreshFailed,
+            _ => ErrorCode::InternalError,
+        }
+    }
+
+    /// The store lock was (or was not) granted. A store that cannot be
+    /// reached answers `STORE_UNAVAILABLE` (see
+    /// [`EffectResult::store_failure`]).
     pub(crate) fn write_store_locked(&mut self, task: TaskId, result: EffectResult) {
         match result {
             EffectResult::Locked(true) => self.write_locked(task),
             EffectResult::Locked(false) => {
-                let code = match self.tasks.work(task) {
-                    Some(Work::Refresh(_)) => ErrorCode::RefreshFailed,
-                    _ => ErrorCode::InternalError,
-                };
+                let code = self.write_failure_code(task);
                 let f = Failure::new(code, "Credential store is busy");
                 self.write_aborted(task, f);
             }
-            _ => self.write_aborted(task, Failure::internal()),
+            other => self.write_aborted(task, other.store_failure()),
+        }
+    }
+
+    /// The store refused `task`'s write under the locks
+    /// ([`EffectResult::Conflict`]): read the key fresh again and let the
+    /// caller decide anew, or give up after [`MAX_CONFLICTS`] in a row.
+    pub(crate) fn write_conflict(&mut self, task: TaskId) {
+        let code = self.write_failure_code(task);
+        let Some(write) = self.tasks.work_mut(task).and_then(Work::write_lock_mut) else {
+            return;
+        };
+        let conflicts = write.conflicted();
+        let key = write.key().clone();
+        // The store holds something newer than what this write was based
+        // on, so no in-memory token of the key is authoritative any more
+        // (that override is for writes that failed, not lost races), and
+        // the re-read below must reach the store.
+        self.keys.clear_override(&key);
+        if conflicts == 0 {
+            // Not under the locks: a host fault.
+            return self.write_aborted(task, Failure::internal());
+        }
+        if conflicts >= MAX_CONFLICTS {
+            let f = Failure::new(code, "Credential store changed during the write");
+            return self.write_aborted(task, f);
+        }
+        let redecide = match self.tasks.work(task) {
+            Some(Work::SaveToken { .. } | Work::RemoveToken { .. }) => {
+                self.token_write_conflicted(task)
+            }
+            Some(Work::Login(_)) => self.persist_conflicted(task),
+            Some(Work::Refresh(_)) => self.refresh_conflicted(task),
+            _ => false,
+        };
+        if redecide {
+            self.emit_effect(task, Effect::token_get(&key, true));
+        } else {
+            self.write_aborted(task, Failure::internal());
         }
     }
 
@@ -97,7 +161,7 @@ impl<R: CryptoRng> Engine<R> {
     /// ends with `f`.
     fn write_aborted(&mut self, task: TaskId, f: Failure) {
         match self.tasks.work(task) {
-            Some(Work::Login(_)) => self.persist_done(task, Err(f)),
+            Some(Work::Login(_)) => self.persist_aborted(task, f),
             Some(Work::Refresh(_)) => self.job_done(task, Err(f)),
             _ => self.finish(task, Err(f)),
         }

@@ -12,8 +12,9 @@ pub(crate) enum Lock<S> {
     Queued,
     /// Holding the engine lock; the store lock is requested.
     Locking,
-    /// Holding both locks, at the caller's stage.
-    Locked(S),
+    /// Holding both locks, at the caller's stage, after `conflicts`
+    /// writes the store refused (see `locked_write::write_conflict`).
+    Locked { stage: S, conflicts: u8 },
     /// Both locks given back.
     Released,
 }
@@ -56,26 +57,31 @@ impl<S> LockedWrite<S> {
     /// The caller's stage, while both locks are held.
     pub(crate) fn stage(&self) -> Option<&S> {
         match &self.lock {
-            Lock::Locked(s) => Some(s),
+            Lock::Locked { stage, .. } => Some(stage),
             _ => None,
         }
     }
 
     /// Moves to the caller's stage `stage`: both locks must be held, or the
     /// store lock just granted.
+    /// The count of refused writes carries over from stage to stage.
     pub(crate) fn set_stage(&mut self, stage: S) {
         debug_assert!(
-            matches!(self.lock, Lock::Locking | Lock::Locked(_)),
+            matches!(self.lock, Lock::Locking | Lock::Locked { .. }),
             "stage set without the locks"
         );
-        self.lock = Lock::Locked(stage);
+        let conflicts = match self.lock {
+            Lock::Locked { conflicts, .. } => conflicts,
+            _ => 0,
+        };
+        self.lock = Lock::Locked { stage, conflicts };
     }
 
     fn phase(&self) -> LockPhase {
         match self.lock {
             Lock::Queued => LockPhase::Queued,
             Lock::Locking => LockPhase::Locking,
-            Lock::Locked(_) => LockPhase::Locked,
+            Lock::Locked { .. } => LockPhase::Locked,
             Lock::Released => LockPhase::Released,
         }
     }
@@ -91,6 +97,9 @@ pub(crate) trait WriteLock {
     fn granted(&mut self);
     /// Gives both locks back; returns the phase it was in.
     fn release(&mut self) -> LockPhase;
+    /// The store refused a write under the locks: counts it and returns
+    /// how many were refused so far (0 when the locks are not held).
+    fn conflicted(&mut self) -> u8;
 }
 
 impl<S> WriteLock for LockedWrite<S> {
@@ -112,6 +121,16 @@ impl<S> WriteLock for LockedWrite<S> {
         self.lock = Lock::Released;
         was
     }
+
+    fn conflicted(&mut self) -> u8 {
+        match &mut self.lock {
+            Lock::Locked { conflicts, .. } => {
+                *conflicts = conflicts.saturating_add(1);
+                *conflicts
+            }
+            _ => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -126,12 +145,15 @@ mod tests {
         w.granted();
         assert_eq!(WriteLock::phase(&w), LockPhase::Locking);
         w.set_stage(1);
+        assert_eq!(w.conflicted(), 1);
         w.set_stage(2);
         assert_eq!(w.stage(), Some(&2));
+        assert_eq!(w.conflicted(), 2, "the count survives a new stage");
         assert_eq!(w.release(), LockPhase::Locked);
         // A second release gives nothing back.
         assert_eq!(w.release(), LockPhase::Released);
         assert_eq!(w.stage(), None);
+        assert_eq!(w.conflicted(), 0, "nothing counted without the locks");
         assert_eq!(w.into_key(), Key::new("p", "default"));
     }
 }

@@ -153,6 +153,7 @@ fn every_variant() -> Vec<EngineOp> {
             fail_all: false,
             foreign_lock: true,
             unusable: false,
+            unavailable: false,
         }),
         E::AutoEffects(true),
         E::FailListen(true),
@@ -245,6 +246,8 @@ fn every_variant() -> Vec<EngineOp> {
         Completion::Missing,
         Completion::Busy,
         Completion::WrongKind(6),
+        Completion::Conflict,
+        Completion::Unavailable(2_500),
     ] {
         ops.push(E::Complete { index: 1, how });
     }
@@ -475,6 +478,7 @@ fn engine_seeds() -> Vec<(&'static str, Vec<EngineOp>)> {
                     fail_all: false,
                     foreign_lock: false,
                     unusable: false,
+                    unavailable: false,
                 }),
                 all.clone(),
                 ok(1),
@@ -667,6 +671,7 @@ fn engine_seeds() -> Vec<(&'static str, Vec<EngineOp>)> {
                     fail_all: false,
                     foreign_lock: true,
                     unusable: true,
+                    unavailable: false,
                 }),
                 req(0, 0, Req::Refresh(K_ANTHROPIC)),
                 all.clone(),
@@ -675,6 +680,7 @@ fn engine_seeds() -> Vec<(&'static str, Vec<EngineOp>)> {
                     fail_all: false,
                     foreign_lock: true,
                     unusable: false,
+                    unavailable: false,
                 }),
                 req(0, 1, Req::Refresh(K_ANTHROPIC)),
                 all.clone(),
@@ -683,6 +689,7 @@ fn engine_seeds() -> Vec<(&'static str, Vec<EngineOp>)> {
                     fail_all: true,
                     foreign_lock: false,
                     unusable: false,
+                    unavailable: false,
                 }),
                 req(0, 2, Req::SaveToken(K_GEMINI, TokenSel::Valid)),
                 req(0, 3, Req::ListProviders),
@@ -694,6 +701,62 @@ fn engine_seeds() -> Vec<(&'static str, Vec<EngineOp>)> {
                 E::FailListen(true),
                 req(0, 4, Req::Initiate(K_CODEX)),
                 all.clone(),
+            ],
+        ),
+        (
+            // Compare-and-set writes refused (another process wrote the
+            // key) and a store that cannot be reached.
+            "store-conflicts",
+            vec![
+                open(),
+                E::AutoEffects(false),
+                req(0, 0, Req::SaveToken(K_GEMINI, TokenSel::Valid)),
+                E::Complete {
+                    index: 0,
+                    how: Completion::Store,
+                },
+                E::Complete {
+                    index: 0,
+                    how: Completion::Conflict,
+                },
+                E::Complete {
+                    index: 0,
+                    how: Completion::Store,
+                },
+                E::Complete {
+                    index: 0,
+                    how: Completion::Conflict,
+                },
+                all.clone(),
+                E::Plant {
+                    key: K_ANTHROPIC,
+                    expiry: 1,
+                    refresh: true,
+                },
+                req(0, 1, Req::Refresh(K_ANTHROPIC)),
+                all.clone(),
+                ok(2),
+                E::Complete {
+                    index: 0,
+                    how: Completion::Conflict,
+                },
+                all.clone(),
+                req(0, 2, Req::GetToken(K_ANTHROPIC)),
+                E::Complete {
+                    index: 0,
+                    how: Completion::Unavailable(1_200),
+                },
+                E::AutoEffects(true),
+                E::Store(StoreMode {
+                    fail_writes: false,
+                    fail_all: false,
+                    foreign_lock: false,
+                    unusable: false,
+                    unavailable: true,
+                }),
+                req(0, 3, Req::ListProviders),
+                req(0, 4, Req::Refresh(K_ANTHROPIC)),
+                E::Tick(Tick::Secs(5)),
             ],
         ),
     ]

@@ -34,4 +34,6 @@ mod properties;
 mod rate_limit;
 mod refresh;
 mod sandbox;
+mod store_conflicts;
+mod store_unavailable;
 mod tokens;

@@ -159,6 +159,7 @@ impl World {
     pub(super) fn settle(&mut self) {
         self.h.store.fail_all = false;
         self.h.store.fail_writes = false;
+        self.h.store.unavailable = None;
         self.h.store.foreign_locks.clear();
         self.h.auto_effects = true;
         let mut quiet = false;

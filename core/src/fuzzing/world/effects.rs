@@ -52,6 +52,10 @@ impl World {
                 6 => EffectResult::Listening(true),
                 _ => EffectResult::Http(HttpOutcome::Failed(TransportError::Other)),
             },
+            Completion::Conflict => EffectResult::Conflict,
+            Completion::Unavailable(ms) => EffectResult::Unavailable {
+                retry_after_ms: u64::from(ms),
+            },
         };
         self.h.engine.handle_effect_result(id, result, self.h.now);
         self.h.drain();

@@ -151,6 +151,7 @@ impl World {
             EngineOp::Store(m) => {
                 self.h.store.fail_writes = m.fail_writes;
                 self.h.store.fail_all = m.fail_all;
+                self.h.store.unavailable = m.unavailable.then_some(1_500);
                 let key = ("anthropic".to_owned(), "default".to_owned());
                 if m.foreign_lock {
                     self.h.store.foreign_locks.insert(key.clone());
