@@ -25,8 +25,8 @@ use credproxy_core::Token;
 use serde_json::{Value, json};
 
 use crate::support::conformance::{
-    Env, Gate, PgTarget, Req, Resp, Server, Stub, ok_json, path, providers_toml, std_token,
-    wait_for,
+    Env, FAR, Gate, PgTarget, Req, Resp, Server, Stub, ok_json, path, providers_toml, std_token,
+    tok, wait_for,
 };
 use crate::support::postgres::TestPostgres;
 
@@ -266,5 +266,66 @@ fn a_killed_lease_holders_lease_is_taken_over_without_waiting_out_its_deadline()
     assert_eq!(
         t.token.expect("token").refresh_token(),
         Some("rt-TAKEOVER-1")
+    );
+}
+#[test]
+fn a_stopped_database_keeps_cached_tokens_served_and_the_proxy_recovers() {
+    let fleet = Fleet::new();
+    let seed = fleet.store();
+    for (provider, access) in [("anthropic", "at-CACHED-1"), ("gemini", "at-UNCACHED-2")] {
+        seed.put_token_cas(provider, "default", 0, Some(&token(access, None, FAR)))
+            .expect("seed");
+    }
+    drop(seed);
+    let stub = refresh_stub(|_| ok_json(json!({})));
+    let config = format!(
+        "[postgres]\ncache_staleness_ms = 0\n\n{}",
+        providers_toml(&stub, None)
+    );
+    let (_env, srv) = fleet.proxy(&config);
+    let mut c = srv.hs();
+    let got = c.ok("get_token", json!({"provider": "anthropic"}));
+    assert_eq!(got["access_token"], "at-CACHED-1");
+
+    fleet.pg.stop();
+    let got = c.ok("get_token", json!({"provider": "anthropic"}));
+    assert_eq!(got["access_token"], "at-CACHED-1", "served from the cache");
+    for (op, payload) in [
+        ("get_token", json!({"provider": "gemini"})),
+        (
+            "save_token",
+            json!({"provider": "qwen", "token": tok("at-NEW-3")}),
+        ),
+        ("list_providers", json!({})),
+    ] {
+        let r = c.call(op, payload);
+        assert_eq!(r["ok"], false, "{op}: {r}");
+        assert_eq!(r["code"], "STORE_UNAVAILABLE", "{op}: {r}");
+        assert!(
+            r["retryAfter"].as_u64().is_some_and(|s| s >= 1),
+            "{op}: {r}"
+        );
+    }
+
+    fleet.pg.start();
+    wait_for("the store back", Duration::from_secs(20), || {
+        c.call("get_token", json!({"provider": "gemini"}))["ok"] == true
+    });
+    let got = c.ok("get_token", json!({"provider": "gemini"}));
+    assert_eq!(got["access_token"], "at-UNCACHED-2");
+    c.ok(
+        "save_token",
+        json!({"provider": "qwen", "token": tok("at-NEW-3")}),
+    );
+    let got = c.ok("get_token", json!({"provider": "qwen"}));
+    assert_eq!(got["access_token"], "at-NEW-3");
+    // Nothing was written twice or lost: one version per write.
+    assert_eq!(
+        fleet.number("SELECT version FROM credproxy_tokens WHERE provider = 'qwen'"),
+        1
+    );
+    assert_eq!(
+        c.ok("get_token", json!({"provider": "anthropic"}))["access_token"],
+        "at-CACHED-1"
     );
 }
