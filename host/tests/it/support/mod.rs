@@ -27,6 +27,7 @@
 //! throw-away PostgreSQL cluster) and [`pki`] (its TLS certificates).
 
 pub mod conformance;
+pub mod cpu_class;
 pub mod effects;
 pub mod hostile;
 pub mod http_stub;

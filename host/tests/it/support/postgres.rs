@@ -40,6 +40,10 @@ pub struct TestPostgres {
     port: u16,
     /// Listening on 127.0.0.1 too, with these certificates.
     tcp: Option<Tcp>,
+    /// No timing-sensitive test runs beside a cluster (`None` for the
+    /// process-wide shared one, which would otherwise hold them off for
+    /// good).
+    cpu: Option<super::cpu_class::Guard>,
 }
 
 /// The TCP side of a cluster from [`TestPostgres::start_new_tcp`].
@@ -123,6 +127,7 @@ impl TestPostgres {
     }
 
     fn init(port: u16) -> TestPostgres {
+        let cpu = super::cpu_class::enter(super::cpu_class::Kind::CpuHeavy);
         let bin = find_bin();
         let as_postgres = geteuid().is_root();
         let dir = tempfile::Builder::new()
@@ -146,6 +151,7 @@ impl TestPostgres {
             as_postgres,
             port,
             tcp: None,
+            cpu: Some(cpu),
         };
         let data = pg.data();
         let out = pg.run(
@@ -347,7 +353,8 @@ impl SharedPostgres {
     pub fn get() -> &'static SharedPostgres {
         static SHARED: std::sync::OnceLock<SharedPostgres> = std::sync::OnceLock::new();
         SHARED.get_or_init(|| {
-            let pg = TestPostgres::start_new();
+            let mut pg = TestPostgres::start_new();
+            pg.cpu = None;
             let pid = pg.pid().expect("postmaster pid");
             let keys = tempfile::Builder::new()
                 .prefix("cppgkey")

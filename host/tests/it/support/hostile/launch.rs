@@ -31,6 +31,7 @@ impl Target {
     /// (e.g. `-S -n 64` lowers only the soft descriptor limit).
     #[must_use]
     pub fn start_under_ulimit(name: &str, ulimit: &str, args: &[&str]) -> Target {
+        let cpu = super::super::cpu_class::enter(super::super::cpu_class::Kind::TimingSensitive);
         let scratch = seeded_scratch();
         let before = Before::of(&scratch);
         let store = scratch.store_arg();
@@ -56,7 +57,7 @@ impl Target {
             Ok(p) => p,
             Err(e) => panic!("serve did not start: {:?}\n{}", e.status, e.stderr),
         };
-        Target::assemble(name, scratch, proxy, None, before)
+        Target::assemble(name, scratch, proxy, None, before, cpu)
     }
 
     /// Lowers the running server's soft and hard `RLIMIT_NOFILE` to

@@ -226,6 +226,8 @@ pub struct Target {
     pub config: Option<PathBuf>,
     name: String,
     base: Baseline,
+    /// No database cluster runs while a target's witness is timed.
+    _cpu: super::cpu_class::Guard,
 }
 
 impl Target {
@@ -261,6 +263,7 @@ impl Target {
         args: &[&str],
         seed: impl FnOnce(&Scratch),
     ) -> Target {
+        let cpu = super::cpu_class::enter(super::cpu_class::Kind::TimingSensitive);
         let scratch = seeded_scratch();
         seed(&scratch);
         let config = config.map(|text| {
@@ -276,7 +279,7 @@ impl Target {
         }
         all.extend_from_slice(args);
         let proxy = scratch.serve(&all);
-        Target::assemble(name, scratch, proxy, config, before)
+        Target::assemble(name, scratch, proxy, config, before, cpu)
     }
 
     /// The target around a started `proxy`, with the store as it was
@@ -287,6 +290,7 @@ impl Target {
         proxy: Proxy,
         config: Option<PathBuf>,
         before: Before,
+        cpu: super::cpu_class::Guard,
     ) -> Target {
         let pid = proxy.pid();
         let base = Baseline {
@@ -302,6 +306,7 @@ impl Target {
             config,
             name: name.to_owned(),
             base,
+            _cpu: cpu,
         }
     }
 
