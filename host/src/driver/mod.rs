@@ -76,6 +76,10 @@ pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 /// connection (e.g. to shut the socket down so the reader stops).
 pub type OnClose = Box<dyn FnOnce() + Send>;
 
+/// Most effect results fed to the engine under one lock (see
+/// `Driver::effects_done`).
+const EFFECT_BATCH: usize = 256;
+
 /// Something for the loop task.
 pub enum Event {
     /// A transport accepted a connection over a pair of streams (bridged
@@ -261,6 +265,14 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             if matches!(event, Event::Shutdown) {
                 break;
             }
+            let event = match event {
+                Event::EffectDone(id, result) => match self.effects_done(&rx, id, result) {
+                    Some(Event::Shutdown) => break,
+                    Some(next) => next,
+                    None => continue,
+                },
+                other => other,
+            };
             self.handle(ex, &io, event);
             if lifetime == Lifetime::SingleConnection {
                 let state = lock(&self.shared.state);
@@ -308,6 +320,38 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
     fn with_state(&self, f: impl FnOnce(&mut State<R>, credproxy_core::Now)) {
         drive(&self.shared, state::Caller::Loop, f);
         self.shared.audit.flush();
+    }
+
+    /// Feeds the engine the effect result `id`/`result` together with every
+    /// other one already queued (at most [`EFFECT_BATCH`]), under one lock of
+    /// the engine: the I/O threads hold that lock while they work through
+    /// a flood, and taking it once per result made every completion —
+    /// another connection's among them — wait its turn behind them. The
+    /// first event of another kind met is returned, to be handled next.
+    fn effects_done(
+        &mut self,
+        rx: &Receiver<Event>,
+        id: EffectId,
+        result: EffectResult,
+    ) -> Option<Event> {
+        let mut done = vec![(id, result)];
+        let mut next = None;
+        while done.len() < EFFECT_BATCH {
+            match rx.try_recv() {
+                Ok(Event::EffectDone(id, result)) => done.push((id, result)),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.with_state(|s, now| {
+            for (id, result) in done {
+                s.engine.handle_effect_result(id, result, now);
+            }
+        });
+        next
     }
 
     fn handle(&mut self, ex: &LocalExecutor<'_>, io: &IoThreads, event: Event) {
