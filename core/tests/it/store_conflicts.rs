@@ -9,6 +9,8 @@
 
 use credproxy_core::Effect;
 use credproxy_core::testkit::Harness;
+
+use crate::common::seeded_refreshable as seeded;
 use serde_json::{Value, json};
 
 use crate::common::store_old_with_refresh;
@@ -33,20 +35,6 @@ fn fresh_reads(h: &Harness) -> usize {
         .iter()
         .filter(|e| matches!(e, Effect::TokenGet { fresh: true, .. }))
         .count()
-}
-
-/// A harness whose `anthropic` token expires `expires_in_s` from now
-/// (refresh token `RT-0`), and a connection.
-fn seeded(expires_in_s: i64) -> (Harness, credproxy_core::ConnId) {
-    let mut h = Harness::new();
-    let expiry = h.now.unix_secs() as i64 + expires_in_s;
-    h.store.put_token(
-        "anthropic",
-        "default",
-        json!({"access_token":"AT-0","refresh_token":"RT-0","expiry":expiry,"token_type":"Bearer"}),
-    );
-    let conn = h.connect();
-    (h, conn)
 }
 
 fn expiry_in(h: &Harness, s: u64) -> u64 {

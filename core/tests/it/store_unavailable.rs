@@ -6,22 +6,12 @@
 //! due back.
 
 use credproxy_core::testkit::Harness;
+
+use crate::common::seeded_refreshable as seeded;
 use serde_json::{Value, json};
 
 fn down(id: &str, retry_after: u64) -> Value {
     json!({"id":id,"ok":false,"code":"STORE_UNAVAILABLE","error":"Credential store unavailable","retryAfter":retry_after})
-}
-
-fn seeded(expires_in_s: i64) -> (Harness, credproxy_core::ConnId) {
-    let mut h = Harness::new();
-    let expiry = h.now.unix_secs() as i64 + expires_in_s;
-    h.store.put_token(
-        "anthropic",
-        "default",
-        json!({"access_token":"AT-0","refresh_token":"RT-0","expiry":expiry,"token_type":"Bearer"}),
-    );
-    let conn = h.connect();
-    (h, conn)
 }
 
 fn reply(h: &mut Harness, conn: credproxy_core::ConnId, id: &str) -> Value {

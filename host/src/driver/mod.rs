@@ -262,18 +262,20 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 self.with_state(|s, now| s.engine.handle_timeout(now));
                 continue;
             };
-            if matches!(event, Event::Shutdown) {
+            // Handling an event can take the next one off the queue (see
+            // `effects_done`); it is handled before waiting again.
+            let mut next = Some(event);
+            let mut shutdown = false;
+            while let Some(event) = next.take() {
+                if matches!(event, Event::Shutdown) {
+                    shutdown = true;
+                    break;
+                }
+                next = self.handle(ex, &io, &rx, event);
+            }
+            if shutdown {
                 break;
             }
-            let event = match event {
-                Event::EffectDone(id, result) => match self.effects_done(&rx, id, result) {
-                    Some(Event::Shutdown) => break,
-                    Some(next) => next,
-                    None => continue,
-                },
-                other => other,
-            };
-            self.handle(ex, &io, event);
             if lifetime == Lifetime::SingleConnection {
                 let state = lock(&self.shared.state);
                 if state.served_one && state.conns.is_empty() {
@@ -354,7 +356,14 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         next
     }
 
-    fn handle(&mut self, ex: &LocalExecutor<'_>, io: &IoThreads, event: Event) {
+    /// Handles `event`; returns the next event when it took one off `rx`.
+    fn handle(
+        &mut self,
+        ex: &LocalExecutor<'_>,
+        io: &IoThreads,
+        rx: &Receiver<Event>,
+        event: Event,
+    ) -> Option<Event> {
         match event {
             Event::Open {
                 reader,
@@ -373,9 +382,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 self.shared.audit.log().write(&ev);
             }
             Event::Effect(id, effect) => self.effect(ex, id, effect),
-            Event::EffectDone(id, result) => {
-                self.with_state(|s, now| s.engine.handle_effect_result(id, result, now));
-            }
+            Event::EffectDone(id, result) => return self.effects_done(rx, id, result),
             Event::Loopback {
                 request,
                 port,
@@ -388,6 +395,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             }),
             Event::Rearm | Event::ConnectionEnded | Event::Shutdown => {}
         }
+        None
     }
 
     /// Registers a connection with the engine; `None` when it refused it.

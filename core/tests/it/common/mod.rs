@@ -158,3 +158,17 @@ impl Scenario for Harness {
         );
     }
 }
+
+/// A harness whose `anthropic` token expires `expires_in_s` from now
+/// (access `AT-0`, refresh token `RT-0`), and a connection.
+pub fn seeded_refreshable(expires_in_s: i64) -> (Harness, ConnId) {
+    let mut h = Harness::new();
+    let expiry = h.now.unix_secs() as i64 + expires_in_s;
+    h.store.put_token(
+        "anthropic",
+        "default",
+        serde_json::json!({"access_token":"AT-0","refresh_token":"RT-0","expiry":expiry,"token_type":"Bearer"}),
+    );
+    let conn = h.connect();
+    (h, conn)
+}

@@ -155,15 +155,16 @@ impl Pool {
                 *lock(&self.backoff) = Backoff::default();
                 Ok(client)
             }
-            // A refused certificate is the configuration's fault, not a
-            // passing state.
-            Err(e) if tls::handshake_error(&e).is_some() => {
-                Err(tls::handshake_error(&e).unwrap_or_else(|| db_error("connect", &e)))
-            }
-            // The server answered and refused (authentication, no such
-            // database): not a passing state, retrying will not help.
-            Err(e) if e.as_db_error().is_some() => Err(db_error("connect", &e)),
             Err(e) => {
+                // A refused certificate is the configuration's fault, and a
+                // server that answered and refused (authentication, no such
+                // database) will refuse again: neither is a passing state.
+                if let Some(refused) = tls::handshake_error(&e) {
+                    return Err(refused);
+                }
+                if e.as_db_error().is_some() {
+                    return Err(db_error("connect", &e));
+                }
                 let mut b = lock(&self.backoff);
                 b.failures = b.failures.saturating_add(1);
                 let delay = Backoff::delay(b.failures);
