@@ -274,6 +274,7 @@ fn run<R: CryptoRng>(handle: &Arc<Handle>, shared: &Arc<Shared<R>>, mut poll: Po
                 let status = conn.on_ready(shared, registry, Seen::default());
                 conns.settle(registry, id, status);
             }
+            flush_dirty(handle, shared, registry, &mut conns, &mut dirty);
         }
         flush_dirty(handle, shared, registry, &mut conns, &mut dirty);
         // One audit write for everything this round served.

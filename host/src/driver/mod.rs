@@ -16,8 +16,9 @@
 //! deadline (woken early when a connection's handler moves it), and
 //! executes the effects that cannot be answered inline. Those that may
 //! block (store reads and writes, lock waits, HTTP) run on smol's blocking
-//! pool through [`Executor::execute`], their results coming back as
-//! [`Event::EffectDone`]. The loopback listener effects run on the
+//! pool through [`Executor::execute`], their results queued in
+//! `completions.rs` for whoever takes the engine lock next (the loop task
+//! is woken by [`Event::EffectsDone`] in case nobody does). The loopback listener effects run on the
 //! [`LocalExecutor`]: `StartListener` binds at once (a local bind does not
 //! wait) and answers `Listening(true|false)`; the driver keeps the running
 //! listeners by port and `StopListener` drops one. Each loopback `GET`
@@ -30,6 +31,7 @@
 
 mod audit_queue;
 mod bridge;
+mod completions;
 mod io_thread;
 mod socket_conn;
 mod state;
@@ -45,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use self::audit_queue::AuditQueue;
 use std::time::Instant;
 
-use credproxy_core::{ConnId, Effect, EffectId, EffectResult, Engine, Peer};
+use credproxy_core::{ConnId, EffectId, EffectResult, Engine, Peer};
 use rand_core::CryptoRng;
 use smol::channel::{Receiver, Sender, bounded, unbounded};
 use smol::io::{AsyncRead, AsyncWrite};
@@ -76,10 +78,6 @@ pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 /// connection (e.g. to shut the socket down so the reader stops).
 pub type OnClose = Box<dyn FnOnce() + Send>;
 
-/// Most effect results fed to the engine under one lock (see
-/// `Driver::effects_done`).
-const EFFECT_BATCH: usize = 256;
-
 /// Something for the loop task.
 pub enum Event {
     /// A transport accepted a connection over a pair of streams (bridged
@@ -108,10 +106,12 @@ pub enum Event {
         /// Short reason (audit outcome).
         reason: &'static str,
     },
-    /// An effect the engine emitted that cannot be answered inline.
-    Effect(EffectId, Effect),
-    /// An effect finished on the blocking pool.
-    EffectDone(EffectId, EffectResult),
+    /// A loopback listener effect: the listeners live on the loop task's
+    /// executor.
+    Listener(EffectId, Listen),
+    /// Effect results wait in the completions queue (sent when the queue
+    /// stops being empty).
+    EffectsDone,
     /// The engine's next deadline moved earlier than the loop's timer.
     Rearm,
     /// A bridged connection ended (everything written to its writer), or
@@ -131,6 +131,15 @@ pub enum Event {
     },
     /// Stop serving.
     Shutdown,
+}
+
+/// What a listener effect asks of the loop task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// `Effect::StartListener` on this port.
+    Start(u16),
+    /// `Effect::StopListener` on this port.
+    Stop(u16),
 }
 
 /// Counts the connections open now (for a warning; takes the engine lock).
@@ -201,6 +210,7 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 state: Mutex::new(state),
                 audit: AuditQueue::new(audit),
                 executor,
+                completions: Arc::default(),
             }),
             events,
             io_threads: default_threads(),
@@ -262,20 +272,10 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 self.with_state(|s, now| s.engine.handle_timeout(now));
                 continue;
             };
-            // Handling an event can take the next one off the queue (see
-            // `effects_done`); it is handled before waiting again.
-            let mut next = Some(event);
-            let mut shutdown = false;
-            while let Some(event) = next.take() {
-                if matches!(event, Event::Shutdown) {
-                    shutdown = true;
-                    break;
-                }
-                next = self.handle(ex, &io, &rx, event);
-            }
-            if shutdown {
+            if matches!(event, Event::Shutdown) {
                 break;
             }
+            self.handle(ex, &io, event);
             if lifetime == Lifetime::SingleConnection {
                 let state = lock(&self.shared.state);
                 if state.served_one && state.conns.is_empty() {
@@ -324,46 +324,8 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         self.shared.audit.flush();
     }
 
-    /// Feeds the engine the effect result `id`/`result` together with every
-    /// other one already queued (at most [`EFFECT_BATCH`]), under one lock of
-    /// the engine: the I/O threads hold that lock while they work through
-    /// a flood, and taking it once per result made every completion —
-    /// another connection's among them — wait its turn behind them. The
-    /// first event of another kind met is returned, to be handled next.
-    fn effects_done(
-        &mut self,
-        rx: &Receiver<Event>,
-        id: EffectId,
-        result: EffectResult,
-    ) -> Option<Event> {
-        let mut done = vec![(id, result)];
-        let mut next = None;
-        while done.len() < EFFECT_BATCH {
-            match rx.try_recv() {
-                Ok(Event::EffectDone(id, result)) => done.push((id, result)),
-                Ok(other) => {
-                    next = Some(other);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        self.with_state(|s, now| {
-            for (id, result) in done {
-                s.engine.handle_effect_result(id, result, now);
-            }
-        });
-        next
-    }
-
-    /// Handles `event`; returns the next event when it took one off `rx`.
-    fn handle(
-        &mut self,
-        ex: &LocalExecutor<'_>,
-        io: &IoThreads,
-        rx: &Receiver<Event>,
-        event: Event,
-    ) -> Option<Event> {
+    /// Handles `event`.
+    fn handle(&mut self, ex: &LocalExecutor<'_>, io: &IoThreads, event: Event) {
         match event {
             Event::Open {
                 reader,
@@ -381,8 +343,9 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
                 );
                 self.shared.audit.log().write(&ev);
             }
-            Event::Effect(id, effect) => self.effect(ex, id, effect),
-            Event::EffectDone(id, result) => return self.effects_done(rx, id, result),
+            Event::Listener(id, effect) => self.listener(ex, id, effect),
+            // `drive` feeds the waiting results first.
+            Event::EffectsDone => self.with_state(|_, _| {}),
             Event::Loopback {
                 request,
                 port,
@@ -395,7 +358,6 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
             }),
             Event::Rearm | Event::ConnectionEnded | Event::Shutdown => {}
         }
-        None
     }
 
     /// Registers a connection with the engine; `None` when it refused it.
@@ -460,28 +422,18 @@ impl<R: CryptoRng + Send + 'static> Driver<R> {
         }
     }
 
-    /// Executes an effect the engine could not have answered inline:
-    /// listeners on the event loop, everything else on the blocking pool.
-    fn effect(&mut self, ex: &LocalExecutor<'_>, id: EffectId, effect: Effect) {
-        let result = match &effect {
-            Effect::StartListener { port, .. } => self.start_listener(ex, *port),
-            Effect::StopListener { port } => {
-                self.listeners.remove(port);
+    /// Starts or stops a loopback listener and answers the engine.
+    fn listener(&mut self, ex: &LocalExecutor<'_>, id: EffectId, op: Listen) {
+        let result = match op {
+            Listen::Start(port) => self.start_listener(ex, port),
+            Listen::Stop(port) => {
+                self.listeners.remove(&port);
                 EffectResult::Done
-            }
-            _ => {
-                let executor = self.shared.executor.clone();
-                let events = self.events.clone();
-                ex.spawn(async move {
-                    let result = smol::unblock(move || executor.execute(effect)).await;
-                    let _ = events.send(Event::EffectDone(id, result)).await;
-                })
-                .detach();
-                return;
             }
         };
         self.with_state(|s, now| s.engine.handle_effect_result(id, result, now));
     }
+
     /// Binds the loopback listener on `port` unless one runs there.
     fn start_listener(&mut self, ex: &LocalExecutor<'_>, port: u16) -> EffectResult {
         if self.listeners.contains_key(&port) {

@@ -9,8 +9,9 @@
 //! routed under the lock — bytes into the target connection's outbox (a
 //! FIFO channel, so replies keep the engine's order whichever thread writes
 //! them), audit lines into the [`AuditQueue`], store cache lookups set
-//! aside, other effects that cannot block executed, the rest forwarded to
-//! the loop task. After the lock is released ([`drive`]) the audit lines
+//! aside, other effects that cannot block executed, those that may block
+//! started on the blocking pool, the listener effects forwarded to the
+//! loop task. After the lock is released ([`drive`]) the audit lines
 //! are written and the cache lookups done (each costs a system call that
 //! would otherwise hold up every other connection), their results handed
 //! to the engine under the lock again; sockets are written by the
@@ -25,8 +26,9 @@ use rand_core::CryptoRng;
 use smol::channel::Sender;
 
 use super::audit_queue::AuditQueue;
+use super::completions::Completions;
 use super::io_thread::Handle;
-use super::{Event, MAX_UNSENT};
+use super::{Event, Listen, MAX_UNSENT};
 use crate::audit_log::Timestamps;
 use crate::clock::Clock;
 use crate::effects::Executor;
@@ -70,6 +72,8 @@ pub(super) struct Shared<R> {
     pub state: Mutex<State<R>>,
     pub audit: AuditQueue,
     pub executor: Executor,
+    /// Effect results from the blocking pool, fed by the next lock holder.
+    pub completions: Arc<Completions>,
 }
 
 /// Locks the engine. A panic while it was held leaves the engine in an
@@ -94,8 +98,8 @@ pub(super) enum Caller {
     Connection,
 }
 
-/// Runs `f` on the engine under the lock and drains it; then, with the
-/// lock released, performs the cache lookups the engine asked for, handing
+/// Runs `f` on the engine under the lock — after the effect results
+/// waiting in [`Completions`] — and drains it; then, with the lock released, performs the cache lookups the engine asked for, handing
 /// their results back under the lock, until nothing is left. The audit
 /// lines are staged, not written: the caller calls [`AuditQueue::flush`]
 /// once it has no more work at hand (one write for a batch of requests).
@@ -107,6 +111,7 @@ pub(super) fn drive<R: CryptoRng>(
     let mut lookups = {
         let mut state = lock(&shared.state);
         let now = state.now();
+        shared.completions.feed(&mut state.engine, now);
         f(&mut state, now);
         state.drain(shared, by)
     };
@@ -118,11 +123,12 @@ pub(super) fn drive<R: CryptoRng>(
         lookups = {
             let mut state = lock(&shared.state);
             let now = state.now();
+            shared.completions.feed(&mut state.engine, now);
             for (id, result) in results {
                 match result {
                     Ok(result) => state.engine.handle_effect_result(id, result, now),
-                    // Not in the cache: the loop task reads the store.
-                    Err(effect) => state.forward(id, effect),
+                    // Not in the cache: read the store.
+                    Err(effect) => state.run(shared, id, effect),
                 }
             }
             state.drain(shared, by)
@@ -151,7 +157,8 @@ pub(super) struct State<R> {
     pub engine: Engine<R>,
     pub clock: Clock,
     pub conns: BTreeMap<ConnId, ConnIo>,
-    /// The loop task's channel: forwarded effects and deadline changes.
+    /// The loop task's channel: listener effects, completions waiting,
+    /// deadline changes.
     pub events: Sender<Event>,
     /// A connection has been opened (for [`super::Lifetime::SingleConnection`]).
     pub served_one: bool,
@@ -208,7 +215,7 @@ impl<R: CryptoRng> State<R> {
                         &mut self.audit_lines,
                     );
                 }
-                Output::Effect { id, effect } => self.effect(&shared.executor, id, effect),
+                Output::Effect { id, effect } => self.effect(shared, id, effect),
                 Output::LoopbackReply {
                     request,
                     status,
@@ -266,23 +273,38 @@ impl<R: CryptoRng> State<R> {
 
     /// Sets a store cache lookup aside for after the lock; executes the
     /// other effects that cannot block (a lock release, in emission order);
-    /// forwards the rest to the loop task (which owns the listeners and
-    /// spawns the rest on the blocking pool).
-    fn effect(&mut self, executor: &Executor, id: EffectId, effect: Effect) {
+    /// starts the rest (see [`State::run`]).
+    fn effect(&mut self, shared: &Shared<R>, id: EffectId, effect: Effect) {
         if matches!(effect, Effect::TokenGet { fresh: false, .. }) {
             self.lookups.push((id, effect));
-        } else if let Some(result) = executor.try_inline(&effect) {
+        } else if let Some(result) = shared.executor.try_inline(&effect) {
             let now = self.now();
             self.engine.handle_effect_result(id, result, now);
         } else {
-            self.forward(id, effect);
+            self.run(shared, id, effect);
         }
     }
 
-    /// Hands an effect to the loop task.
-    pub fn forward(&mut self, id: EffectId, effect: Effect) {
-        // Unbounded: fails only once the loop task is gone.
-        let _ = self.events.try_send(Event::Effect(id, effect));
+    /// Starts an effect that cannot be answered inline: the loopback
+    /// listener effects on the loop task (which owns the listeners),
+    /// everything else on the blocking pool.
+    fn run(&mut self, shared: &Shared<R>, id: EffectId, effect: Effect) {
+        match effect {
+            // Unbounded: fails only once the loop task is gone.
+            Effect::StartListener { port, .. } => {
+                let _ = self
+                    .events
+                    .try_send(Event::Listener(id, Listen::Start(port)));
+            }
+            Effect::StopListener { port } => {
+                let _ = self
+                    .events
+                    .try_send(Event::Listener(id, Listen::Stop(port)));
+            }
+            effect => shared
+                .completions
+                .run(&shared.executor, &self.events, id, effect),
+        }
     }
 
     /// Queues `bytes` for `conn`; pauses its reading above [`MAX_UNSENT`].
