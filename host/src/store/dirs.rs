@@ -8,9 +8,9 @@
 //! repaired (a wrong mode may mean someone else already had access).
 
 use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, Metadata, Permissions};
+use std::fs::{self, DirBuilder, File, Metadata, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::StoreError;
@@ -110,6 +110,34 @@ pub fn verify_file(path: &Path, meta: &Metadata) -> Result<(), StoreError> {
         ));
     }
     verify_owner_and_mode(FILE_WHAT, path, meta, "600")
+}
+
+/// Opens the private file `path` with `options`: never through a symlink
+/// (`O_NOFOLLOW`, so one planted there is refused, not followed), never
+/// hanging on a FIFO put in its place (`O_NONBLOCK`; no effect on regular
+/// files), and checked with [`verify_file`] on the open descriptor, so the
+/// checks and the caller's reads and writes concern the same inode.
+/// Returns the file with that descriptor's metadata; `Ok(None)` when it
+/// does not exist; `other` maps any other failure to open it.
+pub fn open_private(
+    options: &mut OpenOptions,
+    path: &Path,
+    other: impl FnOnce(io::Error) -> StoreError,
+) -> Result<Option<(File, Metadata)>, StoreError> {
+    let file = match options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(symlink_file(path)),
+        Err(e) => return Err(other(e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::io("inspect", path, e))?;
+    verify_file(path, &meta)?;
+    Ok(Some((file, meta)))
 }
 
 /// The error for a store file that turned out to be a symlink (lstat, or

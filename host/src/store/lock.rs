@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use super::dirs::{FILE_MODE, symlink_file, verify_file};
+use super::dirs::{self, FILE_MODE};
 use super::error::StoreError;
 
 /// First pause between lock attempts; doubles up to [`MAX_POLL`].
@@ -74,24 +74,23 @@ pub fn acquire(path: &Path, wait: Duration) -> Result<Option<KeyLock>, StoreErro
 }
 
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                symlink_file(path)
-            } else {
-                StoreError::io("open lock file", path, e)
-            }
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| StoreError::io("inspect", path, e))?;
-    verify_file(path, &meta)?;
-    Ok(file)
+    let opened = dirs::open_private(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE),
+        path,
+        |e| StoreError::io("open lock file", path, e),
+    )?;
+    // Created if absent: only a directory that vanished meanwhile leaves
+    // nothing to open.
+    opened.map(|(file, _)| file).ok_or_else(|| {
+        StoreError::io(
+            "open lock file",
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })
 }

@@ -5,12 +5,11 @@
 //! checks and the read concern the same inode. Sizes are capped: store files
 //! are small, and a huge one is damage, not data.
 
-use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{Metadata, OpenOptions};
+use std::io::Read;
 use std::path::Path;
 
-use super::dirs::{symlink_file, verify_file};
+use super::dirs;
 use super::error::StoreError;
 
 /// A store file's bytes and the metadata of the inode they came from.
@@ -24,13 +23,12 @@ pub struct Contents {
 /// Reads `path` if it exists: `Ok(None)` when absent; an error when it is a
 /// symlink, not private, or larger than `cap` bytes.
 pub fn read_private(path: &Path, cap: u64) -> Result<Option<Contents>, StoreError> {
-    let Some(mut file) = open_private(path)? else {
+    let opened = dirs::open_private(OpenOptions::new().read(true), path, |e| {
+        StoreError::io("open", path, e)
+    })?;
+    let Some((mut file, meta)) = opened else {
         return Ok(None);
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| StoreError::io("inspect", path, e))?;
-    verify_file(path, &meta)?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(cap.saturating_add(1))
@@ -43,20 +41,4 @@ pub fn read_private(path: &Path, cap: u64) -> Result<Option<Contents>, StoreErro
         });
     }
     Ok(Some(Contents { bytes, meta }))
-}
-
-/// Opens `path` read-only without following a symlink; `Ok(None)` if absent.
-fn open_private(path: &Path) -> Result<Option<File>, StoreError> {
-    // O_NONBLOCK: a FIFO planted in the store must not hang the open; it is
-    // then refused as "not a regular file". No effect on regular files.
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(symlink_file(path)),
-        Err(e) => Err(StoreError::io("open", path, e)),
-    }
 }

@@ -4,18 +4,17 @@
 //! `/proc/<pid>/cmdline`, and the string may hold a password.
 //!
 //! The file gets the checks of a store file: opened without following a
-//! symlink, a regular file, ours, mode 0600 or stricter (`verify_file`).
+//! symlink, a regular file, ours, mode 0600 or stricter (`dirs::open_private`).
 //! Errors name the variable or the path, never the string.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use super::super::dirs::{symlink_file, verify_file};
+use super::super::dirs;
 use super::super::error::StoreError;
 
 /// The environment variable holding the connection string.
@@ -59,21 +58,9 @@ pub fn resolve(
 
 fn read_file(path: &Path) -> Result<Zeroizing<String>, StoreError> {
     let shown = path.display();
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                symlink_file(path)
-            } else {
-                missing(format!("cannot open postgres_url_file {shown}: {e}"))
-            }
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| missing(format!("cannot inspect postgres_url_file {shown}: {e}")))?;
-    verify_file(path, &meta)?;
+    let cannot = |e: std::io::Error| missing(format!("cannot open postgres_url_file {shown}: {e}"));
+    let (file, _) = dirs::open_private(OpenOptions::new().read(true), path, cannot)?
+        .ok_or_else(|| cannot(std::io::Error::from(std::io::ErrorKind::NotFound)))?;
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_FILE + 1)
         .read_to_end(&mut bytes)
