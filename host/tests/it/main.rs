@@ -12,11 +12,13 @@
 //! raises this process's soft descriptor limit (never lowers it), so the
 //! attacking clients have descriptors to spare. [`store_crash`] re-runs
 //! this binary with an exact filter (`store_crash::crash_writer_helper`)
-//! for its writer child.
+//! for its writer child, and [`backends`] with the filter `conformance_`
+//! (the suite once per store backend).
 
 mod support;
 
 mod audit;
+mod backends;
 mod bench;
 mod bridge;
 mod browser_login;

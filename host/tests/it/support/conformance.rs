@@ -57,7 +57,8 @@ pub const POLL: Duration = Duration::from_secs(5);
 /// command; for `postgres` every [`Env`] has its own database in one
 /// cluster per test process, `support::postgres::SharedPostgres`). Unset:
 /// the default (`auto`, so a new store is encrypted).
-/// `.ci/run` runs the suite once more with `file` and with `keyring`.
+/// `backends.rs` runs the suite once more with each of `file`, `keyring`
+/// and `postgres`.
 pub const BACKEND_ENV: &str = "CREDPROXY_IT_STORE_BACKEND";
 
 /// A far future expiry (2100-01-01) for tokens that must stay valid.
