@@ -80,6 +80,8 @@ struct Shared {
     wake: Condvar,
     running: AtomicBool,
     subscribed: AtomicU64,
+    /// Connection or LISTEN attempts that failed.
+    failed: AtomicU64,
 }
 
 impl Shared {
@@ -152,9 +154,11 @@ impl Listener {
     /// `cache` while it lives, and waits up to `first` for its first
     /// subscription: a store that serves from its cache before it listens
     /// would miss the writes made meanwhile (and the clear on subscribing
-    /// would race its first reads). If the listener cannot subscribe in
-    /// time the store still opens; the thread keeps trying, and its clear
-    /// on subscribing covers the gap.
+    /// would race its first reads). If the first attempt fails, or the
+    /// listener cannot subscribe in time, the store still opens (its own
+    /// connection then reports what is wrong, without waiting out `first`
+    /// behind a refused certificate or a database that is down); the
+    /// thread keeps trying, and its clear on subscribing covers the gap.
     ///
     /// # Errors
     ///
@@ -183,6 +187,7 @@ impl Listener {
             .wake
             .wait_timeout_while(guard, first, |_| {
                 shared.subscribed.load(Ordering::SeqCst) == 0
+                    && shared.failed.load(Ordering::SeqCst) == 0
                     && shared.running.load(Ordering::SeqCst)
             })
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -223,6 +228,11 @@ fn run(config: &Config, connector: &Connector, cache: &Weak<TokenCache>, shared:
                 listen(&mut client, cache, shared);
             }
             None => {
+                {
+                    let _guard = lock(&shared.stop);
+                    shared.failed.fetch_add(1, Ordering::SeqCst);
+                    shared.wake.notify_all();
+                }
                 if shared.wait(backoff) {
                     return;
                 }
@@ -290,6 +300,31 @@ mod tests {
         assert!(cache.get("p", "c").is_some());
         apply(&cache, "p/c/2");
         assert!(cache.get("p", "c").is_none());
+    }
+
+    /// `start` returns after the first failed attempt instead of waiting
+    /// out `first` (an hour here: a regression hangs the test).
+    #[test]
+    fn start_returns_after_a_failed_first_attempt() {
+        // A loopback port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (config, connector) =
+            super::super::tls::prepare(&format!("host=127.0.0.1 port={port} user=u dbname=d"))
+                .unwrap();
+        let cache = Arc::new(TokenCache::new(Duration::from_secs(60)));
+        let listener = Listener::start(
+            config,
+            connector,
+            Arc::downgrade(&cache),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert!(listener.shared.failed.load(Ordering::SeqCst) >= 1);
+        assert_eq!(listener.probe().subscriptions(), 0);
     }
 
     #[test]
