@@ -1,5 +1,6 @@
 //! The reconnect back-off of a backend whose service may be away for a
-//! while (the OS keyring of the `keyring` backend): after a failed
+//! while (the OS keyring of the `keyring` backend, the database of the
+//! `postgres` backend): after a failed
 //! connect, no new attempt before 100 ms, doubling up to 5 s; callers
 //! meanwhile fail at once and are told when to come back. Success clears
 //! it. Time is passed in, so the state is tested without waiting.
