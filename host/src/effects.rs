@@ -179,7 +179,8 @@ pub(crate) fn store_error_result(error: &StoreError) -> EffectResult {
     log_store_error(error);
     match error {
         StoreError::Stale { .. } => EffectResult::Conflict,
-        StoreError::Unavailable { retry_after, .. } => EffectResult::Unavailable {
+        StoreError::Unavailable { retry_after, .. }
+        | StoreError::KeyringUnavailable { retry_after, .. } => EffectResult::Unavailable {
             retry_after_ms: retry_after_ms(*retry_after),
         },
         _ => EffectResult::Failed,
@@ -221,6 +222,18 @@ mod tests {
                 "{after:?}"
             );
         }
+        let keyring_away = StoreError::KeyringUnavailable {
+            op: "read",
+            account: "key/OPENAI".into(),
+            cause: crate::keyring::KeyringError::Unavailable("no Secret Service".into()),
+            retry_after: Duration::from_millis(1_500),
+        };
+        assert_eq!(
+            store_error_result(&keyring_away),
+            EffectResult::Unavailable {
+                retry_after_ms: 1_500
+            }
+        );
         let other = StoreError::Key {
             detail: "no key".into(),
         };

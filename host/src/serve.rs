@@ -118,13 +118,17 @@ pub fn engine(config: Config) -> Result<Engine<UnwrapErr<getrandom::SysRng>>, St
     Engine::new(config, UnwrapErr(getrandom::SysRng)).map_err(err)
 }
 
-/// Opens the store, creating it if needed; the backend's one-time notice
-/// (a key file was created) goes to stderr.
+/// Opens the store, creating it if needed, as a proxy does (a keyring
+/// store opens before its keyring answers, see [`Store::open_for_proxy`]);
+/// the backend's one-time notice (a key file was created) or warning (no
+/// keyring yet) goes to stderr.
 pub fn open_store(spec: &StoreSpec) -> Result<(Arc<Store>, Backend), StartError> {
-    let (store, backend) = Store::open(spec).map_err(err)?;
+    let (store, backend) = Store::open_for_proxy(spec).map_err(err)?;
     if let Some(notice) = &backend.notice {
-        use std::io::Write;
         let _ = writeln!(std::io::stderr(), "credproxy: notice: {notice}");
+    }
+    if let Some(warning) = &backend.warning {
+        let _ = writeln!(std::io::stderr(), "credproxy: warning: {warning}");
     }
     Ok((Arc::new(store), backend))
 }

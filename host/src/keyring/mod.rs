@@ -76,6 +76,18 @@ impl Backend {
         }
     }
 
+    /// This platform's writable OS keyring, `None` where there is none
+    /// (a proxy waits for it to appear only where one can).
+    pub fn os() -> Option<Backend> {
+        if cfg!(target_os = "linux") {
+            Some(Backend::SecretService)
+        } else if cfg!(target_os = "macos") {
+            Some(Backend::Keychain)
+        } else {
+            None
+        }
+    }
+
     /// Whether [`Keyring::set`] and [`Keyring::delete`] work on it.
     pub fn writable(self) -> bool {
         !matches!(self, Backend::KernelKeyring)
@@ -197,6 +209,11 @@ impl Keyring {
     pub fn with_call_timeout(mut self, limit: Duration) -> Keyring {
         self.call_timeout = limit;
         self
+    }
+
+    /// The limit on each call of this handle.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
     /// The store this handle talks to.

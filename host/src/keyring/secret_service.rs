@@ -64,6 +64,9 @@ fn is_unreachable_name(name: &str) -> bool {
             | "org.freedesktop.DBus.Error.Disconnected"
             | "org.freedesktop.DBus.Error.TimedOut"
             | "org.freedesktop.DBus.Error.Timeout"
+            // The Secret Service restarted since the session was opened:
+            // a new connection opens a new one.
+            | "org.freedesktop.Secret.Error.NoSession"
     ) || name.starts_with("org.freedesktop.DBus.Error.Spawn")
 }
 
@@ -144,6 +147,11 @@ mod tests {
         );
         let boxed = zbus::Error::FDO(Box::new(unknown));
         assert_eq!(kind_of(SsError::Zbus(boxed)), ErrorKind::Unavailable);
+        // A restarted Secret Service no longer knows the session.
+        assert_eq!(
+            classify_name("org.freedesktop.Secret.Error.NoSession"),
+            ErrorKind::Unavailable
+        );
         let denied = zbus::fdo::Error::AccessDenied("no".into());
         assert_eq!(kind_of(SsError::ZbusFdo(denied)), ErrorKind::Other);
         assert_eq!(kind_of(SsError::Crypto("bad key")), ErrorKind::Other);

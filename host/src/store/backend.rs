@@ -19,12 +19,19 @@
 //! store a `keyring` store when the OS keyring answers within
 //! [`crate::keyring::PROBE_TIMEOUT`] with its default collection
 //! unlocked, and no key was given; else `encrypted-file` as above.
+//!
+//! A proxy opens with [`Store::open_for_proxy`]: a store already marked
+//! `keyring` opens even when no OS keyring answers yet, and connects
+//! later (see `keyring_conn`); the one-shot CLI keeps failing at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::keyring::ErrorKind;
+
 use super::codec::{self, Codec};
 use super::key::{self, DataKey};
+use super::keyring_conn::KeyringConn;
 use super::keyring_key::{self, WHENCE};
 use super::postgres::{self, PgOptions, PgStore};
 use super::stamp;
@@ -121,6 +128,8 @@ pub struct Backend {
     pub key: Option<String>,
     /// A one-time notice (a key file was created), for stderr.
     pub notice: Option<String>,
+    /// A one-time warning (the OS keyring did not answer yet), for stderr.
+    pub warning: Option<String>,
 }
 
 impl Backend {
@@ -145,6 +154,16 @@ impl Backend {
     }
 }
 
+/// Whether a keyring store opens without its keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyringWait {
+    /// Opening fails when the OS keyring does not answer (the one-shot CLI).
+    Never,
+    /// A store marked as a keyring store opens anyway and connects later
+    /// (a proxy, see `keyring_conn`).
+    IfMarked,
+}
+
 impl Store {
     /// Opens the store `spec` names, choosing for `auto`.
     ///
@@ -153,13 +172,30 @@ impl Store {
     /// As [`FileStore::open`], and [`StoreError::Key`] for a missing or
     /// wrong key, or a backend that does not fit the store on disk.
     pub fn open(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
+        Store::open_with(spec, KeyringWait::Never)
+    }
+
+    /// [`Store::open`] for a proxy, which runs for long: a store already
+    /// marked as a keyring store opens even when no OS keyring answers
+    /// yet (with a [`Backend::warning`]); its items are
+    /// [`StoreError::KeyringUnavailable`] until the keyring answers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`].
+    pub fn open_for_proxy(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
+        Store::open_with(spec, KeyringWait::IfMarked)
+    }
+
+    /// See [`Store::open`] and [`Store::open_for_proxy`].
+    fn open_with(spec: &StoreSpec, wait: KeyringWait) -> Result<(Store, Backend), StoreError> {
         let root = &spec.root;
         let (name, key, notice) = match spec.backend {
             BackendName::Postgres => return open_postgres(spec),
-            BackendName::Keyring => return open_keyring(spec),
-            BackendName::Auto if has_keyring_marker(root) => return open_keyring(spec),
+            BackendName::Keyring => return open_keyring(spec, wait),
+            BackendName::Auto if has_keyring_marker(root) => return open_keyring(spec, wait),
             BackendName::Auto if spec.probe_keyring && is_new_store(spec) && keyring_ready() => {
-                return open_keyring(spec);
+                return open_keyring(spec, KeyringWait::Never);
             }
             BackendName::File => (BackendName::File, None, None),
             BackendName::EncryptedFile => {
@@ -190,13 +226,14 @@ impl Store {
             configured: spec.backend,
             key: whence.or_else(|| store_key_label(spec, name)),
             notice,
+            warning: None,
         };
         Ok((Store::Files(store), about))
     }
 }
 
-/// How long opening waits for the OS keyring to answer.
-const KEYRING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening (or reconnecting) waits for the OS keyring to answer.
+pub(super) const KEYRING_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens the `postgres` store `spec.postgres` names, sealed with the key
 /// given explicitly (a database shared by machines needs the same key on
@@ -219,25 +256,48 @@ fn open_postgres(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
         configured: spec.backend,
         key: Some(whence),
         notice: None,
+        warning: None,
     };
     Ok((Store::Postgres(Box::new(store)), about))
 }
 
-/// Opens the store at `spec.root` as a `keyring` store.
-fn open_keyring(spec: &StoreSpec) -> Result<(Store, Backend), StoreError> {
-    let keyring =
-        crate::keyring::Keyring::open(KEYRING_OPEN_TIMEOUT).map_err(|e| StoreError::Key {
-            detail: format!(
-                "the keyring backend needs the OS keyring: {e}; use --store-backend \
-                 encrypted-file (or file) where there is none"
-            ),
-        })?;
-    let store = FileStore::open_keyring(&spec.root, keyring)?;
+/// Opens the store at `spec.root` as a `keyring` store. With
+/// [`KeyringWait::IfMarked`], a store already marked as one opens without
+/// an answering keyring (a new store is never made without one).
+fn open_keyring(spec: &StoreSpec, wait: KeyringWait) -> Result<(Store, Backend), StoreError> {
+    let (conn, warning) = match crate::keyring::Keyring::open(KEYRING_OPEN_TIMEOUT) {
+        Ok(keyring) => (KeyringConn::connected(keyring, KEYRING_OPEN_TIMEOUT), None),
+        Err(e) => {
+            let waiting = (wait == KeyringWait::IfMarked
+                && e.kind() == ErrorKind::Unavailable
+                && has_keyring_marker(&spec.root))
+            .then(|| KeyringConn::waiting(e.clone(), KEYRING_OPEN_TIMEOUT))
+            .flatten();
+            let Some(conn) = waiting else {
+                return Err(StoreError::Key {
+                    detail: format!(
+                        "the keyring backend needs the OS keyring: {e}; use --store-backend \
+                         encrypted-file (or file) where there is none"
+                    ),
+                });
+            };
+            let warning = format!(
+                "the keyring store {} is served without its secrets for now: {e}; requests \
+                 for a token or API key answer STORE_UNAVAILABLE until the OS keyring \
+                 answers, which is tried again on such a request (the pause between \
+                 attempts doubling from 100 ms to 5 s)",
+                spec.root.display()
+            );
+            (conn, Some(warning))
+        }
+    };
+    let store = FileStore::open_keyring_conn(&spec.root, conn)?;
     let about = Backend {
         name: BackendName::Keyring,
         configured: spec.backend,
         key: store.keyring_store_name().map(str::to_owned),
         notice: None,
+        warning,
     };
     Ok((Store::Files(store), about))
 }

@@ -90,6 +90,16 @@ impl Codec {
         }
     }
 
+    /// Before the file of entry `kind`/`parts` is removed: fails unless
+    /// what the entry has outside the files (the keyring item) can be
+    /// removed too, so a delete does not leave it behind.
+    pub fn ready_to_forget(&self, kind: Kind, parts: &[&str]) -> Result<(), StoreError> {
+        match self {
+            Codec::Plain | Codec::Sealed(_) => Ok(()),
+            Codec::Keyring(k) => k.ready(kind, parts),
+        }
+    }
+
     /// After the file of entry `kind`/`parts` was removed: drops what the
     /// entry has outside the files (the keyring item), if anything.
     pub fn forget(&self, kind: Kind, parts: &[&str]) -> Result<(), StoreError> {

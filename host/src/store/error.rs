@@ -100,6 +100,27 @@ pub enum StoreError {
         cause: crate::keyring::KeyringError,
     },
 
+    /// The OS keyring of the `keyring` backend cannot be reached (not
+    /// started yet, gone away, or no answer within the time limit): a
+    /// temporary state, the proxy connects again with back-off;
+    /// `retry_after` is when the next attempt is due. Nothing was lost: a
+    /// failed write left the previous entry in place.
+    #[error(
+        "cannot {op} the keyring item (service credproxy, account {account}): {cause} \
+         (retry in {} s)",
+        retry_after.as_secs()
+    )]
+    KeyringUnavailable {
+        /// What we were doing: "read", "store", "remove".
+        op: &'static str,
+        /// The item's account (`<provider>/<bucket>`, `key/<name>`).
+        account: String,
+        /// Why the keyring cannot be reached (never holds a secret).
+        cause: crate::keyring::KeyringError,
+        /// How long until the next connection attempt.
+        retry_after: std::time::Duration,
+    },
+
     /// The PostgreSQL store could not be reached or refused a statement
     /// (`postgres` backend). The detail is the server's message and SQLSTATE
     /// or the connection error; statements carry secrets only as sealed

@@ -18,6 +18,7 @@
 
 mod atomic;
 mod backend;
+mod backoff;
 mod cache;
 mod codec;
 mod corrupt;
@@ -26,6 +27,7 @@ mod dispatch;
 mod envelope;
 mod error;
 pub mod key;
+mod keyring_conn;
 mod keyring_key;
 mod lock;
 mod names;
@@ -48,6 +50,7 @@ use serde_json::{Map, Value};
 use cache::{FileId, TokenCache};
 use codec::Codec;
 use envelope::Kind;
+use keyring_conn::KeyringConn;
 use names::{
     api_key_file_name, check_api_key_name, check_key_part, json_file_name, lock_file_name,
     parse_api_key_file_name, parse_json_file_name,
@@ -175,6 +178,13 @@ impl FileStore {
         root: &Path,
         keyring: crate::keyring::Keyring,
     ) -> Result<FileStore, StoreError> {
+        let conn = KeyringConn::connected(keyring, backend::KEYRING_OPEN_TIMEOUT);
+        FileStore::open_keyring_conn(root, conn)
+    }
+
+    /// [`FileStore::open_keyring`] on a connection that may not be made
+    /// yet (see [`keyring_conn`]).
+    fn open_keyring_conn(root: &Path, keyring: KeyringConn) -> Result<FileStore, StoreError> {
         FileStore::open_with(
             root,
             Codec::Keyring(std::sync::Arc::new(stamp::KeyringCodec::new(keyring))),
@@ -286,6 +296,8 @@ impl FileStore {
     pub fn delete_token(&self, provider: &str, bucket: &str) -> Result<(), StoreError> {
         check_key(provider, bucket)?;
         let name = json_file_name(provider, bucket);
+        self.codec
+            .ready_to_forget(Kind::Token, &[provider, bucket])?;
         match atomic::remove_durably(&self.tokens, &name) {
             Ok(_) => {
                 self.cache
@@ -394,6 +406,7 @@ impl FileStore {
     /// Removes the API key `name`; `true` if it existed.
     pub fn remove_api_key(&self, name: &str) -> Result<bool, StoreError> {
         check_api_key_name(name)?;
+        self.codec.ready_to_forget(Kind::ApiKey, &[name])?;
         let existed = atomic::remove_durably(&self.keys, &api_key_file_name(name))?;
         self.codec.forget(Kind::ApiKey, &[name])?;
         Ok(existed)

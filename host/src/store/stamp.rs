@@ -27,7 +27,8 @@ use zeroize::Zeroizing;
 
 use super::envelope::Kind;
 use super::error::{NameKind, StoreError};
-use crate::keyring::{Keyring, KeyringError};
+use super::keyring_conn::KeyringConn;
+use crate::keyring::KeyringError;
 
 /// The keyring service of every item.
 pub const SERVICE: &str = "credproxy";
@@ -43,18 +44,29 @@ const STAMP_RANDOM: usize = 16;
 /// The keyring side of the `keyring` backend.
 #[derive(Debug)]
 pub struct KeyringCodec {
-    keyring: Keyring,
+    keyring: KeyringConn,
 }
 
 impl KeyringCodec {
-    /// Uses `keyring` for the secrets.
-    pub fn new(keyring: Keyring) -> KeyringCodec {
+    /// Uses `keyring` for the secrets (see [`KeyringConn`] for a keyring
+    /// that is not there yet or goes away).
+    pub fn new(keyring: KeyringConn) -> KeyringCodec {
         KeyringCodec { keyring }
     }
 
     /// The OS store the secrets go to, for `status`.
     pub fn store_name(&self) -> &'static str {
         self.keyring.backend().as_str()
+    }
+
+    /// Fails (without touching an item) unless the keyring can be reached
+    /// now: asked before a stamp is removed, so that a delete does not
+    /// leave its item behind because the keyring was away.
+    pub fn ready(&self, kind: Kind, parts: &[&str]) -> Result<(), StoreError> {
+        match account(kind, parts)? {
+            Some(account) => self.keyring.ready("remove", &account),
+            None => Ok(()),
+        }
     }
 
     /// Stores `plain` for `kind`/`parts` in the keyring (metadata passes
@@ -70,9 +82,9 @@ impl KeyringCodec {
             return Ok(plain);
         };
         let stamp = new_stamp().map_err(|e| StoreError::io("stamp", path, e))?;
-        self.keyring
-            .set(SERVICE, &account, &label(kind, parts), &plain)
-            .map_err(|cause| keyring_error("store", &account, cause))?;
+        self.keyring.with("store", &account, |k| {
+            k.set(SERVICE, &account, &label(kind, parts), &plain)
+        })?;
         Ok(Zeroizing::new(stamp.into_bytes()))
     }
 
@@ -95,16 +107,18 @@ impl KeyringCodec {
                     .to_owned(),
             });
         }
-        match self.keyring.get(SERVICE, &account) {
-            Ok(Some(secret)) => Ok(secret),
-            Ok(None) => Err(StoreError::Corrupt {
+        match self
+            .keyring
+            .with("read", &account, |k| k.get(SERVICE, &account))?
+        {
+            Some(secret) => Ok(secret),
+            None => Err(StoreError::Corrupt {
                 path: path.to_owned(),
                 detail: format!(
                     "its secret is missing in the keyring (service {SERVICE}, account \
                      {account}): it was removed from the keyring outside credproxy"
                 ),
             }),
-            Err(cause) => Err(keyring_error("read", &account, cause)),
         }
     }
 
@@ -114,10 +128,11 @@ impl KeyringCodec {
         let Some(account) = account(kind, parts)? else {
             return Ok(());
         };
-        match self.keyring.delete(SERVICE, &account) {
-            Ok(()) | Err(KeyringError::NotFound { .. }) => Ok(()),
-            Err(cause) => Err(keyring_error("remove", &account, cause)),
-        }
+        self.keyring
+            .with("remove", &account, |k| match k.delete(SERVICE, &account) {
+                Ok(()) | Err(KeyringError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            })
     }
 }
 
@@ -164,14 +179,6 @@ pub fn is_stamp(bytes: &[u8]) -> bool {
     };
     let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
     rest.len() == 2 * STAMP_RANDOM && rest.iter().all(u8::is_ascii_hexdigit)
-}
-
-fn keyring_error(op: &'static str, account: &str, cause: KeyringError) -> StoreError {
-    StoreError::Keyring {
-        op,
-        account: account.to_owned(),
-        cause,
-    }
 }
 
 #[cfg(test)]

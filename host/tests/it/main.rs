@@ -53,6 +53,7 @@ mod store_corrupt;
 mod store_crash;
 mod store_encrypted;
 mod store_keyring;
+mod store_keyring_lazy;
 mod store_postgres;
 mod store_postgres_cli;
 mod store_postgres_notify;

@@ -23,34 +23,20 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use postgres::{Client, Config};
 
+use super::super::backoff::{Backoff, MIN_RETRY_AFTER};
 use super::super::error::StoreError;
 use super::lock;
 use super::tls::{self, Connector};
 
-/// First pause after a failed connect.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest pause between connect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The least `retryAfter` a client is told (the wire counts whole seconds).
-const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// The last connect failure and when the next attempt is due.
+/// The back-off and why the last connect failed (no parameter value).
 #[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
+struct Down {
+    backoff: Backoff,
     detail: String,
-}
-
-impl Backoff {
-    fn delay(failures: u32) -> Duration {
-        let shift = failures.saturating_sub(1).min(16);
-        (FIRST_BACKOFF * (1u32 << shift)).min(MAX_BACKOFF)
-    }
 }
 
 /// See the module documentation.
@@ -59,7 +45,7 @@ pub struct Pool {
     connector: Connector,
     slots: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
-    backoff: Mutex<Backoff>,
+    down: Mutex<Down>,
 }
 
 impl Pool {
@@ -72,7 +58,7 @@ impl Pool {
             connector,
             slots: (0..size.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
-            backoff: Mutex::new(Backoff::default()),
+            down: Mutex::new(Down::default()),
         }
     }
 
@@ -138,21 +124,18 @@ impl Pool {
     /// A new connection, unless the back-off says to wait.
     fn connect(&self) -> Result<Client, StoreError> {
         {
-            let b = lock(&self.backoff);
-            if let Some(at) = b.retry_at {
-                let now = Instant::now();
-                if at > now {
-                    return Err(StoreError::Unavailable {
-                        op: "connect",
-                        detail: format!("{} (next attempt in {:?})", b.detail, at - now),
-                        retry_after: (at - now).max(MIN_RETRY_AFTER),
-                    });
-                }
+            let d = lock(&self.down);
+            if let Some(wait) = d.backoff.wait(Instant::now()) {
+                return Err(StoreError::Unavailable {
+                    op: "connect",
+                    detail: format!("{} (next attempt in {wait:?})", d.detail),
+                    retry_after: Backoff::retry_after(wait),
+                });
             }
         }
         match self.connector.connect(&self.config) {
             Ok(client) => {
-                *lock(&self.backoff) = Backoff::default();
+                *lock(&self.down) = Down::default();
                 Ok(client)
             }
             Err(e) => {
@@ -165,15 +148,13 @@ impl Pool {
                 if e.as_db_error().is_some() {
                     return Err(db_error("connect", &e));
                 }
-                let mut b = lock(&self.backoff);
-                b.failures = b.failures.saturating_add(1);
-                let delay = Backoff::delay(b.failures);
-                b.retry_at = Some(Instant::now() + delay);
-                b.detail = e.to_string();
+                let mut d = lock(&self.down);
+                let delay = d.backoff.fail(Instant::now());
+                d.detail = e.to_string();
                 Err(StoreError::Unavailable {
                     op: "connect",
                     detail: e.to_string(),
-                    retry_after: delay.max(MIN_RETRY_AFTER),
+                    retry_after: Backoff::retry_after(delay),
                 })
             }
         }
@@ -181,12 +162,10 @@ impl Pool {
 
     /// The connection broke during `op`.
     fn unavailable(&self, op: &'static str, e: &postgres::Error) -> StoreError {
-        let retry_after = lock(&self.backoff)
-            .retry_at
-            .map_or(MIN_RETRY_AFTER, |at| {
-                at.saturating_duration_since(Instant::now())
-            })
-            .max(MIN_RETRY_AFTER);
+        let retry_after = lock(&self.down)
+            .backoff
+            .wait(Instant::now())
+            .map_or(MIN_RETRY_AFTER, Backoff::retry_after);
         StoreError::Unavailable {
             op,
             detail: e.to_string(),
@@ -236,16 +215,9 @@ pub(super) fn db_error(op: &'static str, e: &postgres::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        assert_eq!(Backoff::delay(1), Duration::from_millis(100));
-        assert_eq!(Backoff::delay(2), Duration::from_millis(200));
-        assert_eq!(Backoff::delay(4), Duration::from_millis(800));
-        assert_eq!(Backoff::delay(7), MAX_BACKOFF);
-        assert_eq!(Backoff::delay(u32::MAX), MAX_BACKOFF);
-    }
+    use super::*;
 
     #[test]
     fn passing_states_are_told_from_refusals() {
@@ -269,17 +241,13 @@ mod tests {
             panic!("{first:?}")
         };
         assert_eq!(retry_after, MIN_RETRY_AFTER);
-        let armed = lock(&pool.backoff).retry_at.expect("armed");
+        let armed = lock(&pool.down).backoff.clone();
+        assert!(armed.wait(Instant::now()).is_some(), "armed");
         let second = pool.with_client("read", |c| c.simple_query("SELECT 1").map(drop));
         let Err(StoreError::Unavailable { detail, .. }) = second else {
             panic!("{second:?}")
         };
         assert!(detail.contains("next attempt in"), "{detail}");
-        assert_eq!(
-            lock(&pool.backoff).retry_at,
-            Some(armed),
-            "not retried early"
-        );
-        assert_eq!(lock(&pool.backoff).failures, 1);
+        assert_eq!(lock(&pool.down).backoff, armed, "not retried early");
     }
 }

@@ -97,7 +97,7 @@ enum Contents {
 pub struct TestKeyring {
     dir: tempfile::TempDir,
     address: String,
-    bus: Child,
+    bus: Option<Child>,
     daemon: Option<Child>,
 }
 
@@ -137,7 +137,6 @@ impl TestKeyring {
     }
 
     fn start(keyring: Option<(Contents, String)>, activatable: bool) -> TestKeyring {
-        let dbus_daemon = require_tool("dbus-daemon", "dbus");
         let dir = tempfile::Builder::new()
             .prefix("cpkr")
             .tempdir_in("/tmp")
@@ -164,27 +163,72 @@ impl TestKeyring {
             None
         };
         fs::write(&config, bus_config(&address, services.as_deref())).expect("write bus.conf");
+        let mut me = TestKeyring {
+            dir,
+            address,
+            bus: None,
+            daemon: None,
+        };
+        me.start_bus();
+        if let Some((contents, password)) = keyring {
+            me.start_daemon(contents, &password);
+        }
+        me
+    }
+
+    /// Starts the dbus-daemon on `bus.conf` and waits until it listens.
+    fn start_bus(&mut self) {
+        let dbus_daemon = require_tool("dbus-daemon", "dbus");
+        let root = self.dir.path();
         let bus_log = fs::File::create(root.join("dbus-daemon.log")).expect("bus log");
         let mut bus = Command::new(dbus_daemon);
         bus.arg("--nofork")
-            .arg(format!("--config-file={}", config.display()))
+            .arg(format!("--config-file={}", root.join("bus.conf").display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(bus_log);
         // What an activated daemon inherits.
         private_env(&mut bus, root);
-        let bus = bus.spawn().expect("start dbus-daemon");
-        let mut me = TestKeyring {
-            dir,
-            address,
-            bus,
-            daemon: None,
-        };
-        me.wait_for_bus();
-        if let Some((contents, password)) = keyring {
-            me.start_daemon(contents, &password);
+        self.bus = Some(bus.spawn().expect("start dbus-daemon"));
+        self.wait_for_bus();
+    }
+
+    /// Stops gnome-keyring and the bus (by PID), keeping the keyring files
+    /// and the address: a client then finds nothing listening there, as
+    /// before a desktop session's bus and keyring start.
+    pub fn stop_all(&mut self) {
+        self.stop_daemon();
+        if let Some(bus) = self.bus.as_mut() {
+            stop(bus);
         }
-        me
+        self.bus = None;
+        // Nothing listens there either way; a stale socket file is no bus.
+        let _ = fs::remove_file(self.dir.path().join("bus"));
+        assert!(
+            self.connect().is_err(),
+            "nothing listens at {}",
+            self.address
+        );
+    }
+
+    /// Stops gnome-keyring (by PID); the bus stays.
+    pub fn stop_daemon(&mut self) {
+        if let Some(daemon) = self.daemon.as_mut() {
+            stop(daemon);
+        }
+        self.daemon = None;
+    }
+
+    /// Starts what [`TestKeyring::stop_all`] or
+    /// [`TestKeyring::stop_daemon`] stopped, at the same address, on the
+    /// keyring files kept, unlocked with [`TEST_PASSWORD`].
+    pub fn restart(&mut self) {
+        if self.bus.is_none() {
+            self.start_bus();
+        }
+        if self.daemon.is_none() {
+            self.start_daemon(Contents::Empty, TEST_PASSWORD);
+        }
     }
 
     fn wait_for_bus(&mut self) {
@@ -193,7 +237,7 @@ impl TestKeyring {
             if self.connect().is_ok() {
                 return;
             }
-            if let Ok(Some(status)) = self.bus.try_wait() {
+            if let Some(Ok(Some(status))) = self.bus.as_mut().map(Child::try_wait) {
                 panic!(
                     "dbus-daemon exited ({status}): {}",
                     self.log("dbus-daemon.log")
@@ -308,7 +352,8 @@ impl TestKeyring {
 
     /// The dbus-daemon's PID.
     pub fn bus_pid(&self) -> Pid {
-        Pid::from_raw(i32::try_from(self.bus.id()).expect("pid fits i32"))
+        let bus = self.bus.as_ref().expect("the bus runs");
+        Pid::from_raw(i32::try_from(bus.id()).expect("pid fits i32"))
     }
 
     /// The gnome-keyring daemon's PID (to stop or freeze it in a test).
@@ -345,7 +390,9 @@ impl Drop for TestKeyring {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
-        stop(&mut self.bus);
+        if let Some(bus) = self.bus.as_mut() {
+            stop(bus);
+        }
     }
 }
 
