@@ -415,6 +415,17 @@ impl<R: CryptoRng> Engine<R> {
             .map(|t| Data::Token(t.clone()))
             .map_err(Clone::clone);
         for w in waiters {
+            // A waiter is a request parked by `await_job` (or one already
+            // gone with its connection); anything else would be a request
+            // answered twice or answered with another key's token.
+            debug_assert!(
+                match self.tasks.work(w) {
+                    None => true,
+                    Some(Work::AwaitRefresh { key: k }) => *k == key,
+                    Some(_) => false,
+                },
+                "refresh waiter not awaiting {key:?}"
+            );
             self.finish(w, answer.clone());
         }
         match &result {

@@ -3,9 +3,11 @@
 //! retries on engine timers, auth failures and the unusable mark, write
 //! failures, logout wins, and renewal scheduling.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use credproxy_core::http::TransportError;
 use credproxy_core::testkit::Harness;
-use credproxy_core::{Config, ConnId};
+use credproxy_core::{Config, ConnId, Effect};
 use serde_json::{Value, json};
 
 const TOKEN_URL: &str = "https://console.anthropic.com/v1/oauth/token";
@@ -109,6 +111,36 @@ fn refresh_sends_the_stored_refresh_token_and_persists_before_replying() {
     );
     assert!(h.store.locks.is_empty(), "store lock released");
     assert!(!h.observable_text().contains("RT-1"));
+}
+
+/// Codex tokens are labelled with the account of their id_token on a
+/// refresh as on a login (llxprt's client reads `account_id`); other
+/// providers' tokens are stored as answered.
+#[test]
+fn a_codex_refresh_labels_the_token_with_its_id_token_account() {
+    let claims = json!({"https://api.openai.com/auth":{"chatgpt_account_id":"acc-9"}});
+    let id_token = format!("h.{}.s", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    for (provider, want) in [("codex", json!("acc-9")), ("anthropic", Value::Null)] {
+        let mut h = Harness::new();
+        let expired = h.now.unix_secs() as i64 - 10;
+        h.store.put_token(
+            provider,
+            "default",
+            json!({"access_token":"AT-0","refresh_token":"RT-0","expiry":expired,"token_type":"Bearer"}),
+        );
+        let conn = h.connect();
+        h.request(conn, "r", "refresh_token", json!({"provider":provider}));
+        h.respond(
+            200,
+            json!({"access_token":"AT-1","refresh_token":"RT-1","expires_in":3600,"id_token":id_token}),
+        );
+        assert_eq!(
+            reply(&mut h, conn, "r")["data"]["access_token"],
+            json!("AT-1")
+        );
+        let stored = h.store.token(provider, "default").unwrap();
+        assert_eq!(stored["account_id"], want, "{provider}");
+    }
 }
 
 #[test]
@@ -371,11 +403,21 @@ fn error_paths_before_the_provider() {
         "default",
         json!({"access_token":"a","expiry":1,"token_type":"Bearer"}),
     );
+    h.effects.clear();
     let r = h.call(conn, "refresh_token", json!({"provider":"anthropic"}));
     assert_eq!(r["code"], json!("REFRESH_NOT_AVAILABLE"));
     assert_eq!(
         r["error"],
         json!("Token for anthropic does not have a refresh_token")
+    );
+    // Refused on the first read: no metadata read, no store lock, no job.
+    assert_eq!(
+        h.effects,
+        vec![Effect::TokenGet {
+            provider: "anthropic".into(),
+            bucket: "default".into(),
+            fresh: false,
+        }]
     );
     h.store.put_token(
         "nobody",
