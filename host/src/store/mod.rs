@@ -28,7 +28,7 @@ mod envelope;
 mod error;
 pub mod key;
 mod keyring_conn;
-mod keyring_key;
+pub mod keyring_key;
 mod lock;
 mod names;
 pub mod postgres;

@@ -43,12 +43,17 @@ fn serve(s: &Scratch, kr: &TestKeyring, extra: &[&str]) -> Proxy {
 
 /// Host-class calls over one `credproxy stdio`; returns the replies.
 fn host_calls(s: &Scratch, kr: &TestKeyring, calls: &[(&str, Value)]) -> (Vec<Value>, String) {
-    let store = s.store_arg();
-    let mut cmd = command(
-        s,
-        kr,
-        &["stdio", "--store", store.as_str(), "--audit-log", "off"],
-    );
+    host_calls_at(s, kr, &s.store_arg(), calls)
+}
+
+/// [`host_calls`] on the store at `store`.
+fn host_calls_at(
+    s: &Scratch,
+    kr: &TestKeyring,
+    store: &str,
+    calls: &[(&str, Value)],
+) -> (Vec<Value>, String) {
+    let mut cmd = command(s, kr, &["stdio", "--store", store, "--audit-log", "off"]);
     cmd.stdin(Stdio::piped());
     let mut p = StdioProc::spawn(cmd);
     p.handshake();
@@ -588,7 +593,12 @@ fn encrypted_file_without_a_key_file_keeps_its_key_in_the_keyring() {
     assert!(tokens[0].1.starts_with(b"CPXE"), "an envelope on disk");
     assert!(!support::exists(&s.default_key_file()), "no key file made");
     let root = fs::canonicalize(s.store()).expect("root");
-    let account = format!("store-key:{}", root.display());
+    let account = recorded_account(&s.store());
+    let id = account.strip_prefix("store-key:").expect("the account");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a random id: {account}"
+    );
     // `secret-tool search service credproxy username ACCOUNT` finds it.
     let (label, key) = item(&kr, &account).expect("the key item");
     assert_eq!(
@@ -773,4 +783,165 @@ fn first_uses_at_once_of_a_keyring_keyed_store_agree_on_one_key() {
     };
     assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
     run(&s, &kr, &args, b"").assert_stdout_has(&["anthropic", "key in the OS keyring"]);
+}
+
+/// The keyring account the store at `store` records in its `key-source`.
+fn recorded_account(store: &Path) -> String {
+    let text = fs::read_to_string(store.join("key-source")).expect("key-source");
+    text.strip_prefix("keyring ")
+        .and_then(|a| a.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("{text:?}"))
+        .to_owned()
+}
+
+/// `secret-tool ARGS` on `kr`'s bus with `stdin`; asserts success.
+fn secret_tool(kr: &TestKeyring, args: &[&str], stdin: &[u8]) {
+    let mut cmd = Command::new(require_tool("secret-tool", "libsecret-tools"));
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    kr.apply(&mut cmd);
+    let ran = run_bounded(cmd, stdin);
+    ran.assert_code(0);
+}
+
+fn get_token_at(s: &Scratch, kr: &TestKeyring, store: &Path) -> Value {
+    let (got, _) = host_calls_at(
+        s,
+        kr,
+        &store.display().to_string(),
+        &[("get_token", json!({"provider": "anthropic"}))],
+    );
+    got[0]["data"]["access_token"].clone()
+}
+
+#[test]
+fn a_keyring_keyed_store_finds_its_key_after_a_move_and_from_an_older_version() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    s.write_default_config("store_backend = \"encrypted-file\"\n");
+    let (saved, _) = host_calls(
+        &s,
+        &kr,
+        &[("save_token", save_payload("anthropic", SECRET))],
+    );
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    let account = recorded_account(&s.store());
+    let (label, key) = item(&kr, &account).expect("the key item");
+
+    // Moved: the recorded account still names its key.
+    let moved = s.root().join("moved");
+    fs::rename(s.store(), &moved).expect("move");
+    assert_eq!(get_token_at(&s, &kr, &moved), SECRET);
+    assert_eq!(recorded_account(&moved), account, "the record is kept");
+
+    // A store of an older version records only `keyring`, its key under
+    // an account named after its path: it opens, and its record is
+    // rewritten to name that account, so it can be moved from then on.
+    fs::rename(&moved, s.store()).expect("move back");
+    let root = fs::canonicalize(s.store()).expect("root");
+    let by_path = format!("store-key:{}", root.display());
+    secret_tool(
+        &kr,
+        &[
+            "store",
+            "--label",
+            &label,
+            "service",
+            "credproxy",
+            "username",
+            &by_path,
+        ],
+        key.as_bytes(),
+    );
+    secret_tool(
+        &kr,
+        &["clear", "service", "credproxy", "username", &account],
+        b"",
+    );
+    assert_eq!(item_count(&kr), 1, "only the path-named item");
+    let source = s.store().join("key-source");
+    fs::write(&source, b"keyring\n").expect("legacy record");
+    fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    assert_eq!(get_token_at(&s, &kr, &s.store()), SECRET);
+    assert_eq!(recorded_account(&s.store()), by_path, "now recorded");
+    fs::rename(s.store(), &moved).expect("move");
+    assert_eq!(get_token_at(&s, &kr, &moved), SECRET);
+
+    // A record credproxy did not write: a clear error, nothing changed.
+    fs::write(moved.join("key-source"), b"keyring elsewhere\n").expect("junk");
+    let before = snapshot(&moved);
+    let status = run(
+        &s,
+        &kr,
+        &[
+            "status",
+            "--store",
+            &moved.display().to_string(),
+            "--store-backend",
+            "encrypted-file",
+        ],
+        b"",
+    );
+    status.assert_stderr(3, &["is not a key-source file credproxy wrote"]);
+    assert!(!status.stderr.contains(&key), "{}", status.stderr);
+    assert_eq!(snapshot(&moved), before, "nothing written");
+}
+
+#[test]
+fn migrating_a_keyring_keyed_store_keeps_the_key_with_keep_and_removes_it_otherwise() {
+    let kr = TestKeyring::fresh();
+    let s = Scratch::new();
+    s.write_default_config("store_backend = \"encrypted-file\"\n");
+    let (saved, _) = host_calls(
+        &s,
+        &kr,
+        &[("save_token", save_payload("anthropic", SECRET))],
+    );
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    let store = s.store_arg();
+    let migrate = |keep: bool| {
+        let mut args = vec![
+            "store",
+            "migrate",
+            "--from",
+            "encrypted-file",
+            "--to",
+            "file",
+            "--store",
+            store.as_str(),
+        ];
+        if keep {
+            args.push("--keep");
+        }
+        let ran = run(&s, &kr, &args, b"");
+        ran.assert_code(0);
+        ran
+    };
+    // --keep: the old store is renamed, and it still opens with its key.
+    migrate(true);
+    assert_eq!(item_count(&kr), 1, "the key is kept with the old store");
+    let old = s.root().join("store.migrate-old");
+    let (got, _) = host_calls_at(
+        &s,
+        &kr,
+        &old.display().to_string(),
+        &[("get_token", json!({"provider": "anthropic"}))],
+    );
+    assert_eq!(got[0]["data"]["access_token"], SECRET, "{}", got[0]);
+
+    // Without --keep the key item leaves with the store.
+    fs::remove_dir_all(s.store()).expect("remove the file store");
+    fs::rename(&old, s.store()).expect("the old store back");
+    let ran = migrate(false);
+    assert!(!ran.stderr.contains("notice"), "{}", ran.stderr);
+    assert_eq!(item_count(&kr), 0, "the key item removed with the store");
+    assert!(!support::exists(&old));
+    assert_eq!(
+        support::files_containing(&s.store(), SECRET).len(),
+        1,
+        "plaintext in the file store"
+    );
 }

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::config;
-use crate::store::{Backend, BackendName, Store, StoreSpec};
+use crate::store::{Backend, BackendName, Store, StoreSpec, keyring_key};
 
 use super::args::ConfigArg;
 use super::store_cmd::{BackendArgs, store_spec};
@@ -215,7 +215,8 @@ fn sync_parent(root: &Path) {
 
 /// Removes the directory store `old`; first, for a keyring store, its
 /// items in the OS keyring (each stamp, then its item, so a rerun after an
-/// interruption finds what is left).
+/// interruption finds what is left); last, the keyring item of an
+/// encrypted-file store's key.
 fn remove_dir_store(old: &Path, spec: &StoreSpec) -> Result<(), Failure> {
     if fs::symlink_metadata(old.join("keyring.check")).is_ok() {
         let spec = StoreSpec {
@@ -226,7 +227,21 @@ fn remove_dir_store(old: &Path, spec: &StoreSpec) -> Result<(), Failure> {
         let (store, _) = open(&spec)?;
         plan::Plan::of(&store)?.remove_from(&store)?;
     }
-    fs::remove_dir_all(old).map_err(failed)
+    // An encrypted-file store's key kept in the keyring goes with it
+    // (after the files: a rerun still opens what is left).
+    let key_item = keyring_key::recorded_account(old).map_err(failed)?;
+    fs::remove_dir_all(old).map_err(failed)?;
+    if let Some(account) = key_item
+        && let Err(e) = keyring_key::forget(&account)
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "credproxy: notice: the old store is removed, but not its key in the OS \
+             keyring (service credproxy, account {account}): {e}"
+        );
+    }
+    Ok(())
 }
 
 /// ` (key file …)` after a backend's name in the summary, if it has one.
