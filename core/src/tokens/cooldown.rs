@@ -3,11 +3,16 @@
 //! After any refresh attempt a key cools down for 30 s. A caller in that
 //! window gets the stored token when it is still valid, and
 //! `RATE_LIMITED "Refresh rate limited"` only when no valid token exists.
-//! The first read of a request may come from the host's store cache, which
-//! can predate the refresh that started the cooldown (a client calling
-//! `refresh_token` right after a successful refresh then saw `RATE_LIMITED
-//! retryAfter=30` although a fresh token was stored). So before answering
-//! `RATE_LIMITED` the token is re-read once, fresh, and served if valid.
+//! The token a request read first may predate the refresh that started
+//! the cooldown: it may come from the host's store cache, or its read may
+//! have been answered before a refresh that finished while the request's
+//! other reads were under way (a slow store: two `refresh_token` sent
+//! together on the postgres backend, the second answered with the token
+//! the first had just replaced, which rotation may have revoked). A client
+//! calling `refresh_token` right after a successful refresh also saw
+//! `RATE_LIMITED retryAfter=30` although a fresh token was stored. So in
+//! the cooldown the token is always re-read once, fresh, and the answer
+//! is decided on what is stored now.
 
 use rand_core::CryptoRng;
 
@@ -29,20 +34,18 @@ impl<R: CryptoRng> Engine<R> {
         let Some(until) = self.cooldown_until(key) else {
             return false;
         };
-        if still_valid(token, self.now.unix_ms, self.config.limits.valid_margin_ms) {
-            self.finish(task, Ok(Data::Token(token.clone())));
-            return true;
-        }
         let Some(Work::RefreshCheck(check)) = self.tasks.work_mut(task) else {
             return true;
         };
-        if matches!(check.stage, CheckStage::Reread) {
+        if !matches!(check.stage, CheckStage::Reread) {
+            check.stage = CheckStage::Reread;
+            self.emit_effect(task, Effect::token_get(key, true));
+        } else if still_valid(token, self.now.unix_ms, self.config.limits.valid_margin_ms) {
+            self.finish(task, Ok(Data::Token(token.clone())));
+        } else {
             let secs = until.since(self.now.mono).div_ceil(1000);
             let f = Failure::rate_limited("Refresh rate limited", secs);
             self.finish(task, Err(f));
-        } else {
-            check.stage = CheckStage::Reread;
-            self.emit_effect(task, Effect::token_get(key, true));
         }
         true
     }

@@ -155,6 +155,56 @@ fn refresh_right_after_a_refresh_returns_the_fresh_token() {
     );
 }
 
+/// Two `refresh_token` sent together, the second's reads slow (a remote
+/// store): the first's refresh finishes before the second's checks do.
+/// The second then sees the cooldown with the token it read before the
+/// refresh, still valid but replaced (and, with rotation, perhaps revoked):
+/// it must be answered with what is stored now, not with that token.
+#[test]
+fn a_request_whose_reads_outlast_a_refresh_gets_the_new_token() {
+    let mut h = Harness::new();
+    let expiry = h.now.unix_secs() + 3600;
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"AT-0","refresh_token":"RT-0","expiry":expiry,"token_type":"Bearer"}),
+    );
+    let conn = h.connect();
+    h.auto_effects = false;
+    h.request(conn, "r1", "refresh_token", json!({"provider":"anthropic"}));
+    h.request(conn, "r2", "refresh_token", json!({"provider":"anthropic"}));
+    // Both token reads answered (AT-0); r2's metadata read is held back.
+    h.complete(0);
+    h.complete(0);
+    let metas: Vec<usize> = (0..h.held.len())
+        .filter(|&i| matches!(h.held[i].1, Effect::MetaGet { .. }))
+        .collect();
+    assert_eq!(metas.len(), 2, "{:?}", h.held);
+    let parked = h.held.remove(metas[1]).expect("r2's metadata read");
+    h.complete_all();
+    h.respond(
+        200,
+        json!({"access_token":"AT-1","refresh_token":"RT-1","expires_in":3600}),
+    );
+    h.complete_all();
+    let first = h.take_replies(conn);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["id"], json!("r1"));
+    assert_eq!(first[0]["data"]["access_token"], json!("AT-1"));
+    // Now r2's metadata read returns: the key is in its cooldown.
+    h.held.push_back(parked);
+    h.complete_all();
+    let second = h.take_replies(conn);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0]["id"], json!("r2"));
+    assert_eq!(
+        second[0]["data"]["access_token"],
+        json!("AT-1"),
+        "not the token the refresh replaced: {second:?}"
+    );
+    assert_eq!(h.http_log.len(), 1, "one provider call");
+}
+
 /// In the cooldown, a token removed by another process between the cached
 /// read and the fresh re-read is answered as not found, not as a fault.
 #[test]
