@@ -627,13 +627,6 @@ shift 3 && exec "$@""#;
     assert_no_secret(&results, &[secret, other, "write-attempt-secret"]);
 }
 
-/// The p50 and p99 of `v`.
-fn percentiles(mut v: Vec<Duration>) -> String {
-    v.sort_unstable();
-    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
-    format!("p50 {:?}, p99 {:?}", at(50), at(99))
-}
-
 fn timings(results: &[Value], name: &str) -> Vec<Duration> {
     results
         .iter()
@@ -674,10 +667,10 @@ fn figures() {
         "keyring figures (gnome-keyring on a private bus; 20 probes, {N} sets and gets):\n  \
          probe, daemon running: {}\n  probe, no Secret Service: {}\n  \
          set: {}\n  get: {}\n  list (10 items): {:?}",
-        percentiles(timings(&results, "probe")),
-        percentiles(absent),
-        percentiles(timings(&results, "set")),
-        percentiles(timings(&results, "get")),
+        crate::support::percentiles(timings(&results, "probe")),
+        crate::support::percentiles(absent),
+        crate::support::percentiles(timings(&results, "set")),
+        crate::support::percentiles(timings(&results, "get")),
         elapsed(results.last().expect("list")),
     );
 }

@@ -357,14 +357,7 @@ fn migrate_moves_everything_verified_and_can_go_back() {
         ],
         b"",
     );
-    dry.assert_code(0);
-    dry.assert_stdout_has(&[
-        "token anthropic/default",
-        "token codex/work",
-        "API key OPENAI",
-        "dry run",
-    ]);
-    assert!(!dry.stdout.contains("SENTINEL"), "{}", dry.stdout);
+    support::assert_dry_run_lists_the_seed(&dry);
     assert_eq!(
         support::files_containing(&s.store(), SECRET).len(),
         1,

@@ -71,6 +71,14 @@ fn save_payload(provider: &str, access: &str) -> Value {
     json!({"provider": provider, "token": support::token_json(access)})
 }
 
+/// Makes `backend` the default configuration's store backend and saves
+/// the `anthropic` token [`SECRET`] there through `credproxy stdio`.
+fn save_anthropic_with(s: &Scratch, kr: &TestKeyring, backend: &str) {
+    s.write_default_config(&format!("store_backend = \"{backend}\"\n"));
+    let (saved, _) = host_calls(s, kr, &[("save_token", save_payload("anthropic", SECRET))]);
+    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+}
+
 /// `secret-tool search --all service credproxy [username ACCOUNT]`: its
 /// stdout (libsecret's view, as Seahorse shows it).
 fn search(kr: &TestKeyring, account: Option<&str>) -> String {
@@ -115,13 +123,7 @@ fn secrets_live_in_the_keyring_and_the_store_holds_only_names_and_stamps() {
     let kr = TestKeyring::fresh();
     let s = Scratch::new();
     // The configuration key for the CLI, the flag for serve.
-    s.write_default_config("store_backend = \"keyring\"\n");
-    let (saved, _) = host_calls(
-        &s,
-        &kr,
-        &[("save_token", save_payload("anthropic", SECRET))],
-    );
-    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    save_anthropic_with(&s, &kr, "keyring");
     let set = run(
         &s,
         &kr,
@@ -366,13 +368,6 @@ fn migrate_moves_a_store_into_the_keyring_and_back_out() {
 
 const FIGURES_OUT_ENV: &str = "CREDPROXY_KEYRING_FIGURES_OUT";
 
-/// The p50 and p99 of `v`.
-fn percentiles(mut v: Vec<std::time::Duration>) -> String {
-    v.sort_unstable();
-    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
-    format!("p50 {:?}, p99 {:?}", at(50), at(99))
-}
-
 /// Figures for BENCHMARKS.md: `cargo test -p credproxy --test it --
 /// --ignored --nocapture store_keyring::figures`.
 #[test]
@@ -440,9 +435,9 @@ fn figures_child() {
     let text = format!(
         "keyring store figures (gnome-keyring on a private bus, {N} writes over 10 keys):\n  \
          save_token (put_token): {}\n  get_token cached: {}\n  get_token fresh: {}",
-        percentiles(puts),
-        percentiles(cached),
-        percentiles(fresh),
+        support::percentiles(puts),
+        support::percentiles(cached),
+        support::percentiles(fresh),
     );
     fs::write(out, text).expect("write figures");
 }
@@ -574,13 +569,7 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn encrypted_file_without_a_key_file_keeps_its_key_in_the_keyring() {
     let kr = TestKeyring::fresh();
     let s = Scratch::new();
-    s.write_default_config("store_backend = \"encrypted-file\"\n");
-    let (saved, _) = host_calls(
-        &s,
-        &kr,
-        &[("save_token", save_payload("anthropic", SECRET))],
-    );
-    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    save_anthropic_with(&s, &kr, "encrypted-file");
     assert_eq!(
         support::files_containing(&s.store(), SECRET),
         Vec::<String>::new()
@@ -820,13 +809,7 @@ fn get_token_at(s: &Scratch, kr: &TestKeyring, store: &Path) -> Value {
 fn a_keyring_keyed_store_finds_its_key_after_a_move_and_from_an_older_version() {
     let kr = TestKeyring::fresh();
     let s = Scratch::new();
-    s.write_default_config("store_backend = \"encrypted-file\"\n");
-    let (saved, _) = host_calls(
-        &s,
-        &kr,
-        &[("save_token", save_payload("anthropic", SECRET))],
-    );
-    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    save_anthropic_with(&s, &kr, "encrypted-file");
     let account = recorded_account(&s.store());
     let (label, key) = item(&kr, &account).expect("the key item");
 
@@ -894,13 +877,7 @@ fn a_keyring_keyed_store_finds_its_key_after_a_move_and_from_an_older_version() 
 fn migrating_a_keyring_keyed_store_keeps_the_key_with_keep_and_removes_it_otherwise() {
     let kr = TestKeyring::fresh();
     let s = Scratch::new();
-    s.write_default_config("store_backend = \"encrypted-file\"\n");
-    let (saved, _) = host_calls(
-        &s,
-        &kr,
-        &[("save_token", save_payload("anthropic", SECRET))],
-    );
-    assert_eq!(saved[0]["ok"], true, "{}", saved[0]);
+    save_anthropic_with(&s, &kr, "encrypted-file");
     let store = s.store_arg();
     let migrate = |keep: bool| {
         let mut args = vec![
@@ -924,13 +901,7 @@ fn migrating_a_keyring_keyed_store_keeps_the_key_with_keep_and_removes_it_otherw
     migrate(true);
     assert_eq!(item_count(&kr), 1, "the key is kept with the old store");
     let old = s.root().join("store.migrate-old");
-    let (got, _) = host_calls_at(
-        &s,
-        &kr,
-        &old.display().to_string(),
-        &[("get_token", json!({"provider": "anthropic"}))],
-    );
-    assert_eq!(got[0]["data"]["access_token"], SECRET, "{}", got[0]);
+    assert_eq!(get_token_at(&s, &kr, &old), SECRET);
 
     // Without --keep the key item leaves with the store.
     fs::remove_dir_all(s.store()).expect("remove the file store");

@@ -517,12 +517,6 @@ fn a_deposed_lease_holders_late_write_is_rejected() {
     assert_eq!(access_of(now.token.as_ref().unwrap()), "at-b");
 }
 
-fn percentiles(mut v: Vec<Duration>) -> String {
-    v.sort_unstable();
-    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
-    format!("p50 {:?}, p99 {:?}", at(50), at(99))
-}
-
 /// Figures for BENCHMARKS.md: what the postgres backend adds to a refresh
 /// (the lease, the fresh read, the compare-and-set write) next to the
 /// plaintext file store (flock, read, fsynced write), in process:
@@ -576,10 +570,10 @@ fn figures() {
         }
         eprintln!(
             "{name}: lock {}; fresh read {}; write {}; cached read {}",
-            percentiles(lease),
-            percentiles(fresh),
-            percentiles(put),
-            percentiles(cached)
+            crate::support::percentiles(lease),
+            crate::support::percentiles(fresh),
+            crate::support::percentiles(put),
+            crate::support::percentiles(cached)
         );
     }
 }

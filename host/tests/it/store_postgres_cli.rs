@@ -178,14 +178,7 @@ fn a_file_store_moves_into_postgres_and_back_out_unchanged() {
         ],
         b"",
     );
-    dry.assert_code(0);
-    dry.assert_stdout_has(&[
-        "token anthropic/default",
-        "token codex/work",
-        "API key OPENAI",
-        "dry run",
-    ]);
-    assert!(!dry.stdout.contains("SENTINEL"), "{}", dry.stdout);
+    support::assert_dry_run_lists_the_seed(&dry);
     assert_eq!(
         f.count("SELECT to_regclass('credproxy_tokens') IS NULL"),
         "t",
@@ -325,22 +318,20 @@ fn an_encrypted_store_moves_in_and_out_keeping_the_source_with_keep() {
         .expect("key");
     drop(opened);
 
-    let ran = f.run(
-        &[
-            "store",
-            "migrate",
-            "--from",
-            "encrypted-file",
-            "--to",
-            "postgres",
-            "--keep",
-            "--store",
-            &store,
-            "--store-key-file",
-            &key,
-        ],
-        b"",
-    );
+    let keep_in: [&str; 11] = [
+        "store",
+        "migrate",
+        "--from",
+        "encrypted-file",
+        "--to",
+        "postgres",
+        "--keep",
+        "--store",
+        &store,
+        "--store-key-file",
+        &key,
+    ];
+    let ran = f.run(&keep_in, b"");
     ran.assert_code(0);
     ran.assert_stdout_has(&["kept at", "from encrypted-file to postgres"]);
     let kept = f.s.root().join("store.migrate-old");
@@ -352,22 +343,7 @@ fn an_encrypted_store_moves_in_and_out_keeping_the_source_with_keep() {
     // A second --keep cannot overwrite the kept store: a clear error after
     // copying again (nothing lost, the database as it was).
     support::mkdir(&f.s.store(), 0o700);
-    let again = f.run(
-        &[
-            "store",
-            "migrate",
-            "--from",
-            "encrypted-file",
-            "--to",
-            "postgres",
-            "--keep",
-            "--store",
-            &store,
-            "--store-key-file",
-            &key,
-        ],
-        b"",
-    );
+    let again = f.run(&keep_in, b"");
     again.assert_code(1).assert_stderr_has(&["move it away"]);
     assert_eq!(f.live_rows(), ("1".to_owned(), "1".to_owned()));
     std::fs::remove_dir_all(f.s.store()).expect("rm the empty store");

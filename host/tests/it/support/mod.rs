@@ -1152,3 +1152,24 @@ pub fn write_py(dir: &Path, name: &str, body: &str) -> PathBuf {
     chmod(&path, 0o644);
     path
 }
+
+/// The p50 and p99 of `v`, for the figures tests' output.
+pub fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort_unstable();
+    let at = |q: usize| v[(v.len() * q / 100).min(v.len() - 1)];
+    format!("p50 {:?}, p99 {:?}", at(50), at(99))
+}
+
+/// Asserts that `store migrate --dry-run` succeeded and listed the seed of
+/// the migrate tests (tokens anthropic/default and codex/work, API key
+/// OPENAI) by name, with no secret (the seeds' values hold `SENTINEL`).
+pub fn assert_dry_run_lists_the_seed(dry: &Ran) {
+    dry.assert_code(0);
+    dry.assert_stdout_has(&[
+        "token anthropic/default",
+        "token codex/work",
+        "API key OPENAI",
+        "dry run",
+    ]);
+    assert!(!dry.stdout.contains("SENTINEL"), "{}", dry.stdout);
+}
