@@ -135,8 +135,13 @@ pub fn key_name(payload: Option<&Payload<'_>>) -> Result<String, FieldError> {
     }
 }
 
+/// Up to this magnitude every integral `f64` prints the same in every
+/// shortest-digits formatter (2^53: all integers below are exact).
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
 /// A request id or cancel target: a non-empty string, or a non-zero number
-/// rendered as the existing server renders it (`7`, not `7.0`).
+/// rendered as the existing server (JavaScript's `String`) renders it:
+/// `7`, not `7.0`; `1e15` as `1000000000000000`.
 #[must_use]
 pub fn id_string(v: &Value) -> Option<String> {
     if is_falsy(v) {
@@ -147,7 +152,9 @@ pub fn id_string(v: &Value) -> Option<String> {
         Value::Number(n) => Some(match (n.as_i64(), n.as_u64(), n.as_f64()) {
             (Some(i), _, _) => i.to_string(),
             (_, Some(u), _) => u.to_string(),
-            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.0}"),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() <= EXACT_INTEGERS => {
+                format!("{f:.0}")
+            }
             _ => n.to_string(),
         }),
         _ => None,
@@ -294,6 +301,16 @@ mod tests {
         assert_eq!(id_string(&json!(7)), Some("7".into()));
         assert_eq!(id_string(&json!(7.0)), Some("7".into()));
         assert_eq!(id_string(&json!(-1)), Some("-1".into()));
+        // Floats with an integral value, as JavaScript prints them, up to
+        // 2^53 inclusive (JSON `1e15` is a float).
+        let float = |text: &str| serde_json::from_str::<Value>(text).expect("number");
+        assert_eq!(id_string(&float("1e15")), Some("1000000000000000".into()));
+        assert_eq!(
+            id_string(&float("-9007199254740992.0")),
+            Some("-9007199254740992".into())
+        );
+        assert_eq!(id_string(&float("1e16")), Some("1e+16".into()));
+        assert_eq!(id_string(&float("2.5")), Some("2.5".into()));
         assert_eq!(id_string(&json!(0)), None);
         assert_eq!(id_string(&json!("")), None);
         assert_eq!(id_string(&json!(true)), None);
