@@ -187,8 +187,8 @@ impl<R: CryptoRng> Engine<R> {
         let Some(mut t) = self.tasks.remove(task) else {
             return;
         };
-        // A save's or remove's locks (a login or refresh gave its own back
-        // before finishing, so this is a no-op for them).
+        // The locks of a write (a save, a remove, a login's store step, a
+        // refresh job), given back once, here, as the task ends.
         if let Some(write) = t.work.write_lock_mut() {
             let key = write.key().clone();
             let was = write.release();

@@ -203,8 +203,9 @@ impl<R: CryptoRng> Engine<R> {
         self.emit_effect(task, Effect::token_put(&key, token));
     }
 
-    /// The store step is over: release the store lock, audit, schedule
-    /// renewal and hand the outcome to the session.
+    /// The store step is over: audit, schedule renewal and hand the outcome
+    /// to the session, which finishes the task (and so gives its locks
+    /// back).
     pub(crate) fn persist_done(&mut self, task: TaskId, result: Result<Token, Failure>) {
         let Some((sid, key, sandbox)) = self
             .storing(task)
@@ -212,7 +213,6 @@ impl<R: CryptoRng> Engine<R> {
         else {
             return;
         };
-        self.write_release(task);
         let class = if sandbox {
             ConnClass::Sandbox
         } else {

@@ -404,7 +404,6 @@ impl<R: CryptoRng> Engine<R> {
         let Some(job) = self.job(task) else { return };
         let key = job.key().clone();
         let (attempts, renewal) = (job.attempts, job.renewal);
-        self.write_release(task);
         if attempts > 0 {
             self.keys.record_attempt(&key, self.now.mono);
         }

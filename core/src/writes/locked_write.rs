@@ -177,19 +177,11 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
-    /// Gives back `task`'s locks: the store lock first (when held), then the
-    /// engine lock, which starts the key's next waiter. Once only; nothing
-    /// for a write that was still queued.
-    pub(crate) fn write_release(&mut self, task: TaskId) {
-        let Some(write) = self.tasks.work_mut(task).and_then(Work::write_lock_mut) else {
-            return;
-        };
-        let (key, was) = (write.key().clone(), write.release());
-        self.release_locks(task, &key, was);
-    }
-
     /// Releases the locks of a write that was in `phase` (its task may be
-    /// gone from the table already).
+    /// gone from the table already): the store lock first (when held), then
+    /// the engine lock, which starts the key's next waiter; nothing for a
+    /// write that was still queued. [`finish`](Engine::finish) does this for
+    /// every task that ends holding them.
     pub(crate) fn release_locks(&mut self, task: TaskId, key: &Key, phase: LockPhase) {
         if phase == LockPhase::Locked {
             self.emit_detached(Effect::lock_release(key));
