@@ -537,6 +537,93 @@ fn renewal_backs_off_on_transient_failures_and_stops_on_auth_failure() {
     );
 }
 
+/// A renewal harness: `config` and a token of `anthropic` expiring in an
+/// hour whose renewal is scheduled; returns it with the connection, the
+/// renewal's monotonic time and the expiry in unix ms.
+fn scheduled_renewal(config: Config) -> (Harness, ConnId, u64, u64) {
+    let mut h = Harness::with_config(config, 4);
+    let expiry_ms = (h.now.unix_secs() + 3_600) * 1000;
+    h.store.put_token(
+        "anthropic",
+        "default",
+        json!({"access_token":"A","refresh_token":"R","expiry":expiry_ms / 1000,"token_type":"Bearer"}),
+    );
+    let conn = h.connect();
+    h.call(conn, "get_token", json!({"provider":"anthropic"}));
+    let at = h.engine.renewal_scheduled("anthropic", "default").unwrap();
+    (h, conn, at, expiry_ms)
+}
+
+/// One refresh that fails transiently on all three of its attempts (1 s
+/// and 3 s apart).
+fn fail_three_attempts(h: &mut Harness) {
+    for _ in 0..2 {
+        h.respond_failure(TransportError::Connect);
+        h.advance_to_next(10_000);
+    }
+    h.respond(503, json!({}));
+}
+
+#[test]
+fn renewal_backoff_doubles_per_failed_try_up_to_its_cap() {
+    let mut config = Config::default();
+    config.limits.renewal_backoff_ms = 30_000;
+    config.limits.renewal_backoff_cap_ms = 100_000;
+    let (mut h, _conn, at, _) = scheduled_renewal(config);
+    h.advance(at - h.now.mono.0);
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        fail_three_attempts(&mut h);
+        let next = h.engine.renewal_scheduled("anthropic", "default").unwrap();
+        waits.push(next - h.now.mono.0);
+        h.advance(next - h.now.mono.0);
+    }
+    assert_eq!(waits, [30_000, 60_000, 100_000]);
+    assert_eq!(h.http_log.len(), 4 * 3 - 2, "the fourth try is under way");
+}
+
+#[test]
+fn a_renewal_whose_refresh_is_rejected_otherwise_than_by_auth_stops() {
+    let (mut h, _conn, at, _) = scheduled_renewal(Config::default());
+    h.advance(at - h.now.mono.0);
+    // 200 without an access token: REFRESH_FAILED, but not "unreachable".
+    h.respond(200, json!({"token_type":"Bearer"}));
+    assert_eq!(h.http_log.len(), 1);
+    assert_eq!(h.engine.renewal_scheduled("anthropic", "default"), None);
+}
+
+/// A renewal that fires while a failed `refresh_token` request's cooldown
+/// runs waits for the cooldown's end, or is dropped when that end is past
+/// the token's expiry (a refresh after it would be too late).
+#[test]
+fn a_renewal_in_a_cooldown_waits_for_its_end_or_stops_past_the_expiry() {
+    for longer_than_the_lead in [false, true] {
+        let (probe, _, at, expiry_ms) = scheduled_renewal(Config::default());
+        let lead = expiry_ms - (probe.now.unix_ms + (at - probe.now.mono.0));
+        let mut config = Config::default();
+        config.limits.refresh_cooldown_ms = if longer_than_the_lead {
+            lead * 2
+        } else {
+            lead / 2
+        };
+        let (mut h, conn, at2, _) = scheduled_renewal(config.clone());
+        assert_eq!(at2, at, "the same seed schedules the same renewal");
+        h.advance(at - 10_000 - h.now.mono.0);
+        h.request(conn, "r", "refresh_token", json!({"provider":"anthropic"}));
+        fail_three_attempts(&mut h);
+        let last = h.now.mono.0;
+        assert!(last < at, "the request's refresh ended before the renewal");
+        h.advance(at - last);
+        let got = h.engine.renewal_scheduled("anthropic", "default");
+        if longer_than_the_lead {
+            assert_eq!(got, None, "cooldown ends past the expiry");
+        } else {
+            assert_eq!(got, Some(last + config.limits.refresh_cooldown_ms));
+        }
+        assert_eq!(h.http_log.len(), 3, "no renewal refresh in the cooldown");
+    }
+}
+
 #[test]
 fn remove_token_cancels_renewal() {
     let mut h = seeded(3_600);
