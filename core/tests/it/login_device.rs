@@ -266,6 +266,59 @@ fn codex_device_dialect() {
     assert!(!h.observable_text().contains("DA-1"));
 }
 
+/// A standard device provider without scopes sends no `scope` field.
+#[test]
+fn a_standard_device_request_without_scopes_has_no_scope_field() {
+    let mut config = Config::default();
+    config.providers.insert(
+        "corp".into(),
+        ProviderSpec {
+            issuer: Some("https://id.corp.example".into()),
+            ..ProviderSpec::new("corp", FlowType::DeviceCode, Dialect::Standard, "corp-cli")
+        },
+    );
+    let mut h = Harness::with_config(config, 5);
+    let a = h.connect();
+    h.request(a, "1", "oauth_initiate", json!({"provider":"corp"}));
+    h.respond(200, json!({"issuer":"https://id.corp.example","token_endpoint":"https://id.corp.example/token","device_authorization_endpoint":"https://id.corp.example/device"}));
+    assert_eq!(h.http_log[1].url, "https://id.corp.example/device");
+    assert_eq!(
+        form(&h, 1),
+        vec![("client_id".to_owned(), "corp-cli".to_owned())]
+    );
+}
+
+/// A Codex device poll that cannot reach the provider waits twice the
+/// interval before the next (then four times, up to the cap).
+#[test]
+fn codex_device_poll_backs_off_on_transport_errors() {
+    let mut config = Config::default();
+    config
+        .providers
+        .insert("codex".into(), provider::codex_device(provider::codex()));
+    let mut h = Harness::with_config(config, 3);
+    let conn = h.connect();
+    h.script(
+        "https://auth.openai.com/api/accounts/deviceauth/usercode",
+        200,
+        json!({"device_auth_id":"DA-1","user_code":"XY12-Z","interval":"5"}),
+    );
+    let r = h.call(conn, "oauth_initiate", json!({"provider":"codex"}));
+    assert_eq!(r["data"]["flow_type"], json!("device_code"), "{r}");
+    h.advance(5_000);
+    assert_eq!(h.http_log.len(), 2, "the first poll");
+    h.respond_failure(TransportError::Connect);
+    h.advance(9_999);
+    assert_eq!(h.http_log.len(), 2, "no poll before twice the interval");
+    h.advance(1);
+    assert_eq!(h.http_log.len(), 3, "the second poll at 10 s");
+    h.respond_failure(TransportError::Connect);
+    h.advance(19_999);
+    assert_eq!(h.http_log.len(), 3);
+    h.advance(1);
+    assert_eq!(h.http_log.len(), 4, "the third poll 20 s later");
+}
+
 #[test]
 fn configured_provider_with_oidc_discovery() {
     let mut config = Config::default();
@@ -295,6 +348,12 @@ fn configured_provider_with_oidc_discovery() {
         h.http_log[1..]
             .iter()
             .all(|r| r.url == "https://id.corp.example/device")
+    );
+    // The standard dialect sends the configured scopes.
+    assert!(
+        form(&h, 1).contains(&("scope".to_owned(), "openid".to_owned())),
+        "{:?}",
+        form(&h, 1)
     );
     for _ in 0..2 {
         h.respond(200, json!({"device_code":"d","user_code":"u","verification_uri":"https://id.corp.example/activate"}));

@@ -63,6 +63,15 @@ fn device_interval_of_one_second_is_used_and_reported() {
 }
 
 #[test]
+fn device_interval_of_zero_is_the_default_five_seconds() {
+    let mut h = Harness::new();
+    let conn = h.connect();
+    let d = device_login(&mut h, conn, Some(0));
+    assert_eq!(d["pollIntervalMs"], json!(5000), "{d}");
+    assert_eq!(poll_times(&mut h, 10_000, pending), vec![5_000, 10_000]);
+}
+
+#[test]
 fn device_interval_absent_defaults_to_five_seconds() {
     let mut h = Harness::new();
     let conn = h.connect();
