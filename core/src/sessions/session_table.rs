@@ -200,4 +200,56 @@ mod tests {
         assert!(s.take_tombstone("b", owner()));
         assert!(!s.needs_sweep());
     }
+
+    #[test]
+    fn disarming_cancels_only_that_sessions_poll() {
+        let (mut s, mut timers) = (Sessions::default(), Timers::default());
+        add(&mut s, "a");
+        add(&mut s, "b");
+        s.arm_poll("a", Mono(50), &mut timers);
+        s.arm_poll("b", Mono(60), &mut timers);
+        s.disarm_poll("a", &mut timers);
+        s.disarm_poll("gone", &mut timers);
+        assert_eq!(timers.len(), 1);
+        let b = s.get("b").unwrap().serial;
+        assert_eq!(timers.get(TimerKey::DevicePoll(b)), Some(Mono(60)));
+    }
+
+    /// Tombstones of sessions expired at `ats`, named `t<at>`.
+    fn tombstones(ats: &[u64]) -> Sessions {
+        let (mut s, mut timers) = (Sessions::default(), Timers::default());
+        for at in ats {
+            let sid = format!("t{at}");
+            add(&mut s, &sid);
+            assert!(s.expire(&sid, Mono(*at), &mut timers).is_some());
+        }
+        s
+    }
+
+    fn names(s: &Sessions) -> Vec<&str> {
+        s.expired.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn tombstones_are_kept_for_less_than_their_ttl() {
+        let mut s = tombstones(&[100, 150, 199]);
+        s.drop_old_tombstones(Mono(200), 50);
+        // Ages 100, 50, 1: only the one younger than 50 ms stays.
+        assert_eq!(names(&s), ["t199"]);
+        s.drop_old_tombstones(Mono(248), 50);
+        assert_eq!(names(&s), ["t199"], "49 ms old");
+        s.drop_old_tombstones(Mono(249), 50);
+        assert!(names(&s).is_empty(), "50 ms old");
+    }
+
+    #[test]
+    fn beyond_the_cap_the_oldest_tombstones_go() {
+        let mut s = tombstones(&[30, 10, 50, 20, 40]);
+        s.cap_tombstones(5);
+        assert_eq!(s.expired.len(), 5, "at the cap nothing goes");
+        s.cap_tombstones(3);
+        assert_eq!(names(&s), ["t30", "t40", "t50"]);
+        s.cap_tombstones(0);
+        assert!(names(&s).is_empty());
+    }
 }
