@@ -210,8 +210,9 @@ fn device_initiation_failure() {
     assert_eq!(h.engine.session_count(), 0);
 }
 
-#[test]
-fn codex_device_dialect() {
+/// A harness with OpenAI's Codex device dialect as `codex`, a connection
+/// and the reply to its `oauth_initiate` (a 5 s poll interval).
+fn codex_device_initiated() -> (Harness, ConnId, Value) {
     let mut config = Config::default();
     let codex = provider::codex_device(provider::codex());
     config.providers.insert("codex".into(), codex);
@@ -223,6 +224,12 @@ fn codex_device_dialect() {
         json!({"device_auth_id":"DA-1","user_code":"XY12-Z","interval":"5"}),
     );
     let r = h.call(conn, "oauth_initiate", json!({"provider":"codex"}));
+    (h, conn, r)
+}
+
+#[test]
+fn codex_device_dialect() {
+    let (mut h, conn, r) = codex_device_initiated();
     let d = &r["data"];
     assert_eq!(d["flow_type"], json!("device_code"), "{r}");
     assert_eq!(d["user_code"], json!("XY12-Z"));
@@ -292,18 +299,7 @@ fn a_standard_device_request_without_scopes_has_no_scope_field() {
 /// interval before the next (then four times, up to the cap).
 #[test]
 fn codex_device_poll_backs_off_on_transport_errors() {
-    let mut config = Config::default();
-    config
-        .providers
-        .insert("codex".into(), provider::codex_device(provider::codex()));
-    let mut h = Harness::with_config(config, 3);
-    let conn = h.connect();
-    h.script(
-        "https://auth.openai.com/api/accounts/deviceauth/usercode",
-        200,
-        json!({"device_auth_id":"DA-1","user_code":"XY12-Z","interval":"5"}),
-    );
-    let r = h.call(conn, "oauth_initiate", json!({"provider":"codex"}));
+    let (mut h, _conn, r) = codex_device_initiated();
     assert_eq!(r["data"]["flow_type"], json!("device_code"), "{r}");
     h.advance(5_000);
     assert_eq!(h.http_log.len(), 2, "the first poll");
