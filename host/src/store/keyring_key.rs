@@ -32,6 +32,11 @@ const LEGACY_TEXT: &[u8] = b"keyring\n";
 const ACCOUNT_PREFIX: &str = "store-key:";
 /// Random bytes in a new store's account id (128 bits: never reused).
 const ID_LEN: usize = 16;
+/// The longest account id a record may hold, in bytes: an older store's
+/// is its absolute path (`PATH_MAX`).
+const MAX_ID_BYTES: usize = 4096;
+/// The longest `key-source` file credproxy writes.
+const MAX_RECORD_BYTES: u64 = ("keyring ".len() + ACCOUNT_PREFIX.len() + MAX_ID_BYTES + 1) as u64;
 /// How `status` names the source.
 pub const WHENCE: &str = "key in the OS keyring";
 const SERVICE: &str = "credproxy";
@@ -65,7 +70,9 @@ fn marker_text(account: &str) -> String {
 }
 
 /// Parses a `key-source` file's bytes; `None` if credproxy did not write
-/// them (an account is `store-key:` and printable ASCII, no space).
+/// them (an account is `store-key:` and an id of at most
+/// [`MAX_ID_BYTES`] without control characters: 32 hex digits, or an
+/// older store's path, which may hold spaces and any letter).
 fn parse(bytes: &[u8], root: &Path) -> Option<Recorded> {
     if bytes == LEGACY_TEXT {
         return Some(Recorded::ByPath(format!(
@@ -78,14 +85,14 @@ fn parse(bytes: &[u8], root: &Path) -> Option<Recorded> {
         .strip_prefix("keyring ")?
         .strip_suffix('\n')?;
     let id = account.strip_prefix(ACCOUNT_PREFIX)?;
-    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
+    (!id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control))
         .then(|| Recorded::Named(account.to_owned()))
 }
 
 /// What the `key-source` file of the store at `root` records, if any.
 fn recorded(root: &Path) -> Result<Option<Recorded>, StoreError> {
     let path = root.join(KEY_SOURCE_FILE);
-    let Some(file) = read::read_private(&path, 128)? else {
+    let Some(file) = read::read_private(&path, MAX_RECORD_BYTES)? else {
         return Ok(None);
     };
     parse(&file.bytes, root)
@@ -187,7 +194,9 @@ pub fn load(root: &Path, create: bool) -> Result<DataKey, StoreError> {
     kr.set(SERVICE, &account, &label, &text[..2 * KEY_LEN])
         .map_err(|e| keyring_error(root, &e))?;
     if let Err(e) = atomic::write_atomic(root, KEY_SOURCE_FILE, marker_text(&account).as_bytes()) {
-        // Unrecorded, the item would be found by nobody: take it back.
+        // Unrecorded, the item would be found by nobody: take it back. (A
+        // process killed between the two steps leaves such an item, which
+        // holds no data: the store has none under that key yet.)
         let _ = kr.delete(SERVICE, &account);
         return Err(e);
     }
@@ -196,7 +205,8 @@ pub fn load(root: &Path, create: bool) -> Result<DataKey, StoreError> {
 
 /// The key of a store that records `found`. An older store's record is
 /// rewritten to name its account, so the store can be moved from now on
-/// (best effort: a read-only store keeps working where it is).
+/// (best effort: a read-only store keeps working where it is; a path that
+/// a record cannot hold, with a control character, stays as it is).
 fn existing(
     kr: &crate::keyring::Keyring,
     root: &Path,
@@ -204,7 +214,10 @@ fn existing(
 ) -> Result<DataKey, StoreError> {
     let key = get(kr, root, found.account())?.ok_or_else(|| missing(root, found.account()))?;
     if let Recorded::ByPath(account) = found {
-        let _ = atomic::write_atomic(root, KEY_SOURCE_FILE, marker_text(account).as_bytes());
+        let text = marker_text(account);
+        if parse(text.as_bytes(), root).is_some_and(|r| r.account() == account) {
+            let _ = atomic::write_atomic(root, KEY_SOURCE_FILE, text.as_bytes());
+        }
     }
     Ok(key)
 }
@@ -298,6 +311,19 @@ mod tests {
         assert_eq!(got.account(), a);
     }
 
+    /// The record an older store is upgraded to holds its path as it is:
+    /// long, with spaces and letters beyond ASCII (a path Application
+    /// Support or a home directory may have).
+    #[test]
+    fn an_older_stores_path_account_survives_its_upgraded_record() {
+        let root = PathBuf::from(format!("/home/ä user/{}/credproxy store", "d".repeat(80)));
+        let Some(Recorded::ByPath(account)) = parse(LEGACY_TEXT, &root) else {
+            panic!("legacy")
+        };
+        let upgraded = parse(marker_text(&account).as_bytes(), &root);
+        assert_eq!(upgraded, Some(Recorded::Named(account)));
+    }
+
     #[test]
     fn a_record_credproxy_did_not_write_is_refused() {
         let root = Path::new("/s");
@@ -308,16 +334,18 @@ mod tests {
             b"keyring store-key:\n",
             b"keyring store-key:ab\n\n",
             b"keyring other:ab\n",
-            b"keyring store-key:a b\n",
+            b"keyring store-key:a\tb\n",
+            b"keyring store-key:a\rb\n",
             b"KEYRING store-key:ab\n",
             b"keyring store-key:\xff\n",
         ] {
             assert_eq!(parse(bad, root), None, "{:?}", String::from_utf8_lossy(bad));
         }
-        let long = format!("keyring store-key:{}\n", "a".repeat(65));
+        let long = format!("keyring store-key:{}\n", "a".repeat(MAX_ID_BYTES + 1));
         assert_eq!(parse(long.as_bytes(), root), None);
-        let max = format!("keyring store-key:{}\n", "a".repeat(64));
+        let max = format!("keyring store-key:{}\n", "a".repeat(MAX_ID_BYTES));
         assert!(parse(max.as_bytes(), root).is_some());
+        assert_eq!(max.len() as u64, MAX_RECORD_BYTES);
         let dir = tempfile::tempdir().expect("tempdir");
         atomic::write_atomic(dir.path(), KEY_SOURCE_FILE, b"junk\n").expect("write");
         let err = recorded(dir.path()).expect_err("refused").to_string();

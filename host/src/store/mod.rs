@@ -28,7 +28,7 @@ mod envelope;
 mod error;
 pub mod key;
 mod keyring_conn;
-pub mod keyring_key;
+pub(crate) mod keyring_key;
 mod lock;
 mod names;
 pub mod postgres;

@@ -822,8 +822,13 @@ fn a_keyring_keyed_store_finds_its_key_after_a_move_and_from_an_older_version() 
     // A store of an older version records only `keyring`, its key under
     // an account named after its path: it opens, and its record is
     // rewritten to name that account, so it can be moved from then on.
-    fs::rename(&moved, s.store()).expect("move back");
-    let root = fs::canonicalize(s.store()).expect("root");
+    // Here at a long path with spaces and a letter beyond ASCII, as a
+    // home directory may have.
+    let old_home = s
+        .root()
+        .join(format!("an older store ä {}", "d".repeat(80)));
+    fs::rename(&moved, &old_home).expect("move to the old home");
+    let root = fs::canonicalize(&old_home).expect("root");
     let by_path = format!("store-key:{}", root.display());
     secret_tool(
         &kr,
@@ -844,13 +849,14 @@ fn a_keyring_keyed_store_finds_its_key_after_a_move_and_from_an_older_version() 
         b"",
     );
     assert_eq!(item_count(&kr), 1, "only the path-named item");
-    let source = s.store().join("key-source");
+    let source = old_home.join("key-source");
     fs::write(&source, b"keyring\n").expect("legacy record");
     fs::set_permissions(&source, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
-    assert_eq!(get_token_at(&s, &kr, &s.store()), SECRET);
-    assert_eq!(recorded_account(&s.store()), by_path, "now recorded");
-    fs::rename(s.store(), &moved).expect("move");
+    assert_eq!(get_token_at(&s, &kr, &old_home), SECRET);
+    assert_eq!(recorded_account(&old_home), by_path, "now recorded");
+    assert_eq!(get_token_at(&s, &kr, &old_home), SECRET, "and read back");
+    fs::rename(&old_home, &moved).expect("move");
     assert_eq!(get_token_at(&s, &kr, &moved), SECRET);
 
     // A record credproxy did not write: a clear error, nothing changed.
